@@ -1,0 +1,369 @@
+//! BO-REP (Hao, Gong, Liu, ICLR 2024): bilevel optimization with lower-level initialization
+//! refinement and periodic updates, for upper levels with unbounded smoothness.
+//!
+//! Paper-level Algorithm 1, per iteration t:
+//! ```text
+//! if t = 0:              y ← refine(x_0, y)                 (Epoch-SGD, or N plain SGD steps)
+//! else if t mod I = 0:   y ← N SGD steps on fresh batches   (periodic update)
+//! draw ξ_t (upper) and ζ_t (lower; shared by the HVP and the cross product)
+//! z_{t+1} = Π_{‖z‖≤ρ}( z_t − ν (∇²_yy G(ζ_t) z_t − ∇_y F(ξ_t)) )
+//! m_{t+1} = β m_t + (1−β) (∇_x F(ξ_t) − ∇²_xy G(ζ_t) z_t)
+//! x_{t+1} = x_t − η m_{t+1} / ‖m_{t+1}‖                    (global norm over all of x)
+//! ```
+//! The official code differs in places (z₀ Xavier, no projection, no Epoch-SGD, J·z_{t+1},
+//! separate batches); the structural ones are knobs here, documented on [`BoRepConfig`].
+
+use dfdx::prelude::{Cpu, Device};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::epoch_sgd::{epoch_sgd, EpochSchedule, EpochSgdConfig};
+use crate::error::BilevelError;
+use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::oracles::Oracles;
+use crate::params::Params;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
+use crate::schedule::PowerSchedule;
+use crate::steps::{
+    hypergradient_estimate, linear_system_step, momentum_update, normalized_step, sgd_on_lower,
+    Site,
+};
+
+const NAME: &str = "bo-rep";
+const HINT: &str = "eta for x, gamma for y, nu for z";
+
+/// How z starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ZInit {
+    /// z₀ = 0, the paper's reading.
+    Zeros,
+    /// Xavier-uniform over the whole of z as one column: U(−a, a), a = √(6/(d_y + 1)); the
+    /// official code's choice.
+    Xavier,
+}
+
+/// How y is refined before the first iteration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitRefinement {
+    /// Start from the given y.
+    None,
+    /// `steps` plain SGD steps with the lower step γ: what the official code's update at t = 0 does.
+    Sgd { steps: usize },
+    /// Epoch-SGD, Algorithm 3 of the paper.
+    EpochSgd(EpochSgdConfig),
+}
+
+/// BO-REP's knobs. [`Default`] is the official hyper-representation run; see also
+/// [`BoRepConfig::hyper_opt`] and [`BoRepConfig::hyper_clean`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BoRepConfig {
+    /// η: the Euclidean length of every x step (the step is normalized by the global norm).
+    pub eta: f64,
+    /// b: decay exponent of η, so the step at iteration t is η/(t+1)^b. 0 (the paper's constant
+    /// step) leaves x circling the optimum at a distance of the order of η; b > 0 lets it settle.
+    pub eta_decay: f64,
+    /// β: momentum of the hypergradient estimate, in [0, 1).
+    pub beta: f64,
+    /// ν: step of the SGD on the linear system for z.
+    pub nu: f64,
+    /// γ: step of the SGD on y (periodic updates and the SGD refinement).
+    pub gamma: f64,
+    /// I: y is updated at every I-th iteration (I = 1: every iteration).
+    pub period: usize,
+    /// N: SGD steps per periodic update of y, each on a fresh batch.
+    pub lower_steps: usize,
+    /// ρ: radius of the ball z is projected onto; `None` = no projection (the official code).
+    /// The theory takes ρ ≥ ‖z*‖, e.g. ℓ_{f,0}/μ.
+    pub z_radius: Option<f64>,
+    /// How z starts.
+    pub z_init: ZInit,
+    /// How y is refined at t = 0.
+    pub init_refinement: InitRefinement,
+    /// Take the cross product with the updated z_{t+1} (the official code) instead of z_t
+    /// (the paper). Costs one more second-order pass per iteration.
+    pub jvp_with_updated_z: bool,
+    /// Draw a separate lower batch for the cross product (the official code) instead of sharing
+    /// the HVP's batch (the paper). Sharing lets one pass give both products.
+    pub separate_jvp_batch: bool,
+    /// Seed of z's Xavier initialization.
+    pub seed: u64,
+}
+
+impl Default for BoRepConfig {
+    fn default() -> Self {
+        Self::hyper_rep()
+    }
+}
+
+impl BoRepConfig {
+    /// Official hyper-representation run: γ = 1e-3, η = 1e-2, β = 0.9, ν = 1e-2, I = 2, N = 3.
+    pub fn hyper_rep() -> Self {
+        Self {
+            eta: 1e-2,
+            eta_decay: 0.0,
+            beta: 0.9,
+            nu: 1e-2,
+            gamma: 1e-3,
+            period: 2,
+            lower_steps: 3,
+            z_radius: None,
+            z_init: ZInit::Xavier,
+            init_refinement: InitRefinement::Sgd { steps: 3 },
+            jvp_with_updated_z: false,
+            separate_jvp_batch: false,
+            seed: 0,
+        }
+    }
+
+    /// Official hyperparameter-optimization run: γ = 2e-3, η = 1e-4, I = 3, N = 3.
+    pub fn hyper_opt() -> Self {
+        Self {
+            eta: 1e-4,
+            gamma: 2e-3,
+            period: 3,
+            ..Self::hyper_rep()
+        }
+    }
+
+    /// Official data hyper-cleaning run: γ = 5e-2, η = 5e-2, I = 2, N = 10.
+    pub fn hyper_clean() -> Self {
+        Self {
+            eta: 5e-2,
+            gamma: 5e-2,
+            period: 2,
+            lower_steps: 10,
+            init_refinement: InitRefinement::Sgd { steps: 10 },
+            ..Self::hyper_rep()
+        }
+    }
+
+    /// The schedule of the x step length, η/(t+1)^b.
+    pub fn eta_schedule(&self) -> PowerSchedule {
+        PowerSchedule {
+            initial: self.eta,
+            exponent: self.eta_decay,
+        }
+    }
+
+    /// Checks every value, naming the first one out of range.
+    pub fn validate(&self) -> Result<(), BilevelError> {
+        let bad = |field, reason: &str| {
+            Err(BilevelError::InvalidConfig {
+                field,
+                reason: reason.into(),
+            })
+        };
+        let positive = |v: f64| v > 0.0 && v.is_finite();
+        self.eta_schedule().validate("eta")?;
+        if !(0.0..1.0).contains(&self.beta) {
+            return bad("beta", "must be in [0, 1)");
+        }
+        if !positive(self.nu) {
+            return bad("nu", "must be a positive number");
+        }
+        if !positive(self.gamma) {
+            return bad("gamma", "must be a positive number");
+        }
+        if self.period == 0 {
+            return bad("period", "must be at least 1");
+        }
+        if matches!(self.z_radius, Some(r) if !positive(r)) {
+            return bad("z_radius", "must be a positive number when given");
+        }
+        if let InitRefinement::EpochSgd(c) = &self.init_refinement {
+            c.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// BO-REP's state besides x and y.
+pub struct BoRep<E: Real, P: BilevelProblem<E>>
+where
+    Cpu: Device<E>,
+{
+    config: BoRepConfig,
+    /// z_t ≈ [∇²_yy g]⁻¹ ∇_y f.
+    z: P::Y,
+    /// m_t, the momentum of the hypergradient estimate.
+    m: P::X,
+    t: u64,
+    refinement: Vec<EpochSchedule>,
+}
+
+impl<E: Real, P: BilevelProblem<E>> BoRep<E, P>
+where
+    Cpu: Device<E>,
+{
+    /// A fresh BO-REP for variables shaped like `x` and `y` (only their shapes are used).
+    pub fn new(config: BoRepConfig, x: &P::X, y: &P::Y) -> Result<Self, BilevelError> {
+        config.validate()?;
+        let mut z = y.zeros_like();
+        if config.z_init == ZInit::Xavier {
+            let a = (6.0 / (z.num_params() as f64 + 1.0)).sqrt();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
+            z.map_in_place(|s| s.iter_mut().for_each(|v| *v = E::of(rng.gen_range(-a..a))));
+        }
+        Ok(Self {
+            config,
+            z,
+            m: x.zeros_like(),
+            t: 0,
+            refinement: Vec::new(),
+        })
+    }
+
+    pub fn config(&self) -> &BoRepConfig {
+        &self.config
+    }
+
+    /// The current z_t.
+    pub fn z(&self) -> &P::Y {
+        &self.z
+    }
+
+    /// The current momentum m_t.
+    pub fn momentum(&self) -> &P::X {
+        &self.m
+    }
+
+    /// The Epoch-SGD schedule that ran at t = 0 (empty for other refinements).
+    pub fn refinement_schedule(&self) -> &[EpochSchedule] {
+        &self.refinement
+    }
+
+    /// Refines or periodically updates y, as the iteration index asks. Returns the last lower loss.
+    fn update_lower(
+        &mut self,
+        oracles: &mut Oracles<E, P>,
+        x: &P::X,
+        y: &mut P::Y,
+        site: Site,
+    ) -> Result<Option<f64>, BilevelError> {
+        let c = &self.config;
+        let gamma = E::of(c.gamma);
+        if self.t == 0 {
+            return match &c.init_refinement {
+                InitRefinement::None => Ok(None),
+                InitRefinement::Sgd { steps } => sgd_on_lower(oracles, x, y, gamma, *steps, site),
+                InitRefinement::EpochSgd(cfg) => {
+                    let (refined, schedule) = epoch_sgd(oracles, x, y, cfg, site)?;
+                    *y = refined;
+                    self.refinement = schedule;
+                    Ok(None)
+                }
+            };
+        }
+        if self.t % c.period as u64 == 0 {
+            return sgd_on_lower(oracles, x, y, gamma, c.lower_steps, site);
+        }
+        Ok(None)
+    }
+}
+
+impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for BoRep<E, P>
+where
+    Cpu: Device<E>,
+{
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn step(
+        &mut self,
+        oracles: &mut Oracles<E, P>,
+        x: &mut P::X,
+        y: &mut P::Y,
+    ) -> Result<StepReport, BilevelError> {
+        let site = Site {
+            method: NAME,
+            iteration: self.t,
+            hint: HINT,
+        };
+        let before = oracles.counts();
+        let lower_loss = self.update_lower(oracles, x, y, site)?;
+
+        let xi = oracles.upper_batch();
+        let zeta = oracles.lower_batch();
+        let upper = oracles.upper_grad(x, y, &xi);
+        site.check_scalar("upper loss f", upper.value.f64())?;
+        site.check("upper gradient ∇_x f", &upper.dx)?;
+        site.check("upper gradient ∇_y f", &upper.dy)?;
+
+        let c = &self.config;
+        // The paper's rule needs one pass for both products; the official code's variants need two.
+        let shared_pass = !c.jvp_with_updated_z && !c.separate_jvp_batch;
+        let (hz, mut jz, lower_grad_norm) = if shared_pass {
+            let so = oracles.hvp_jvp(x, y, &self.z, &zeta)?;
+            (so.hvp, Some(so.jvp), Some(so.grad_y.norm().f64()))
+        } else {
+            (oracles.hvp(x, y, &self.z, &zeta)?, None, None)
+        };
+        site.check("Hessian-vector product ∇²_yy g·z", &hz)?;
+        let z_t = (!shared_pass && !c.jvp_with_updated_z).then(|| self.z.clone());
+        let residual = linear_system_step(
+            &mut self.z,
+            &hz,
+            &upper.dy,
+            E::of(c.nu),
+            c.z_radius.map(E::of),
+        );
+        site.check("linear-system variable z", &self.z)?;
+
+        if jz.is_none() {
+            let batch = if c.separate_jvp_batch {
+                oracles.lower_batch()
+            } else {
+                zeta
+            };
+            jz = Some(oracles.jvp(x, y, z_t.as_ref().unwrap_or(&self.z), &batch)?);
+        }
+        let jz = jz.expect("computed above");
+        site.check("cross product ∇²_xy g·z", &jz)?;
+
+        let h = hypergradient_estimate(&upper.dx, &jz);
+        momentum_update(&mut self.m, &h, E::of(c.beta));
+        let step_size = normalized_step(x, &self.m, E::of(c.eta_schedule().at(self.t)));
+        site.check("upper variable x", x)?;
+
+        let after = oracles.counts();
+        let report = StepReport {
+            iteration: self.t,
+            upper_loss: Some(upper.value.f64()),
+            lower_loss,
+            hypergrad_norm: h.norm().f64(),
+            lower_grad_norm,
+            linear_system_residual: Some(residual.f64()),
+            step_size: step_size.f64(),
+            x_step_norm: (step_size * self.m.norm()).f64(),
+            oracle_calls: after.since(&before),
+            oracle_totals: after,
+        };
+        self.t += 1;
+        Ok(report)
+    }
+
+    fn state(&self) -> MethodState {
+        let mut s = MethodState::new(NAME);
+        s.put("z", &self.z);
+        s.put("m", &self.m);
+        s.put_scalar("t", self.t as f64);
+        s
+    }
+
+    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
+        state.expect_method(NAME)?;
+        let (mut z, mut m) = (self.z.clone(), self.m.clone());
+        state.get("z", &mut z)?;
+        state.get("m", &mut m)?;
+        let t = state.scalar("t")?;
+        self.z = z;
+        self.m = m;
+        self.t = t as u64;
+        Ok(())
+    }
+}

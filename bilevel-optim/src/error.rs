@@ -1,0 +1,28 @@
+//! Errors the library reports instead of panicking or writing NaN.
+
+/// What went wrong, named precisely enough to act on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BilevelError {
+    /// A configuration value is out of its valid range.
+    #[error("invalid configuration: `{field}` {reason}")]
+    InvalidConfig { field: &'static str, reason: String },
+
+    /// A loss, gradient or parameter became NaN or infinite.
+    #[error(
+        "{method}: {quantity} is not finite at iteration {iteration}; lower the step sizes ({hint})"
+    )]
+    NonFinite {
+        method: &'static str,
+        quantity: String,
+        iteration: u64,
+        hint: &'static str,
+    },
+
+    /// The user's written lower gradient does not cover `y` exactly once.
+    #[error("written lower gradient ∇_y g is malformed: {0}")]
+    WrittenGradient(String),
+
+    /// A saved optimizer state does not fit the optimizer or model it is loaded into.
+    #[error("cannot load state: {0}")]
+    StateMismatch(String),
+}

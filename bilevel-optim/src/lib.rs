@@ -1,0 +1,13 @@
+pub mod borep;
+pub mod epoch_sgd;
+pub mod error;
+pub mod linalg;
+pub mod optimizer;
+pub mod oracles;
+pub mod params;
+pub mod problem;
+pub mod problems;
+pub mod real;
+pub mod schedule;
+pub mod steps;
+pub mod written_grad;

@@ -1,0 +1,130 @@
+//! The contract every bilevel method implements, and what it reports.
+
+use std::collections::BTreeMap;
+
+use dfdx::prelude::{Cpu, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::error::BilevelError;
+use crate::oracles::{OracleCounts, Oracles};
+use crate::params::Params;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
+
+/// A stochastic bilevel method: advances (x, y, and its own state) by one iteration.
+///
+/// The method owns its auxiliary state (z, momenta, counters); the caller owns x and y and the
+/// [`Oracles`], through which every batch is drawn and every oracle call is counted.
+pub trait BilevelOptimizer<E: Real, P: BilevelProblem<E>>
+where
+    Cpu: Device<E>,
+{
+    /// The method's name as users select it (`"bo-rep"`, `"stocbio"`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Runs one iteration. Fails, leaving x and y at their last finite values where the method
+    /// can, when a loss, gradient or parameter becomes non-finite.
+    fn step(
+        &mut self,
+        oracles: &mut Oracles<E, P>,
+        x: &mut P::X,
+        y: &mut P::Y,
+    ) -> Result<StepReport, BilevelError>;
+
+    /// Everything that must survive a restart, besides x, y and the oracles' state.
+    fn state(&self) -> MethodState;
+
+    /// Restores what [`BilevelOptimizer::state`] saved.
+    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError>;
+}
+
+/// What one iteration saw and did. Values are `None` where the method did not compute them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Index of the iteration just run (0-based).
+    pub iteration: u64,
+    /// `F(x_t, y_t; ξ_t)` on the iteration's upper batch.
+    pub upper_loss: Option<f64>,
+    /// `G(·, ·; ζ)` on the last lower batch the iteration evaluated.
+    pub lower_loss: Option<f64>,
+    /// Norm of the hypergradient estimate `h_t` (before any momentum or normalization).
+    pub hypergrad_norm: f64,
+    /// Norm of the lower gradient `∇_y G` on the iteration's lower batch.
+    pub lower_grad_norm: Option<f64>,
+    /// Norm of the linear-system residual `∇²_yy G·z − ∇_y F`, for methods that keep a z.
+    pub linear_system_residual: Option<f64>,
+    /// Multiplier applied to the update direction of x (for a normalized method, `η/‖m‖`).
+    pub step_size: f64,
+    /// Euclidean length of the step taken by x.
+    pub x_step_norm: f64,
+    /// Oracle calls made during this iteration.
+    pub oracle_calls: OracleCounts,
+    /// Cumulative oracle calls after this iteration.
+    pub oracle_totals: OracleCounts,
+}
+
+/// A method's savable state: named flat vectors and scalars, with the method's name so a state
+/// is never loaded into another method.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MethodState {
+    pub method: String,
+    pub vectors: BTreeMap<String, Vec<f64>>,
+    pub scalars: BTreeMap<String, f64>,
+}
+
+impl MethodState {
+    pub fn new(method: &str) -> Self {
+        Self {
+            method: method.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Records a parameter collection as a flat `f64` vector (exact for `f32` and `f64`).
+    pub fn put<E: Real, T: Params<E>>(&mut self, name: &str, value: &T)
+    where
+        Cpu: Device<E>,
+    {
+        self.vectors.insert(
+            name.into(),
+            value.to_flat().into_iter().map(Real::f64).collect(),
+        );
+    }
+
+    pub fn put_scalar(&mut self, name: &str, value: f64) {
+        self.scalars.insert(name.into(), value);
+    }
+
+    /// Checks the method name before anything is read.
+    pub fn expect_method(&self, method: &str) -> Result<(), BilevelError> {
+        if self.method == method {
+            Ok(())
+        } else {
+            Err(BilevelError::StateMismatch(format!(
+                "the state was saved by method '{}', not '{}'",
+                self.method, method
+            )))
+        }
+    }
+
+    /// Loads the vector `name` into `into`, checking its length.
+    pub fn get<E: Real, T: Params<E>>(&self, name: &str, into: &mut T) -> Result<(), BilevelError>
+    where
+        Cpu: Device<E>,
+    {
+        let v = self
+            .vectors
+            .get(name)
+            .ok_or_else(|| BilevelError::StateMismatch(format!("vector '{name}' is missing")))?;
+        let flat: Vec<E> = v.iter().map(|&a| E::of(a)).collect();
+        into.set_flat(&flat)
+            .map_err(|e| BilevelError::StateMismatch(format!("vector '{name}': {e}")))
+    }
+
+    pub fn scalar(&self, name: &str) -> Result<f64, BilevelError> {
+        self.scalars
+            .get(name)
+            .copied()
+            .ok_or_else(|| BilevelError::StateMismatch(format!("scalar '{name}' is missing")))
+    }
+}

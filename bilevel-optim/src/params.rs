@@ -1,0 +1,442 @@
+//! Parameter-space arithmetic over any dfdx [`TensorCollection`].
+//!
+//! Bilevel algorithms manipulate whole parameter sets (x, y, the linear-system variable z,
+//! momenta) as vectors. [`Params`] gives every dfdx module, tensor or tuple of them the
+//! vector-space operations those algorithms are written in, so an update rule reads like its
+//! pseudocode: `z.axpy(-nu, &residual)`, `m.norm()`, `z.project_ball(rho)`.
+//!
+//! Only tensors marked for gradient updates take part (dfdx's `TensorOptions::do_gradient_update`);
+//! detached tensors such as running statistics are carried along unchanged.
+
+use dfdx::nn::tensor_collection::{
+    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
+    ViewTensorRef,
+};
+use dfdx::prelude::{Cpu, Device, Gradients, HasShape, Shape, Tensor};
+
+use crate::real::Real;
+
+/// Vector-space operations on a collection of tensors.
+///
+/// Implemented for every `TensorCollection<E, Cpu> + Clone`: dfdx modules, const-shaped tensors,
+/// and tuples of them. Reductions accumulate in `f64`.
+pub trait Params<E: Real>: TensorCollection<E, Cpu> + Clone
+where
+    Cpu: Device<E>,
+{
+    /// A collection of the same shape filled with zeros.
+    fn zeros_like(&self) -> Self {
+        let mut out = self.clone();
+        out.map_in_place(|a| a.iter_mut().for_each(|v| *v = E::zero()));
+        out
+    }
+
+    /// `self ← a · self`.
+    fn scale(&mut self, a: E) {
+        self.map_in_place(|s| s.iter_mut().for_each(|v| *v *= a));
+    }
+
+    /// `self ← self + a · other`.
+    fn axpy(&mut self, a: E, other: &Self) {
+        walk_mut_ref(self, other, &mut Axpy { a: a.f64() });
+    }
+
+    /// `self ← alpha · self + beta · other` (a convex combination when alpha + beta = 1).
+    fn lerp_with(&mut self, alpha: E, beta: E, other: &Self) {
+        walk_mut_ref(
+            self,
+            other,
+            &mut Combine {
+                alpha: alpha.f64(),
+                beta: beta.f64(),
+            },
+        );
+    }
+
+    /// Euclidean inner product over all trainable tensors.
+    fn dot(&self, other: &Self) -> E {
+        let mut acc = 0.0f64;
+        self.fold_with(other, |a, b| {
+            acc += a.iter().zip(b).map(|(x, y)| x.f64() * y.f64()).sum::<f64>();
+        });
+        E::of(acc)
+    }
+
+    /// Squared global Euclidean norm (all tensors concatenated).
+    fn norm_sq(&self) -> E {
+        let mut acc = 0.0f64;
+        self.for_each_slice(|a| acc += a.iter().map(|x| x.f64() * x.f64()).sum::<f64>());
+        E::of(acc)
+    }
+
+    /// Global Euclidean norm (all tensors concatenated), not per tensor.
+    fn norm(&self) -> E {
+        self.norm_sq().sqrt()
+    }
+
+    /// Projects onto the ball `‖self‖ ≤ radius` centred at 0. Returns whether a projection
+    /// happened.
+    fn project_ball(&mut self, radius: E) -> bool {
+        let n = self.norm();
+        if n > radius {
+            self.scale(radius / n);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Projects onto the ball `‖self − center‖ ≤ radius`. Returns whether a projection happened.
+    fn project_ball_around(&mut self, center: &Self, radius: E) -> bool {
+        let mut d = self.clone();
+        d.axpy(-E::one(), center);
+        if d.project_ball(radius) {
+            d.axpy(E::one(), center);
+            *self = d;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Number of trainable scalars.
+    fn num_params(&self) -> usize {
+        let mut n = 0;
+        self.for_each_slice(|a| n += a.len());
+        n
+    }
+
+    /// All trainable scalars in visiting order, for saving and for dense linear algebra.
+    fn to_flat(&self) -> Vec<E> {
+        let mut out = Vec::with_capacity(self.num_params());
+        self.for_each_slice(|a| out.extend_from_slice(a));
+        out
+    }
+
+    /// Overwrites the trainable scalars from a flat vector in visiting order.
+    ///
+    /// Fails (leaving `self` unchanged) when the length differs from [`Params::num_params`].
+    fn set_flat(&mut self, flat: &[E]) -> Result<(), ParamLengthMismatch> {
+        let expected = self.num_params();
+        if flat.len() != expected {
+            return Err(ParamLengthMismatch {
+                expected,
+                found: flat.len(),
+            });
+        }
+        let mut offset = 0;
+        self.map_in_place(|a| {
+            a.copy_from_slice(&flat[offset..offset + a.len()]);
+            offset += a.len();
+        });
+        Ok(())
+    }
+
+    /// The name of the first tensor holding a NaN or an infinity, if any.
+    fn first_non_finite(&self) -> Option<String> {
+        let mut v = FirstNonFinite { found: None };
+        walk_named(self, &mut v);
+        v.found
+    }
+
+    /// Applies `f` to each trainable tensor's data in place.
+    fn map_in_place(&mut self, f: impl FnMut(&mut [E])) {
+        let mut v = MapSlices { f, buf: Vec::new() };
+        self.walk_mut(&mut v);
+    }
+
+    /// Applies `f` to each pair of corresponding trainable tensors, the first mutably.
+    fn zip_in_place(&mut self, other: &Self, f: impl FnMut(&mut [E], &[E])) {
+        walk_mut_ref(
+            self,
+            other,
+            &mut ZipSlices {
+                f,
+                a: Vec::new(),
+                b: Vec::new(),
+            },
+        );
+    }
+
+    /// Visits each trainable tensor's data.
+    fn for_each_slice(&self, f: impl FnMut(&[E])) {
+        let mut v = EachSlice { f, buf: Vec::new() };
+        let _ = Self::iter_tensors(&mut RecursiveWalker { m: self, f: &mut v });
+    }
+
+    /// Visits each pair of corresponding trainable tensors.
+    fn fold_with(&self, other: &Self, f: impl FnMut(&[E], &[E])) {
+        let mut v = FoldSlices {
+            f,
+            a: Vec::new(),
+            b: Vec::new(),
+        };
+        let _ = Self::iter_tensors(&mut RecursiveWalker {
+            m: (self, other),
+            f: &mut v,
+        });
+    }
+
+    /// A collection shaped like `self` holding the gradients recorded in `grads` for `self`'s
+    /// tensors. Every tensor must have an entry (allocate with `alloc_grads` first).
+    fn gradient_from(&self, grads: &Gradients<E, Cpu>) -> Self {
+        let mut out = self.clone();
+        out.walk_mut(&mut TakeGradient { grads });
+        out
+    }
+
+    #[doc(hidden)]
+    fn walk_mut<V: TensorVisitor<E, Cpu, Viewer = ViewTensorMut, E2 = E, D2 = Cpu>>(
+        &mut self,
+        v: &mut V,
+    ) {
+        let _ = Self::iter_tensors(&mut RecursiveWalker { m: self, f: v });
+    }
+}
+
+impl<E: Real, T: TensorCollection<E, Cpu> + Clone> Params<E> for T where Cpu: Device<E> {}
+
+/// A flat vector did not have the length of the collection it was loaded into.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("parameter vector has {found} values, the model has {expected}")]
+pub struct ParamLengthMismatch {
+    pub expected: usize,
+    pub found: usize,
+}
+
+fn walk_mut_ref<E: Real, T: TensorCollection<E, Cpu>, V>(a: &mut T, b: &T, v: &mut V)
+where
+    Cpu: Device<E>,
+    V: TensorVisitor<E, Cpu, Viewer = (ViewTensorMut, ViewTensorRef), E2 = E, D2 = Cpu>,
+{
+    let _ = T::iter_tensors(&mut RecursiveWalker { m: (a, b), f: v });
+}
+
+fn walk_named<E: Real, T: TensorCollection<E, Cpu>, V>(a: &T, v: &mut V)
+where
+    Cpu: Device<E>,
+    V: TensorVisitor<E, Cpu, Viewer = (ViewTensorRef, ViewTensorName), E2 = E, D2 = Cpu>,
+{
+    let _ = T::iter_tensors(&mut RecursiveWalker {
+        m: (a, String::new()),
+        f: v,
+    });
+}
+
+type Visited<S, E> = Result<Option<Tensor<S, E, Cpu>>, std::convert::Infallible>;
+
+struct Axpy {
+    a: f64,
+}
+impl<E: Real> TensorVisitor<E, Cpu> for Axpy
+where
+    Cpu: Device<E>,
+{
+    type Viewer = (ViewTensorMut, ViewTensorRef);
+    type Err = std::convert::Infallible;
+    type E2 = E;
+    type D2 = Cpu;
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Cpu>,
+        (dst, src): (&mut Tensor<S, E, Cpu>, &Tensor<S, E, Cpu>),
+    ) -> Visited<S, E> {
+        if opts.do_gradient_update {
+            dst.axpy(1.0, src, self.a);
+        }
+        Ok(None)
+    }
+}
+
+struct Combine {
+    alpha: f64,
+    beta: f64,
+}
+impl<E: Real> TensorVisitor<E, Cpu> for Combine
+where
+    Cpu: Device<E>,
+{
+    type Viewer = (ViewTensorMut, ViewTensorRef);
+    type Err = std::convert::Infallible;
+    type E2 = E;
+    type D2 = Cpu;
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Cpu>,
+        (dst, src): (&mut Tensor<S, E, Cpu>, &Tensor<S, E, Cpu>),
+    ) -> Visited<S, E> {
+        if opts.do_gradient_update {
+            dst.axpy(self.alpha, src, self.beta);
+        }
+        Ok(None)
+    }
+}
+
+struct MapSlices<F, E> {
+    f: F,
+    buf: Vec<E>,
+}
+impl<E: Real, F: FnMut(&mut [E])> TensorVisitor<E, Cpu> for MapSlices<F, E>
+where
+    Cpu: Device<E>,
+{
+    type Viewer = ViewTensorMut;
+    type Err = std::convert::Infallible;
+    type E2 = E;
+    type D2 = Cpu;
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Cpu>,
+        t: &mut Tensor<S, E, Cpu>,
+    ) -> Visited<S, E> {
+        if opts.do_gradient_update {
+            self.buf.resize(t.shape().num_elements(), E::zero());
+            t.copy_into(&mut self.buf);
+            (self.f)(&mut self.buf);
+            t.copy_from(&self.buf);
+        }
+        Ok(None)
+    }
+}
+
+struct ZipSlices<F, E> {
+    f: F,
+    a: Vec<E>,
+    b: Vec<E>,
+}
+impl<E: Real, F: FnMut(&mut [E], &[E])> TensorVisitor<E, Cpu> for ZipSlices<F, E>
+where
+    Cpu: Device<E>,
+{
+    type Viewer = (ViewTensorMut, ViewTensorRef);
+    type Err = std::convert::Infallible;
+    type E2 = E;
+    type D2 = Cpu;
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Cpu>,
+        (a, b): (&mut Tensor<S, E, Cpu>, &Tensor<S, E, Cpu>),
+    ) -> Visited<S, E> {
+        if opts.do_gradient_update {
+            let n = a.shape().num_elements();
+            self.a.resize(n, E::zero());
+            self.b.resize(n, E::zero());
+            a.copy_into(&mut self.a);
+            b.copy_into(&mut self.b);
+            (self.f)(&mut self.a, &self.b);
+            a.copy_from(&self.a);
+        }
+        Ok(None)
+    }
+}
+
+struct EachSlice<F, E> {
+    f: F,
+    buf: Vec<E>,
+}
+impl<E: Real, F: FnMut(&[E])> TensorVisitor<E, Cpu> for EachSlice<F, E>
+where
+    Cpu: Device<E>,
+{
+    type Viewer = ViewTensorRef;
+    type Err = std::convert::Infallible;
+    type E2 = E;
+    type D2 = Cpu;
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Cpu>,
+        t: &Tensor<S, E, Cpu>,
+    ) -> Visited<S, E> {
+        if opts.do_gradient_update {
+            self.buf.resize(t.shape().num_elements(), E::zero());
+            t.copy_into(&mut self.buf);
+            (self.f)(&self.buf);
+        }
+        Ok(None)
+    }
+}
+
+struct FoldSlices<F, E> {
+    f: F,
+    a: Vec<E>,
+    b: Vec<E>,
+}
+impl<E: Real, F: FnMut(&[E], &[E])> TensorVisitor<E, Cpu> for FoldSlices<F, E>
+where
+    Cpu: Device<E>,
+{
+    type Viewer = (ViewTensorRef, ViewTensorRef);
+    type Err = std::convert::Infallible;
+    type E2 = E;
+    type D2 = Cpu;
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Cpu>,
+        (a, b): (&Tensor<S, E, Cpu>, &Tensor<S, E, Cpu>),
+    ) -> Visited<S, E> {
+        if opts.do_gradient_update {
+            let n = a.shape().num_elements();
+            self.a.resize(n, E::zero());
+            self.b.resize(n, E::zero());
+            a.copy_into(&mut self.a);
+            b.copy_into(&mut self.b);
+            (self.f)(&self.a, &self.b);
+        }
+        Ok(None)
+    }
+}
+
+struct FirstNonFinite {
+    found: Option<String>,
+}
+impl<E: Real> TensorVisitor<E, Cpu> for FirstNonFinite
+where
+    Cpu: Device<E>,
+{
+    type Viewer = (ViewTensorRef, ViewTensorName);
+    type Err = std::convert::Infallible;
+    type E2 = E;
+    type D2 = Cpu;
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Cpu>,
+        (t, name): (&Tensor<S, E, Cpu>, String),
+    ) -> Visited<S, E> {
+        if opts.do_gradient_update
+            && self.found.is_none()
+            && t.as_vec().iter().any(|v| !v.is_finite())
+        {
+            self.found = Some(if name.is_empty() {
+                "(tensor)".into()
+            } else {
+                name
+            });
+        }
+        Ok(None)
+    }
+}
+
+struct TakeGradient<'g, E: Real> {
+    grads: &'g Gradients<E, Cpu>,
+}
+impl<E: Real> TensorVisitor<E, Cpu> for TakeGradient<'_, E>
+where
+    Cpu: Device<E>,
+{
+    type Viewer = ViewTensorMut;
+    type Err = std::convert::Infallible;
+    type E2 = E;
+    type D2 = Cpu;
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Cpu>,
+        t: &mut Tensor<S, E, Cpu>,
+    ) -> Visited<S, E> {
+        if opts.do_gradient_update {
+            *t = self.grads.get(&*t);
+        } else {
+            t.fill_with_zeros();
+        }
+        Ok(None)
+    }
+}

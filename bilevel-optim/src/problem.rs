@@ -1,0 +1,79 @@
+//! How a user describes a bilevel problem.
+//!
+//! `min_x f(x, y*(x))` with `y*(x) = argmin_y g(x, y)`. The user gives:
+//! - the upper variable `X` and lower variable `Y`: any dfdx modules, tensors or tuples of them;
+//! - samplers for the upper batches ξ and lower batches ζ;
+//! - the losses `F(x, y; ξ)` and `G(x, y; ζ)` as ordinary taped dfdx computations;
+//! - the lower gradient `∇_y G(x, y; ζ)` written as a forward computation in taped ops
+//!   ([`BilevelProblem::lower_grad_y`]). dfdx cannot differentiate its own gradient, so this
+//!   written gradient is what makes exact Hessian-vector and cross products possible: one ordinary
+//!   backward over `⟨∇_y G, v⟩` yields `∇²_yy G·v` and `∇²_xy G·v` at once (see [`crate::oracles`]).
+//!
+//! # Taping rule
+//! Every tensor of `x`, `y` and every constant is brought into a computation with
+//! `.retaped::<Tp<E>>()` (an empty tape with the tensor's id), or, for dfdx modules, by calling
+//! `forward` on a taped input. The library merges the tapes and allocates gradients for every
+//! tensor of `x` and `y`, so a tensor a loss does not touch simply gets a zero gradient.
+//! A tape that is dropped instead of merged loses its backward operations silently; the
+//! [`crate::written_grad::WrittenGrad`] builder merges every component it is given, and
+//! [`crate::written_grad::WrittenGrad::keep_tape`] merges leftovers (such as the gradient with
+//! respect to an initial hidden state that nobody needs).
+
+use dfdx::prelude::{Cpu, Device, OwnedTape, Rank0, Tensor};
+
+use crate::params::Params;
+use crate::real::Real;
+use crate::written_grad::WrittenGrad;
+
+/// The tape type of every taped computation in the library.
+pub type Tp<E> = OwnedTape<E, Cpu>;
+
+/// A tensor carrying a tape.
+pub type Taped<S, E> = Tensor<S, E, Cpu, Tp<E>>;
+
+/// The random generator that draws batches. ChaCha8 has a serialisable position, so a run can be
+/// resumed exactly.
+pub type SampleRng = rand_chacha::ChaCha8Rng;
+
+/// A batch of samples; its size is what the oracle counters report as "samples touched".
+pub trait Batch {
+    fn size(&self) -> usize;
+}
+
+/// A bilevel problem over upper variable `X` and lower variable `Y`.
+pub trait BilevelProblem<E: Real>
+where
+    Cpu: Device<E>,
+{
+    /// The upper-level variable (hyperparameters, encoder, sample weights...).
+    type X: Params<E>;
+    /// The lower-level variable (model weights, heads...).
+    type Y: Params<E>;
+    /// A batch ξ of the upper-level (validation / query) data.
+    type UpperBatch: Batch;
+    /// A batch ζ of the lower-level (training / support) data.
+    type LowerBatch: Batch;
+
+    /// Draws a fresh upper batch. Deterministic problems return the full data set.
+    fn sample_upper(&mut self, rng: &mut SampleRng) -> Self::UpperBatch;
+
+    /// Draws a fresh lower batch. Deterministic problems return the full data set.
+    fn sample_lower(&mut self, rng: &mut SampleRng) -> Self::LowerBatch;
+
+    /// `F(x, y; ξ)` as a taped scalar (see the taping rule in the module docs).
+    fn upper_loss(&self, x: &Self::X, y: &Self::Y, batch: &Self::UpperBatch) -> Taped<Rank0, E>;
+
+    /// `G(x, y; ζ)` as a taped scalar.
+    fn lower_loss(&self, x: &Self::X, y: &Self::Y, batch: &Self::LowerBatch) -> Taped<Rank0, E>;
+
+    /// `∇_y G(x, y; ζ)` written in taped ops: call `grad.set(&y.tensor, component)` once for every
+    /// trainable tensor of `y`. The components must carry the tapes of everything they depend on
+    /// (x, y, and intermediate values), which is what makes the second-order products exact.
+    fn lower_grad_y(
+        &self,
+        x: &Self::X,
+        y: &Self::Y,
+        batch: &Self::LowerBatch,
+        grad: &mut WrittenGrad<E>,
+    );
+}

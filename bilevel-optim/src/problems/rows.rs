@@ -1,0 +1,82 @@
+//! A batch of data rows as runtime-sized dfdx tensors, shared by the regression problems.
+
+use dfdx::prelude::*;
+use rand::Rng;
+
+use crate::linalg::Matrix;
+use crate::problem::Batch;
+use crate::real::Real;
+
+/// Rows `A_B` of a design matrix with targets `t_B`, and the row indices they came from.
+pub struct Rows<E: Real, const D: usize> {
+    pub indices: Vec<usize>,
+    /// `A_B` as f64, for the closed forms.
+    pub a: Matrix,
+    pub targets: Vec<f64>,
+    pub(crate) a_t: Tensor<(usize, Const<D>), E, Cpu>,
+    /// `A_Bᵀ`, so that `y·A_Bᵀ` keeps the taped y on the left.
+    pub(crate) at_t: Tensor<(Const<D>, usize), E, Cpu>,
+    pub(crate) targets_t: Tensor<(usize,), E, Cpu>,
+    pub(crate) indices_t: Tensor<(usize,), usize, Cpu>,
+}
+
+impl<E: Real, const D: usize> Batch for Rows<E, D> {
+    fn size(&self) -> usize {
+        self.indices.len()
+    }
+}
+
+impl<E: Real, const D: usize> Rows<E, D>
+where
+    Cpu: Device<E>,
+{
+    /// The rows `indices` of (`a`, `targets`).
+    pub fn select(dev: &Cpu, a: &Matrix, targets: &[f64], indices: Vec<usize>) -> Self {
+        assert_eq!(a.cols, D);
+        let n = indices.len();
+        let sub = Matrix::from_fn(n, D, |i, j| a.at(indices[i], j));
+        let t: Vec<f64> = indices.iter().map(|&i| targets[i]).collect();
+        let cast = |v: &[f64]| v.iter().map(|&x| E::of(x)).collect::<Vec<E>>();
+        Self {
+            a_t: dev.tensor_from_vec(cast(&sub.data), (n, Const::<D>)),
+            at_t: dev.tensor_from_vec(cast(&sub.transpose().data), (Const::<D>, n)),
+            targets_t: dev.tensor_from_vec(cast(&t), (n,)),
+            indices_t: dev.tensor_from_vec(indices.clone(), (n,)),
+            indices,
+            a: sub,
+            targets: t,
+        }
+    }
+
+    /// All rows, in order.
+    pub fn all(dev: &Cpu, a: &Matrix, targets: &[f64]) -> Self {
+        Self::select(dev, a, targets, (0..a.rows).collect())
+    }
+
+    /// `size` rows drawn uniformly with replacement, or all rows when `size` is `None`.
+    pub fn sample(
+        dev: &Cpu,
+        a: &Matrix,
+        targets: &[f64],
+        size: Option<usize>,
+        rng: &mut impl Rng,
+    ) -> Self {
+        match size {
+            None => Self::all(dev, a, targets),
+            Some(b) => Self::select(
+                dev,
+                a,
+                targets,
+                (0..b).map(|_| rng.gen_range(0..a.rows)).collect(),
+            ),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+}

@@ -1,0 +1,256 @@
+//! Collects a user's written lower-level gradient `∇_y G`, one taped component per tensor of `y`.
+//!
+//! When a direction `v` is given, the builder forms the taped scalar `⟨∇_y G, v⟩` as components
+//! arrive (merging every component's tape into it), so a single backward pass over that scalar
+//! yields `∇²_yy G·v` and `∇²_xy G·v`. It also keeps each component's value, so the same pass
+//! returns `∇_y G` itself.
+//!
+//! Components are matched to the tensors of `y` by tensor identity: a dfdx [`Gradients`] map,
+//! keyed by tensor id, records each tensor's position in `y`. Setting a tensor that is not in
+//! `y`, setting one twice, or leaving one out is reported by name, never silently accepted.
+
+use std::any::Any;
+
+use dfdx::nn::tensor_collection::{
+    RecursiveWalker, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName, ViewTensorRef,
+};
+use dfdx::prelude::{
+    Cpu, Device, Gradients, Merge, NoneTape, PutTape, Rank0, Shape, SplitTape, SumTo, Tensor,
+};
+
+use crate::error::BilevelError;
+use crate::params::Params;
+use crate::problem::{Taped, Tp};
+use crate::real::Real;
+
+/// Builder for a written gradient `∇_y G`; see the module documentation.
+pub struct WrittenGrad<E: Real>
+where
+    Cpu: Device<E>,
+{
+    /// Position (1-based, in the first element) of each trainable tensor of `y`, by tensor id.
+    position: Gradients<E, Cpu>,
+    names: Vec<String>,
+    direction: Option<Vec<Box<dyn Any>>>,
+    values: Vec<Option<Box<dyn Any>>>,
+    inner: Option<Taped<Rank0, E>>,
+    leftover: Option<Tp<E>>,
+    problems: Vec<String>,
+}
+
+impl<E: Real> WrittenGrad<E>
+where
+    Cpu: Device<E>,
+{
+    /// A builder for the gradient at `y`; with `direction = Some(v)` it also forms `⟨∇_y G, v⟩`.
+    pub fn new<Y: Params<E>>(y: &Y, direction: Option<&Y>) -> Self {
+        let mut reg = Register {
+            position: Gradients::leaky(),
+            names: Vec::new(),
+        };
+        let _ = Y::iter_tensors(&mut RecursiveWalker {
+            m: (y, String::new()),
+            f: &mut reg,
+        });
+        let n = reg.names.len();
+        let direction = direction.map(|v| {
+            let mut c = CollectTensors {
+                out: Vec::with_capacity(n),
+            };
+            let _ = Y::iter_tensors(&mut RecursiveWalker { m: v, f: &mut c });
+            c.out
+        });
+        Self {
+            position: reg.position,
+            names: reg.names,
+            direction,
+            values: (0..n).map(|_| None).collect(),
+            inner: None,
+            leftover: None,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Sets the component of the gradient for the tensor `param` of `y`.
+    pub fn set<S: Shape>(&mut self, param: &Tensor<S, E, Cpu>, component: Taped<S, E>) {
+        let Some(k) = self.position_of(param) else {
+            self.problems.push(
+                "a component was set for a tensor that is not a trainable tensor of y".into(),
+            );
+            return;
+        };
+        if self.values[k].is_some() {
+            self.problems.push(format!(
+                "the component for '{}' was set twice",
+                self.names[k]
+            ));
+            return;
+        }
+        self.values[k] = Some(Box::new(component.retaped::<NoneTape>()));
+        if let Some(dir) = &self.direction {
+            let v = dir[k]
+                .downcast_ref::<Tensor<S, E, Cpu>>()
+                .expect("same tensor, same shape type")
+                .clone();
+            let term: Taped<Rank0, E> = (component * v).sum();
+            self.inner = Some(match self.inner.take() {
+                None => term,
+                Some(acc) => acc + term,
+            });
+        }
+    }
+
+    /// Merges the tape of an intermediate result whose backward operations feed the components
+    /// but which is not itself a component (e.g. the gradient with respect to an initial state).
+    pub fn keep_tape<S: Shape>(&mut self, leftover: Taped<S, E>) {
+        if self.direction.is_none() {
+            return;
+        }
+        let (_, tape) = leftover.split_tape();
+        self.leftover = Some(match self.leftover.take() {
+            None => tape,
+            Some(t) => t.merge(tape),
+        });
+    }
+
+    /// Checks that every tensor of `y` got exactly one component and returns the gradient's value
+    /// and, when a direction was given, the taped scalar `⟨∇_y G, v⟩`.
+    pub(crate) fn finish<Y: Params<E>>(
+        mut self,
+        y: &Y,
+    ) -> Result<(Y, Option<Taped<Rank0, E>>), BilevelError> {
+        let missing: Vec<&str> = self
+            .values
+            .iter()
+            .zip(&self.names)
+            .filter(|(v, _)| v.is_none())
+            .map(|(_, n)| n.as_str())
+            .collect();
+        if !missing.is_empty() {
+            self.problems
+                .push(format!("no component was set for {}", missing.join(", ")));
+        }
+        if !self.problems.is_empty() {
+            return Err(BilevelError::WrittenGradient(self.problems.join("; ")));
+        }
+        let mut value = y.clone();
+        let _ = Y::iter_tensors(&mut RecursiveWalker {
+            m: &mut value,
+            f: &mut PlaceValues {
+                values: &mut self.values,
+                next: 0,
+            },
+        });
+        let inner = match (self.inner, self.leftover) {
+            (Some(s), Some(extra)) => {
+                let (s, tape) = s.split_tape();
+                Some(s.put_tape(tape.merge(extra)))
+            }
+            (inner, _) => inner,
+        };
+        Ok((value, inner))
+    }
+
+    fn position_of<S: Shape>(&mut self, param: &Tensor<S, E, Cpu>) -> Option<usize> {
+        let k = read_marker(&mut self.position, param)?;
+        (k >= 1 && k <= self.names.len()).then(|| k - 1)
+    }
+}
+
+// These two helpers deliberately carry no `Cpu: Device<E>` bound: with it in scope, the compiler
+// cannot see that a CPU gradient buffer is a vector of `E`.
+fn write_marker<E: Real, S: Shape>(map: &mut Gradients<E, Cpu>, t: &Tensor<S, E, Cpu>, k: usize) {
+    let buf = map.get_or_alloc_mut(t).expect("cpu allocation");
+    if let Some(first) = buf.first_mut() {
+        *first = E::of(k as f64);
+    }
+}
+
+fn read_marker<E: Real, S: Shape>(
+    map: &mut Gradients<E, Cpu>,
+    t: &Tensor<S, E, Cpu>,
+) -> Option<usize> {
+    map.get_or_alloc_mut(t).ok()?.first()?.to_usize()
+}
+
+type Visited<S, E> = Result<Option<Tensor<S, E, Cpu>>, std::convert::Infallible>;
+
+struct Register<E: Real> {
+    position: Gradients<E, Cpu>,
+    names: Vec<String>,
+}
+impl<E: Real> TensorVisitor<E, Cpu> for Register<E>
+where
+    Cpu: Device<E>,
+{
+    type Viewer = (ViewTensorRef, ViewTensorName);
+    type Err = std::convert::Infallible;
+    type E2 = E;
+    type D2 = Cpu;
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Cpu>,
+        (t, name): (&Tensor<S, E, Cpu>, String),
+    ) -> Visited<S, E> {
+        if opts.do_gradient_update {
+            self.names.push(if name.is_empty() {
+                "(tensor)".into()
+            } else {
+                name
+            });
+            write_marker(&mut self.position, t, self.names.len());
+        }
+        Ok(None)
+    }
+}
+
+struct CollectTensors {
+    out: Vec<Box<dyn Any>>,
+}
+impl<E: Real> TensorVisitor<E, Cpu> for CollectTensors
+where
+    Cpu: Device<E>,
+{
+    type Viewer = ViewTensorRef;
+    type Err = std::convert::Infallible;
+    type E2 = E;
+    type D2 = Cpu;
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Cpu>,
+        t: &Tensor<S, E, Cpu>,
+    ) -> Visited<S, E> {
+        if opts.do_gradient_update {
+            self.out.push(Box::new(t.clone()));
+        }
+        Ok(None)
+    }
+}
+
+struct PlaceValues<'a> {
+    values: &'a mut Vec<Option<Box<dyn Any>>>,
+    next: usize,
+}
+impl<E: Real> TensorVisitor<E, Cpu> for PlaceValues<'_>
+where
+    Cpu: Device<E>,
+{
+    type Viewer = ViewTensorMut;
+    type Err = std::convert::Infallible;
+    type E2 = E;
+    type D2 = Cpu;
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Cpu>,
+        t: &mut Tensor<S, E, Cpu>,
+    ) -> Visited<S, E> {
+        if opts.do_gradient_update {
+            let boxed = self.values[self.next].take().expect("checked complete");
+            *t = *boxed
+                .downcast::<Tensor<S, E, Cpu>>()
+                .expect("same shape type");
+            self.next += 1;
+        }
+        Ok(None)
+    }
+}
