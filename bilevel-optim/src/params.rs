@@ -12,7 +12,7 @@ use dfdx::nn::tensor_collection::{
     RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
     ViewTensorRef,
 };
-use dfdx::prelude::{Cpu, Device, Gradients, HasShape, Shape, Tensor};
+use dfdx::prelude::{Cpu, Device, Gradients, HasShape, Shape, Tensor, ZerosTensor};
 
 use crate::real::Real;
 
@@ -24,10 +24,11 @@ pub trait Params<E: Real>: TensorCollection<E, Cpu> + Clone
 where
     Cpu: Device<E>,
 {
-    /// A collection of the same shape filled with zeros.
+    /// A collection of the same shape filled with zeros, made of new tensors (new tensor ids), so
+    /// it never aliases `self` in a taped computation.
     fn zeros_like(&self) -> Self {
         let mut out = self.clone();
-        out.map_in_place(|a| a.iter_mut().for_each(|v| *v = E::zero()));
+        out.walk_mut(&mut FreshZeros);
         out
     }
 
@@ -411,6 +412,27 @@ where
             } else {
                 name
             });
+        }
+        Ok(None)
+    }
+}
+
+struct FreshZeros;
+impl<E: Real> TensorVisitor<E, Cpu> for FreshZeros
+where
+    Cpu: Device<E>,
+{
+    type Viewer = ViewTensorMut;
+    type Err = std::convert::Infallible;
+    type E2 = E;
+    type D2 = Cpu;
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Cpu>,
+        t: &mut Tensor<S, E, Cpu>,
+    ) -> Visited<S, E> {
+        if opts.do_gradient_update {
+            *t = t.device().zeros_like(t.shape());
         }
         Ok(None)
     }

@@ -221,7 +221,9 @@ where
         t: &Tensor<S, E, Cpu>,
     ) -> Visited<S, E> {
         if opts.do_gradient_update {
-            self.out.push(Box::new(t.clone()));
+            // A fresh tensor id: dfdx accumulates the gradient of the constant factor v under v's
+            // id, so a direction sharing ids with y (a clone of y, say) would add ∇_y G to the HVP.
+            self.out.push(Box::new(t.clone() * E::one()));
         }
         Ok(None)
     }
