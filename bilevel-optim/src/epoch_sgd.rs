@@ -100,9 +100,9 @@ where
             let batch = oracles.lower_batch();
             let g = oracles.lower_grad(x, &u, &batch);
             site.check("lower gradient ∇_y g (Epoch-SGD)", &g.dy)?;
-            u.axpy(-E::of(epoch.step), &g.dy);
+            u.add_scaled(-E::of(epoch.step), &g.dy);
             u.project_ball_around(&start, E::of(epoch.radius));
-            average.axpy(weight, &u);
+            average.add_scaled(weight, &u);
         }
         start = average;
         schedule.push(epoch);

@@ -3,7 +3,7 @@
 //! Bilevel algorithms manipulate whole parameter sets (x, y, the linear-system variable z,
 //! momenta) as vectors. [`Params`] gives every dfdx module, tensor or tuple of them the
 //! vector-space operations those algorithms are written in, so an update rule reads like its
-//! pseudocode: `z.axpy(-nu, &residual)`, `m.norm()`, `z.project_ball(rho)`.
+//! pseudocode: `z.add_scaled(-nu, &residual)`, `m.norm()`, `z.project_ball(rho)`.
 //!
 //! Only tensors marked for gradient updates take part (dfdx's `TensorOptions::do_gradient_update`);
 //! detached tensors such as running statistics are carried along unchanged.
@@ -38,7 +38,7 @@ where
     }
 
     /// `self ← self + a · other`.
-    fn axpy(&mut self, a: E, other: &Self) {
+    fn add_scaled(&mut self, a: E, other: &Self) {
         walk_mut_ref(self, other, &mut Axpy { a: a.f64() });
     }
 
@@ -90,9 +90,9 @@ where
     /// Projects onto the ball `‖self − center‖ ≤ radius`. Returns whether a projection happened.
     fn project_ball_around(&mut self, center: &Self, radius: E) -> bool {
         let mut d = self.clone();
-        d.axpy(-E::one(), center);
+        d.add_scaled(-E::one(), center);
         if d.project_ball(radius) {
-            d.axpy(E::one(), center);
+            d.add_scaled(E::one(), center);
             *self = d;
             true
         } else {
@@ -196,6 +196,16 @@ where
 }
 
 impl<E: Real, T: TensorCollection<E, Cpu> + Clone> Params<E> for T where Cpu: Device<E> {}
+
+/// A readable name for a tensor from dfdx's visitor path ("1.bias"; "(tensor)" for a bare tensor).
+pub(crate) fn tensor_label(path: String) -> String {
+    let trimmed = path.trim_end_matches('.');
+    if trimmed.is_empty() {
+        "(tensor)".into()
+    } else {
+        trimmed.into()
+    }
+}
 
 /// A flat vector did not have the length of the collection it was loaded into.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -407,11 +417,7 @@ where
             && self.found.is_none()
             && t.as_vec().iter().any(|v| !v.is_finite())
         {
-            self.found = Some(if name.is_empty() {
-                "(tensor)".into()
-            } else {
-                name
-            });
+            self.found = Some(tensor_label(name));
         }
         Ok(None)
     }

@@ -71,7 +71,7 @@ where
         let g = oracles.lower_grad(x, y, &batch);
         site.check_scalar("lower loss g", g.value.f64())?;
         site.check("lower gradient ∇_y g", &g.dy)?;
-        y.axpy(-gamma, &g.dy);
+        y.add_scaled(-gamma, &g.dy);
         site.check("lower variable y", y)?;
         last = Some(g.value.f64());
     }
@@ -91,8 +91,8 @@ where
     Cpu: Device<E>,
 {
     let mut residual = hz.clone();
-    residual.axpy(-E::one(), grad_y_f);
-    z.axpy(-nu, &residual);
+    residual.add_scaled(-E::one(), grad_y_f);
+    z.add_scaled(-nu, &residual);
     if let Some(r) = radius {
         z.project_ball(r);
     }
@@ -105,7 +105,7 @@ where
     Cpu: Device<E>,
 {
     let mut h = grad_x_f.clone();
-    h.axpy(-E::one(), jz);
+    h.add_scaled(-E::one(), jz);
     h
 }
 
@@ -126,7 +126,7 @@ where
     let n = d.norm();
     if n > E::zero() {
         let s = eta / n;
-        x.axpy(-s, d);
+        x.add_scaled(-s, d);
         s
     } else {
         E::zero()

@@ -19,7 +19,7 @@ use dfdx::prelude::{
 };
 
 use crate::error::BilevelError;
-use crate::params::Params;
+use crate::params::{tensor_label, Params};
 use crate::problem::{Taped, Tp};
 use crate::real::Real;
 
@@ -193,11 +193,7 @@ where
         (t, name): (&Tensor<S, E, Cpu>, String),
     ) -> Visited<S, E> {
         if opts.do_gradient_update {
-            self.names.push(if name.is_empty() {
-                "(tensor)".into()
-            } else {
-                name
-            });
+            self.names.push(tensor_label(name));
             write_marker(&mut self.position, t, self.names.len());
         }
         Ok(None)

@@ -66,7 +66,7 @@ fn check_oracles<P: ClosedForm<f64>>(o: &mut Oracles<f64, P>, x: &P::X, y: &P::Y
     let eps = 1e-6 / norm(&vf).max(1e-12);
     let shifted = |o: &mut Oracles<f64, P>, s: f64| {
         let mut ys = y.clone();
-        ys.axpy(s, v);
+        ys.add_scaled(s, v);
         o.lower_grad(x, &ys, &lb)
     };
     let (plus, minus) = (shifted(o, eps), shifted(o, -eps));
@@ -114,7 +114,7 @@ fn check_oracles<P: ClosedForm<f64>>(o: &mut Oracles<f64, P>, x: &P::X, y: &P::Y
     let eps_x = 1e-6 / w.norm();
     let moved = |o: &mut Oracles<f64, P>, s: f64| {
         let mut xs = x.clone();
-        xs.axpy(s, &w);
+        xs.add_scaled(s, &w);
         o.written_grad_y(&xs, y, &lb).unwrap()
     };
     let (gp, gm) = (moved(o, eps_x), moved(o, -eps_x));

@@ -1,0 +1,155 @@
+//! The written-gradient builder reports malformed gradients by name, and a direction that shares
+//! tensor ids with y (a clone of y) still gives the exact HVP.
+
+mod common;
+
+use bilevel_optim::error::BilevelError;
+use bilevel_optim::oracles::Oracles;
+use bilevel_optim::params::Params;
+use bilevel_optim::problem::{Batch, BilevelProblem, SampleRng, Taped, Tp};
+use bilevel_optim::problems::*;
+use bilevel_optim::written_grad::WrittenGrad;
+use common::*;
+use dfdx::prelude::*;
+
+type Y = (Tensor<Rank1<2>, f64, Cpu>, Tensor<Rank1<3>, f64, Cpu>);
+type X = Tensor<Rank0, f64, Cpu>;
+
+/// g(x, y) = ½ e^x (‖y.0‖² + ‖y.1‖²); the written gradient is deliberately malformed per `mode`.
+struct Malformed {
+    mode: &'static str,
+    stranger: Tensor<Rank1<2>, f64, Cpu>,
+}
+struct Unit;
+impl Batch for Unit {
+    fn size(&self) -> usize {
+        1
+    }
+}
+impl BilevelProblem<f64> for Malformed {
+    type X = X;
+    type Y = Y;
+    type UpperBatch = Unit;
+    type LowerBatch = Unit;
+    fn sample_upper(&mut self, _: &mut SampleRng) -> Unit {
+        Unit
+    }
+    fn sample_lower(&mut self, _: &mut SampleRng) -> Unit {
+        Unit
+    }
+    fn upper_loss(&self, _: &X, y: &Y, _: &Unit) -> Taped<Rank0, f64> {
+        y.0.retaped::<Tp<f64>>().sum()
+    }
+    fn lower_loss(&self, x: &X, y: &Y, _: &Unit) -> Taped<Rank0, f64> {
+        let s = y.0.retaped::<Tp<f64>>().square().sum() + y.1.retaped::<Tp<f64>>().square().sum();
+        s * x.retaped::<Tp<f64>>().exp() * 0.5
+    }
+    fn lower_grad_y(&self, x: &X, y: &Y, _: &Unit, grad: &mut WrittenGrad<f64>) {
+        let c = || x.retaped::<Tp<f64>>().exp();
+        let g0 = y.0.retaped::<Tp<f64>>() * c().broadcast();
+        let g1 = y.1.retaped::<Tp<f64>>() * c().broadcast();
+        match self.mode {
+            "missing" => grad.set(&y.0, g0),
+            "twice" => {
+                grad.set(&y.0, g0);
+                grad.set(&y.1, g1);
+                grad.set(&y.0, y.0.retaped::<Tp<f64>>());
+            }
+            "stranger" => {
+                grad.set(&y.0, g0);
+                grad.set(&y.1, g1);
+                grad.set(&self.stranger, self.stranger.retaped::<Tp<f64>>());
+            }
+            _ => {
+                grad.set(&y.1, g1);
+                grad.set(&y.0, g0);
+            }
+        }
+    }
+}
+
+fn setup(mode: &'static str) -> (Oracles<f64, Malformed>, X, Y) {
+    let dev = Cpu::seed_from_u64(1);
+    let p = Malformed {
+        mode,
+        stranger: dev.sample_normal(),
+    };
+    (
+        Oracles::new(p, 0),
+        dev.tensor(0.3),
+        (dev.sample_normal(), dev.sample_normal()),
+    )
+}
+
+fn error_of(mode: &'static str) -> String {
+    let (mut o, x, y) = setup(mode);
+    let v = y.clone();
+    match o.hvp_jvp(&x, &y, &v, &Unit) {
+        Err(BilevelError::WrittenGradient(msg)) => msg,
+        other => panic!("expected a WrittenGradient error, got {other:?}"),
+    }
+}
+
+#[test]
+fn missing_component_is_named() {
+    assert!(
+        error_of("missing").ends_with("no component was set for 1"),
+        "{}",
+        error_of("missing")
+    );
+}
+
+#[test]
+fn duplicate_component_is_named() {
+    assert!(
+        error_of("twice").contains("'0' was set twice"),
+        "{}",
+        error_of("twice")
+    );
+}
+
+#[test]
+fn foreign_tensor_is_rejected() {
+    assert!(
+        error_of("stranger").contains("not a trainable tensor of y"),
+        "{}",
+        error_of("stranger")
+    );
+}
+
+#[test]
+fn components_in_any_order_give_exact_products() {
+    let (mut o, x, y) = setup("ok");
+    let dev = Cpu::default();
+    let v: Y = (dev.sample_normal(), dev.sample_normal());
+    let so = o.hvp_jvp(&x, &y, &v, &Unit).unwrap();
+    let c = 0.3f64.exp();
+    let expected_hv: Vec<f64> = as_f64(&v).iter().map(|a| c * a).collect();
+    assert!(rel_err(&as_f64(&so.hvp), &expected_hv) < 1e-14);
+    // ∇_x ⟨e^x y, v⟩ = e^x ⟨y, v⟩
+    assert!(scalar_rel_err(as_f64(&so.jvp)[0], c * dot(&as_f64(&y), &as_f64(&v))) < 1e-14);
+}
+
+/// Regression: a direction made by cloning y shares y's tensor ids; dfdx would accumulate the
+/// constant factor's gradient into the HVP under that id unless the library detaches it.
+#[test]
+fn direction_aliasing_y_gives_exact_hvp() {
+    let cfg = QuadraticConfig::default();
+    let mut o = Oracles::new(Quadratic::<f64, 2, 3>::new(cfg), 0);
+    let dev = Cpu::seed_from_u64(4);
+    let (x, y): (Tensor<Rank1<2>, f64, Cpu>, Tensor<Rank1<3>, f64, Cpu>) =
+        (dev.sample_normal(), dev.sample_normal());
+    let mut v = y.clone();
+    v.scale(-2.0);
+    let b = o.lower_batch();
+    let hv = o.hvp(&x, &y, &v, &b).unwrap();
+    let exact = o
+        .problem()
+        .exact_hvp(&as_f64(&x), &as_f64(&y), &as_f64(&v), &b);
+    assert!(
+        rel_err(&as_f64(&hv), &exact) < 1e-14,
+        "{:?} vs {:?}",
+        as_f64(&hv),
+        exact
+    );
+}
