@@ -59,7 +59,7 @@ impl EpochSgdConfig {
         if self.length == 0 {
             return bad("epoch_sgd.length", "must be at least 1");
         }
-        if !(self.radius > 0.0) {
+        if self.radius.is_nan() || self.radius <= 0.0 {
             return bad("epoch_sgd.radius", "must be positive");
         }
         if self.epochs == 0 || self.epochs > 40 {

@@ -89,10 +89,10 @@ impl Matrix {
         let mut g = Matrix::zeros(self.cols, self.cols);
         for (i, &wi) in w.iter().enumerate() {
             let r = self.row(i);
-            for a in 0..self.cols {
-                let ra = r[a] * wi;
-                for b in 0..self.cols {
-                    g.data[a * self.cols + b] += ra * r[b];
+            for (a, &ra) in r.iter().enumerate() {
+                let row = &mut g.data[a * self.cols..(a + 1) * self.cols];
+                for (gab, &rb) in row.iter_mut().zip(r) {
+                    *gab += ra * wi * rb;
                 }
             }
         }

@@ -87,8 +87,8 @@ where
         let (val_a, val_t) = make(config.val_rows);
         let flips = (config.corruption * N as f64).round() as usize;
         let corrupted: Vec<bool> = (0..N).map(|i| i < flips).collect();
-        for i in 0..flips {
-            train_t[i] = 1.0 - train_t[i];
+        for t in train_t.iter_mut().take(flips) {
+            *t = 1.0 - *t;
         }
         Self {
             train_a,
