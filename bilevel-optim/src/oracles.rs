@@ -169,9 +169,7 @@ where
         v: &P::Y,
         batch: &P::LowerBatch,
     ) -> Result<SecondOrder<P::X, P::Y>, BilevelError> {
-        self.counts.hvp += 1;
-        self.counts.jvp += 1;
-        self.counts.lower_samples += batch.size() as u64;
+        self.count_pass(1, 1, batch);
         self.second_order_pass(x, y, v, batch)
     }
 
@@ -183,8 +181,7 @@ where
         v: &P::Y,
         batch: &P::LowerBatch,
     ) -> Result<P::Y, BilevelError> {
-        self.counts.hvp += 1;
-        self.counts.lower_samples += batch.size() as u64;
+        self.count_pass(1, 0, batch);
         Ok(self.second_order_pass(x, y, v, batch)?.hvp)
     }
 
@@ -196,8 +193,7 @@ where
         v: &P::Y,
         batch: &P::LowerBatch,
     ) -> Result<P::X, BilevelError> {
-        self.counts.jvp += 1;
-        self.counts.lower_samples += batch.size() as u64;
+        self.count_pass(0, 1, batch);
         Ok(self.second_order_pass(x, y, v, batch)?.jvp)
     }
 
@@ -233,6 +229,14 @@ where
         self.rng = SampleRng::from_seed(state.seed);
         self.rng.set_stream(state.stream);
         self.rng.set_word_pos(state.word_pos);
+    }
+
+    /// Counts one second-order pass over `batch` that the caller uses for `hvp` HVPs and `jvp`
+    /// cross products.
+    fn count_pass(&mut self, hvp: u64, jvp: u64, batch: &P::LowerBatch) {
+        self.counts.hvp += hvp;
+        self.counts.jvp += jvp;
+        self.counts.lower_samples += batch.size() as u64;
     }
 
     fn second_order_pass(
