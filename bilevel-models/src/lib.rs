@@ -1,5 +1,23 @@
 //! Compile-time-shaped models whose lower-level gradients are written in taped dfdx ops, so that
-//! they plug into `bilevel_optim::problem::BilevelProblem` with exact second-order products.
+//! they plug into [`bilevel_optim::problem::BilevelProblem`] with exact second-order products.
 //!
-//! The layers (Linear, MLP, Elman RNN, LSTM, losses) arrive with their own issue; this crate is
-//! the workspace's place for them.
+//! - [`layer`]: the [`layer::WrittenLayer`] trait (forward + written backward) and tuple composition.
+//! - [`dense`]: dfdx's `Linear` and `Tanh`; [`elman`], [`lstm`]: recurrent layers over padded
+//!   sequences; [`pool`]: max-pooling over valid steps; [`loss`]: softmax cross-entropy.
+//! - [`penalty`]: L2 penalties with a fixed, a per-tensor learnable or a scalar learnable coefficient.
+//! - [`classifier`]: the text classifier of the tasks and its size presets.
+//! - [`text`]: embedded text batches; [`forms`]: the three lower-level forms as bilevel problems.
+
+pub mod classifier;
+pub mod dense;
+pub mod elman;
+pub mod forms;
+pub mod layer;
+pub mod loss;
+pub mod lstm;
+pub mod penalty;
+pub mod pool;
+pub mod recurrent;
+pub mod sequence;
+pub mod tape;
+pub mod text;

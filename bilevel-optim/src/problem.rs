@@ -66,8 +66,9 @@ where
     /// `G(x, y; ζ)` as a taped scalar.
     fn lower_loss(&self, x: &Self::X, y: &Self::Y, batch: &Self::LowerBatch) -> Taped<Rank0, E>;
 
-    /// `∇_y G(x, y; ζ)` written in taped ops: call `grad.set(&y.tensor, component)` once for every
-    /// trainable tensor of `y`. The components must carry the tapes of everything they depend on
+    /// `∇_y G(x, y; ζ)` written in taped ops: give every trainable tensor of `y` its component with
+    /// `grad.set` (whole), `grad.add` (term by term) or `grad.zero` (untouched by this batch).
+    /// The components must carry the tapes of everything they depend on
     /// (x, y, and intermediate values), which is what makes the second-order products exact.
     fn lower_grad_y(
         &self,

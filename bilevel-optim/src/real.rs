@@ -10,6 +10,7 @@ use num_traits::Float;
 pub trait Real:
     Dtype
     + Float
+    + rand_distr::uniform::SampleUniform
     + std::fmt::Debug
     + std::fmt::Display
     + std::iter::Sum

@@ -8,6 +8,13 @@
 //! Components are matched to the tensors of `y` by tensor identity: a dfdx [`Gradients`] map,
 //! keyed by tensor id, records each tensor's position in `y`. Setting a tensor that is not in
 //! `y`, setting one twice, or leaving one out is reported by name, never silently accepted.
+//!
+//! Three ways to give a component, for the three ways models are written:
+//! - [`WrittenGrad::set`]: the whole component at once (a closed-form gradient);
+//! - [`WrittenGrad::add`]: one term of a sum, as layers and regularizers contribute separately
+//!   (a layer adds its data term, the L2 penalty adds `μ y`);
+//! - [`WrittenGrad::zero`]: a part of `y` the batch does not touch (the heads of tasks outside a
+//!   task batch), so its gradient is exactly zero and costs nothing in the backward pass.
 
 use std::any::Any;
 
@@ -16,6 +23,7 @@ use dfdx::nn::tensor_collection::{
 };
 use dfdx::prelude::{
     Cpu, Device, Gradients, Merge, NoneTape, PutTape, Rank0, Shape, SplitTape, SumTo, Tensor,
+    ZerosTensor,
 };
 
 use crate::error::BilevelError;
@@ -33,6 +41,7 @@ where
     names: Vec<String>,
     direction: Option<Vec<Box<dyn Any>>>,
     values: Vec<Option<Box<dyn Any>>>,
+    given: Vec<Given>,
     inner: Option<Taped<Rank0, E>>,
     leftover: Option<Tp<E>>,
     problems: Vec<String>,
@@ -65,28 +74,86 @@ where
             names: reg.names,
             direction,
             values: (0..n).map(|_| None).collect(),
+            given: vec![Given::Nothing; n],
             inner: None,
             leftover: None,
             problems: Vec::new(),
         }
     }
 
-    /// Sets the component of the gradient for the tensor `param` of `y`.
+    /// Sets the component of the gradient for the tensor `param` of `y`: the whole component,
+    /// given once.
     pub fn set<S: Shape>(&mut self, param: &Tensor<S, E, Cpu>, component: Taped<S, E>) {
+        self.contribute(param, component, Given::Set);
+    }
+
+    /// Adds one term to the component for `param`; terms from several calls are summed.
+    pub fn add<S: Shape>(&mut self, param: &Tensor<S, E, Cpu>, component: Taped<S, E>) {
+        self.contribute(param, component, Given::Added);
+    }
+
+    /// Declares the gradient of every trainable tensor of `part` (a sub-collection of `y`) to be
+    /// exactly zero for this batch.
+    pub fn zero<P: Params<E>>(&mut self, part: &P) {
+        let mut marks = Vec::new();
+        let _ = P::iter_tensors(&mut RecursiveWalker {
+            m: part,
+            f: &mut ZeroMarks {
+                position: &mut self.position,
+                out: &mut marks,
+            },
+        });
+        for k in marks {
+            match k.filter(|&k| k >= 1 && k <= self.names.len()) {
+                None => self
+                    .problems
+                    .push("a tensor declared zero is not a trainable tensor of y".into()),
+                Some(k) if self.given[k - 1] != Given::Nothing => self.problems.push(format!(
+                    "'{}' was declared zero but also given a component",
+                    self.names[k - 1]
+                )),
+                Some(k) => self.given[k - 1] = Given::Zero,
+            }
+        }
+    }
+
+    fn contribute<S: Shape>(
+        &mut self,
+        param: &Tensor<S, E, Cpu>,
+        component: Taped<S, E>,
+        how: Given,
+    ) {
         let Some(k) = self.position_of(param) else {
             self.problems.push(
                 "a component was set for a tensor that is not a trainable tensor of y".into(),
             );
             return;
         };
-        if self.values[k].is_some() {
-            self.problems.push(format!(
-                "the component for '{}' was set twice",
-                self.names[k]
-            ));
+        let compatible = matches!(
+            (self.given[k], how),
+            (Given::Nothing, _) | (Given::Added, Given::Added)
+        );
+        if !compatible {
+            let what = match (self.given[k], how) {
+                (Given::Zero, _) => "declared zero and also given a component",
+                (_, Given::Added) => "set once and then added to",
+                _ => "set twice",
+            };
+            self.problems
+                .push(format!("the component for '{}' was {what}", self.names[k]));
             return;
         }
-        self.values[k] = Some(Box::new(component.retaped::<NoneTape>()));
+        self.given[k] = how;
+        let value = component.retaped::<NoneTape>();
+        self.values[k] = Some(Box::new(match self.values[k].take() {
+            None => value,
+            Some(previous) => {
+                *previous
+                    .downcast::<Tensor<S, E, Cpu>>()
+                    .expect("same tensor, same shape type")
+                    + value
+            }
+        }));
         if let Some(dir) = &self.direction {
             let v = dir[k]
                 .downcast_ref::<Tensor<S, E, Cpu>>()
@@ -120,10 +187,10 @@ where
         y: &Y,
     ) -> Result<(Y, Option<Taped<Rank0, E>>), BilevelError> {
         let missing: Vec<&str> = self
-            .values
+            .given
             .iter()
             .zip(&self.names)
-            .filter(|(v, _)| v.is_none())
+            .filter(|(g, _)| **g == Given::Nothing)
             .map(|(_, n)| n.as_str())
             .collect();
         if !missing.is_empty() {
@@ -132,6 +199,10 @@ where
         }
         if !self.problems.is_empty() {
             return Err(BilevelError::WrittenGradient(self.problems.join("; ")));
+        }
+        if self.inner.is_none() && self.direction.is_some() {
+            // Every component was declared zero: ⟨∇_y G, v⟩ = 0, still a valid taped scalar.
+            self.inner = Some(ZerosTensor::<E>::zeros::<Rank0>(&Cpu::default()).retaped::<Tp<E>>());
         }
         let mut value = y.clone();
         let _ = Y::iter_tensors(&mut RecursiveWalker {
@@ -155,6 +226,15 @@ where
         let k = read_marker(&mut self.position, param)?;
         (k >= 1 && k <= self.names.len()).then(|| k - 1)
     }
+}
+
+/// How the component of one tensor of `y` was given so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Given {
+    Nothing,
+    Set,
+    Added,
+    Zero,
 }
 
 // These two helpers deliberately carry no `Cpu: Device<E>` bound: with it in scope, the compiler
@@ -195,6 +275,30 @@ where
         if opts.do_gradient_update {
             self.names.push(tensor_label(name));
             write_marker(&mut self.position, t, self.names.len());
+        }
+        Ok(None)
+    }
+}
+
+struct ZeroMarks<'a, E: Real> {
+    position: &'a mut Gradients<E, Cpu>,
+    out: &'a mut Vec<Option<usize>>,
+}
+impl<E: Real> TensorVisitor<E, Cpu> for ZeroMarks<'_, E>
+where
+    Cpu: Device<E>,
+{
+    type Viewer = ViewTensorRef;
+    type Err = std::convert::Infallible;
+    type E2 = E;
+    type D2 = Cpu;
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Cpu>,
+        t: &Tensor<S, E, Cpu>,
+    ) -> Visited<S, E> {
+        if opts.do_gradient_update {
+            self.out.push(read_marker(self.position, t));
         }
         Ok(None)
     }
@@ -243,10 +347,13 @@ where
         t: &mut Tensor<S, E, Cpu>,
     ) -> Visited<S, E> {
         if opts.do_gradient_update {
-            let boxed = self.values[self.next].take().expect("checked complete");
-            *t = *boxed
-                .downcast::<Tensor<S, E, Cpu>>()
-                .expect("same shape type");
+            *t = match self.values[self.next].take() {
+                Some(boxed) => *boxed
+                    .downcast::<Tensor<S, E, Cpu>>()
+                    .expect("same shape type"),
+                // Declared zero (`finish` checked that every other tensor has a value).
+                None => t.clone() * E::zero(),
+            };
             self.next += 1;
         }
         Ok(None)

@@ -55,6 +55,28 @@ impl BilevelProblem<f64> for Malformed {
                 grad.set(&y.1, g1);
                 grad.set(&y.0, y.0.retaped::<Tp<f64>>());
             }
+            "set-then-add" => {
+                grad.set(&y.0, g0);
+                grad.set(&y.1, g1);
+                grad.add(&y.0, y.0.retaped::<Tp<f64>>());
+            }
+            "zero-and-add" => {
+                grad.zero(&y.0);
+                grad.add(&y.0, g0);
+                grad.set(&y.1, g1);
+            }
+            // The same gradient as "ok", in two terms per tensor: e^x y = (e^x − 1) y + y.
+            "added" => {
+                for (t, part) in [(&y.0, c() - 1.0), (&y.0, c() * 0.0 + 1.0)] {
+                    grad.add(t, t.retaped::<Tp<f64>>() * part.broadcast());
+                }
+                grad.add(&y.1, g1);
+            }
+            // ∇_{y.1} declared zero: y.1's H·v and its part of J·v vanish.
+            "zero" => {
+                grad.zero(&y.1);
+                grad.set(&y.0, g0);
+            }
             "stranger" => {
                 grad.set(&y.0, g0);
                 grad.set(&y.1, g1);
@@ -115,6 +137,40 @@ fn foreign_tensor_is_rejected() {
         "{}",
         error_of("stranger")
     );
+}
+
+#[test]
+fn mixing_set_add_and_zero_on_one_tensor_is_named() {
+    let msg = error_of("set-then-add");
+    assert!(msg.contains("'0' was set once and then added to"), "{msg}");
+    let msg = error_of("zero-and-add");
+    assert!(
+        msg.contains("'0' was declared zero and also given a component"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn added_terms_sum_and_zero_parts_vanish() {
+    let dev = Cpu::default();
+    let v: Y = (dev.sample_normal(), dev.sample_normal());
+    let c = 0.3f64.exp();
+    let (mut o, x, y) = setup("added");
+    let so = o.hvp_jvp(&x, &y, &v, &Unit).unwrap();
+    let expected_hv: Vec<f64> = as_f64(&v).iter().map(|a| c * a).collect();
+    assert!(rel_err(&as_f64(&so.hvp), &expected_hv) < 1e-14);
+    let expected_g: Vec<f64> = as_f64(&y).iter().map(|a| c * a).collect();
+    assert!(rel_err(&as_f64(&so.grad_y), &expected_g) < 1e-14);
+    assert!(scalar_rel_err(as_f64(&so.jvp)[0], c * dot(&as_f64(&y), &as_f64(&v))) < 1e-14);
+
+    let (mut o, x, y) = setup("zero");
+    let so = o.hvp_jvp(&x, &y, &v, &Unit).unwrap();
+    assert!(so.hvp.1.as_vec().iter().all(|&h| h == 0.0));
+    assert!(so.grad_y.1.as_vec().iter().all(|&g| g == 0.0));
+    let hv0: Vec<f64> = v.0.as_vec().iter().map(|a| c * a).collect();
+    assert!(rel_err(&so.hvp.0.as_vec(), &hv0) < 1e-14);
+    let jv = c * dot(&y.0.as_vec(), &v.0.as_vec());
+    assert!(scalar_rel_err(as_f64(&so.jvp)[0], jv) < 1e-14);
 }
 
 #[test]

@@ -1,0 +1,133 @@
+//! The text classifier of the tasks (recurrent encoder + max-pool over time + MLP head), its size
+//! presets, and the three things a problem needs from any classifier: logits, the loss, and the
+//! loss's written gradient.
+//!
+//! A classifier is any [`WrittenLayer`] from some input to logits; the aliases below are tuples of
+//! this crate's layers, so a user can swap a layer by writing another tuple.
+
+use bilevel_optim::problem::Taped;
+use bilevel_optim::real::Real;
+use bilevel_optim::written_grad::WrittenGrad;
+use dfdx::nn::modules::{Linear, Tanh};
+use dfdx::prelude::*;
+
+use crate::elman::ElmanLayer;
+use crate::layer::WrittenLayer;
+use crate::loss::{cross_entropy, cross_entropy_grad, SampleWeights};
+use crate::lstm::LstmLayer;
+use crate::pool::MaxPoolTime;
+use crate::sequence::Activations;
+
+/// `Linear(F→M)`, tanh, `Linear(M→M)`, tanh, `Linear(M→C)`.
+pub type MlpHead<const F: usize, const M: usize, const C: usize, E> = (
+    Linear<F, M, E, Cpu>,
+    Tanh,
+    Linear<M, M, E, Cpu>,
+    Tanh,
+    Linear<M, C, E, Cpu>,
+);
+
+/// `Linear(F→C)`: with softmax cross-entropy and an L2 penalty, a strongly convex lower level.
+pub type LinearHead<const F: usize, const C: usize, E> = Linear<F, C, E, Cpu>;
+
+/// Two Elman layers (`I→H`, `H→H`) and max-pooling over the valid steps of the top layer.
+pub type ElmanEncoder<const I: usize, const H: usize, E> = (
+    ElmanLayer<I, H, E, Cpu>,
+    ElmanLayer<H, H, E, Cpu>,
+    MaxPoolTime,
+);
+
+/// Two LSTM layers (`I→H`, `H→H`) and max-pooling over the valid steps of the top layer.
+pub type LstmEncoder<const I: usize, const H: usize, E> = (
+    LstmLayer<I, H, E, Cpu>,
+    LstmLayer<H, H, E, Cpu>,
+    MaxPoolTime,
+);
+
+/// An encoder followed by a head.
+pub type TextClassifier<Encoder, Head> = (Encoder, Head);
+
+/// The sizes the project runs by default on a CPU (`tasks.md`).
+pub mod cpu {
+    use super::*;
+
+    /// GloVe 6B 50-d word vectors.
+    pub const EMBEDDING: usize = 50;
+    pub const HIDDEN: usize = 128;
+    pub const HEAD: usize = 64;
+    pub const CLASSES: usize = 2;
+
+    pub type Encoder<E> = ElmanEncoder<EMBEDDING, HIDDEN, E>;
+    pub type Lstm<E> = LstmEncoder<EMBEDDING, HIDDEN, E>;
+    pub type Head<E> = MlpHead<HIDDEN, HEAD, CLASSES, E>;
+    pub type Classifier<E> = TextClassifier<Encoder<E>, Head<E>>;
+    pub type LstmClassifier<E> = TextClassifier<Lstm<E>, Head<E>>;
+    /// Trainable tensors of [`Classifier`] (8 in the encoder, 6 in the head): the length of
+    /// hyper-opt's per-tensor log-coefficients.
+    pub const CLASSIFIER_TENSORS: usize = 14;
+    /// Trainable tensors of [`LstmClassifier`] (32 in the encoder, 6 in the head).
+    pub const LSTM_CLASSIFIER_TENSORS: usize = 38;
+}
+
+/// The sizes of the BO-REP paper (for a machine with a GPU and 300-d vectors).
+pub mod paper {
+    use super::*;
+
+    pub const EMBEDDING: usize = 300;
+    pub const HIDDEN: usize = 4096;
+    pub const HEAD: usize = 1024;
+    /// Hyper-opt uses a smaller network in the paper.
+    pub const HYPER_OPT_HIDDEN: usize = 2048;
+    pub const HYPER_OPT_HEAD: usize = 512;
+    pub const CLASSES: usize = 2;
+
+    pub type Encoder<E> = ElmanEncoder<EMBEDDING, HIDDEN, E>;
+    pub type Head<E> = MlpHead<HIDDEN, HEAD, CLASSES, E>;
+    pub type Classifier<E> = TextClassifier<Encoder<E>, Head<E>>;
+    pub type HyperOptClassifier<E> = TextClassifier<
+        ElmanEncoder<EMBEDDING, HYPER_OPT_HIDDEN, E>,
+        MlpHead<HYPER_OPT_HIDDEN, HYPER_OPT_HEAD, CLASSES, E>,
+    >;
+}
+
+/// The logits of `model` on `input`.
+pub fn logits<E: Real, Input, M, const C: usize>(model: &M, input: Input) -> Activations<E, C>
+where
+    Cpu: Device<E>,
+    M: WrittenLayer<E, Input, Output = Activations<E, C>>,
+{
+    model.forward(input).0
+}
+
+/// The (weighted) mean cross-entropy of `model` on `input`, taped for dfdx autodiff.
+pub fn loss<E: Real, Input, M, const C: usize>(
+    model: &M,
+    input: Input,
+    targets: &Tensor<(usize, Const<C>), E, Cpu>,
+    weights: SampleWeights<E>,
+) -> Taped<Rank0, E>
+where
+    Cpu: Device<E>,
+    M: WrittenLayer<E, Input, Output = Activations<E, C>>,
+{
+    cross_entropy(logits(model, input), targets, weights)
+}
+
+/// Adds the written gradient of [`loss`] with respect to every tensor of `model` to `grads`.
+/// The input's own tape (features computed from the upper variable, say) is kept, so the cross
+/// products with respect to whatever produced the input are exact too.
+pub fn add_loss_gradient<E: Real, Input, M, const C: usize>(
+    model: &M,
+    input: Input,
+    targets: &Tensor<(usize, Const<C>), E, Cpu>,
+    weights: SampleWeights<E>,
+    grads: &mut WrittenGrad<E>,
+) where
+    Cpu: Device<E>,
+    M: WrittenLayer<E, Input, Output = Activations<E, C>>,
+{
+    let (logits, saved) = model.forward(input);
+    let delta = cross_entropy_grad(logits, targets, weights);
+    let no_input_grad = model.backward(saved, delta, grads, false);
+    debug_assert!(no_input_grad.is_none());
+}

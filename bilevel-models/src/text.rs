@@ -1,0 +1,166 @@
+//! Texts as sequences of frozen word vectors, and the padded, masked batches the models read.
+
+use std::rc::Rc;
+
+use bilevel_optim::problem::{Batch, Tp};
+use bilevel_optim::real::Real;
+use dfdx::prelude::*;
+
+use crate::loss::one_hot;
+use crate::sequence::{Sequence, SequenceMask};
+
+/// A labelled collection of texts: token ids into a table of frozen word vectors.
+#[derive(Debug, Clone)]
+pub struct EmbeddedTexts {
+    dim: usize,
+    /// Row-major `vocabulary × dim` word vectors.
+    vectors: Vec<f32>,
+    texts: Vec<Vec<u32>>,
+    labels: Vec<usize>,
+}
+
+impl EmbeddedTexts {
+    /// Checks that the table is `dim`-wide, that every token id has a vector and that there is
+    /// one label per text. An empty text is allowed: it becomes one zero vector.
+    pub fn new(
+        dim: usize,
+        vectors: Vec<f32>,
+        texts: Vec<Vec<u32>>,
+        labels: Vec<usize>,
+    ) -> Result<Self, String> {
+        if dim == 0 || vectors.len() % dim != 0 {
+            return Err(format!(
+                "a word-vector table of {} numbers is not a whole number of {dim}-d vectors",
+                vectors.len()
+            ));
+        }
+        if texts.len() != labels.len() {
+            return Err(format!("{} texts but {} labels", texts.len(), labels.len()));
+        }
+        let vocabulary = vectors.len() / dim;
+        if let Some((i, _)) = texts
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.iter().any(|&id| id as usize >= vocabulary))
+        {
+            return Err(format!(
+                "text {i} uses a token id beyond the {vocabulary} word vectors"
+            ));
+        }
+        Ok(Self {
+            dim,
+            vectors,
+            texts,
+            labels,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.texts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.texts.is_empty()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+
+    /// Replaces the label of text `i` (label corruption for hyper-cleaning).
+    pub fn set_label(&mut self, i: usize, label: usize) {
+        self.labels[i] = label;
+    }
+
+    /// The texts `ids`, each cut to its first `max_len` tokens, padded to the longest and masked.
+    pub fn batch<E: Real, const EMB: usize>(
+        &self,
+        ids: &[usize],
+        max_len: usize,
+    ) -> TextBatch<E, EMB>
+    where
+        Cpu: Device<E>,
+    {
+        assert_eq!(
+            self.dim, EMB,
+            "{}-d word vectors for a {EMB}-d model",
+            self.dim
+        );
+        let lengths: Vec<usize> = ids
+            .iter()
+            .map(|&i| self.texts[i].len().min(max_len).max(1))
+            .collect();
+        let mask = SequenceMask::from_lengths(lengths);
+        let dev = Cpu::default();
+        let steps = (0..mask.steps())
+            .map(|t| {
+                let mut data = vec![E::zero(); ids.len() * EMB];
+                for (row, &i) in ids.iter().enumerate() {
+                    if let Some(&token) = self.texts[i].get(t).filter(|_| t < max_len) {
+                        let v = &self.vectors[token as usize * EMB..(token as usize + 1) * EMB];
+                        for (d, &x) in data[row * EMB..(row + 1) * EMB].iter_mut().zip(v) {
+                            *d = E::of(x as f64);
+                        }
+                    }
+                }
+                dev.tensor_from_vec(data, (ids.len(), Const::<EMB>))
+            })
+            .collect();
+        TextBatch {
+            steps,
+            mask: Rc::new(mask),
+            labels: ids.iter().map(|&i| self.labels[i]).collect(),
+            ids: ids.to_vec(),
+        }
+    }
+}
+
+/// A padded batch of embedded texts with their labels and their indices in the collection.
+#[derive(Debug, Clone)]
+pub struct TextBatch<E: Real, const EMB: usize>
+where
+    Cpu: Device<E>,
+{
+    /// One (batch, EMB) tensor per time step; padding is zero.
+    pub steps: Vec<Tensor<(usize, Const<EMB>), E, Cpu>>,
+    pub mask: Rc<SequenceMask<E>>,
+    pub labels: Vec<usize>,
+    /// Index of each text in its collection (which sample weight applies, for instance).
+    pub ids: Vec<usize>,
+}
+
+impl<E: Real, const EMB: usize> TextBatch<E, EMB>
+where
+    Cpu: Device<E>,
+{
+    /// The batch as a model input (constants with empty tapes).
+    pub fn sequence(&self) -> Sequence<E, EMB> {
+        Sequence {
+            steps: self.steps.iter().map(|s| s.retaped::<Tp<E>>()).collect(),
+            mask: Rc::clone(&self.mask),
+        }
+    }
+
+    /// One-hot targets over `C` classes.
+    pub fn targets<const C: usize>(&self) -> Tensor<(usize, Const<C>), E, Cpu> {
+        one_hot(&self.labels)
+    }
+
+    /// The sample indices as an index tensor (to gather per-sample weights).
+    pub fn id_tensor(&self) -> Tensor<(usize,), usize, Cpu> {
+        Cpu::default().tensor_from_vec(self.ids.clone(), (self.ids.len(),))
+    }
+}
+
+impl<E: Real, const EMB: usize> Batch for TextBatch<E, EMB>
+where
+    Cpu: Device<E>,
+{
+    fn size(&self) -> usize {
+        self.labels.len()
+    }
+}

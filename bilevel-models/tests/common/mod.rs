@@ -1,0 +1,246 @@
+//! Shared pieces of the model tests: synthetic texts, a dense-input problem, and the checks every
+//! written gradient must pass (autodiff agreement, finite-difference HVP and cross product,
+//! symmetry).
+#![allow(dead_code)]
+
+use bilevel_models::classifier::{add_loss_gradient, loss};
+use bilevel_models::layer::WrittenLayer;
+use bilevel_models::penalty::{add_l2_gradient, l2_penalty};
+use bilevel_models::sequence::Activations;
+use bilevel_models::text::EmbeddedTexts;
+use bilevel_optim::oracles::Oracles;
+use bilevel_optim::params::Params;
+use bilevel_optim::problem::{Batch, BilevelProblem, SampleRng, Taped, Tp};
+use bilevel_optim::real::Real;
+use bilevel_optim::written_grad::WrittenGrad;
+use dfdx::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+
+/// max |a − b| / max |b|.
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+pub fn flat<E: Real, P: Params<E>>(p: &P) -> Vec<f64>
+where
+    Cpu: Device<E>,
+{
+    p.to_flat().into_iter().map(|v| v.f64()).collect()
+}
+
+/// `n` texts over a random `dim`-d vocabulary of 40 words, lengths 1..=max_len (so batches are
+/// padded), labels in 0..classes.
+pub fn synthetic_texts(
+    n: usize,
+    dim: usize,
+    max_len: usize,
+    classes: usize,
+    seed: u64,
+) -> EmbeddedTexts {
+    let mut rng = SampleRng::seed_from_u64(seed);
+    let vocabulary = 40;
+    let vectors = (0..vocabulary * dim)
+        .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
+        .collect();
+    let texts = (0..n)
+        .map(|i| {
+            // Text 0 is empty (one zero step); the rest have random lengths.
+            let len = if i == 0 {
+                0
+            } else {
+                rng.gen_range(1..=max_len + 2)
+            };
+            (0..len)
+                .map(|_| rng.gen_range(0..vocabulary as u32))
+                .collect()
+        })
+        .collect();
+    let labels = (0..n).map(|_| rng.gen_range(0..classes)).collect();
+    EmbeddedTexts::new(dim, vectors, texts, labels).expect("valid synthetic texts")
+}
+
+/// A random direction with the shape of `like`.
+pub fn random_like<E: Real, P: Params<E>>(like: &P, seed: u64) -> P
+where
+    Cpu: Device<E>,
+{
+    let mut rng = SampleRng::seed_from_u64(seed);
+    let mut out = like.zeros_like();
+    let values: Vec<E> = (0..like.num_params())
+        .map(|_| E::of(rng.sample::<f64, _>(StandardNormal)))
+        .collect();
+    out.set_flat(&values).expect("same length");
+    out
+}
+
+/// The errors of one problem's second-order oracles against independent references.
+#[derive(Debug)]
+pub struct Checks {
+    /// Written ∇_y g against dfdx's autodiff ∇_y g.
+    pub grad: f64,
+    /// H·v against central differences of autodiff ∇_y g along v.
+    pub hvp: f64,
+    /// J·v against central differences of autodiff ∇_x g along v.
+    pub jvp: f64,
+    /// |⟨u, Hv⟩ − ⟨v, Hu⟩| / (|⟨u, Hv⟩| + tiny).
+    pub symmetry: f64,
+    /// ‖Hv‖ and ‖Jv‖, to show the products are not trivially zero.
+    pub hvp_norm: f64,
+    pub jvp_norm: f64,
+}
+
+impl Checks {
+    /// The tolerances of the issue: 1e-10 for gradients, 1e-6 against finite differences.
+    pub fn assert_exact(&self, what: &str) {
+        assert!(
+            self.grad < 1e-10,
+            "{what}: written gradient off by {:e}",
+            self.grad
+        );
+        assert!(self.hvp < 1e-6, "{what}: H·v off by {:e}", self.hvp);
+        assert!(self.jvp < 1e-6, "{what}: J·v off by {:e}", self.jvp);
+        assert!(
+            self.symmetry < 1e-10,
+            "{what}: ⟨u,Hv⟩ ≠ ⟨v,Hu⟩ by {:e}",
+            self.symmetry
+        );
+        assert!(
+            self.hvp_norm > 1e-8 && self.jvp_norm > 1e-12,
+            "{what}: trivial products {self:?}"
+        );
+    }
+}
+
+/// Runs every check on one lower batch of `oracles`' problem at (x, y), with a central-difference
+/// step of 1e-7 along unit directions.
+pub fn check_second_order<P: BilevelProblem<f64>>(
+    oracles: &mut Oracles<f64, P>,
+    x: &P::X,
+    y: &P::Y,
+) -> Checks {
+    check_second_order_with_step(oracles, x, y, 1e-7)
+}
+
+/// [`check_second_order`] with another finite-difference step. Large models need a larger step:
+/// with 1e-7 the rounding of sums over 10⁴-element tensors (the L2 term) reaches 1e-5 of the
+/// cross product, while the truncation error at 1e-5 is below 1e-9.
+pub fn check_second_order_with_step<P: BilevelProblem<f64>>(
+    oracles: &mut Oracles<f64, P>,
+    x: &P::X,
+    y: &P::Y,
+    eps: f64,
+) -> Checks {
+    let batch = oracles.lower_batch();
+    // Unit directions, so the step is the distance moved: small enough not to cross a max-pool
+    // kink, large enough for rounding to stay small.
+    let unit = |seed| {
+        let mut d = random_like(y, seed);
+        d.scale(1.0 / d.norm());
+        d
+    };
+    let (u, v) = (unit(11), unit(12));
+    let autodiff = oracles.lower_grad(x, y, &batch);
+    let written = oracles
+        .written_grad_y(x, y, &batch)
+        .expect("well-formed written gradient");
+    let second = oracles
+        .hvp_jvp(x, y, &v, &batch)
+        .expect("second-order pass");
+    let hu = oracles.hvp(x, y, &u, &batch).expect("second-order pass");
+
+    let shifted = |o: &mut Oracles<f64, P>, s: f64| {
+        let mut ys = y.clone();
+        ys.add_scaled(s, &v);
+        o.lower_grad(x, &ys, &batch)
+    };
+    let (plus, minus) = (shifted(oracles, eps), shifted(oracles, -eps));
+    let fd = |p: Vec<f64>, m: Vec<f64>| -> Vec<f64> {
+        p.iter()
+            .zip(&m)
+            .map(|(a, b)| (a - b) / (2.0 * eps))
+            .collect()
+    };
+    let fd_hv = fd(flat(&plus.dy), flat(&minus.dy));
+    let fd_jv = fd(flat(&plus.dx), flat(&minus.dx));
+    let u_hv = u.dot(&second.hvp);
+    let v_hu = v.dot(&hu);
+    Checks {
+        grad: rel_err(&flat(&written), &flat(&autodiff.dy)),
+        hvp: rel_err(&flat(&second.hvp), &fd_hv),
+        jvp: rel_err(&flat(&second.jvp), &fd_jv),
+        symmetry: (u_hv - v_hu).abs() / (u_hv.abs() + 1e-300),
+        hvp_norm: second.hvp.norm(),
+        jvp_norm: second.jvp.norm(),
+    }
+}
+
+/// A fixed batch of dense inputs.
+pub struct DenseBatch<const F: usize, const C: usize> {
+    pub input: Tensor<(usize, Const<F>), f64, Cpu>,
+    pub targets: Tensor<(usize, Const<C>), f64, Cpu>,
+    pub ids: Tensor<(usize,), usize, Cpu>,
+}
+impl<const F: usize, const C: usize> Batch for DenseBatch<F, C> {
+    fn size(&self) -> usize {
+        self.input.shape().0
+    }
+}
+
+/// Tests a dense model M (features F → C classes) alone: x = (one log L2 coefficient per tensor
+/// of M, one weight logit per sample), `g = mean σ(λ_i) CE_i + ½ Σ_k exp(x_k)‖y_k‖²`.
+pub struct DenseProblem<M, const K: usize, const B: usize, const F: usize, const C: usize> {
+    pub model: std::marker::PhantomData<M>,
+    pub seed: u64,
+}
+
+impl<M, const K: usize, const B: usize, const F: usize, const C: usize>
+    DenseProblem<M, K, B, F, C>
+{
+    fn batch(&self) -> DenseBatch<F, C> {
+        let dev = Cpu::seed_from_u64(self.seed);
+        let labels: Vec<usize> = (0..B).map(|i| (i * 7 + 1) % C).collect();
+        DenseBatch {
+            input: dev.sample_normal_like(&(B, Const::<F>)),
+            targets: bilevel_models::loss::one_hot(&labels),
+            ids: dev.tensor_from_vec((0..B).collect(), (B,)),
+        }
+    }
+}
+
+type DenseX<const K: usize, const B: usize> =
+    (Tensor<Rank1<K>, f64, Cpu>, Tensor<Rank1<B>, f64, Cpu>);
+
+impl<M, const K: usize, const B: usize, const F: usize, const C: usize> BilevelProblem<f64>
+    for DenseProblem<M, K, B, F, C>
+where
+    M: Params<f64> + WrittenLayer<f64, Activations<f64, F>, Output = Activations<f64, C>>,
+{
+    type X = DenseX<K, B>;
+    type Y = M;
+    type UpperBatch = DenseBatch<F, C>;
+    type LowerBatch = DenseBatch<F, C>;
+    fn sample_upper(&mut self, _: &mut SampleRng) -> DenseBatch<F, C> {
+        self.batch()
+    }
+    fn sample_lower(&mut self, _: &mut SampleRng) -> DenseBatch<F, C> {
+        self.batch()
+    }
+    fn upper_loss(&self, _: &Self::X, y: &M, b: &DenseBatch<F, C>) -> Taped<Rank0, f64> {
+        loss(y, b.input.retaped::<Tp<f64>>(), &b.targets, None)
+    }
+    fn lower_loss(&self, x: &Self::X, y: &M, b: &DenseBatch<F, C>) -> Taped<Rank0, f64> {
+        let w = x.1.retaped::<Tp<f64>>().gather(b.ids.clone()).sigmoid();
+        loss(y, b.input.retaped::<Tp<f64>>(), &b.targets, Some(w)) + l2_penalty(&x.0, y)
+    }
+    fn lower_grad_y(&self, x: &Self::X, y: &M, b: &DenseBatch<F, C>, grads: &mut WrittenGrad<f64>) {
+        let w = x.1.retaped::<Tp<f64>>().gather(b.ids.clone()).sigmoid();
+        add_loss_gradient(y, b.input.retaped::<Tp<f64>>(), &b.targets, Some(w), grads);
+        add_l2_gradient(&x.0, y, grads);
+    }
+}

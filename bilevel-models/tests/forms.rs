@@ -1,0 +1,231 @@
+//! The three lower-level forms with both encoders, on padded and masked batches: written gradient
+//! against dfdx's autodiff, exact H·v and J·v against finite differences, symmetry, and the
+//! structure of the cross products (zero outside the batch).
+
+mod common;
+
+use bilevel_models::classifier::{ElmanEncoder, LinearHead, LstmEncoder, MlpHead, TextClassifier};
+use bilevel_models::elman::ElmanLayer;
+use bilevel_models::forms::{BatchConfig, HyperClean, HyperOpt, HyperRep, Task};
+use bilevel_models::lstm::LstmLayer;
+use bilevel_models::pool::MaxPoolTime;
+use bilevel_optim::oracles::Oracles;
+use bilevel_optim::params::Params;
+use bilevel_optim::problem::BilevelProblem;
+use common::*;
+use dfdx::nn::modules::Repeated;
+use dfdx::prelude::*;
+
+const EMB: usize = 3;
+const H: usize = 4;
+const M: usize = 5;
+const C: usize = 3;
+const T: usize = 6;
+
+type ElmanClassifier = TextClassifier<ElmanEncoder<EMB, H, f64>, MlpHead<H, M, C, f64>>;
+type LstmClassifier = TextClassifier<LstmEncoder<EMB, H, f64>, MlpHead<H, M, C, f64>>;
+type OneElman = (
+    ElmanLayer<EMB, H, f64, Cpu>,
+    MaxPoolTime,
+    LinearHead<H, C, f64>,
+);
+type OneLstm = (
+    LstmLayer<EMB, H, f64, Cpu>,
+    MaxPoolTime,
+    LinearHead<H, C, f64>,
+);
+
+fn config() -> BatchConfig {
+    BatchConfig {
+        lower_batch: 7,
+        upper_batch: 5,
+        max_len: T,
+    }
+}
+
+fn hyper_opt<Y, const K: usize>(what: &str)
+where
+    Y: Params<f64> + BuildModule<Cpu, f64>,
+    HyperOpt<f64, Y, Tensor<Rank1<K>, f64, Cpu>, EMB, C>:
+        BilevelProblem<f64, X = Tensor<Rank1<K>, f64, Cpu>, Y = Y>,
+{
+    let dev = Cpu::seed_from_u64(7);
+    let y = Y::build(&dev);
+    let x: Tensor<Rank1<K>, f64, Cpu> = dev.sample_normal::<Rank1<K>>() * 0.3 - 1.5;
+    let problem = HyperOpt::<f64, Y, _, EMB, C>::new(
+        synthetic_texts(30, EMB, T, C, 1),
+        synthetic_texts(10, EMB, T, C, 2),
+        config(),
+        &y,
+        &x,
+    )
+    .expect("consistent sizes");
+    let checks = check_second_order(&mut Oracles::new(problem, 3), &x, &y);
+    println!("hyper-opt {what}: {checks:?}");
+    checks.assert_exact(what);
+}
+
+#[test]
+fn hyper_opt_single_elman_layer() {
+    hyper_opt::<OneElman, 6>("one Elman layer");
+}
+
+#[test]
+fn hyper_opt_single_lstm_layer() {
+    hyper_opt::<OneLstm, 18>("one LSTM layer");
+}
+
+#[test]
+fn hyper_opt_elman_classifier() {
+    hyper_opt::<ElmanClassifier, 14>("2-layer Elman classifier");
+}
+
+#[test]
+fn hyper_opt_lstm_classifier() {
+    hyper_opt::<LstmClassifier, 38>("2-layer LSTM classifier");
+}
+
+#[test]
+fn hyper_opt_scalar_coefficient() {
+    let dev = Cpu::seed_from_u64(7);
+    let y = ElmanClassifier::build(&dev);
+    let x: Tensor<Rank0, f64, Cpu> = dev.tensor(-1.0);
+    let problem = HyperOpt::<f64, ElmanClassifier, _, EMB, C>::new(
+        synthetic_texts(30, EMB, T, C, 1),
+        synthetic_texts(10, EMB, T, C, 2),
+        config(),
+        &y,
+        &x,
+    )
+    .unwrap();
+    let checks = check_second_order(&mut Oracles::new(problem, 3), &x, &y);
+    println!("hyper-opt scalar: {checks:?}");
+    checks.assert_exact("scalar coefficient");
+}
+
+#[test]
+fn hyper_opt_rejects_a_wrong_coefficient_count() {
+    let dev = Cpu::seed_from_u64(7);
+    let y = ElmanClassifier::build(&dev);
+    let x: Tensor<Rank1<13>, f64, Cpu> = dev.zeros();
+    let err = HyperOpt::<f64, ElmanClassifier, _, EMB, C>::new(
+        synthetic_texts(5, EMB, T, C, 1),
+        synthetic_texts(5, EMB, T, C, 2),
+        config(),
+        &y,
+        &x,
+    )
+    .err()
+    .expect("13 coefficients for 14 tensors");
+    assert!(err.contains("13") && err.contains("14"), "{err}");
+}
+
+const N: usize = 12;
+
+fn hyper_clean<Y>(what: &str)
+where
+    Y: Params<f64> + BuildModule<Cpu, f64>,
+    HyperClean<f64, Y, N, EMB, C>: BilevelProblem<
+        f64,
+        X = Tensor<Rank1<N>, f64, Cpu>,
+        Y = Y,
+        LowerBatch = bilevel_models::text::TextBatch<f64, EMB>,
+    >,
+{
+    let dev = Cpu::seed_from_u64(9);
+    let y = Y::build(&dev);
+    let x: Tensor<Rank1<N>, f64, Cpu> = dev.sample_normal();
+    let problem = HyperClean::<f64, Y, N, EMB, C>::new(
+        synthetic_texts(N, EMB, T, C, 4),
+        synthetic_texts(10, EMB, T, C, 5),
+        config(),
+        0.05,
+    )
+    .unwrap();
+    let mut oracles = Oracles::new(problem, 5);
+    let checks = check_second_order(&mut oracles, &x, &y);
+    println!("hyper-clean {what}: {checks:?}");
+    checks.assert_exact(what);
+
+    // Only the λ entries of the batch's texts have nonzero cross products.
+    let batch = oracles.lower_batch();
+    let v = random_like(&y, 4);
+    let jv = oracles.hvp_jvp(&x, &y, &v, &batch).unwrap().jvp.as_vec();
+    for (i, value) in jv.iter().enumerate() {
+        assert_eq!(
+            batch.ids.contains(&i),
+            *value != 0.0,
+            "λ_{i}: cross product {value}, in batch: {}",
+            batch.ids.contains(&i)
+        );
+    }
+}
+
+#[test]
+fn hyper_clean_elman_classifier() {
+    hyper_clean::<ElmanClassifier>("2-layer Elman classifier");
+}
+
+#[test]
+fn hyper_clean_lstm_classifier() {
+    hyper_clean::<LstmClassifier>("2-layer LSTM classifier");
+}
+
+const TASKS: usize = 4;
+
+fn hyper_rep<Enc>(what: &str)
+where
+    Enc: Params<f64> + BuildModule<Cpu, f64>,
+    HyperRep<f64, Enc, MlpHead<H, M, C, f64>, TASKS, EMB, C>: BilevelProblem<
+        f64,
+        X = Enc,
+        Y = Repeated<MlpHead<H, M, C, f64>, TASKS>,
+        LowerBatch = bilevel_models::forms::TaskBatch<f64, EMB>,
+    >,
+{
+    let dev = Cpu::seed_from_u64(11);
+    let x = Enc::build(&dev);
+    let y = Repeated::<MlpHead<H, M, C, f64>, TASKS>::build(&dev);
+    let tasks = (0..TASKS)
+        .map(|i| Task {
+            support: (i * 8..i * 8 + 4).collect(),
+            query: (i * 8 + 4..i * 8 + 8).collect(),
+        })
+        .collect();
+    let problem = HyperRep::<f64, Enc, MlpHead<H, M, C, f64>, TASKS, EMB, C>::new(
+        synthetic_texts(8 * TASKS, EMB, T, C, 6),
+        tasks,
+        2,
+        T,
+        0.05,
+    )
+    .unwrap();
+    let mut oracles = Oracles::new(problem, 7);
+    let checks = check_second_order(&mut oracles, &x, &y);
+    println!("hyper-rep {what}: {checks:?}");
+    checks.assert_exact(what);
+
+    // Heads outside the task batch: zero gradient and zero H·v; inside: nonzero.
+    let batch = oracles.lower_batch();
+    let v = random_like(&y, 8);
+    let out = oracles.hvp_jvp(&x, &y, &v, &batch).unwrap();
+    let in_batch: Vec<usize> = batch.tasks.iter().map(|(i, _)| *i).collect();
+    for i in 0..TASKS {
+        let (g, hv) = (out.grad_y.modules[i].norm(), out.hvp.modules[i].norm());
+        assert_eq!(
+            in_batch.contains(&i),
+            g != 0.0 && hv != 0.0,
+            "head {i}: ‖g‖ {g}, ‖Hv‖ {hv}"
+        );
+    }
+}
+
+#[test]
+fn hyper_rep_elman_encoder() {
+    hyper_rep::<ElmanEncoder<EMB, H, f64>>("Elman encoder");
+}
+
+#[test]
+fn hyper_rep_lstm_encoder() {
+    hyper_rep::<LstmEncoder<EMB, H, f64>>("LSTM encoder");
+}
