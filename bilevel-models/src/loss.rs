@@ -19,7 +19,7 @@ where
         assert!(label < C, "label {label} is not one of the {C} classes");
         data[row * C + label] = E::one();
     }
-    Cpu::default().tensor_from_vec(data, (labels.len(), Const::<C>))
+    bilevel_optim::real::device().tensor_from_vec(data, (labels.len(), Const::<C>))
 }
 
 /// Per-sample weights of the loss (taped, so their cross products come out of the same backward

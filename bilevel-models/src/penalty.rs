@@ -116,10 +116,11 @@ where
             total: &mut total,
         },
     });
-    total
-        .total()
-        .map(|t| t * E::of(0.5))
-        .unwrap_or_else(|| Cpu::default().zeros::<Rank0>().retaped::<Tp<E>>())
+    total.total().map(|t| t * E::of(0.5)).unwrap_or_else(|| {
+        bilevel_optim::real::device()
+            .zeros::<Rank0>()
+            .retaped::<Tp<E>>()
+    })
 }
 
 /// Adds `∇_{y_k} = c_k y_k` to every tensor's component in `grads`.

@@ -1,9 +1,13 @@
 //! Max-pooling over the valid time steps of a padded sequence batch.
 //!
-//! Every state of a tanh RNN or an LSTM lies in (−1, 1), so subtracting 3 at padded steps
-//! excludes them from the maximum exactly, without a large constant that would cost precision.
-//! The written backward routes `δ` to the steps that attain the maximum, with the same rule as
-//! dfdx's own `max` (every position equal to the maximum receives the gradient).
+//! The maximum is found on the values, then written as `pooled = Σ_t h_t ⊙ e_t`, where `e_t` is
+//! the indicator of "step t holds the maximum" (the first such step on a tie). The value is the
+//! maximum exactly, its derivative is the usual max-pool derivative, and the taped computation is
+//! two cheap element-wise operations per step: dfdx's own `max` over a stacked tensor costs
+//! a strided reduction in its backward pass that took a tenth of a whole second-order pass.
+//! Padded steps never hold the maximum. The written backward is `∂h_t = δ ⊙ e_t`.
+
+use std::rc::Rc;
 
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
@@ -11,28 +15,50 @@ use dfdx::nn::ZeroSizedModule;
 use dfdx::prelude::*;
 
 use crate::layer::WrittenLayer;
-use std::rc::Rc;
-
 use crate::sequence::{Activations, Sequence, SequenceMask};
-use crate::tape::{hold, taped, Held};
+use crate::tape::{hold, taped};
 
-/// Element-wise maximum over the valid steps of a sequence of values in (−1, 1).
+/// Element-wise maximum over the valid steps of a sequence.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct MaxPoolTime;
 
 impl ZeroSizedModule for MaxPoolTime {}
 
-/// How far below any valid state a padded step is pushed.
-const PADDING_OFFSET: f64 = 3.0;
-
-/// The pooled value and the (offset) step values it was taken from.
+/// Which step holds each maximum, as one 0/1 tensor per step.
 pub struct MaxPoolSaved<const N: usize, E: Real>
 where
     Cpu: Device<E>,
 {
-    steps: Vec<Held<(usize, Const<N>), E>>,
-    pooled: Held<(usize, Const<N>), E>,
+    winners: Vec<Tensor<(usize, Const<N>), E, Cpu>>,
     mask: Rc<SequenceMask<E>>,
+}
+
+/// For every (row, feature), the first valid step with the largest value.
+fn argmax_over_valid_steps<const N: usize, E: Real>(
+    steps: &[Activations<E, N>],
+    mask: &SequenceMask<E>,
+) -> Vec<usize>
+where
+    Cpu: Device<E>,
+{
+    let rows = mask.batch_size();
+    let mut best_step = vec![0usize; rows * N];
+    let mut best_value = steps[0].as_vec();
+    for (t, step) in steps.iter().enumerate().skip(1) {
+        let values = step.as_vec();
+        for (row, &len) in mask.lengths().iter().enumerate() {
+            if t >= len {
+                continue;
+            }
+            for k in row * N..(row + 1) * N {
+                if values[k] > best_value[k] {
+                    best_value[k] = values[k];
+                    best_step[k] = t;
+                }
+            }
+        }
+    }
+    best_step
 }
 
 impl<const N: usize, E: Real> WrittenLayer<E, Sequence<E, N>> for MaxPoolTime
@@ -43,21 +69,31 @@ where
     type Saved = MaxPoolSaved<N, E>;
 
     fn forward(&self, input: Sequence<E, N>) -> (Activations<E, N>, Self::Saved) {
-        let rows = input.mask.batch_size();
-        let offset: Vec<Activations<E, N>> = input
-            .steps
-            .into_iter()
-            .enumerate()
-            .map(|(t, h)| {
-                let shift = (input.mask.valid(t).clone() - E::one()) * E::of(PADDING_OFFSET);
-                h + shift.broadcast_like(&(rows, Const::<N>))
+        assert!(
+            !input.steps.is_empty(),
+            "max-pooling needs at least one step"
+        );
+        let shape = *input.steps[0].shape();
+        let best_step = argmax_over_valid_steps(&input.steps, &input.mask);
+        let dev = bilevel_optim::real::device();
+        let winners: Vec<Tensor<(usize, Const<N>), E, Cpu>> = (0..input.steps.len())
+            .map(|t| {
+                let hit = best_step
+                    .iter()
+                    .map(|&b| if b == t { E::one() } else { E::zero() })
+                    .collect();
+                dev.tensor_from_vec(hit, shape)
             })
             .collect();
-        let steps = offset.iter().map(hold).collect();
-        let pooled = offset.stack().max::<(usize, Const<N>), Axis<0>>();
+        let pooled = input
+            .steps
+            .into_iter()
+            .zip(&winners)
+            .map(|(h, e)| h * e.clone())
+            .reduce(|a, b| a + b)
+            .expect("at least one step");
         let saved = MaxPoolSaved {
-            steps,
-            pooled: hold(&pooled),
+            winners,
             mask: input.mask,
         };
         (pooled, saved)
@@ -74,22 +110,11 @@ where
             grads.keep_tape(grad_output);
             return None;
         }
-        let shape = *grad_output.shape();
-        let pooled = saved.pooled.as_vec();
         let delta = hold(&grad_output);
-        let dev = Cpu::default();
         let steps = saved
-            .steps
-            .iter()
-            .map(|step| {
-                let attains: Vec<E> = step
-                    .as_vec()
-                    .iter()
-                    .zip(&pooled)
-                    .map(|(v, m)| if v == m { E::one() } else { E::zero() })
-                    .collect();
-                taped(&delta) * dev.tensor_from_vec(attains, shape)
-            })
+            .winners
+            .into_iter()
+            .map(|e| taped(&delta) * e)
             .collect();
         grads.keep_tape(grad_output);
         Some(Sequence {

@@ -33,7 +33,7 @@ where
             "every sequence needs at least one step"
         );
         let steps = lengths.iter().copied().max().unwrap_or(0);
-        let dev = Cpu::default();
+        let dev = bilevel_optim::real::device();
         let b = lengths.len();
         let valid = (0..steps)
             .map(|t| {

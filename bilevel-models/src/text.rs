@@ -95,7 +95,7 @@ impl EmbeddedTexts {
             .map(|&i| self.texts[i].len().min(max_len).max(1))
             .collect();
         let mask = SequenceMask::from_lengths(lengths);
-        let dev = Cpu::default();
+        let dev = bilevel_optim::real::device();
         let steps = (0..mask.steps())
             .map(|t| {
                 let mut data = vec![E::zero(); ids.len() * EMB];
@@ -152,7 +152,7 @@ where
 
     /// The sample indices as an index tensor (to gather per-sample weights).
     pub fn id_tensor(&self) -> Tensor<(usize,), usize, Cpu> {
-        Cpu::default().tensor_from_vec(self.ids.clone(), (self.ids.len(),))
+        bilevel_optim::real::device().tensor_from_vec(self.ids.clone(), (self.ids.len(),))
     }
 }
 

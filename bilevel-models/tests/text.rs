@@ -1,7 +1,6 @@
 //! Embedded text batches: truncation to T, padding with zeros, masks, empty texts, bad input.
 
 use bilevel_models::text::EmbeddedTexts;
-use dfdx::prelude::*;
 
 fn texts() -> EmbeddedTexts {
     // Word k has the vector (k, −k).

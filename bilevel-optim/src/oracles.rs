@@ -106,7 +106,7 @@ where
             problem,
             rng: SampleRng::seed_from_u64(seed),
             counts: OracleCounts::default(),
-            dev: Cpu::default(),
+            dev: crate::real::device(),
             _e: std::marker::PhantomData,
         }
     }

@@ -48,6 +48,16 @@ impl Real for f64 {
 /// on machines without `nvcc`, and the project's targets are CPU machines.
 pub type Dev = Cpu;
 
+/// The device on which the library creates its own tensors (batches, constants, masks).
+///
+/// All clones of one `Cpu` share dfdx's allocation cache, so with `device().enable_cache()` (and
+/// the same on the device a model was built with) the buffers of one iteration are reused by the
+/// next instead of being freed and page-faulted in again.
+pub fn device() -> Cpu {
+    static DEVICE: std::sync::OnceLock<Cpu> = std::sync::OnceLock::new();
+    DEVICE.get_or_init(Cpu::default).clone()
+}
+
 /// Shorthand for the bound every generic item needs: `Cpu` implements all kernels for `E`.
 pub trait CpuReal: Real {}
 impl<E: Real> CpuReal for E where Cpu: Device<E> {}

@@ -202,7 +202,8 @@ where
         }
         if self.inner.is_none() && self.direction.is_some() {
             // Every component was declared zero: ⟨∇_y G, v⟩ = 0, still a valid taped scalar.
-            self.inner = Some(ZerosTensor::<E>::zeros::<Rank0>(&Cpu::default()).retaped::<Tp<E>>());
+            self.inner =
+                Some(ZerosTensor::<E>::zeros::<Rank0>(&crate::real::device()).retaped::<Tp<E>>());
         }
         let mut value = y.clone();
         let _ = Y::iter_tensors(&mut RecursiveWalker {

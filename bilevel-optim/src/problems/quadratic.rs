@@ -124,7 +124,7 @@ where
         let q = Matrix::random_spd(DX, 0.5, 1.5, &mut rng);
         let pv = Matrix::gaussian(DY, 1, 1.0, &mut rng).data;
         let qv = Matrix::gaussian(DX, 1, 1.0, &mut rng).data;
-        let dev = Cpu::default();
+        let dev = crate::real::device();
         Self {
             p_t: matrix(&dev, &p),
             r_t: matrix(&dev, &r),

@@ -99,7 +99,7 @@ where
             mu: config.mu,
             lower_batch: config.lower_batch,
             upper_batch: config.upper_batch,
-            dev: Cpu::default(),
+            dev: crate::real::device(),
             _e: std::marker::PhantomData,
         }
     }

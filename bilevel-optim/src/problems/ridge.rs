@@ -157,7 +157,7 @@ where
             val_b,
             lower_batch,
             upper_batch,
-            dev: Cpu::default(),
+            dev: crate::real::device(),
             _x: std::marker::PhantomData,
         }
     }
