@@ -1,26 +1,33 @@
 //! bilevel-bench: runs bilevel methods and reports what they do.
 //!
 //! The text tasks (hyper-representation, hyperparameter optimization, data hyper-cleaning) come
-//! with their own issue. Until then the bench runs BO-REP on the library's closed-form problems,
-//! where the exact hypergradient is known, and prints its decay.
+//! with their own issue. Until then the bench runs any method of the library on the closed-form
+//! problems, where the exact hypergradient is known, and prints its decay.
 
 use anyhow::{bail, Context, Result};
-use bilevel_optim::borep::{BoRep, BoRepConfig, InitRefinement, ZInit};
-use bilevel_optim::optimizer::BilevelOptimizer;
+use bilevel_optim::borep::{BoRepConfig, InitRefinement, ZInit};
+use bilevel_optim::methods::{MethodConfig, METHODS};
 use bilevel_optim::oracles::Oracles;
 use bilevel_optim::problems::*;
 use dfdx::prelude::*;
 
-const USAGE: &str = "usage: bilevel-bench synthetic [--iters N]
+const USAGE: &str = "usage: bilevel-bench synthetic [--method NAME] [--iters N]
 
-Runs BO-REP on the closed-form problems of bilevel-optim (stochastic quadratic, ridge
-hyperparameter optimization, logistic data reweighting) and prints ‖∇Φ(x)‖ against the exact
-hypergradient as the iterations go.";
+Runs a method (default bo-rep) on the closed-form problems of bilevel-optim (stochastic
+quadratic, ridge hyperparameter optimization, logistic data reweighting) and prints ‖∇Φ(x)‖
+against the exact hypergradient as the iterations go. Methods other than bo-rep run with their
+default configuration (docs/algorithms.md).
+
+methods: bo-rep stocbio ttsa bsa alset amigo soba saba ma-soba f2sa mrbo vrbo slip accbo adambo
+         maml anil";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("synthetic") => synthetic(parse_iters(&args[1..])?),
+        Some("synthetic") => {
+            let options = parse_options(&args[1..])?;
+            synthetic(&options.method, options.iters)
+        }
         Some("--help") | Some("-h") | None => {
             println!("{USAGE}");
             Ok(())
@@ -29,23 +36,43 @@ fn main() -> Result<()> {
     }
 }
 
-fn parse_iters(args: &[String]) -> Result<usize> {
-    match args {
-        [] => Ok(4000),
-        [flag, n] if flag == "--iters" => {
-            let n: usize = n
-                .parse()
-                .with_context(|| format!("--iters: '{n}' is not a whole number"))?;
-            if n == 0 {
-                bail!("--iters must be at least 1");
-            }
-            Ok(n)
-        }
-        _ => bail!("unexpected arguments {args:?}\n\n{USAGE}"),
-    }
+struct Options {
+    method: MethodConfig,
+    iters: usize,
 }
 
-fn config() -> BoRepConfig {
+fn parse_options(args: &[String]) -> Result<Options> {
+    let mut options = Options {
+        method: MethodConfig::BoRep(borep_config()),
+        iters: 4000,
+    };
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let value = rest
+            .next()
+            .with_context(|| format!("{flag} needs a value\n\n{USAGE}"))?;
+        match flag.as_str() {
+            "--iters" => {
+                options.iters = value
+                    .parse()
+                    .with_context(|| format!("--iters: '{value}' is not a whole number"))?;
+                if options.iters == 0 {
+                    bail!("--iters must be at least 1");
+                }
+            }
+            "--method" if value == "bo-rep" => options.method = MethodConfig::BoRep(borep_config()),
+            "--method" => {
+                options.method = MethodConfig::default_for(value)
+                    .with_context(|| format!("--method (one of {})", METHODS.join(", ")))?
+            }
+            other => bail!("unknown option '{other}'\n\n{USAGE}"),
+        }
+    }
+    Ok(options)
+}
+
+/// BO-REP with steps suited to the small closed-form problems.
+fn borep_config() -> BoRepConfig {
     BoRepConfig {
         eta: 0.05,
         eta_decay: 0.5,
@@ -59,11 +86,28 @@ fn config() -> BoRepConfig {
     }
 }
 
-/// Runs BO-REP from x = 0, y = 0 and prints the relative exact hypergradient norm.
-fn run<P: ClosedForm<f64>>(name: &str, problem: P, x: P::X, y: P::Y, iters: usize) -> Result<()> {
+/// Runs `method` from the given start and prints the relative exact hypergradient norm.
+fn run<P: ClosedForm<f64> + 'static>(
+    name: &str,
+    method: &MethodConfig,
+    problem: P,
+    x: P::X,
+    y: P::Y,
+    iters: usize,
+) -> Result<()>
+where
+    P::X: 'static,
+    P::Y: 'static,
+{
+    let mut method = match method.build(&x, &y, &problem) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("{name}, {}: skipped ({e})\n", method.name());
+            return Ok(());
+        }
+    };
     let mut oracles = Oracles::new(problem, 0);
     let (mut x, mut y) = (x, y);
-    let mut method = BoRep::new(config(), &x, &y)?;
     let grad_norm = |o: &Oracles<f64, P>, x: &P::X| {
         o.problem()
             .hypergradient(&as_f64(x))
@@ -74,7 +118,8 @@ fn run<P: ClosedForm<f64>>(name: &str, problem: P, x: P::X, y: P::Y, iters: usiz
     };
     let g0 = grad_norm(&oracles, &x);
     println!(
-        "{name}: ‖∇Φ(x_0)‖ = {g0:.4e}, Φ(x_0) = {:.6}",
+        "{name}, {}: ‖∇Φ(x_0)‖ = {g0:.4e}, Φ(x_0) = {:.6}",
+        method.name(),
         oracles.problem().phi(&as_f64(&x))
     );
     for t in 1..=iters {
@@ -91,7 +136,7 @@ fn run<P: ClosedForm<f64>>(name: &str, problem: P, x: P::X, y: P::Y, iters: usiz
     Ok(())
 }
 
-fn synthetic(iters: usize) -> Result<()> {
+fn synthetic(method: &MethodConfig, iters: usize) -> Result<()> {
     let dev = Cpu::default();
     let quad = Quadratic::<f64, 5, 8>::new(QuadraticConfig {
         grad_noise: 0.1,
@@ -102,6 +147,7 @@ fn synthetic(iters: usize) -> Result<()> {
     });
     run(
         "stochastic quadratic (dim x 5, dim y 8)",
+        method,
         quad,
         dev.zeros(),
         dev.zeros(),
@@ -116,6 +162,7 @@ fn synthetic(iters: usize) -> Result<()> {
     });
     run(
         "ridge, per-feature log λ (6 features)",
+        method,
         ridge,
         dev.zeros(),
         dev.zeros(),
@@ -128,6 +175,7 @@ fn synthetic(iters: usize) -> Result<()> {
     });
     run(
         "logistic reweighting, 60 samples, 30% labels flipped",
+        method,
         reweight,
         dev.ones(),
         dev.zeros(),

@@ -348,22 +348,17 @@ where
     }
 
     fn state(&self) -> MethodState {
-        let mut s = MethodState::new(NAME);
+        let mut s = MethodState::with_counter(NAME, self.t);
         s.put("z", &self.z);
         s.put("m", &self.m);
-        s.put_scalar("t", self.t as f64);
         s
     }
 
     fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        state.expect_method(NAME)?;
-        let (mut z, mut m) = (self.z.clone(), self.m.clone());
-        state.get("z", &mut z)?;
-        state.get("m", &mut m)?;
-        let t = state.scalar("t")?;
-        self.z = z;
-        self.m = m;
-        self.t = t as u64;
+        let t = state.counter(NAME)?;
+        state.restore("z", &mut self.z)?;
+        state.restore("m", &mut self.m)?;
+        self.t = t;
         Ok(())
     }
 }

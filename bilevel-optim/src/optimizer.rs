@@ -91,6 +91,19 @@ impl MethodState {
         );
     }
 
+    /// A state holding only an iteration counter `t`, for methods with no other memory.
+    pub fn with_counter(method: &str, t: u64) -> Self {
+        let mut s = Self::new(method);
+        s.put_scalar("t", t as f64);
+        s
+    }
+
+    /// The iteration counter `t`, after checking the method name.
+    pub fn counter(&self, method: &str) -> Result<u64, BilevelError> {
+        self.expect_method(method)?;
+        Ok(self.scalar("t")? as u64)
+    }
+
     pub fn put_scalar(&mut self, name: &str, value: f64) {
         self.scalars.insert(name.into(), value);
     }
@@ -119,6 +132,21 @@ impl MethodState {
         let flat: Vec<E> = v.iter().map(|&a| E::of(a)).collect();
         into.set_flat(&flat)
             .map_err(|e| BilevelError::StateMismatch(format!("vector '{name}': {e}")))
+    }
+
+    /// Loads the vector `name` into `into` (unchanged if the vector is missing or mis-sized).
+    pub fn restore<E: Real, T: Params<E>>(
+        &self,
+        name: &str,
+        into: &mut T,
+    ) -> Result<(), BilevelError>
+    where
+        Cpu: Device<E>,
+    {
+        let mut value = into.clone();
+        self.get(name, &mut value)?;
+        *into = value;
+        Ok(())
     }
 
     pub fn scalar(&self, name: &str) -> Result<f64, BilevelError> {

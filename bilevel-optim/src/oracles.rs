@@ -12,7 +12,7 @@ use dfdx::nn::ZeroGrads;
 use dfdx::prelude::{
     AsArray, Backward, Cpu, Device, Merge, PutTape, Rank0, SplitTape, Tensor, Trace, ZerosTensor,
 };
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::BilevelError;
@@ -20,6 +20,14 @@ use crate::params::Params;
 use crate::problem::{Batch, BilevelProblem, SampleRng, Taped};
 use crate::real::Real;
 use crate::written_grad::WrittenGrad;
+
+fn no_split() -> BilevelError {
+    BilevelError::InvalidConfig {
+        field: "method",
+        reason: "needs a problem whose data splits into a finite set of batches (lower_parts / upper_parts)"
+            .into(),
+    }
+}
 
 /// How many times each oracle was called, and how many samples those calls touched.
 ///
@@ -132,6 +140,35 @@ where
     /// Draws a fresh lower batch ζ.
     pub fn lower_batch(&mut self) -> P::LowerBatch {
         self.problem.sample_lower(&mut self.rng)
+    }
+
+    /// A fixed lower batch drawn uniformly from the problem's finite split, with its index
+    /// (for per-batch memories). Fails when the problem has no finite split.
+    pub fn indexed_lower_batch(&mut self) -> Result<(usize, P::LowerBatch), BilevelError> {
+        let n = self
+            .problem
+            .lower_parts()
+            .filter(|&n| n > 0)
+            .ok_or_else(no_split)?;
+        let k = self.rng.gen_range(0..n);
+        Ok((k, self.problem.lower_part(k).ok_or_else(no_split)?))
+    }
+
+    /// Like [`Oracles::indexed_lower_batch`], for the upper data.
+    pub fn indexed_upper_batch(&mut self) -> Result<(usize, P::UpperBatch), BilevelError> {
+        let n = self
+            .problem
+            .upper_parts()
+            .filter(|&n| n > 0)
+            .ok_or_else(no_split)?;
+        let k = self.rng.gen_range(0..n);
+        Ok((k, self.problem.upper_part(k).ok_or_else(no_split)?))
+    }
+
+    /// A draw from the batch generator, for methods whose randomness is part of the data order
+    /// (the truncation of a randomized Neumann series): uniform in `0..n`.
+    pub fn draw_index(&mut self, n: usize) -> usize {
+        self.rng.gen_range(0..n)
     }
 
     /// `F(x, y; ξ)`, `∇_x F`, `∇_y F` from one backward pass.

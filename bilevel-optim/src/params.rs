@@ -32,6 +32,14 @@ where
         out
     }
 
+    /// A copy made of new tensors (new tensor ids), so it never aliases `self` in a taped
+    /// computation; a plain `clone` shares ids.
+    fn duplicate(&self) -> Self {
+        let mut out = self.zeros_like();
+        out.add_scaled(E::one(), self);
+        out
+    }
+
     /// `self ← a · self`.
     fn scale(&mut self, a: E) {
         self.map_in_place(|s| s.iter_mut().for_each(|v| *v *= a));

@@ -66,6 +66,27 @@ where
     /// `G(x, y; ζ)` as a taped scalar.
     fn lower_loss(&self, x: &Self::X, y: &Self::Y, batch: &Self::LowerBatch) -> Taped<Rank0, E>;
 
+    /// For methods that keep one memory per batch (SABA): the number of fixed lower batches the
+    /// lower data splits into, or `None` when the problem has no finite split (the default).
+    fn lower_parts(&self) -> Option<usize> {
+        None
+    }
+
+    /// The fixed lower batch `k < lower_parts()`; `None` when there is no finite split.
+    fn lower_part(&mut self, _k: usize) -> Option<Self::LowerBatch> {
+        None
+    }
+
+    /// Like [`BilevelProblem::lower_parts`], for the upper data.
+    fn upper_parts(&self) -> Option<usize> {
+        None
+    }
+
+    /// The fixed upper batch `k < upper_parts()`.
+    fn upper_part(&mut self, _k: usize) -> Option<Self::UpperBatch> {
+        None
+    }
+
     /// `∇_y G(x, y; ζ)` written in taped ops: give every trainable tensor of `y` its component with
     /// `grad.set` (whole), `grad.add` (term by term) or `grad.zero` (untouched by this batch).
     /// The components must carry the tapes of everything they depend on

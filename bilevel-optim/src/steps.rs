@@ -3,7 +3,8 @@
 use dfdx::prelude::{Cpu, Device};
 
 use crate::error::BilevelError;
-use crate::oracles::Oracles;
+use crate::optimizer::StepReport;
+use crate::oracles::{LossGrad, OracleCounts, Oracles, SecondOrder};
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
@@ -131,4 +132,156 @@ where
     } else {
         E::zero()
     }
+}
+
+/// The bookkeeping every iteration shares: the site for non-finite checks and the oracle counts
+/// before the iteration, turned into a [`StepReport`] at the end.
+pub struct IterationScope {
+    pub site: Site,
+    before: OracleCounts,
+}
+
+/// What an iteration measured: the fields of [`StepReport`] a method fills in.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub upper_loss: Option<f64>,
+    pub lower_loss: Option<f64>,
+    pub hypergrad_norm: f64,
+    pub lower_grad_norm: Option<f64>,
+    pub linear_system_residual: Option<f64>,
+    pub step_size: f64,
+    pub x_step_norm: f64,
+}
+
+impl IterationScope {
+    pub fn begin<E: Real, P: BilevelProblem<E>>(
+        method: &'static str,
+        hint: &'static str,
+        iteration: u64,
+        oracles: &Oracles<E, P>,
+    ) -> Self
+    where
+        Cpu: Device<E>,
+    {
+        Self {
+            site: Site {
+                method,
+                iteration,
+                hint,
+            },
+            before: oracles.counts(),
+        }
+    }
+
+    pub fn report<E: Real, P: BilevelProblem<E>>(
+        &self,
+        oracles: &Oracles<E, P>,
+        outcome: Outcome,
+    ) -> StepReport
+    where
+        Cpu: Device<E>,
+    {
+        let after = oracles.counts();
+        StepReport {
+            iteration: self.site.iteration,
+            upper_loss: outcome.upper_loss,
+            lower_loss: outcome.lower_loss,
+            hypergrad_norm: outcome.hypergrad_norm,
+            lower_grad_norm: outcome.lower_grad_norm,
+            linear_system_residual: outcome.linear_system_residual,
+            step_size: outcome.step_size,
+            x_step_norm: outcome.x_step_norm,
+            oracle_calls: after.since(&self.before),
+            oracle_totals: after,
+        }
+    }
+}
+
+/// `∇F` on `batch`, with the value and both gradients checked.
+pub fn upper_grad_checked<E: Real, P: BilevelProblem<E>>(
+    oracles: &mut Oracles<E, P>,
+    x: &P::X,
+    y: &P::Y,
+    batch: &P::UpperBatch,
+    site: Site,
+) -> Result<LossGrad<E, P::X, P::Y>, BilevelError>
+where
+    Cpu: Device<E>,
+{
+    let g = oracles.upper_grad(x, y, batch);
+    site.check_scalar("upper loss f", g.value.f64())?;
+    site.check("upper gradient ∇_x f", &g.dx)?;
+    site.check("upper gradient ∇_y f", &g.dy)?;
+    Ok(g)
+}
+
+/// `∇G` on `batch`, with the value and both gradients checked.
+pub fn lower_grad_checked<E: Real, P: BilevelProblem<E>>(
+    oracles: &mut Oracles<E, P>,
+    x: &P::X,
+    y: &P::Y,
+    batch: &P::LowerBatch,
+    site: Site,
+) -> Result<LossGrad<E, P::X, P::Y>, BilevelError>
+where
+    Cpu: Device<E>,
+{
+    let g = oracles.lower_grad(x, y, batch);
+    site.check_scalar("lower loss g", g.value.f64())?;
+    site.check("lower gradient ∇_y g", &g.dy)?;
+    site.check("lower gradient ∇_x g", &g.dx)?;
+    Ok(g)
+}
+
+/// One second-order pass (∇_y G, H·v, J·v) on `batch`, every part checked.
+pub fn second_order_checked<E: Real, P: BilevelProblem<E>>(
+    oracles: &mut Oracles<E, P>,
+    x: &P::X,
+    y: &P::Y,
+    v: &P::Y,
+    batch: &P::LowerBatch,
+    site: Site,
+) -> Result<SecondOrder<P::X, P::Y>, BilevelError>
+where
+    Cpu: Device<E>,
+{
+    let so = oracles.hvp_jvp(x, y, v, batch)?;
+    site.check("lower gradient ∇_y g", &so.grad_y)?;
+    site.check("Hessian-vector product ∇²_yy g·v", &so.hvp)?;
+    site.check("cross product ∇²_xy g·v", &so.jvp)?;
+    Ok(so)
+}
+
+/// A plain step `x ← x − a·d`; returns (a, ‖a·d‖) for the report.
+pub fn plain_step<E: Real, X: Params<E>>(x: &mut X, d: &X, a: E) -> (f64, f64)
+where
+    Cpu: Device<E>,
+{
+    x.add_scaled(-a, d);
+    (a.f64(), (a * d.norm()).f64())
+}
+
+/// What a single-loop method of the linear-system family evaluates at (x_t, y_t, z_t): the upper
+/// gradients on a fresh ξ, and ∇_y G, H·z, J·z from one second-order pass on a fresh ζ.
+pub struct JointOracles<E, X, Y> {
+    pub upper: LossGrad<E, X, Y>,
+    pub lower: SecondOrder<X, Y>,
+}
+
+/// Draws ξ and ζ and evaluates [`JointOracles`] at (x, y, z).
+pub fn joint_oracles<E: Real, P: BilevelProblem<E>>(
+    oracles: &mut Oracles<E, P>,
+    x: &P::X,
+    y: &P::Y,
+    z: &P::Y,
+    site: Site,
+) -> Result<JointOracles<E, P::X, P::Y>, BilevelError>
+where
+    Cpu: Device<E>,
+{
+    let xi = oracles.upper_batch();
+    let zeta = oracles.lower_batch();
+    let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
+    let lower = second_order_checked(oracles, x, y, z, &zeta, site)?;
+    Ok(JointOracles { upper, lower })
 }

@@ -145,6 +145,12 @@ where
     }
 
     /// The batch with no noise: the exact lower objective.
+    /// Whether every oracle is exact (no noise at either level).
+    pub fn is_deterministic(&self) -> bool {
+        let c = &self.config;
+        c.grad_noise == 0.0 && c.hessian_noise == 0.0 && c.upper_noise == 0.0
+    }
+
     pub fn full_lower_batch(&self) -> QuadLowerBatch<E, DX, DY> {
         self.lower_batch_from(self.h.clone(), self.c.clone(), self.b.clone())
     }
@@ -220,6 +226,26 @@ where
         let c = self.c.plus(&Matrix::gaussian(DY, DX, sh, rng));
         let b = add_scaled(&self.b, 1.0, &Matrix::gaussian(DY, 1, sb, rng).data);
         self.lower_batch_from(h, c, b)
+    }
+
+    /// Without noise the problem is one fixed batch (the exact oracles); with noise it has no
+    /// finite split.
+    fn lower_parts(&self) -> Option<usize> {
+        self.is_deterministic().then_some(1)
+    }
+
+    fn lower_part(&mut self, _k: usize) -> Option<Self::LowerBatch> {
+        self.is_deterministic().then(|| self.full_lower_batch())
+    }
+
+    fn upper_parts(&self) -> Option<usize> {
+        self.is_deterministic().then_some(1)
+    }
+
+    fn upper_part(&mut self, _k: usize) -> Option<Self::UpperBatch> {
+        // Zero noise: the generator's draws are multiplied by 0.
+        self.is_deterministic()
+            .then(|| self.sample_upper(&mut SampleRng::seed_from_u64(0)))
     }
 
     fn upper_loss(&self, x: &Self::X, y: &Self::Y, batch: &Self::UpperBatch) -> Taped<Rank0, E> {

@@ -197,6 +197,37 @@ where
         )
     }
 
+    fn lower_parts(&self) -> Option<usize> {
+        Some(Rows::<E, D>::part_count(
+            self.train_a.rows,
+            self.lower_batch,
+        ))
+    }
+
+    fn lower_part(&mut self, k: usize) -> Option<Self::LowerBatch> {
+        Some(Rows::part(
+            &self.dev,
+            &self.train_a,
+            &self.train_t,
+            self.lower_batch,
+            k,
+        ))
+    }
+
+    fn upper_parts(&self) -> Option<usize> {
+        Some(Rows::<E, D>::part_count(self.val_a.rows, self.upper_batch))
+    }
+
+    fn upper_part(&mut self, k: usize) -> Option<Self::UpperBatch> {
+        Some(Rows::part(
+            &self.dev,
+            &self.val_a,
+            &self.val_t,
+            self.upper_batch,
+            k,
+        ))
+    }
+
     fn upper_loss(&self, _x: &Self::X, y: &Self::Y, batch: &Self::UpperBatch) -> Taped<Rank0, E> {
         Self::row_losses(y, batch).sum() / E::of(batch.len() as f64)
     }

@@ -230,6 +230,37 @@ where
         )
     }
 
+    fn lower_parts(&self) -> Option<usize> {
+        Some(Rows::<E, D>::part_count(
+            self.train_a.rows,
+            self.lower_batch,
+        ))
+    }
+
+    fn lower_part(&mut self, k: usize) -> Option<Self::LowerBatch> {
+        Some(Rows::part(
+            &self.dev,
+            &self.train_a,
+            &self.train_b,
+            self.lower_batch,
+            k,
+        ))
+    }
+
+    fn upper_parts(&self) -> Option<usize> {
+        Some(Rows::<E, D>::part_count(self.val_a.rows, self.upper_batch))
+    }
+
+    fn upper_part(&mut self, k: usize) -> Option<Self::UpperBatch> {
+        Some(Rows::part(
+            &self.dev,
+            &self.val_a,
+            &self.val_b,
+            self.upper_batch,
+            k,
+        ))
+    }
+
     fn upper_loss(&self, x: &X, y: &Self::Y, batch: &Self::UpperBatch) -> Taped<Rank0, E> {
         // f does not depend on x; touching x keeps the signature uniform at no cost.
         let _ = x;

@@ -53,6 +53,22 @@ where
         Self::select(dev, a, targets, (0..a.rows).collect())
     }
 
+    /// How many fixed batches of `size` consecutive rows (the last may be shorter) `n` rows make;
+    /// one batch of every row when `size` is `None`.
+    pub fn part_count(n: usize, size: Option<usize>) -> usize {
+        match size {
+            None => 1,
+            Some(b) => n.div_ceil(b.max(1)),
+        }
+    }
+
+    /// The fixed batch `k` of [`Rows::part_count`]: rows `k·size .. (k+1)·size`.
+    pub fn part(dev: &Cpu, a: &Matrix, targets: &[f64], size: Option<usize>, k: usize) -> Self {
+        let b = size.unwrap_or(a.rows).max(1);
+        let rows = (k * b..((k + 1) * b).min(a.rows)).collect();
+        Self::select(dev, a, targets, rows)
+    }
+
     /// `size` rows drawn uniformly with replacement, or all rows when `size` is `None`.
     pub fn sample(
         dev: &Cpu,

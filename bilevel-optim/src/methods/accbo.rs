@@ -1,0 +1,194 @@
+//! AccBO (Gong, Hao, Liu, NeurIPS 2024): stochastic Nesterov acceleration with averaging on y,
+//! and normalized recursive momentum on x with a randomized Neumann hypergradient.
+//!
+//! ```text
+//! y ← T₀ SGD steps at x_0                                        (warm start, t = 0)
+//! w = y_t + δ (y_t − y_{t−1});  y_{t+1} = w − γ ∇_y G(x_t, w; π);  ŷ_{t+1} = (1 − τ) ŷ_t + τ y_{t+1}
+//! h_t = h(x_t, ŷ_{t+1}; ξ̄),  the randomized Neumann estimate on samples ξ̄ drawn once
+//! m_t = h_t + β (m_{t−1} − h(x_{t−1}, ŷ_t; ξ̄))                  (recursive momentum; m_0 = h_0)
+//! x_{t+1} = x_t − η m_t/‖m_t‖
+//! ```
+//! The caller's y is the averaged ŷ, the point the hypergradient is taken at.
+
+use dfdx::prelude::{Cpu, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::error::BilevelError;
+use crate::neumann::NeumannConfig;
+use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::oracles::Oracles;
+use crate::params::Params;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
+use crate::schedule::PowerSchedule;
+use crate::steps::{lower_grad_checked, normalized_step, sgd_on_lower, IterationScope, Outcome};
+use crate::validate;
+use crate::variance::storm_update;
+
+const NAME: &str = "accbo";
+const HINT: &str = "eta for x, gamma for y";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccBoConfig {
+    /// η_t: the length of every x step.
+    pub eta: PowerSchedule,
+    /// β: recursive-momentum weight.
+    pub beta: f64,
+    /// γ: the y step.
+    pub gamma: f64,
+    /// δ: Nesterov momentum of y.
+    pub nesterov: f64,
+    /// τ: averaging weight of ŷ.
+    pub averaging: f64,
+    /// T₀: warm-start SGD steps on y.
+    pub warm_start: usize,
+    pub neumann: NeumannConfig,
+}
+
+impl Default for AccBoConfig {
+    fn default() -> Self {
+        Self {
+            eta: PowerSchedule::constant(0.05),
+            beta: 0.9,
+            gamma: 0.05,
+            nesterov: 0.5,
+            averaging: 0.5,
+            warm_start: 3,
+            neumann: NeumannConfig::randomized(5, 0.1),
+        }
+    }
+}
+
+impl AccBoConfig {
+    pub fn validate(&self) -> Result<(), BilevelError> {
+        self.eta.validate("eta")?;
+        validate::momentum("beta", self.beta)?;
+        validate::positive("gamma", self.gamma)?;
+        validate::momentum("nesterov", self.nesterov)?;
+        validate::weight("averaging", self.averaging)?;
+        self.neumann.validate("neumann")
+    }
+}
+
+pub struct AccBo<X, Y> {
+    config: AccBoConfig,
+    /// The Nesterov iterates y_t and y_{t−1}.
+    y_now: Y,
+    y_before: Y,
+    m: X,
+    /// (x_{t−1}, ŷ_t): where the previous estimate was taken.
+    x_prev: X,
+    y_avg_prev: Y,
+    t: u64,
+}
+
+impl<X, Y> AccBo<X, Y> {
+    pub fn new<E: Real>(config: AccBoConfig, x: &X, y: &Y) -> Result<Self, BilevelError>
+    where
+        Cpu: Device<E>,
+        X: Params<E>,
+        Y: Params<E>,
+    {
+        config.validate()?;
+        Ok(Self {
+            config,
+            y_now: y.duplicate(),
+            y_before: y.duplicate(),
+            m: x.zeros_like(),
+            x_prev: x.duplicate(),
+            y_avg_prev: y.duplicate(),
+            t: 0,
+        })
+    }
+}
+
+impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for AccBo<P::X, P::Y>
+where
+    Cpu: Device<E>,
+{
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn step(
+        &mut self,
+        oracles: &mut Oracles<E, P>,
+        x: &mut P::X,
+        y: &mut P::Y,
+    ) -> Result<StepReport, BilevelError> {
+        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
+        let site = scope.site;
+        let c = &self.config;
+        if self.t == 0 {
+            sgd_on_lower(oracles, x, y, E::of(c.gamma), c.warm_start, site)?;
+            (self.y_now, self.y_before) = (y.duplicate(), y.duplicate());
+        }
+        // Lower level: one stochastic Nesterov step, then averaging into ŷ (the caller's y).
+        let mut w = self.y_now.duplicate();
+        w.lerp_with(
+            E::one() + E::of(c.nesterov),
+            -E::of(c.nesterov),
+            &self.y_before,
+        );
+        let batch = oracles.lower_batch();
+        let g = lower_grad_checked(oracles, x, &w, &batch, site)?;
+        w.add_scaled(-E::of(c.gamma), &g.dy);
+        self.y_before = std::mem::replace(&mut self.y_now, w);
+        y.lerp_with(
+            E::one() - E::of(c.averaging),
+            E::of(c.averaging),
+            &self.y_now,
+        );
+        site.check("lower variable y", y)?;
+
+        // Upper level: recursive momentum on the same samples at the new and the old point.
+        let samples = c.neumann.draw(oracles);
+        let est = c.neumann.hypergradient(oracles, x, y, &samples, site)?;
+        if self.t == 0 {
+            self.m = est.h.clone();
+        } else {
+            let old =
+                c.neumann
+                    .hypergradient(oracles, &self.x_prev, &self.y_avg_prev, &samples, site)?;
+            storm_update(&mut self.m, &est.h, &old.h, E::one() - E::of(c.beta));
+        }
+        (self.x_prev, self.y_avg_prev) = (x.duplicate(), y.duplicate());
+        let step_size = normalized_step(x, &self.m, E::of(c.eta.at(self.t)));
+        site.check("upper variable x", x)?;
+        self.t += 1;
+        Ok(scope.report(
+            oracles,
+            Outcome {
+                upper_loss: Some(est.upper_loss),
+                lower_loss: Some(g.value.f64()),
+                hypergrad_norm: est.h.norm().f64(),
+                lower_grad_norm: Some(g.dy.norm().f64()),
+                linear_system_residual: None,
+                step_size: step_size.f64(),
+                x_step_norm: (step_size * self.m.norm()).f64(),
+            },
+        ))
+    }
+
+    fn state(&self) -> MethodState {
+        let mut s = MethodState::with_counter(NAME, self.t);
+        s.put("y_now", &self.y_now);
+        s.put("y_before", &self.y_before);
+        s.put("m", &self.m);
+        s.put("x_prev", &self.x_prev);
+        s.put("y_avg_prev", &self.y_avg_prev);
+        s
+    }
+
+    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
+        let t = state.counter(NAME)?;
+        state.restore("y_now", &mut self.y_now)?;
+        state.restore("y_before", &mut self.y_before)?;
+        state.restore("m", &mut self.m)?;
+        state.restore("x_prev", &mut self.x_prev)?;
+        state.restore("y_avg_prev", &mut self.y_avg_prev)?;
+        self.t = t;
+        Ok(())
+    }
+}

@@ -1,0 +1,177 @@
+//! AdamBO (Gong, Hao, Liu, TMLR): a single-loop Adam-type method. y is warm-started and then
+//! moved by one SGD step per iteration; x takes Adam steps with bias correction on a Neumann
+//! hypergradient estimate.
+//!
+//! ```text
+//! y ← T₀ SGD steps at x_0                              (warm start, t = 0)
+//! y ← y − γ ∇_y G(x_t, y; π_t)
+//! h_t = ∇_x F − J v,  v the deterministic Neumann series on ∇_y F
+//! m ← β₁ m + (1 − β₁) h_t;   v ← β₂ v + (1 − β₂) h_t ⊙ h_t
+//! x ← x − η (m/(1 − β₁^{t+1})) / (√(v/(1 − β₂^{t+1})) + ε)
+//! ```
+
+use dfdx::prelude::{Cpu, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::error::BilevelError;
+use crate::neumann::{plain_step_outcome, sgd_then_estimate, NeumannConfig};
+use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::oracles::Oracles;
+use crate::params::Params;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
+use crate::schedule::PowerSchedule;
+use crate::steps::{sgd_on_lower, IterationScope};
+use crate::validate;
+
+const NAME: &str = "adambo";
+const HINT: &str = "eta for x, gamma for y";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdamBoConfig {
+    /// η_t: the Adam step.
+    pub eta: PowerSchedule,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// ε in the denominator.
+    pub epsilon: f64,
+    /// γ: the y step.
+    pub gamma: f64,
+    /// T₀: warm-start SGD steps on y.
+    pub warm_start: usize,
+    pub neumann: NeumannConfig,
+}
+
+impl Default for AdamBoConfig {
+    fn default() -> Self {
+        Self {
+            eta: PowerSchedule::constant(1e-3),
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            gamma: 0.05,
+            warm_start: 3,
+            neumann: NeumannConfig::deterministic(5, 0.1),
+        }
+    }
+}
+
+impl AdamBoConfig {
+    pub fn validate(&self) -> Result<(), BilevelError> {
+        self.eta.validate("eta")?;
+        validate::momentum("beta1", self.beta1)?;
+        validate::momentum("beta2", self.beta2)?;
+        validate::positive("epsilon", self.epsilon)?;
+        validate::positive("gamma", self.gamma)?;
+        self.neumann.validate("neumann")
+    }
+}
+
+/// Adam's two moments of the upper estimate, with the bias-corrected direction.
+pub struct AdamMoments<X> {
+    first: X,
+    second: X,
+}
+
+impl<X> AdamMoments<X> {
+    pub fn new<E: Real>(like: &X) -> Self
+    where
+        Cpu: Device<E>,
+        X: Params<E>,
+    {
+        Self {
+            first: like.zeros_like(),
+            second: like.zeros_like(),
+        }
+    }
+
+    /// Folds `h` into both moments and returns the direction `m̂/(√v̂ + ε)` for step `t` (0-based).
+    pub fn update<E: Real>(&mut self, h: &X, t: u64, beta1: f64, beta2: f64, epsilon: f64) -> X
+    where
+        Cpu: Device<E>,
+        X: Params<E>,
+    {
+        self.first.lerp_with(E::of(beta1), E::of(1.0 - beta1), h);
+        self.second.zip_in_place(h, |v, g| {
+            for (v, &g) in v.iter_mut().zip(g) {
+                *v = E::of(beta2) * *v + E::of(1.0 - beta2) * g * g;
+            }
+        });
+        let power = (t + 1) as i32;
+        let (c1, c2) = (1.0 - beta1.powi(power), 1.0 - beta2.powi(power));
+        let mut direction = self.first.duplicate();
+        direction.zip_in_place(&self.second, |d, v| {
+            for (d, &v) in d.iter_mut().zip(v) {
+                *d = E::of((d.f64() / c1) / ((v.f64() / c2).sqrt() + epsilon));
+            }
+        });
+        direction
+    }
+}
+
+pub struct AdamBo<X> {
+    config: AdamBoConfig,
+    moments: AdamMoments<X>,
+    t: u64,
+}
+
+impl<X> AdamBo<X> {
+    pub fn new<E: Real>(config: AdamBoConfig, x: &X) -> Result<Self, BilevelError>
+    where
+        Cpu: Device<E>,
+        X: Params<E>,
+    {
+        config.validate()?;
+        Ok(Self {
+            config,
+            moments: AdamMoments::new(x),
+            t: 0,
+        })
+    }
+}
+
+impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for AdamBo<P::X>
+where
+    Cpu: Device<E>,
+{
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn step(
+        &mut self,
+        oracles: &mut Oracles<E, P>,
+        x: &mut P::X,
+        y: &mut P::Y,
+    ) -> Result<StepReport, BilevelError> {
+        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
+        let site = scope.site;
+        let c = &self.config;
+        if self.t == 0 {
+            sgd_on_lower(oracles, x, y, E::of(c.gamma), c.warm_start, site)?;
+        }
+        let (lower_loss, est) = sgd_then_estimate(oracles, x, y, 1, c.gamma, &c.neumann, site)?;
+        let direction = self
+            .moments
+            .update(&est.h, self.t, c.beta1, c.beta2, c.epsilon);
+        let outcome = plain_step_outcome(x, &direction, c.eta.at(self.t), &est, lower_loss, site)?;
+        self.t += 1;
+        Ok(scope.report(oracles, outcome))
+    }
+
+    fn state(&self) -> MethodState {
+        let mut s = MethodState::with_counter(NAME, self.t);
+        s.put("m", &self.moments.first);
+        s.put("v", &self.moments.second);
+        s
+    }
+
+    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
+        let t = state.counter(NAME)?;
+        state.restore("m", &mut self.moments.first)?;
+        state.restore("v", &mut self.moments.second)?;
+        self.t = t;
+        Ok(())
+    }
+}

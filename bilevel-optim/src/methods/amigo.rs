@@ -1,0 +1,147 @@
+//! AmIGO (Arbel & Mairal, ICLR 2022): warm-started inner SGD on y and on z, then a plain step
+//! on x with the linear-system hypergradient.
+//!
+//! ```text
+//! y ← T SGD steps (warm start)
+//! z ← M steps z ← z − ρ (H(ζ_k) z − ∇_y F(ξ)), a fresh ζ_k each (warm start)
+//! x ← x − α_t (∇_x F(ξ) − J(ζ') z)
+//! ```
+
+use dfdx::prelude::{Cpu, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::error::BilevelError;
+use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::oracles::Oracles;
+use crate::params::Params;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
+use crate::schedule::PowerSchedule;
+use crate::steps::{
+    hypergradient_estimate, linear_system_step, plain_step, sgd_on_lower, upper_grad_checked,
+    IterationScope, Outcome,
+};
+use crate::validate;
+
+const NAME: &str = "amigo";
+const HINT: &str = "alpha for x, gamma for y, rho for z";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmigoConfig {
+    /// α_t: the x step.
+    pub alpha: PowerSchedule,
+    /// γ: the y step.
+    pub gamma: f64,
+    /// ρ: the z step.
+    pub rho: f64,
+    /// T: y steps per iteration.
+    pub inner_steps: usize,
+    /// M: z steps per iteration.
+    pub linear_steps: usize,
+}
+
+impl Default for AmigoConfig {
+    fn default() -> Self {
+        Self {
+            alpha: PowerSchedule::constant(0.05),
+            gamma: 0.05,
+            rho: 0.05,
+            inner_steps: 5,
+            linear_steps: 5,
+        }
+    }
+}
+
+impl AmigoConfig {
+    pub fn validate(&self) -> Result<(), BilevelError> {
+        self.alpha.validate("alpha")?;
+        validate::positive("gamma", self.gamma)?;
+        validate::positive("rho", self.rho)?;
+        validate::at_least_one("linear_steps", self.linear_steps)
+    }
+}
+
+pub struct Amigo<Y> {
+    config: AmigoConfig,
+    z: Y,
+    t: u64,
+}
+
+impl<Y> Amigo<Y> {
+    pub fn new<E: Real>(config: AmigoConfig, y: &Y) -> Result<Self, BilevelError>
+    where
+        Cpu: Device<E>,
+        Y: Params<E>,
+    {
+        config.validate()?;
+        Ok(Self {
+            config,
+            z: y.zeros_like(),
+            t: 0,
+        })
+    }
+}
+
+impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Amigo<P::Y>
+where
+    Cpu: Device<E>,
+{
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn step(
+        &mut self,
+        oracles: &mut Oracles<E, P>,
+        x: &mut P::X,
+        y: &mut P::Y,
+    ) -> Result<StepReport, BilevelError> {
+        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
+        let site = scope.site;
+        let c = &self.config;
+        let lower_loss = sgd_on_lower(oracles, x, y, E::of(c.gamma), c.inner_steps, site)?;
+        let xi = oracles.upper_batch();
+        let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
+        let mut residual = E::zero();
+        for _ in 0..c.linear_steps {
+            let zeta = oracles.lower_batch();
+            let hz = oracles.hvp(x, y, &self.z, &zeta)?;
+            site.check("Hessian-vector product ∇²_yy g·z", &hz)?;
+            residual = linear_system_step(&mut self.z, &hz, &upper.dy, E::of(c.rho), None);
+        }
+        site.check("linear-system variable z", &self.z)?;
+        let zeta = oracles.lower_batch();
+        let jz = oracles.jvp(x, y, &self.z, &zeta)?;
+        site.check("cross product ∇²_xy g·z", &jz)?;
+        let h = hypergradient_estimate(&upper.dx, &jz);
+        let (step_size, x_step_norm) = plain_step(x, &h, E::of(c.alpha.at(self.t)));
+        site.check("upper variable x", x)?;
+        self.t += 1;
+        Ok(scope.report(
+            oracles,
+            Outcome {
+                upper_loss: Some(upper.value.f64()),
+                lower_loss,
+                hypergrad_norm: h.norm().f64(),
+                lower_grad_norm: None,
+                linear_system_residual: Some(residual.f64()),
+                step_size,
+                x_step_norm,
+            },
+        ))
+    }
+
+    fn state(&self) -> MethodState {
+        let mut s = MethodState::with_counter(NAME, self.t);
+        s.put("z", &self.z);
+        s
+    }
+
+    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
+        let t = state.counter(NAME)?;
+        state.restore("z", &mut self.z)?;
+        self.t = t;
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! F2SA (Kwon, Kwon, Wright, Nowak, ICML 2023): fully first order. The penalty
+//! `L_λ(x, y) = f(x, y) + λ (g(x, y) − min_z g(x, z))` is minimized with λ increasing; z tracks
+//! `argmin g`, y tracks `argmin L_λ`. No second-order oracle is called.
+//!
+//! ```text
+//! z ← z − γ_z ∇_y G(x, z; ζ)
+//! y ← y − (γ_y / max(λ, 1)) (∇_y F(x, y; ξ) + λ ∇_y G(x, y; ζ))
+//! x ← x − (η_t / max(λ, 1)) (∇_x F(x, y; ξ) + λ (∇_x G(x, y; ζ) − ∇_x G(x, z; ζ)))
+//! λ ← min(λ + δ, λ_max)
+//! ```
+//! Both steps are divided by λ (once λ > 1): the penalty's curvature in y grows like λ, and the
+//! x gradient amplifies an error in y − z by λ, so a step that does not shrink with λ makes the
+//! coupled iteration unstable once λ is large (the analysis keeps step × λ bounded). Both ∇G
+//! calls share ζ, so the difference of the two x gradients has less noise.
+
+use dfdx::prelude::{Cpu, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::error::BilevelError;
+use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::oracles::Oracles;
+use crate::params::Params;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
+use crate::schedule::PowerSchedule;
+use crate::steps::{lower_grad_checked, plain_step, upper_grad_checked, IterationScope, Outcome};
+use crate::validate;
+
+const NAME: &str = "f2sa";
+const HINT: &str = "eta for x, gamma_y for y, gamma_z for z, or a slower lambda_increment";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct F2saConfig {
+    /// η_t: the x step (divided by max(λ, 1)).
+    pub eta: PowerSchedule,
+    /// γ_y: the y step (divided by max(λ, 1)).
+    pub gamma_y: f64,
+    /// γ_z: the z step.
+    pub gamma_z: f64,
+    /// λ₀: the initial penalty.
+    pub lambda: f64,
+    /// δ: the increase of λ per iteration.
+    pub lambda_increment: f64,
+    /// λ stops growing here.
+    pub lambda_max: f64,
+}
+
+impl Default for F2saConfig {
+    /// The SLIP README's hyper-representation run: γ 5e-2, η 5e-2, λ₀ 1e-2, δλ 0.1, ν 5e-2.
+    fn default() -> Self {
+        Self {
+            eta: PowerSchedule::constant(0.05),
+            gamma_y: 0.05,
+            gamma_z: 0.05,
+            lambda: 0.01,
+            lambda_increment: 0.1,
+            lambda_max: 1e4,
+        }
+    }
+}
+
+impl F2saConfig {
+    pub fn validate(&self) -> Result<(), BilevelError> {
+        self.eta.validate("eta")?;
+        validate::positive("gamma_y", self.gamma_y)?;
+        validate::positive("gamma_z", self.gamma_z)?;
+        validate::positive("lambda", self.lambda)?;
+        validate::non_negative("lambda_increment", self.lambda_increment)?;
+        validate::positive("lambda_max", self.lambda_max)
+    }
+}
+
+pub struct F2sa<Y> {
+    config: F2saConfig,
+    /// z ≈ argmin_y g(x, y).
+    z: Y,
+    lambda: f64,
+    t: u64,
+}
+
+impl<Y> F2sa<Y> {
+    /// z starts at the given y.
+    pub fn new<E: Real>(config: F2saConfig, y: &Y) -> Result<Self, BilevelError>
+    where
+        Cpu: Device<E>,
+        Y: Params<E>,
+    {
+        config.validate()?;
+        Ok(Self {
+            lambda: config.lambda,
+            config,
+            z: y.duplicate(),
+            t: 0,
+        })
+    }
+
+    pub fn lambda(&self) -> f64 {
+        self.lambda
+    }
+}
+
+impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for F2sa<P::Y>
+where
+    Cpu: Device<E>,
+{
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn step(
+        &mut self,
+        oracles: &mut Oracles<E, P>,
+        x: &mut P::X,
+        y: &mut P::Y,
+    ) -> Result<StepReport, BilevelError> {
+        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
+        let site = scope.site;
+        let c = &self.config;
+        let lambda = E::of(self.lambda);
+        let (xi, zeta) = (oracles.upper_batch(), oracles.lower_batch());
+        let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
+        let at_y = lower_grad_checked(oracles, x, y, &zeta, site)?;
+        let at_z = lower_grad_checked(oracles, x, &self.z, &zeta, site)?;
+
+        self.z.add_scaled(-E::of(c.gamma_z), &at_z.dy);
+        let mut dy = upper.dy;
+        dy.add_scaled(lambda, &at_y.dy);
+        y.add_scaled(-E::of(c.gamma_y / self.lambda.max(1.0)), &dy);
+        let mut dx = upper.dx;
+        dx.add_scaled(lambda, &at_y.dx);
+        dx.add_scaled(-lambda, &at_z.dx);
+        let (step_size, x_step_norm) =
+            plain_step(x, &dx, E::of(c.eta.at(self.t) / self.lambda.max(1.0)));
+        site.check("lower variable y", y)?;
+        site.check("lower copy z", &self.z)?;
+        site.check("upper variable x", x)?;
+        self.lambda = (self.lambda + c.lambda_increment).min(c.lambda_max);
+        self.t += 1;
+        Ok(scope.report(
+            oracles,
+            Outcome {
+                upper_loss: Some(upper.value.f64()),
+                lower_loss: Some(at_y.value.f64()),
+                hypergrad_norm: dx.norm().f64(),
+                lower_grad_norm: Some(at_y.dy.norm().f64()),
+                linear_system_residual: None,
+                step_size,
+                x_step_norm,
+            },
+        ))
+    }
+
+    fn state(&self) -> MethodState {
+        let mut s = MethodState::with_counter(NAME, self.t);
+        s.put("z", &self.z);
+        s.put_scalar("lambda", self.lambda);
+        s
+    }
+
+    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
+        let t = state.counter(NAME)?;
+        let lambda = state.scalar("lambda")?;
+        state.restore("z", &mut self.z)?;
+        (self.lambda, self.t) = (lambda, t);
+        Ok(())
+    }
+}

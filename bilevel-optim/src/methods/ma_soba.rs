@@ -1,0 +1,156 @@
+//! MA-SOBA (Chen, Xu, Zhang 2023): SOBA with a moving average of the hypergradient estimate and
+//! z projected onto a ball, for relaxed smoothness. Not normalized (that is BO-REP's and SLIP's
+//! difference).
+//!
+//! ```text
+//! y ← y − β_t ∇_y G(ζ)
+//! z ← Π_{‖z‖≤ρ}(z − γ_t (H(ζ) z − ∇_y F(ξ)))
+//! m ← (1 − θ) m + θ (∇_x F(ξ) − J(ζ) z)        (z before its update: all at (x_t, y_t, z_t))
+//! x ← x − α_t m
+//! ```
+
+use dfdx::prelude::{Cpu, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::error::BilevelError;
+use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::oracles::Oracles;
+use crate::params::Params;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
+use crate::schedule::PowerSchedule;
+use crate::steps::{
+    hypergradient_estimate, joint_oracles, linear_system_step, momentum_update, plain_step,
+    IterationScope, Outcome,
+};
+use crate::validate;
+
+const NAME: &str = "ma-soba";
+const HINT: &str = "alpha for x, beta for y, gamma for z";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaSobaConfig {
+    /// α_t: the x step.
+    pub alpha: PowerSchedule,
+    /// β_t: the y step.
+    pub beta: PowerSchedule,
+    /// γ_t: the z step.
+    pub gamma: PowerSchedule,
+    /// θ: weight of the new estimate in the moving average (the lab's β = 0.9 is θ = 0.1).
+    pub theta: f64,
+    /// ρ: radius of z's ball; `None` = no projection.
+    pub z_radius: Option<f64>,
+}
+
+impl Default for MaSobaConfig {
+    /// The BO-REP paper's tuned pair (lower 0.05, upper 0.1), ν = 1e-2, θ = 0.1.
+    fn default() -> Self {
+        Self {
+            alpha: PowerSchedule::constant(0.1),
+            beta: PowerSchedule::constant(0.05),
+            gamma: PowerSchedule::constant(0.01),
+            theta: 0.1,
+            z_radius: None,
+        }
+    }
+}
+
+impl MaSobaConfig {
+    pub fn validate(&self) -> Result<(), BilevelError> {
+        self.alpha.validate("alpha")?;
+        self.beta.validate("beta")?;
+        self.gamma.validate("gamma")?;
+        validate::weight("theta", self.theta)?;
+        if let Some(r) = self.z_radius {
+            validate::positive("z_radius", r)?;
+        }
+        Ok(())
+    }
+}
+
+pub struct MaSoba<X, Y> {
+    config: MaSobaConfig,
+    z: Y,
+    m: X,
+    t: u64,
+}
+
+impl<X, Y> MaSoba<X, Y> {
+    pub fn new<E: Real>(config: MaSobaConfig, x: &X, y: &Y) -> Result<Self, BilevelError>
+    where
+        Cpu: Device<E>,
+        X: Params<E>,
+        Y: Params<E>,
+    {
+        config.validate()?;
+        Ok(Self {
+            config,
+            z: y.zeros_like(),
+            m: x.zeros_like(),
+            t: 0,
+        })
+    }
+}
+
+impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for MaSoba<P::X, P::Y>
+where
+    Cpu: Device<E>,
+{
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn step(
+        &mut self,
+        oracles: &mut Oracles<E, P>,
+        x: &mut P::X,
+        y: &mut P::Y,
+    ) -> Result<StepReport, BilevelError> {
+        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
+        let c = &self.config;
+        let j = joint_oracles(oracles, x, y, &self.z, scope.site)?;
+        y.add_scaled(-E::of(c.beta.at(self.t)), &j.lower.grad_y);
+        let residual = linear_system_step(
+            &mut self.z,
+            &j.lower.hvp,
+            &j.upper.dy,
+            E::of(c.gamma.at(self.t)),
+            c.z_radius.map(E::of),
+        );
+        let h = hypergradient_estimate(&j.upper.dx, &j.lower.jvp);
+        momentum_update(&mut self.m, &h, E::one() - E::of(c.theta));
+        let (step_size, x_step_norm) = plain_step(x, &self.m, E::of(c.alpha.at(self.t)));
+        scope.site.check("lower variable y", y)?;
+        scope.site.check("linear-system variable z", &self.z)?;
+        scope.site.check("upper variable x", x)?;
+        self.t += 1;
+        Ok(scope.report(
+            oracles,
+            Outcome {
+                upper_loss: Some(j.upper.value.f64()),
+                lower_loss: None,
+                hypergrad_norm: h.norm().f64(),
+                lower_grad_norm: Some(j.lower.grad_y.norm().f64()),
+                linear_system_residual: Some(residual.f64()),
+                step_size,
+                x_step_norm,
+            },
+        ))
+    }
+
+    fn state(&self) -> MethodState {
+        let mut s = MethodState::with_counter(NAME, self.t);
+        s.put("z", &self.z);
+        s.put("m", &self.m);
+        s
+    }
+
+    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
+        let t = state.counter(NAME)?;
+        state.restore("z", &mut self.z)?;
+        state.restore("m", &mut self.m)?;
+        self.t = t;
+        Ok(())
+    }
+}

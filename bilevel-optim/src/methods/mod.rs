@@ -1,0 +1,171 @@
+//! Every method of the library behind one trait, selectable by name.
+//!
+//! Each method lives in its own module and reads like its pseudocode; the shared pieces are in
+//! [`crate::steps`] (SGD on y, the linear-system step, momentum, normalization, checked oracles),
+//! [`crate::neumann`] (Neumann series) and [`crate::variance`] (STORM, SPIDER, SAGA).
+//! [`MethodConfig`] is the serde-tagged union of their configurations (`method = "soba"`, ...),
+//! from which [`MethodConfig::build`] makes the optimizer.
+
+pub mod accbo;
+pub mod adambo;
+pub mod alset;
+pub mod amigo;
+pub mod anil;
+pub mod bsa;
+pub mod f2sa;
+pub mod ma_soba;
+pub mod maml;
+pub mod meta;
+pub mod mrbo;
+pub mod saba;
+pub mod slip;
+pub mod soba;
+pub mod stocbio;
+pub mod ttsa;
+pub mod vrbo;
+
+use dfdx::prelude::{Cpu, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::borep::{BoRep, BoRepConfig};
+use crate::error::BilevelError;
+use crate::optimizer::BilevelOptimizer;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
+use accbo::{AccBo, AccBoConfig};
+use adambo::{AdamBo, AdamBoConfig};
+use alset::{Alset, AlsetConfig};
+use amigo::{Amigo, AmigoConfig};
+use anil::Anil;
+use bsa::{Bsa, BsaConfig};
+use f2sa::{F2sa, F2saConfig};
+use ma_soba::{MaSoba, MaSobaConfig};
+use maml::Maml;
+use meta::MetaConfig;
+use mrbo::{Mrbo, MrboConfig};
+use saba::{Saba, SabaConfig};
+use slip::{Slip, SlipConfig};
+use soba::{Soba, SobaConfig};
+use stocbio::{StocBio, StocBioConfig};
+use ttsa::{Ttsa, TtsaConfig};
+use vrbo::{Vrbo, VrboConfig};
+
+/// The names users select methods by, in the order of the documentation.
+pub const METHODS: [&str; 17] = [
+    "bo-rep", "stocbio", "ttsa", "bsa", "alset", "amigo", "soba", "saba", "ma-soba", "f2sa",
+    "mrbo", "vrbo", "slip", "accbo", "adambo", "maml", "anil",
+];
+
+/// A method and its configuration; in TOML, `method = "soba"` followed by the method's fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum MethodConfig {
+    BoRep(BoRepConfig),
+    Stocbio(StocBioConfig),
+    Ttsa(TtsaConfig),
+    Bsa(BsaConfig),
+    Alset(AlsetConfig),
+    Amigo(AmigoConfig),
+    Soba(SobaConfig),
+    Saba(SabaConfig),
+    MaSoba(MaSobaConfig),
+    F2sa(F2saConfig),
+    Mrbo(MrboConfig),
+    Vrbo(VrboConfig),
+    Slip(SlipConfig),
+    Accbo(AccBoConfig),
+    Adambo(AdamBoConfig),
+    Maml(MetaConfig),
+    Anil(MetaConfig),
+}
+
+impl MethodConfig {
+    /// The default configuration of the method called `name`.
+    pub fn default_for(name: &str) -> Result<Self, BilevelError> {
+        Ok(match name {
+            "bo-rep" => Self::BoRep(Default::default()),
+            "stocbio" => Self::Stocbio(Default::default()),
+            "ttsa" => Self::Ttsa(Default::default()),
+            "bsa" => Self::Bsa(Default::default()),
+            "alset" => Self::Alset(Default::default()),
+            "amigo" => Self::Amigo(Default::default()),
+            "soba" => Self::Soba(Default::default()),
+            "saba" => Self::Saba(Default::default()),
+            "ma-soba" => Self::MaSoba(Default::default()),
+            "f2sa" => Self::F2sa(Default::default()),
+            "mrbo" => Self::Mrbo(Default::default()),
+            "vrbo" => Self::Vrbo(Default::default()),
+            "slip" => Self::Slip(Default::default()),
+            "accbo" => Self::Accbo(Default::default()),
+            "adambo" => Self::Adambo(Default::default()),
+            "maml" => Self::Maml(Default::default()),
+            "anil" => Self::Anil(Default::default()),
+            other => {
+                return Err(BilevelError::InvalidConfig {
+                    field: "method",
+                    reason: format!(
+                        "'{other}' is not a method; choose one of {}",
+                        METHODS.join(", ")
+                    ),
+                })
+            }
+        })
+    }
+
+    /// The method's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::BoRep(_) => "bo-rep",
+            Self::Stocbio(_) => "stocbio",
+            Self::Ttsa(_) => "ttsa",
+            Self::Bsa(_) => "bsa",
+            Self::Alset(_) => "alset",
+            Self::Amigo(_) => "amigo",
+            Self::Soba(_) => "soba",
+            Self::Saba(_) => "saba",
+            Self::MaSoba(_) => "ma-soba",
+            Self::F2sa(_) => "f2sa",
+            Self::Mrbo(_) => "mrbo",
+            Self::Vrbo(_) => "vrbo",
+            Self::Slip(_) => "slip",
+            Self::Accbo(_) => "accbo",
+            Self::Adambo(_) => "adambo",
+            Self::Maml(_) => "maml",
+            Self::Anil(_) => "anil",
+        }
+    }
+
+    /// The optimizer, for variables shaped like `x` and `y` on `problem` (SABA reads the
+    /// problem's split into fixed batches).
+    pub fn build<E: Real, P: BilevelProblem<E> + 'static>(
+        &self,
+        x: &P::X,
+        y: &P::Y,
+        problem: &P,
+    ) -> Result<Box<dyn BilevelOptimizer<E, P>>, BilevelError>
+    where
+        Cpu: Device<E>,
+        P::X: 'static,
+        P::Y: 'static,
+    {
+        Ok(match self.clone() {
+            Self::BoRep(c) => Box::new(BoRep::<E, P>::new(c, x, y)?),
+            Self::Stocbio(c) => Box::new(StocBio::new(c)?),
+            Self::Ttsa(c) => Box::new(Ttsa::new(c)?),
+            Self::Bsa(c) => Box::new(Bsa::new(c)?),
+            Self::Alset(c) => Box::new(Alset::new(c)?),
+            Self::Amigo(c) => Box::new(Amigo::new(c, y)?),
+            Self::Soba(c) => Box::new(Soba::new(c, y)?),
+            Self::Saba(c) => Box::new(Saba::new(c, x, y, problem)?),
+            Self::MaSoba(c) => Box::new(MaSoba::new(c, x, y)?),
+            Self::F2sa(c) => Box::new(F2sa::new(c, y)?),
+            Self::Mrbo(c) => Box::new(Mrbo::new(c, x, y)?),
+            Self::Vrbo(c) => Box::new(Vrbo::new(c, x, y)?),
+            Self::Slip(c) => Box::new(Slip::new(c, x, y)?),
+            Self::Accbo(c) => Box::new(AccBo::new(c, x, y)?),
+            Self::Adambo(c) => Box::new(AdamBo::new(c, x)?),
+            Self::Maml(c) => Box::new(Maml::<P::X, P::Y>::new(c, y)?),
+            Self::Anil(c) => Box::new(Anil::<P::X, P::Y>::new(c, y)?),
+        })
+    }
+}

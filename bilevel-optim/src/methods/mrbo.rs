@@ -1,0 +1,184 @@
+//! MRBO (Yang, Ji, Liang, NeurIPS 2021): STORM momentum on both levels, each evaluated on the
+//! same samples at the new and the previous point, with step sizes shrinking like k^{-1/3}.
+//!
+//! ```text
+//! u_k = ∇_y G(x_k, y_k; B) + (1 − β_k)(u_{k−1} − ∇_y G(x_{k−1}, y_{k−1}; B))
+//! v_k = ĥ(x_k, y_k; B') + (1 − α_k)(v_{k−1} − ĥ(x_{k−1}, y_{k−1}; B'))    ĥ: deterministic Neumann
+//! y_{k+1} = y_k − γ η_k u_k,   x_{k+1} = x_k − λ η_k v_k
+//! η_k = s/(m + k)^{1/3},   α_{k+1} = c₁ η_k²,   β_{k+1} = c₂ η_k²   (capped at 1)
+//! ```
+//! At k = 0, u and v are the plain estimates. (The official code resets its constants every
+//! iteration and moves y twice; this is the paper's rule.)
+
+use dfdx::prelude::{Cpu, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::error::BilevelError;
+use crate::neumann::NeumannConfig;
+use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::oracles::Oracles;
+use crate::params::Params;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
+use crate::steps::{lower_grad_checked, plain_step, IterationScope, Outcome};
+use crate::validate;
+use crate::variance::storm_update;
+
+const NAME: &str = "mrbo";
+const HINT: &str = "step_scale (η_k), x_scale (λ), y_scale (γ)";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MrboConfig {
+    /// s in η_k = s/(m + k)^{1/3}.
+    pub step_scale: f64,
+    /// m in η_k = s/(m + k)^{1/3}.
+    pub offset: f64,
+    /// λ: x moves by λ η_k v_k.
+    pub x_scale: f64,
+    /// γ: y moves by γ η_k u_k.
+    pub y_scale: f64,
+    /// c₁: the x momentum weight is c₁ η².
+    pub x_momentum: f64,
+    /// c₂: the y momentum weight is c₂ η².
+    pub y_momentum: f64,
+    pub neumann: NeumannConfig,
+}
+
+impl Default for MrboConfig {
+    fn default() -> Self {
+        Self {
+            step_scale: 1.0,
+            offset: 1.0,
+            x_scale: 0.05,
+            y_scale: 0.05,
+            x_momentum: 1.0,
+            y_momentum: 1.0,
+            neumann: NeumannConfig::deterministic(5, 0.1),
+        }
+    }
+}
+
+impl MrboConfig {
+    pub fn validate(&self) -> Result<(), BilevelError> {
+        validate::positive("step_scale", self.step_scale)?;
+        validate::positive("offset", self.offset)?;
+        validate::positive("x_scale", self.x_scale)?;
+        validate::positive("y_scale", self.y_scale)?;
+        validate::positive("x_momentum", self.x_momentum)?;
+        validate::positive("y_momentum", self.y_momentum)?;
+        self.neumann.validate("neumann")
+    }
+
+    /// η_k.
+    pub fn eta(&self, k: u64) -> f64 {
+        self.step_scale / (self.offset + k as f64).cbrt()
+    }
+}
+
+pub struct Mrbo<X, Y> {
+    config: MrboConfig,
+    u: Y,
+    v: X,
+    x_prev: X,
+    y_prev: Y,
+    t: u64,
+}
+
+impl<X, Y> Mrbo<X, Y> {
+    pub fn new<E: Real>(config: MrboConfig, x: &X, y: &Y) -> Result<Self, BilevelError>
+    where
+        Cpu: Device<E>,
+        X: Params<E>,
+        Y: Params<E>,
+    {
+        config.validate()?;
+        Ok(Self {
+            config,
+            u: y.zeros_like(),
+            v: x.zeros_like(),
+            x_prev: x.zeros_like(),
+            y_prev: y.zeros_like(),
+            t: 0,
+        })
+    }
+}
+
+impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Mrbo<P::X, P::Y>
+where
+    Cpu: Device<E>,
+{
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn step(
+        &mut self,
+        oracles: &mut Oracles<E, P>,
+        x: &mut P::X,
+        y: &mut P::Y,
+    ) -> Result<StepReport, BilevelError> {
+        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
+        let site = scope.site;
+        let c = &self.config;
+        let batch = oracles.lower_batch();
+        let samples = c.neumann.draw(oracles);
+        let g = lower_grad_checked(oracles, x, y, &batch, site)?;
+        let est = c.neumann.hypergradient(oracles, x, y, &samples, site)?;
+        if self.t == 0 {
+            self.u = g.dy.clone();
+            self.v = est.h.clone();
+        } else {
+            let eta_prev = c.eta(self.t - 1);
+            let (a, b) = (
+                (c.x_momentum * eta_prev * eta_prev).min(1.0),
+                (c.y_momentum * eta_prev * eta_prev).min(1.0),
+            );
+            let g_old = lower_grad_checked(oracles, &self.x_prev, &self.y_prev, &batch, site)?;
+            let est_old =
+                c.neumann
+                    .hypergradient(oracles, &self.x_prev, &self.y_prev, &samples, site)?;
+            storm_update(&mut self.u, &g.dy, &g_old.dy, E::of(b));
+            storm_update(&mut self.v, &est.h, &est_old.h, E::of(a));
+        }
+        self.x_prev = x.duplicate();
+        self.y_prev = y.duplicate();
+        let eta = c.eta(self.t);
+        y.add_scaled(-E::of(c.y_scale * eta), &self.u);
+        let (step_size, x_step_norm) = plain_step(x, &self.v, E::of(c.x_scale * eta));
+        site.check("lower variable y", y)?;
+        site.check("upper variable x", x)?;
+        self.t += 1;
+        Ok(scope.report(
+            oracles,
+            Outcome {
+                upper_loss: Some(est.upper_loss),
+                lower_loss: Some(g.value.f64()),
+                hypergrad_norm: est.h.norm().f64(),
+                lower_grad_norm: Some(g.dy.norm().f64()),
+                linear_system_residual: None,
+                step_size,
+                x_step_norm,
+            },
+        ))
+    }
+
+    fn state(&self) -> MethodState {
+        let mut s = MethodState::with_counter(NAME, self.t);
+        s.put("u", &self.u);
+        s.put("v", &self.v);
+        s.put("x_prev", &self.x_prev);
+        s.put("y_prev", &self.y_prev);
+        s
+    }
+
+    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
+        let t = state.counter(NAME)?;
+        state.restore("u", &mut self.u)?;
+        state.restore("v", &mut self.v)?;
+        state.restore("x_prev", &mut self.x_prev)?;
+        state.restore("y_prev", &mut self.y_prev)?;
+        self.t = t;
+        Ok(())
+    }
+}

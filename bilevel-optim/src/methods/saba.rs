@@ -1,0 +1,187 @@
+//! SABA (Dagréou, Ablin, Vaiter, Moreau, NeurIPS 2022): SOBA with each of its five oracle
+//! estimates replaced by a SAGA estimate over a finite set of fixed batches; constant steps.
+//!
+//! ```text
+//! draw a lower batch index i and an upper batch index j
+//! D_y = SAGA_i(∇_y G),  D_z = SAGA_i(H z) − SAGA_j(∇_y F),  D_x = SAGA_j(∇_x F) − SAGA_i(J z)
+//! y ← y − ρ D_y;   z ← z − ρ D_z;   x ← x − γ D_x
+//! ```
+//! SAGA_k(g) = g_k − memory_k + mean(memory), then memory_k ← g_k (memories start at zero).
+//! The problem must split its data into fixed batches (`BilevelProblem::lower_parts`).
+
+use dfdx::prelude::{Cpu, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::error::BilevelError;
+use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::oracles::Oracles;
+use crate::params::Params;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
+use crate::steps::{
+    hypergradient_estimate, plain_step, second_order_checked, upper_grad_checked, IterationScope,
+    Outcome,
+};
+use crate::validate;
+use crate::variance::SagaMemory;
+
+const NAME: &str = "saba";
+const HINT: &str = "gamma for x, rho for y and z";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SabaConfig {
+    /// ρ: the step of y and z.
+    pub rho: f64,
+    /// γ: the x step.
+    pub gamma: f64,
+}
+
+impl Default for SabaConfig {
+    /// The BO-REP paper's tuned pair (0.05, 0.05).
+    fn default() -> Self {
+        Self {
+            rho: 0.05,
+            gamma: 0.05,
+        }
+    }
+}
+
+impl SabaConfig {
+    pub fn validate(&self) -> Result<(), BilevelError> {
+        validate::positive("rho", self.rho)?;
+        validate::positive("gamma", self.gamma)
+    }
+}
+
+/// The five SAGA memories: three over the lower batches, two over the upper batches.
+struct Memories<X, Y> {
+    grad_y_g: SagaMemory<Y>,
+    hz: SagaMemory<Y>,
+    jz: SagaMemory<X>,
+    grad_y_f: SagaMemory<Y>,
+    grad_x_f: SagaMemory<X>,
+}
+
+pub struct Saba<X, Y> {
+    config: SabaConfig,
+    z: Y,
+    memories: Memories<X, Y>,
+    t: u64,
+}
+
+impl<X, Y> Saba<X, Y> {
+    /// SABA for `problem`, whose data must split into fixed lower and upper batches.
+    pub fn new<E: Real, P: BilevelProblem<E, X = X, Y = Y>>(
+        config: SabaConfig,
+        x: &X,
+        y: &Y,
+        problem: &P,
+    ) -> Result<Self, BilevelError>
+    where
+        Cpu: Device<E>,
+        X: Params<E>,
+        Y: Params<E>,
+    {
+        config.validate()?;
+        let parts = |n: Option<usize>, level: &str| {
+            n.filter(|&n| n > 0).ok_or_else(|| BilevelError::InvalidConfig {
+                field: "method",
+                reason: format!("SABA needs the {level} data split into fixed batches; this problem has no split"),
+            })
+        };
+        let (n_lower, n_upper) = (
+            parts(problem.lower_parts(), "lower")?,
+            parts(problem.upper_parts(), "upper")?,
+        );
+        Ok(Self {
+            config,
+            z: y.zeros_like(),
+            memories: Memories {
+                grad_y_g: SagaMemory::new(y, n_lower),
+                hz: SagaMemory::new(y, n_lower),
+                jz: SagaMemory::new(x, n_lower),
+                grad_y_f: SagaMemory::new(y, n_upper),
+                grad_x_f: SagaMemory::new(x, n_upper),
+            },
+            t: 0,
+        })
+    }
+}
+
+impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Saba<P::X, P::Y>
+where
+    Cpu: Device<E>,
+{
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn step(
+        &mut self,
+        oracles: &mut Oracles<E, P>,
+        x: &mut P::X,
+        y: &mut P::Y,
+    ) -> Result<StepReport, BilevelError> {
+        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
+        let site = scope.site;
+        let (i, zeta) = oracles.indexed_lower_batch()?;
+        let (j, xi) = oracles.indexed_upper_batch()?;
+        let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
+        let lower = second_order_checked(oracles, x, y, &self.z, &zeta, site)?;
+        let mem = &mut self.memories;
+        let d_y = mem.grad_y_g.estimate(i, &lower.grad_y);
+        let mut d_z = mem.hz.estimate(i, &lower.hvp);
+        d_z.add_scaled(-E::one(), &mem.grad_y_f.estimate(j, &upper.dy));
+        let d_x = hypergradient_estimate(
+            &mem.grad_x_f.estimate(j, &upper.dx),
+            &mem.jz.estimate(i, &lower.jvp),
+        );
+
+        let rho = E::of(self.config.rho);
+        y.add_scaled(-rho, &d_y);
+        self.z.add_scaled(-rho, &d_z);
+        let (step_size, x_step_norm) = plain_step(x, &d_x, E::of(self.config.gamma));
+        site.check("lower variable y", y)?;
+        site.check("linear-system variable z", &self.z)?;
+        site.check("upper variable x", x)?;
+        self.t += 1;
+        Ok(scope.report(
+            oracles,
+            Outcome {
+                upper_loss: Some(upper.value.f64()),
+                lower_loss: None,
+                hypergrad_norm: d_x.norm().f64(),
+                lower_grad_norm: Some(lower.grad_y.norm().f64()),
+                linear_system_residual: Some(d_z.norm().f64()),
+                step_size,
+                x_step_norm,
+            },
+        ))
+    }
+
+    fn state(&self) -> MethodState {
+        let mut s = MethodState::with_counter(NAME, self.t);
+        s.put("z", &self.z);
+        let m = &self.memories;
+        m.grad_y_g.save("memory.grad_y_g", &mut s);
+        m.hz.save("memory.hz", &mut s);
+        m.jz.save("memory.jz", &mut s);
+        m.grad_y_f.save("memory.grad_y_f", &mut s);
+        m.grad_x_f.save("memory.grad_x_f", &mut s);
+        s
+    }
+
+    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
+        let t = state.counter(NAME)?;
+        state.restore("z", &mut self.z)?;
+        let m = &mut self.memories;
+        m.grad_y_g.load("memory.grad_y_g", state)?;
+        m.hz.load("memory.hz", state)?;
+        m.jz.load("memory.jz", state)?;
+        m.grad_y_f.load("memory.grad_y_f", state)?;
+        m.grad_x_f.load("memory.grad_x_f", state)?;
+        self.t = t;
+        Ok(())
+    }
+}

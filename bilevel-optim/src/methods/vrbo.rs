@@ -1,0 +1,180 @@
+//! VRBO (Yang, Ji, Liang, NeurIPS 2021): SPIDER/SARAH estimates of the hypergradient and of
+//! ∇_y g, restarted from a large batch every q iterations, with m inner corrections per iteration.
+//!
+//! ```text
+//! if k mod q = 0:  v = ĥ(x_k, y_k; S₁),  u = ∇_y G(x_k, y_k; S₁)      (S₁: `anchor_batches` batches)
+//! x_{k+1} = x_k − α v
+//! y_0 = y_k, previous point (x_k, y_k)
+//! for s = 0..m−1 (small batches S₂):
+//!     v ← v + ĥ(x_{k+1}, y_s; S₂) − ĥ(previous; S₂)
+//!     u ← u + ∇_y G(x_{k+1}, y_s; S₂) − ∇_y G(previous; S₂)
+//!     previous ← (x_{k+1}, y_s);   y_{s+1} = y_s − β u
+//! y_{k+1} = y_m
+//! ```
+//! ĥ is the deterministic Neumann estimate, each evaluated on one set of samples at both points.
+
+use dfdx::prelude::{Cpu, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::error::BilevelError;
+use crate::neumann::NeumannConfig;
+use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::oracles::Oracles;
+use crate::params::Params;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
+use crate::steps::{lower_grad_checked, plain_step, IterationScope, Outcome};
+use crate::validate;
+use crate::variance::spider_update;
+
+const NAME: &str = "vrbo";
+const HINT: &str = "alpha for x, beta for y";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VrboConfig {
+    /// α: the x step.
+    pub alpha: f64,
+    /// β: the y step.
+    pub beta: f64,
+    /// q: iterations between large-batch restarts.
+    pub period: usize,
+    /// m: SPIDER corrections (and y steps) per iteration.
+    pub inner_steps: usize,
+    /// Batches averaged into the large batch S₁.
+    pub anchor_batches: usize,
+    pub neumann: NeumannConfig,
+}
+
+impl Default for VrboConfig {
+    /// The AccBO lab's settings: 2 SPIDER loops, restart every 2 iterations, 1e-1 / 5e-2.
+    fn default() -> Self {
+        Self {
+            alpha: 0.1,
+            beta: 0.05,
+            period: 2,
+            inner_steps: 2,
+            anchor_batches: 4,
+            neumann: NeumannConfig::deterministic(5, 0.1),
+        }
+    }
+}
+
+impl VrboConfig {
+    pub fn validate(&self) -> Result<(), BilevelError> {
+        validate::positive("alpha", self.alpha)?;
+        validate::positive("beta", self.beta)?;
+        validate::at_least_one("period", self.period)?;
+        validate::at_least_one("anchor_batches", self.anchor_batches)?;
+        self.neumann.validate("neumann")
+    }
+}
+
+pub struct Vrbo<X, Y> {
+    config: VrboConfig,
+    v: X,
+    u: Y,
+    t: u64,
+}
+
+impl<X, Y> Vrbo<X, Y> {
+    pub fn new<E: Real>(config: VrboConfig, x: &X, y: &Y) -> Result<Self, BilevelError>
+    where
+        Cpu: Device<E>,
+        X: Params<E>,
+        Y: Params<E>,
+    {
+        config.validate()?;
+        Ok(Self {
+            config,
+            v: x.zeros_like(),
+            u: y.zeros_like(),
+            t: 0,
+        })
+    }
+}
+
+impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Vrbo<P::X, P::Y>
+where
+    Cpu: Device<E>,
+{
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn step(
+        &mut self,
+        oracles: &mut Oracles<E, P>,
+        x: &mut P::X,
+        y: &mut P::Y,
+    ) -> Result<StepReport, BilevelError> {
+        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
+        let site = scope.site;
+        let c = &self.config;
+        let mut upper_loss = None;
+        if self.t % c.period as u64 == 0 {
+            let share = E::of(1.0 / c.anchor_batches as f64);
+            let (mut v, mut u) = (x.zeros_like(), y.zeros_like());
+            for _ in 0..c.anchor_batches {
+                let samples = c.neumann.draw(oracles);
+                let est = c.neumann.hypergradient(oracles, x, y, &samples, site)?;
+                let batch = oracles.lower_batch();
+                let g = lower_grad_checked(oracles, x, y, &batch, site)?;
+                v.add_scaled(share, &est.h);
+                u.add_scaled(share, &g.dy);
+                upper_loss = Some(est.upper_loss);
+            }
+            (self.v, self.u) = (v, u);
+        }
+        let hypergrad_norm = self.v.norm().f64();
+        let (mut x_prev, mut y_prev) = (x.duplicate(), y.duplicate());
+        let (step_size, x_step_norm) = plain_step(x, &self.v, E::of(c.alpha));
+        site.check("upper variable x", x)?;
+        let mut lower_loss = None;
+        for _ in 0..c.inner_steps {
+            let samples = c.neumann.draw(oracles);
+            let batch = oracles.lower_batch();
+            let new = c.neumann.hypergradient(oracles, x, y, &samples, site)?;
+            let old = c
+                .neumann
+                .hypergradient(oracles, &x_prev, &y_prev, &samples, site)?;
+            spider_update(&mut self.v, &new.h, &old.h);
+            let g_new = lower_grad_checked(oracles, x, y, &batch, site)?;
+            let g_old = lower_grad_checked(oracles, &x_prev, &y_prev, &batch, site)?;
+            spider_update(&mut self.u, &g_new.dy, &g_old.dy);
+            (x_prev, y_prev) = (x.duplicate(), y.duplicate());
+            y.add_scaled(-E::of(c.beta), &self.u);
+            site.check("lower variable y", y)?;
+            upper_loss = Some(new.upper_loss);
+            lower_loss = Some(g_new.value.f64());
+        }
+        self.t += 1;
+        Ok(scope.report(
+            oracles,
+            Outcome {
+                upper_loss,
+                lower_loss,
+                hypergrad_norm,
+                lower_grad_norm: Some(self.u.norm().f64()),
+                linear_system_residual: None,
+                step_size,
+                x_step_norm,
+            },
+        ))
+    }
+
+    fn state(&self) -> MethodState {
+        let mut s = MethodState::with_counter(NAME, self.t);
+        s.put("v", &self.v);
+        s.put("u", &self.u);
+        s
+    }
+
+    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
+        let t = state.counter(NAME)?;
+        state.restore("v", &mut self.v)?;
+        state.restore("u", &mut self.u)?;
+        self.t = t;
+        Ok(())
+    }
+}
