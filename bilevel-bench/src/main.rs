@@ -1,185 +1,186 @@
-//! bilevel-bench: runs bilevel methods and reports what they do.
-//!
-//! The text tasks (hyper-representation, hyperparameter optimization, data hyper-cleaning) come
-//! with their own issue. Until then the bench runs any method of the library on the closed-form
-//! problems, where the exact hypergradient is known, and prints its decay.
+//! The `bilevel-bench` command: runs the text tasks of `tasks.md` with any method, compares
+//! methods over seeds, and checks methods on closed-form problems.
 
-use anyhow::{bail, Context, Result};
-use bilevel_optim::borep::{BoRepConfig, InitRefinement, ZInit};
-use bilevel_optim::methods::{MethodConfig, METHODS};
-use bilevel_optim::oracles::Oracles;
-use bilevel_optim::problems::*;
-use dfdx::prelude::*;
+use std::path::PathBuf;
 
-const USAGE: &str = "usage: bilevel-bench synthetic [--method NAME] [--iters N]
+use anyhow::Result;
+use bilevel_bench::compare::{compare, plot_run, CompareOptions};
+use bilevel_bench::config::{RunConfig, TaskName};
+use bilevel_bench::runner::{run, run_dir};
+use bilevel_bench::tasks::resolve_data_dir;
+use bilevel_bench::{synthetic, task_config};
+use bilevel_optim::methods::METHODS;
+use clap::{Parser, Subcommand};
 
-Runs a method (default bo-rep) on the closed-form problems of bilevel-optim (stochastic
-quadratic, ridge hyperparameter optimization, logistic data reweighting) and prints ‖∇Φ(x)‖
-against the exact hypergradient as the iterations go. Methods other than bo-rep run with their
-default configuration (docs/algorithms.md).
+#[derive(Parser)]
+#[command(
+    name = "bilevel-bench",
+    about = "Runs stochastic bilevel methods on the text tasks of tasks.md and compares them",
+    long_about = "Runs stochastic bilevel methods on three text tasks: hyper-representation \
+(meta-learning on Amazon reviews), hyperparameter optimization (Amazon reviews) and data \
+hyper-cleaning (Sentiment140), with real data from ../shared/data (or --data-dir, or \
+BILEVEL_DATA_DIR). Every run writes TensorBoard event files and CSV files into its own directory \
+<out>/<task>/<method>/seed-<seed>; open them with `tensorboard --logdir <out>`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-methods: bo-rep stocbio ttsa bsa alset amigo soba saba ma-soba f2sa mrbo vrbo slip accbo adambo
-         maml anil";
+#[derive(Subcommand)]
+enum Command {
+    /// Runs one method on one task with one seed.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// The method (default: bo-rep with the task's official values). One of: bo-rep,
+        /// stocbio, ttsa, bsa, alset, amigo, soba, saba, ma-soba, f2sa, mrbo, vrbo, slip, accbo,
+        /// adambo, maml, anil.
+        #[arg(long)]
+        method: Option<String>,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Runs several methods over several seeds and writes a results table (CSV and Markdown)
+    /// and plots (PNG and SVG: median and 20–80% band over seeds, against iterations, oracle
+    /// calls and training time).
+    Compare {
+        #[command(flatten)]
+        common: Common,
+        /// Comma-separated methods; with a config file, its [method] table configures the method
+        /// of the same name.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "bo-rep,stocbio,soba,ma-soba,slip"
+        )]
+        methods: Vec<String>,
+        /// Comma-separated seeds.
+        #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+        seeds: Vec<u64>,
+    },
+    /// Runs a method on the closed-form problems of bilevel-optim and prints ‖∇Φ‖.
+    Synthetic {
+        #[arg(long, default_value = "bo-rep")]
+        method: String,
+        #[arg(long, default_value_t = 4000)]
+        iters: usize,
+    },
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// The task.
+    #[arg(long, value_enum)]
+    task: Option<TaskName>,
+    /// A TOML file with any of the run's settings (see docs/bench.md); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Outer iterations.
+    #[arg(long)]
+    iters: Option<usize>,
+    /// Evaluate every this many iterations.
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// The data directory (default: ../shared/data next to the checkout, or BILEVEL_DATA_DIR).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Where run directories go.
+    #[arg(long, default_value = "runs")]
+    out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl Common {
+    fn config(&self) -> Result<RunConfig> {
+        let mut config = match &self.config {
+            Some(path) => RunConfig::from_file(path)?,
+            None => RunConfig::default(),
+        };
+        if let Some(task) = self.task {
+            config.task = task;
+        }
+        if let Some(iters) = self.iters {
+            config.iters = iters;
+        }
+        if let Some(every) = self.eval_every {
+            config.eval_every = every;
+        }
+        Ok(config)
+    }
+}
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("synthetic") => {
-            let options = parse_options(&args[1..])?;
-            synthetic(&options.method, options.iters)
-        }
-        Some("--help") | Some("-h") | None => {
-            println!("{USAGE}");
+    match Cli::parse().command {
+        Command::Run {
+            common,
+            method,
+            seed,
+        } => {
+            let mut config = task_config(common.config()?, method.as_deref())?;
+            if let Some(seed) = seed {
+                config.seed = seed;
+            }
+            let data_dir = resolve_data_dir(common.data_dir.as_deref())?;
+            let dir = run_dir(&common.out, &config);
+            let summary = run(&config, &data_dir, &dir, !common.quiet)?;
+            println!("final metrics ({} iterations):", config.iters);
+            for (name, value) in summary.last() {
+                println!("  {name:28} {value:.4}");
+            }
+            let plots = plot_run(&summary)?;
+            println!(
+                "run directory: {} (steps.csv, evaluations.csv, summary.json)",
+                dir.display()
+            );
+            println!("plots:         {} (PNG and SVG)", plots.display());
+            println!(
+                "TensorBoard:   tensorboard --logdir {}  (then open http://localhost:6006)",
+                common.out.display()
+            );
             Ok(())
         }
-        Some(other) => bail!("unknown command '{other}'\n\n{USAGE}"),
-    }
-}
-
-struct Options {
-    method: MethodConfig,
-    iters: usize,
-}
-
-fn parse_options(args: &[String]) -> Result<Options> {
-    let mut options = Options {
-        method: MethodConfig::BoRep(borep_config()),
-        iters: 4000,
-    };
-    let mut rest = args.iter();
-    while let Some(flag) = rest.next() {
-        let value = rest
-            .next()
-            .with_context(|| format!("{flag} needs a value\n\n{USAGE}"))?;
-        match flag.as_str() {
-            "--iters" => {
-                options.iters = value
-                    .parse()
-                    .with_context(|| format!("--iters: '{value}' is not a whole number"))?;
-                if options.iters == 0 {
-                    bail!("--iters must be at least 1");
+        Command::Compare {
+            common,
+            methods,
+            seeds,
+        } => {
+            let base = common.config()?;
+            for m in &methods {
+                if !METHODS.contains(&m.as_str()) {
+                    anyhow::bail!(
+                        "--methods: '{m}' is not a method; choose from {}",
+                        METHODS.join(", ")
+                    );
                 }
             }
-            "--method" if value == "bo-rep" => options.method = MethodConfig::BoRep(borep_config()),
-            "--method" => {
-                options.method = MethodConfig::default_for(value)
-                    .with_context(|| format!("--method (one of {})", METHODS.join(", ")))?
-            }
-            other => bail!("unknown option '{other}'\n\n{USAGE}"),
-        }
-    }
-    Ok(options)
-}
-
-/// BO-REP with steps suited to the small closed-form problems.
-fn borep_config() -> BoRepConfig {
-    BoRepConfig {
-        eta: 0.05,
-        eta_decay: 0.5,
-        gamma: 0.1,
-        nu: 0.1,
-        period: 2,
-        lower_steps: 3,
-        z_init: ZInit::Zeros,
-        init_refinement: InitRefinement::Sgd { steps: 50 },
-        ..Default::default()
-    }
-}
-
-/// Runs `method` from the given start and prints the relative exact hypergradient norm.
-fn run<P: ClosedForm<f64> + 'static>(
-    name: &str,
-    method: &MethodConfig,
-    problem: P,
-    x: P::X,
-    y: P::Y,
-    iters: usize,
-) -> Result<()>
-where
-    P::X: 'static,
-    P::Y: 'static,
-{
-    let mut method = match method.build(&x, &y, &problem) {
-        Ok(m) => m,
-        Err(e) => {
-            println!("{name}, {}: skipped ({e})\n", method.name());
-            return Ok(());
-        }
-    };
-    let mut oracles = Oracles::new(problem, 0);
-    let (mut x, mut y) = (x, y);
-    let grad_norm = |o: &Oracles<f64, P>, x: &P::X| {
-        o.problem()
-            .hypergradient(&as_f64(x))
-            .iter()
-            .map(|v| v * v)
-            .sum::<f64>()
-            .sqrt()
-    };
-    let g0 = grad_norm(&oracles, &x);
-    println!(
-        "{name}, {}: ‖∇Φ(x_0)‖ = {g0:.4e}, Φ(x_0) = {:.6}",
-        method.name(),
-        oracles.problem().phi(&as_f64(&x))
-    );
-    for t in 1..=iters {
-        method.step(&mut oracles, &mut x, &mut y)?;
-        if t % (iters / 4).max(1) == 0 {
+            let data_dir = resolve_data_dir(common.data_dir.as_deref())?;
+            let options = CompareOptions {
+                base,
+                methods,
+                seeds,
+                out: common.out.clone(),
+                progress: !common.quiet,
+            };
+            let report = compare(&options, &data_dir)?;
+            println!("{}", report.markdown);
             println!(
-                "  iter {t:6}: ‖∇Φ‖/‖∇Φ(x_0)‖ = {:.3e}, Φ = {:.6}",
-                grad_norm(&oracles, &x) / g0,
-                oracles.problem().phi(&as_f64(&x))
+                "results and plots: {} (results.md, results.csv, *.png, *.svg)",
+                report.dir.display()
             );
+            println!(
+                "TensorBoard:       tensorboard --logdir {}",
+                common.out.display()
+            );
+            Ok(())
+        }
+        Command::Synthetic { method, iters } => {
+            if iters == 0 {
+                anyhow::bail!("--iters must be at least 1");
+            }
+            synthetic::synthetic(&synthetic::method(&method)?, iters)
         }
     }
-    println!("  oracle calls: {:?}\n", oracles.counts());
-    Ok(())
-}
-
-fn synthetic(method: &MethodConfig, iters: usize) -> Result<()> {
-    let dev = Cpu::default();
-    let quad = Quadratic::<f64, 5, 8>::new(QuadraticConfig {
-        grad_noise: 0.1,
-        hessian_noise: 0.1,
-        upper_noise: 0.1,
-        batch_size: 8,
-        ..Default::default()
-    });
-    run(
-        "stochastic quadratic (dim x 5, dim y 8)",
-        method,
-        quad,
-        dev.zeros(),
-        dev.zeros(),
-        iters,
-    )?;
-    let ridge = Ridge::<f64, Tensor<Rank1<6>, f64, Cpu>, 6>::synthetic(RidgeConfig {
-        train_rows: 200,
-        val_rows: 100,
-        lower_batch: Some(32),
-        upper_batch: Some(32),
-        ..Default::default()
-    });
-    run(
-        "ridge, per-feature log λ (6 features)",
-        method,
-        ridge,
-        dev.zeros(),
-        dev.zeros(),
-        iters,
-    )?;
-    let reweight = LogisticReweighting::<f64, 60, 4>::synthetic(ReweightingConfig {
-        lower_batch: Some(16),
-        upper_batch: Some(16),
-        ..Default::default()
-    });
-    run(
-        "logistic reweighting, 60 samples, 30% labels flipped",
-        method,
-        reweight,
-        dev.ones(),
-        dev.zeros(),
-        iters,
-    )?;
-    Ok(())
 }

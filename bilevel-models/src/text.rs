@@ -71,6 +71,16 @@ impl EmbeddedTexts {
         &self.labels
     }
 
+    /// The texts `ids` (in that order) as a collection of their own.
+    pub fn subset(&self, ids: &[usize]) -> Self {
+        Self {
+            dim: self.dim,
+            vectors: self.vectors.clone(),
+            texts: ids.iter().map(|&i| self.texts[i].clone()).collect(),
+            labels: ids.iter().map(|&i| self.labels[i]).collect(),
+        }
+    }
+
     /// Replaces the label of text `i` (label corruption for hyper-cleaning).
     pub fn set_label(&mut self, i: usize, label: usize) {
         self.labels[i] = label;

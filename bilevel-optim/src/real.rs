@@ -48,14 +48,20 @@ impl Real for f64 {
 /// on machines without `nvcc`, and the project's targets are CPU machines.
 pub type Dev = Cpu;
 
-/// The device on which the library creates its own tensors (batches, constants, masks).
+/// The device on which the library creates its own tensors (batches, constants, masks), one
+/// per thread.
 ///
 /// All clones of one `Cpu` share dfdx's allocation cache, so with `device().enable_cache()` (and
 /// the same on the device a model was built with) the buffers of one iteration are reused by the
-/// next instead of being freed and page-faulted in again.
+/// next instead of being freed and page-faulted in again. Per thread, because dfdx 0.13's cache
+/// is not safe to share between threads: `try_pop` checks for a buffer under a read lock and
+/// takes it under a separate write lock, so two threads can race and panic on the `unwrap`
+/// between them (seen when two runs went on in parallel test threads).
 pub fn device() -> Cpu {
-    static DEVICE: std::sync::OnceLock<Cpu> = std::sync::OnceLock::new();
-    DEVICE.get_or_init(Cpu::default).clone()
+    thread_local! {
+        static DEVICE: Cpu = Cpu::default();
+    }
+    DEVICE.with(Cpu::clone)
 }
 
 /// Shorthand for the bound every generic item needs: `Cpu` implements all kernels for `E`.

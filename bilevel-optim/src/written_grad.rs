@@ -180,6 +180,13 @@ where
         });
     }
 
+    /// The written gradient's value alone (no second-order products), after the same checks as
+    /// [`WrittenGrad::finish`]: for using a model's written gradient directly, e.g. to train a
+    /// head by gradient descent.
+    pub fn into_value<Y: Params<E>>(self, y: &Y) -> Result<Y, BilevelError> {
+        Ok(self.finish(y)?.0)
+    }
+
     /// Checks that every tensor of `y` got exactly one component and returns the gradient's value
     /// and, when a direction was given, the taped scalar `⟨∇_y G, v⟩`.
     pub(crate) fn finish<Y: Params<E>>(

@@ -135,6 +135,28 @@ impl MethodConfig {
         }
     }
 
+    /// Checks every value of the configuration, naming the first one out of range.
+    pub fn validate(&self) -> Result<(), BilevelError> {
+        match self {
+            Self::BoRep(c) => c.validate(),
+            Self::Stocbio(c) => c.validate(),
+            Self::Ttsa(c) => c.validate(),
+            Self::Bsa(c) => c.validate(),
+            Self::Alset(c) => c.validate(),
+            Self::Amigo(c) => c.validate(),
+            Self::Soba(c) => c.validate(),
+            Self::Saba(c) => c.validate(),
+            Self::MaSoba(c) => c.validate(),
+            Self::F2sa(c) => c.validate(),
+            Self::Mrbo(c) => c.validate(),
+            Self::Vrbo(c) => c.validate(),
+            Self::Slip(c) => c.validate(),
+            Self::Accbo(c) => c.validate(),
+            Self::Adambo(c) => c.validate(),
+            Self::Maml(c) | Self::Anil(c) => c.validate(),
+        }
+    }
+
     /// The optimizer, for variables shaped like `x` and `y` on `problem` (SABA reads the
     /// problem's split into fixed batches).
     pub fn build<E: Real, P: BilevelProblem<E> + 'static>(

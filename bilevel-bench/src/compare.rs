@@ -1,0 +1,235 @@
+//! Several methods × seeds on one task: a results table (CSV and Markdown, median and 20–80%
+//! range over seeds) and plots of the main metric against iterations, oracle calls and training
+//! time.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::config::{RunConfig, TaskName};
+use crate::plot::{plot, Series};
+use crate::runner::{run, run_dir, RunSummary};
+use crate::task_config;
+
+pub struct CompareOptions {
+    pub base: RunConfig,
+    pub methods: Vec<String>,
+    pub seeds: Vec<u64>,
+    pub out: PathBuf,
+    pub progress: bool,
+}
+
+pub struct CompareReport {
+    pub dir: PathBuf,
+    pub markdown: String,
+    pub runs: Vec<RunSummary>,
+}
+
+/// The metric the plots show and the table leads with.
+pub fn main_metric(task: TaskName) -> &'static str {
+    match task {
+        TaskName::HyperRep | TaskName::HyperOpt | TaskName::HyperClean => "test/accuracy",
+    }
+}
+
+/// The q-quantile (linear interpolation) of `values`.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v: Vec<f64> = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let pos = q * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<CompareReport> {
+    let mut runs = Vec::new();
+    for method in &options.methods {
+        for &seed in &options.seeds {
+            let mut config = task_config(options.base.clone(), Some(method))?;
+            config.seed = seed;
+            let dir = run_dir(&options.out, &config);
+            runs.push(
+                run(&config, data_dir, &dir, options.progress)
+                    .with_context(|| format!("{method}, seed {seed}"))?,
+            );
+        }
+    }
+    let task = options.base.task;
+    let dir = options.out.join(task.as_str()).join("compare");
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let markdown = write_table(&dir, task, &options.methods, &runs)?;
+    write_plots(&dir, task, &options.methods, &runs)?;
+    Ok(CompareReport {
+        dir,
+        markdown,
+        runs,
+    })
+}
+
+fn write_table(
+    dir: &Path,
+    task: TaskName,
+    methods: &[String],
+    runs: &[RunSummary],
+) -> anyhow::Result<String> {
+    let metric_names: Vec<String> = runs
+        .first()
+        .map(|r| r.last().keys().cloned().collect())
+        .unwrap_or_default();
+    let mut csv = String::from("method,metric,median,q20,q80,seeds\n");
+    let main = main_metric(task);
+    let mut ordered: Vec<&String> = metric_names.iter().filter(|m| m.as_str() == main).collect();
+    ordered.extend(metric_names.iter().filter(|m| m.as_str() != main));
+    let mut md = format!(
+        "| method | {} | oracle calls | train seconds |\n|---|",
+        ordered
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    md.push_str(&"---|".repeat(ordered.len() + 2));
+    md.push('\n');
+    for method in methods {
+        let mine: Vec<&RunSummary> = runs.iter().filter(|r| &r.method == method).collect();
+        let cell = |values: Vec<f64>| {
+            format!(
+                "{:.4} [{:.4}, {:.4}]",
+                quantile(&values, 0.5),
+                quantile(&values, 0.2),
+                quantile(&values, 0.8)
+            )
+        };
+        let mut row = format!("| {method} |");
+        for name in &ordered {
+            let values: Vec<f64> = mine
+                .iter()
+                .filter_map(|r| r.last().get(*name).copied())
+                .collect();
+            writeln!(
+                csv,
+                "{method},{name},{},{},{},{}",
+                quantile(&values, 0.5),
+                quantile(&values, 0.2),
+                quantile(&values, 0.8),
+                values.len()
+            )?;
+            write!(row, " {} |", cell(values))?;
+        }
+        let last = |f: fn(&crate::runner::Evaluation) -> f64| {
+            mine.iter()
+                .filter_map(|r| r.evaluations.last().map(f))
+                .collect::<Vec<_>>()
+        };
+        let calls = last(|e| e.oracle_calls as f64);
+        let secs = last(|e| e.train_seconds);
+        writeln!(
+            row,
+            " {:.0} | {:.1} |",
+            quantile(&calls, 0.5),
+            quantile(&secs, 0.5)
+        )?;
+        md.push_str(&row);
+    }
+    std::fs::write(dir.join("results.csv"), csv)?;
+    std::fs::write(dir.join("results.md"), &md)?;
+    Ok(md)
+}
+
+/// The x coordinate of an evaluation on one plot axis.
+type XAxis = fn(&crate::runner::Evaluation) -> f64;
+
+fn write_plots(
+    dir: &Path,
+    task: TaskName,
+    methods: &[String],
+    runs: &[RunSummary],
+) -> anyhow::Result<()> {
+    let metric = main_metric(task);
+    let axes: [(&str, &str, XAxis); 3] = [
+        ("iterations", "iterations", |e| e.iteration as f64),
+        (
+            "oracle_calls",
+            "oracle calls (∇F + ∇G + H·v + J·v)",
+            |e| e.oracle_calls as f64,
+        ),
+        ("time", "training time (s)", |e| e.train_seconds),
+    ];
+    for (file, label, x_of) in axes {
+        let series: Vec<Series> = methods
+            .iter()
+            .map(|method| {
+                let mine: Vec<&RunSummary> = runs.iter().filter(|r| &r.method == method).collect();
+                let points = mine.iter().map(|r| r.evaluations.len()).min().unwrap_or(0);
+                let at = |k: usize, f: &dyn Fn(&crate::runner::Evaluation) -> f64| {
+                    mine.iter()
+                        .map(|r| f(&r.evaluations[k]))
+                        .collect::<Vec<_>>()
+                };
+                let value = |e: &crate::runner::Evaluation| {
+                    e.metrics.get(metric).copied().unwrap_or(f64::NAN)
+                };
+                Series {
+                    name: method.clone(),
+                    x: (0..points).map(|k| quantile(&at(k, &x_of), 0.5)).collect(),
+                    median: (0..points).map(|k| quantile(&at(k, &value), 0.5)).collect(),
+                    low: (0..points).map(|k| quantile(&at(k, &value), 0.2)).collect(),
+                    high: (0..points).map(|k| quantile(&at(k, &value), 0.8)).collect(),
+                }
+            })
+            .collect();
+        let title = format!("{}: {metric} (median, 20–80% over seeds)", task.as_str());
+        plot(
+            &dir.join(format!("{}_vs_{file}", metric.replace('/', "_"))),
+            &title,
+            label,
+            metric,
+            &series,
+        )?;
+    }
+    Ok(())
+}
+
+/// Plots of one run's evaluation metrics against iterations (`<run dir>/plots/`): every metric
+/// whose name ends in `loss` or `accuracy`. Returns the plot directory.
+pub fn plot_run(summary: &RunSummary) -> anyhow::Result<PathBuf> {
+    let dir = summary.dir.join("plots");
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let names: Vec<&String> = summary
+        .last()
+        .keys()
+        .filter(|n| n.ends_with("loss") || n.ends_with("accuracy"))
+        .collect();
+    for name in names {
+        let x: Vec<f64> = summary
+            .evaluations
+            .iter()
+            .map(|e| e.iteration as f64)
+            .collect();
+        let y: Vec<f64> = summary
+            .evaluations
+            .iter()
+            .map(|e| e.metrics.get(name).copied().unwrap_or(f64::NAN))
+            .collect();
+        let series = Series {
+            name: summary.method.clone(),
+            x,
+            median: y.clone(),
+            low: y.clone(),
+            high: y,
+        };
+        let title = format!("{} seed {}: {name}", summary.task, summary.seed);
+        plot(
+            &dir.join(name.replace('/', "_")),
+            &title,
+            "iterations",
+            name,
+            &[series],
+        )?;
+    }
+    Ok(dir)
+}

@@ -1,0 +1,106 @@
+//! The configuration of one run, as read from TOML: the task, the method and every
+//! hyperparameter, with the defaults of `tasks.md`. Unknown keys are errors.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use bilevel_optim::borep::BoRepConfig;
+use bilevel_optim::methods::MethodConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::tasks::hyper_clean::HyperCleanConfig;
+use crate::tasks::hyper_opt::HyperOptConfig;
+use crate::tasks::hyper_rep::HyperRepConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskName {
+    HyperRep,
+    HyperOpt,
+    HyperClean,
+}
+
+impl TaskName {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::HyperRep => "hyper-rep",
+            Self::HyperOpt => "hyper-opt",
+            Self::HyperClean => "hyper-clean",
+        }
+    }
+
+    /// BO-REP with the official run's values for this task (`tasks.md`).
+    pub fn default_method(&self) -> MethodConfig {
+        MethodConfig::BoRep(match self {
+            Self::HyperRep => BoRepConfig::hyper_rep(),
+            Self::HyperOpt => BoRepConfig::hyper_opt(),
+            Self::HyperClean => BoRepConfig::hyper_clean(),
+        })
+    }
+}
+
+/// One run. In TOML: top-level keys, a `[method]` table (`method = "soba"` and its fields) and
+/// one table per task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub task: TaskName,
+    pub seed: u64,
+    /// Outer iterations.
+    pub iters: usize,
+    /// Evaluate every this many iterations (and before the first and after the last).
+    pub eval_every: usize,
+    /// The method; absent = BO-REP with the task's official values.
+    pub method: Option<MethodConfig>,
+    pub hyper_rep: HyperRepConfig,
+    pub hyper_opt: HyperOptConfig,
+    pub hyper_clean: HyperCleanConfig,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            task: TaskName::HyperClean,
+            seed: 0,
+            iters: 300,
+            eval_every: 50,
+            method: None,
+            hyper_rep: HyperRepConfig::default(),
+            hyper_opt: HyperOptConfig::default(),
+            hyper_clean: HyperCleanConfig::default(),
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads a TOML file; errors name the file and the offending key or line.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read the config", path.display()))?;
+        let config: Self =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    /// The method to run.
+    pub fn method(&self) -> MethodConfig {
+        self.method
+            .clone()
+            .unwrap_or_else(|| self.task.default_method())
+    }
+
+    /// Every range check, before any data is read.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.iters == 0 {
+            bail!("iters must be at least 1");
+        }
+        if self.eval_every == 0 {
+            bail!("eval_every must be at least 1");
+        }
+        match self.task {
+            TaskName::HyperRep => self.hyper_rep.validate(),
+            TaskName::HyperOpt => self.hyper_opt.validate(),
+            TaskName::HyperClean => self.hyper_clean.validate(),
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! What a run writes into its directory: TensorBoard event files (per-iteration training
+//! quantities and per-evaluation metrics), the same figures as CSV, and the resolved config.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use bilevel_optim::optimizer::StepReport;
+use tensorboard_rs::summary_writer::SummaryWriter;
+
+use crate::tasks::Metrics;
+
+/// The TensorBoard tags of the per-iteration quantities, in the order of `steps.csv`.
+pub const STEP_TAGS: [&str; 12] = [
+    "train/upper_loss",
+    "train/lower_loss",
+    "train/hypergradient_norm",
+    "train/lower_grad_norm",
+    "train/linear_system_residual",
+    "train/step_size",
+    "oracle/upper_grad",
+    "oracle/lower_grad",
+    "oracle/hvp",
+    "oracle/jvp",
+    "oracle/total",
+    "time/train_seconds",
+];
+
+pub struct RunLogger {
+    dir: PathBuf,
+    tensorboard: SummaryWriter,
+    steps: BufWriter<File>,
+    evaluations: Option<BufWriter<File>>,
+}
+
+impl RunLogger {
+    /// Creates `dir` (and its parents) with a fresh TensorBoard writer and CSV files.
+    pub fn create(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the run directory", dir.display()))?;
+        let steps_path = dir.join("steps.csv");
+        let mut steps = BufWriter::new(
+            File::create(&steps_path)
+                .with_context(|| format!("{}: cannot create", steps_path.display()))?,
+        );
+        writeln!(steps, "iteration,{}", STEP_TAGS.join(","))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            tensorboard: SummaryWriter::new(dir),
+            steps,
+            evaluations: None,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The per-iteration values, as TensorBoard scalars at step `iteration + 1` (the number of
+    /// iterations done) and a `steps.csv` row. Values a method does not compute are skipped in
+    /// TensorBoard and empty in the CSV.
+    pub fn step(&mut self, report: &StepReport, train_seconds: f64) -> anyhow::Result<()> {
+        let t = &report.oracle_totals;
+        let values: [Option<f64>; 12] = [
+            report.upper_loss,
+            report.lower_loss,
+            Some(report.hypergrad_norm),
+            report.lower_grad_norm,
+            report.linear_system_residual,
+            Some(report.step_size),
+            Some(t.upper_grad as f64),
+            Some(t.lower_grad as f64),
+            Some(t.hvp as f64),
+            Some(t.jvp as f64),
+            Some((t.upper_grad + t.lower_grad + t.hvp + t.jvp) as f64),
+            Some(train_seconds),
+        ];
+        let step = report.iteration as usize + 1;
+        let mut row = format!("{step}");
+        for (tag, v) in STEP_TAGS.iter().zip(values) {
+            row.push(',');
+            if let Some(v) = v {
+                self.tensorboard.add_scalar(tag, v as f32, step);
+                row.push_str(&format!("{v}"));
+            }
+        }
+        writeln!(self.steps, "{row}")?;
+        Ok(())
+    }
+
+    /// Evaluation metrics at `step` iterations, as `eval/<name>` scalars and an
+    /// `evaluations.csv` row (its header comes from the first evaluation's metric names).
+    pub fn evaluation(
+        &mut self,
+        step: usize,
+        oracle_total: u64,
+        train_seconds: f64,
+        metrics: &Metrics,
+    ) -> anyhow::Result<()> {
+        for (name, v) in metrics {
+            self.tensorboard
+                .add_scalar(&format!("eval/{name}"), *v as f32, step);
+        }
+        if self.evaluations.is_none() {
+            let path = self.dir.join("evaluations.csv");
+            let mut w = BufWriter::new(
+                File::create(&path)
+                    .with_context(|| format!("{}: cannot create", path.display()))?,
+            );
+            let names: Vec<&str> = metrics.keys().map(String::as_str).collect();
+            writeln!(
+                w,
+                "iteration,oracle_calls,train_seconds,{}",
+                names.join(",")
+            )?;
+            self.evaluations = Some(w);
+        }
+        let w = self.evaluations.as_mut().expect("created above");
+        let values: Vec<String> = metrics.values().map(|v| format!("{v}")).collect();
+        writeln!(
+            w,
+            "{step},{oracle_total},{train_seconds},{}",
+            values.join(",")
+        )?;
+        Ok(())
+    }
+
+    /// Writes everything buffered to disk.
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        self.tensorboard.flush();
+        self.steps.flush()?;
+        if let Some(w) = self.evaluations.as_mut() {
+            w.flush()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,152 @@
+//! Line plots with a shaded band (median and 20–80% over seeds), as PNG and SVG.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context};
+use plotters::prelude::*;
+
+/// One method's curve.
+pub struct Series {
+    pub name: String,
+    pub x: Vec<f64>,
+    pub median: Vec<f64>,
+    pub low: Vec<f64>,
+    pub high: Vec<f64>,
+}
+
+const FONT_CANDIDATES: [&str; 3] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+];
+
+/// Registers a TrueType font for plot text once: `BILEVEL_FONT`, else DejaVu Sans.
+fn ensure_font() -> anyhow::Result<()> {
+    static FONT: OnceLock<Result<(), String>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        let candidates: Vec<String> = std::env::var("BILEVEL_FONT")
+            .ok()
+            .into_iter()
+            .chain(FONT_CANDIDATES.iter().map(|s| s.to_string()))
+            .collect();
+        let path = candidates.iter().find(|p| Path::new(p).is_file()).ok_or_else(|| {
+            format!("plots need a TrueType font: install DejaVu Sans (Debian: fonts-dejavu-core) or set BILEVEL_FONT; looked at {candidates:?}")
+        })?;
+        let bytes: &'static [u8] = Box::leak(std::fs::read(path).map_err(|e| format!("{path}: {e}"))?.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| format!("{path}: not a usable font"))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// Writes `<stem>.png` and `<stem>.svg`.
+pub fn plot(
+    stem: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> anyhow::Result<()> {
+    ensure_font()?;
+    if series.iter().all(|s| s.x.is_empty()) {
+        bail!("nothing to plot for {title}");
+    }
+    let png = stem.with_extension("png");
+    draw(
+        BitMapBackend::new(&png, (900, 560)).into_drawing_area(),
+        title,
+        x_label,
+        y_label,
+        series,
+    )
+    .with_context(|| format!("{}: cannot draw", png.display()))?;
+    let svg = stem.with_extension("svg");
+    draw(
+        SVGBackend::new(&svg, (900, 560)).into_drawing_area(),
+        title,
+        x_label,
+        y_label,
+        series,
+    )
+    .with_context(|| format!("{}: cannot draw", svg.display()))?;
+    Ok(())
+}
+
+fn draw<DB: DrawingBackend>(
+    area: DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> anyhow::Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let fail = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
+    area.fill(&WHITE).map_err(|e| fail(&e))?;
+    let all_x = series.iter().flat_map(|s| s.x.iter().copied());
+    let all_y = series
+        .iter()
+        .flat_map(|s| s.low.iter().chain(&s.high).copied())
+        .filter(|v| v.is_finite());
+    let (x0, x1) = all_x.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    let (y0, y1) = all_y.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    let pad = ((y1 - y0) * 0.05).max(1e-9);
+    let mut chart = ChartBuilder::on(&area)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(x0..x1.max(x0 + 1e-9), (y0 - pad)..(y1 + pad))
+        .map_err(|e| fail(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| fail(&e))?;
+    for (k, s) in series.iter().enumerate() {
+        let color = COLORS[k % COLORS.len()];
+        let band: Vec<(f64, f64)> =
+            s.x.iter()
+                .zip(&s.high)
+                .map(|(x, y)| (*x, *y))
+                .chain(s.x.iter().zip(&s.low).rev().map(|(x, y)| (*x, *y)))
+                .collect();
+        chart
+            .draw_series(std::iter::once(Polygon::new(band, color.mix(0.18))))
+            .map_err(|e| fail(&e))?;
+        chart
+            .draw_series(LineSeries::new(
+                s.x.iter().zip(&s.median).map(|(x, y)| (*x, *y)),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| fail(&e))?
+            .label(s.name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| fail(&e))?;
+    area.present().map_err(|e| fail(&e))?;
+    Ok(())
+}

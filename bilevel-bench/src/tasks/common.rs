@@ -1,0 +1,107 @@
+//! What the three tasks share: turning labelled texts into word-vector sequences, and measuring a
+//! classifier on a whole text collection.
+
+use std::collections::HashMap;
+
+use bilevel_models::classifier::cpu;
+use bilevel_models::layer::WrittenLayer;
+use bilevel_models::loss::{accuracy, cross_entropy};
+use bilevel_models::sequence::{Activations, Sequence};
+use bilevel_models::text::EmbeddedTexts;
+use dfdx::prelude::*;
+
+use crate::data::glove::WordVectors;
+use crate::data::tokenize::tokenize;
+use crate::data::LabelledText;
+
+/// The element type of every run: f32, as the reference implementations.
+pub type E = f32;
+pub const EMB: usize = cpu::EMBEDDING;
+pub const C: usize = cpu::CLASSES;
+
+/// Token ids over the words that actually occur, and their vectors (the full GloVe table is
+/// 58k words; a task uses a fraction).
+#[derive(Default)]
+pub struct Vocabulary {
+    compact: HashMap<u32, u32>,
+    table: Vec<f32>,
+}
+
+impl Vocabulary {
+    /// The ids of `text`'s tokens that have a vector, the first `max_len` of them.
+    pub fn encode(
+        &mut self,
+        text: &str,
+        tweet: bool,
+        max_len: usize,
+        glove: &WordVectors,
+    ) -> Vec<u32> {
+        let mut ids = Vec::new();
+        for token in tokenize(text, tweet) {
+            if ids.len() == max_len {
+                break;
+            }
+            let Some(row) = glove.id(&token) else {
+                continue;
+            };
+            let next = self.compact.len() as u32;
+            let id = *self.compact.entry(row).or_insert_with(|| {
+                let r = row as usize * glove.dim;
+                self.table
+                    .extend_from_slice(&glove.vectors[r..r + glove.dim]);
+                next
+            });
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// A collection of `texts` (already encoded) sharing this vocabulary's table.
+    pub fn collection(
+        &self,
+        dim: usize,
+        texts: Vec<Vec<u32>>,
+        labels: Vec<usize>,
+    ) -> anyhow::Result<EmbeddedTexts> {
+        // A table with no word at all still needs one row for the zero-vector texts.
+        let table = if self.table.is_empty() {
+            vec![0.0; dim]
+        } else {
+            self.table.clone()
+        };
+        EmbeddedTexts::new(dim, table, texts, labels).map_err(anyhow::Error::msg)
+    }
+}
+
+/// Encodes `texts` into a collection.
+pub fn embed(
+    texts: &[LabelledText],
+    vocab: &mut Vocabulary,
+    glove: &WordVectors,
+    tweet: bool,
+    max_len: usize,
+) -> (Vec<Vec<u32>>, Vec<usize>) {
+    texts
+        .iter()
+        .map(|t| (vocab.encode(&t.text, tweet, max_len, glove), t.label))
+        .unzip()
+}
+
+/// Mean cross-entropy and accuracy of `model` over every text of `texts`, in batches.
+pub fn measure<M, const IN: usize>(model: &M, texts: &EmbeddedTexts, max_len: usize) -> (f64, f64)
+where
+    M: WrittenLayer<E, Sequence<E, IN>, Output = Activations<E, C>>,
+{
+    let batch = 512;
+    let (mut loss, mut correct, mut n) = (0.0, 0.0, 0usize);
+    let ids: Vec<usize> = (0..texts.len()).collect();
+    for chunk in ids.chunks(batch) {
+        let b = texts.batch::<E, IN>(chunk, max_len);
+        let logits = model.forward(b.sequence()).0;
+        let held = logits.retaped::<NoneTape>();
+        loss += cross_entropy(logits, &b.targets::<C>(), None).array() as f64 * chunk.len() as f64;
+        correct += accuracy::<E, C>(&held, &b.labels) * chunk.len() as f64;
+        n += chunk.len();
+    }
+    (loss / n.max(1) as f64, correct / n.max(1) as f64)
+}

@@ -1,0 +1,273 @@
+//! Data hyper-cleaning on Sentiment140: learn one weight σ(λ_i) per training tweet, a fixed
+//! fraction of whose labels are flipped, so that a classifier trained on the weighted loss does
+//! well on a clean validation set.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use bilevel_models::classifier::cpu;
+use bilevel_models::forms::{BatchConfig, HyperClean};
+use bilevel_models::text::EmbeddedTexts;
+use dfdx::prelude::*;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::common::{embed, measure, Vocabulary, C, E, EMB};
+use super::{load_word_vectors, Metrics};
+use crate::data::tweets::{load_lines, load_sentiment140_csv};
+use crate::data::LabelledText;
+
+/// Training-set sizes the bench is compiled for (x has one entry per training tweet, and its
+/// length is part of its type): the default of `tasks.md`, and a small one for quick runs.
+pub const SIZES: [usize; 2] = [20_000, 2_000];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HyperCleanConfig {
+    /// Training tweets, balanced (one of [`SIZES`]).
+    pub train_size: usize,
+    /// Clean validation tweets, balanced.
+    pub validation_size: usize,
+    /// Test tweets, balanced, disjoint from the others.
+    pub test_size: usize,
+    /// p: the fraction of training labels flipped once per seed.
+    pub corruption: f64,
+    /// Tweets per batch at both levels.
+    pub batch: usize,
+    /// T: tokens kept per tweet.
+    pub max_len: usize,
+    /// μ of the L2 term.
+    pub mu: f64,
+    /// Initial λ_i.
+    pub weight_logit_init: f64,
+    /// Training tweets whose loss and accuracy are reported at each evaluation.
+    pub train_eval_size: usize,
+}
+
+impl Default for HyperCleanConfig {
+    fn default() -> Self {
+        Self {
+            train_size: 20_000,
+            validation_size: 2_000,
+            test_size: 10_000,
+            corruption: 0.3,
+            batch: 256,
+            max_len: 32,
+            mu: 1e-3,
+            weight_logit_init: 1.0,
+            train_eval_size: 2_000,
+        }
+    }
+}
+
+impl HyperCleanConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !SIZES.contains(&self.train_size) {
+            bail!("hyper_clean.train_size must be one of {SIZES:?} (the weights' length is compiled in), got {}", self.train_size);
+        }
+        if !(0.0..=1.0).contains(&self.corruption) {
+            bail!(
+                "hyper_clean.corruption must be in [0, 1], got {}",
+                self.corruption
+            );
+        }
+        for (field, v) in [
+            ("batch", self.batch),
+            ("max_len", self.max_len),
+            ("validation_size", self.validation_size),
+            ("test_size", self.test_size),
+        ] {
+            if v == 0 {
+                bail!("hyper_clean.{field} must be at least 1");
+            }
+        }
+        if !(self.mu > 0.0 && self.mu.is_finite()) {
+            bail!("hyper_clean.mu must be a positive number, got {}", self.mu);
+        }
+        Ok(())
+    }
+}
+
+/// The splits of one seed.
+pub struct HyperCleanData {
+    pub train: EmbeddedTexts,
+    /// Which training labels were flipped.
+    pub corrupted: Vec<bool>,
+    pub validation: EmbeddedTexts,
+    pub test: EmbeddedTexts,
+    /// The hand-labelled test file (positive and negative rows).
+    pub manual_test: EmbeddedTexts,
+    pub max_len: usize,
+}
+
+/// Loads the tweets, draws balanced disjoint splits and flips a fixed fraction of the training
+/// labels, all from `seed`.
+pub fn load(
+    data_dir: &Path,
+    config: &HyperCleanConfig,
+    seed: u64,
+) -> anyhow::Result<HyperCleanData> {
+    config.validate()?;
+    let dir = data_dir.join("sentiment140");
+    let negative = load_lines(&dir.join("tweets_100k_head50k_negative.txt"), 0)?;
+    let positive = load_lines(&dir.join("tweets_100k_tail50k_positive.txt"), 1)?;
+    let manual: Vec<LabelledText> =
+        load_sentiment140_csv(&dir.join("testdata.manual.2009.06.14.csv"))?
+            .into_iter()
+            .filter_map(|(text, label)| {
+                label.map(|label| LabelledText {
+                    text,
+                    label,
+                    domain: String::new(),
+                })
+            })
+            .collect();
+    let halves = [
+        config.train_size / 2,
+        config.validation_size / 2,
+        config.test_size / 2,
+    ];
+    let needed: usize = halves.iter().sum();
+    for (name, class) in [("negative", &negative), ("positive", &positive)] {
+        if class.len() < needed {
+            bail!(
+                "{needed} {name} tweets are needed for the splits, the data has {}",
+                class.len()
+            );
+        }
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut splits: [Vec<LabelledText>; 3] = Default::default();
+    for class in [&negative, &positive] {
+        let mut order: Vec<usize> = (0..class.len()).collect();
+        order.shuffle(&mut rng);
+        let mut at = 0;
+        for (split, &half) in splits.iter_mut().zip(&halves) {
+            split.extend(order[at..at + half].iter().map(|&i| class[i].clone()));
+            at += half;
+        }
+    }
+    let [mut train, validation, test] = splits;
+    train.shuffle(&mut rng);
+    let flips = (config.corruption * train.len() as f64).round() as usize;
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    order.shuffle(&mut rng);
+    let mut corrupted = vec![false; train.len()];
+    for &i in &order[..flips] {
+        corrupted[i] = true;
+        train[i].label = 1 - train[i].label;
+    }
+
+    let glove = load_word_vectors(data_dir)?;
+    let mut vocab = Vocabulary::default();
+    let encoded: Vec<_> = [&train, &validation, &test, &manual]
+        .into_iter()
+        .map(|s| embed(s, &mut vocab, &glove, true, config.max_len))
+        .collect();
+    let mut sets = encoded
+        .into_iter()
+        .map(|(texts, labels)| vocab.collection(EMB, texts, labels))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("building the tweet collections")?;
+    let manual_test = sets.pop().expect("four sets");
+    let test = sets.pop().expect("four sets");
+    let validation = sets.pop().expect("four sets");
+    let train = sets.pop().expect("four sets");
+    Ok(HyperCleanData {
+        train,
+        corrupted,
+        validation,
+        test,
+        manual_test,
+        max_len: config.max_len,
+    })
+}
+
+/// The bilevel problem with `N` training tweets.
+pub type Problem<const N: usize> = HyperClean<E, cpu::Classifier<E>, N, EMB, C>;
+
+pub fn problem<const N: usize>(
+    data: &HyperCleanData,
+    config: &HyperCleanConfig,
+) -> anyhow::Result<Problem<N>> {
+    let batches = BatchConfig {
+        lower_batch: config.batch,
+        upper_batch: config.batch,
+        max_len: config.max_len,
+    };
+    HyperClean::new(
+        data.train.clone(),
+        data.validation.clone(),
+        batches,
+        config.mu,
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+/// λ initialised to `weight_logit_init` for every tweet.
+pub fn initial_weights<const N: usize>(config: &HyperCleanConfig) -> Tensor<Rank1<N>, E, Cpu> {
+    bilevel_optim::real::device().ones::<Rank1<N>>() * config.weight_logit_init as E
+}
+
+/// Loss and accuracy on every split, and how well small weights find the flipped labels.
+pub fn evaluate<const N: usize>(
+    data: &HyperCleanData,
+    config: &HyperCleanConfig,
+    x: &Tensor<Rank1<N>, E, Cpu>,
+    y: &cpu::Classifier<E>,
+) -> Metrics {
+    let mut m = Metrics::new();
+    let n_train = config.train_eval_size.min(data.train.len());
+    let train_subset = data.train.subset(&(0..n_train).collect::<Vec<_>>());
+    for (name, set) in [
+        ("train", &train_subset),
+        ("validation", &data.validation),
+        ("test", &data.test),
+        ("manual_test", &data.manual_test),
+    ] {
+        let (loss, acc) = measure::<_, EMB>(y, set, data.max_len);
+        m.insert(format!("{name}/loss"), loss);
+        m.insert(format!("{name}/accuracy"), acc);
+    }
+    let weights: Vec<f64> = x
+        .as_vec()
+        .iter()
+        .map(|&l| 1.0 / (1.0 + (-(l as f64)).exp()))
+        .collect();
+    let mean = |pick: bool| {
+        let (s, n) = weights
+            .iter()
+            .zip(&data.corrupted)
+            .filter(|(_, &c)| c == pick)
+            .fold((0.0, 0), |(s, n), (w, _)| (s + w, n + 1));
+        s / n.max(1) as f64
+    };
+    m.insert("weights/mean_corrupted".into(), mean(true));
+    m.insert("weights/mean_clean".into(), mean(false));
+    let flagged: Vec<bool> = weights.iter().map(|&w| w < 0.5).collect();
+    let true_pos = flagged
+        .iter()
+        .zip(&data.corrupted)
+        .filter(|(&f, &c)| f && c)
+        .count() as f64;
+    let flagged_n = flagged.iter().filter(|&&f| f).count() as f64;
+    let corrupted_n = data.corrupted.iter().filter(|&&c| c).count() as f64;
+    m.insert(
+        "detection/precision".into(),
+        if flagged_n > 0.0 {
+            true_pos / flagged_n
+        } else {
+            0.0
+        },
+    );
+    m.insert(
+        "detection/recall".into(),
+        if corrupted_n > 0.0 {
+            true_pos / corrupted_n
+        } else {
+            0.0
+        },
+    );
+    m
+}

@@ -1,0 +1,199 @@
+//! Hyperparameter optimization on Amazon reviews (FDU-MTL): learn one L2 log-coefficient per
+//! parameter tensor of the classifier (or one shared) on a validation split.
+
+use std::path::Path;
+
+use anyhow::bail;
+use bilevel_models::classifier::cpu;
+use bilevel_models::forms::{BatchConfig, HyperOpt};
+use bilevel_models::text::EmbeddedTexts;
+use bilevel_optim::params::Params;
+use dfdx::prelude::*;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::common::{embed, measure, Vocabulary, C, E, EMB};
+use super::{load_word_vectors, Metrics};
+use crate::data::reviews::load_fdu_mtl;
+
+/// The 14 Amazon domains of FDU-MTL (imdb and MR are not product reviews).
+pub const DOMAINS: [&str; 14] = [
+    "apparel",
+    "baby",
+    "books",
+    "camera_photo",
+    "dvd",
+    "electronics",
+    "health_personal_care",
+    "kitchen_housewares",
+    "magazines",
+    "music",
+    "software",
+    "sports_outdoors",
+    "toys_games",
+    "video",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HyperOptConfig {
+    /// Fraction of the training pool used for training (the rest is validation).
+    pub train_fraction: f64,
+    /// Reviews per batch at both levels.
+    pub batch: usize,
+    /// T: tokens kept per review.
+    pub max_len: usize,
+    /// Initial log-coefficient (log 1e-3).
+    pub log_coefficient_init: f64,
+    /// One coefficient shared by all tensors (the official code) instead of one per tensor.
+    pub scalar_coefficient: bool,
+    /// Reviews of each split whose loss and accuracy are reported at each evaluation (all of
+    /// validation and test when larger).
+    pub eval_size: usize,
+}
+
+impl Default for HyperOptConfig {
+    fn default() -> Self {
+        Self {
+            train_fraction: 0.8,
+            batch: 64,
+            max_len: 64,
+            log_coefficient_init: (1e-3f64).ln(),
+            scalar_coefficient: false,
+            eval_size: 2_000,
+        }
+    }
+}
+
+impl HyperOptConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(self.train_fraction > 0.0 && self.train_fraction < 1.0) {
+            bail!(
+                "hyper_opt.train_fraction must be in (0, 1), got {}",
+                self.train_fraction
+            );
+        }
+        if self.batch == 0 || self.max_len == 0 || self.eval_size == 0 {
+            bail!("hyper_opt.batch, max_len and eval_size must be at least 1");
+        }
+        if !self.log_coefficient_init.is_finite() {
+            bail!("hyper_opt.log_coefficient_init must be a finite number");
+        }
+        Ok(())
+    }
+}
+
+pub struct HyperOptData {
+    pub train: EmbeddedTexts,
+    pub validation: EmbeddedTexts,
+    pub test: EmbeddedTexts,
+    pub max_len: usize,
+}
+
+pub fn load(data_dir: &Path, config: &HyperOptConfig, seed: u64) -> anyhow::Result<HyperOptData> {
+    config.validate()?;
+    let dir = data_dir.join("amazon_fdu_mtl");
+    let (mut pool, mut test) = (Vec::new(), Vec::new());
+    for domain in DOMAINS {
+        pool.extend(load_fdu_mtl(
+            &dir.join(format!("{domain}.task.train")),
+            domain,
+        )?);
+        test.extend(load_fdu_mtl(
+            &dir.join(format!("{domain}.task.test")),
+            domain,
+        )?);
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    pool.shuffle(&mut rng);
+    let cut = (pool.len() as f64 * config.train_fraction).round() as usize;
+    let validation = pool.split_off(cut);
+    for (name, set) in [
+        ("training", &pool),
+        ("validation", &validation),
+        ("test", &test),
+    ] {
+        for class in 0..C {
+            if !set.iter().any(|t| t.label == class) {
+                bail!("the {name} split has no review of class {class}");
+            }
+        }
+    }
+    let glove = load_word_vectors(data_dir)?;
+    let mut vocab = Vocabulary::default();
+    let encoded: Vec<_> = [&pool, &validation, &test]
+        .into_iter()
+        .map(|s| embed(s, &mut vocab, &glove, false, config.max_len))
+        .collect();
+    let mut sets = encoded
+        .into_iter()
+        .map(|(t, l)| vocab.collection(EMB, t, l))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let test = sets.pop().expect("three");
+    let validation = sets.pop().expect("three");
+    let train = sets.pop().expect("three");
+    Ok(HyperOptData {
+        train,
+        validation,
+        test,
+        max_len: config.max_len,
+    })
+}
+
+/// x: one log-coefficient per tensor of the classifier.
+pub type PerTensor = Tensor<Rank1<{ cpu::CLASSIFIER_TENSORS }>, E, Cpu>;
+/// x: one shared log-coefficient.
+pub type Shared = Tensor<Rank0, E, Cpu>;
+
+pub type Problem<X> = HyperOpt<E, cpu::Classifier<E>, X, EMB, C>;
+
+pub fn problem<X: Params<E> + bilevel_models::penalty::L2Coefficients<E>>(
+    data: &HyperOptData,
+    config: &HyperOptConfig,
+    y: &cpu::Classifier<E>,
+    x: &X,
+) -> anyhow::Result<Problem<X>> {
+    let batches = BatchConfig {
+        lower_batch: config.batch,
+        upper_batch: config.batch,
+        max_len: config.max_len,
+    };
+    HyperOpt::new(data.train.clone(), data.validation.clone(), batches, y, x)
+        .map_err(anyhow::Error::msg)
+}
+
+/// x filled with `log_coefficient_init`.
+pub fn initial_coefficients<X: Params<E>>(like: &X, config: &HyperOptConfig) -> X {
+    let mut x = like.zeros_like();
+    x.map_in_place(|s| {
+        s.iter_mut()
+            .for_each(|v| *v = config.log_coefficient_init as E)
+    });
+    x
+}
+
+pub fn evaluate<X: Params<E>>(
+    data: &HyperOptData,
+    config: &HyperOptConfig,
+    x: &X,
+    y: &cpu::Classifier<E>,
+) -> Metrics {
+    let mut m = Metrics::new();
+    for (name, set) in [
+        ("train", &data.train),
+        ("validation", &data.validation),
+        ("test", &data.test),
+    ] {
+        let n = config.eval_size.min(set.len());
+        let subset = set.subset(&(0..n).collect::<Vec<_>>());
+        let (loss, acc) = measure::<_, EMB>(y, &subset, data.max_len);
+        m.insert(format!("{name}/loss"), loss);
+        m.insert(format!("{name}/accuracy"), acc);
+    }
+    let coefficients = x.to_flat();
+    let mean =
+        coefficients.iter().map(|&c| c as f64).sum::<f64>() / coefficients.len().max(1) as f64;
+    m.insert("coefficients/mean_log".into(), mean);
+    m
+}

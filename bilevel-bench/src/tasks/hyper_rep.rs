@@ -1,0 +1,302 @@
+//! Hyper-representation (meta-learning) on Amazon reviews (ARSC): a shared encoder x and one head
+//! per training task y_i, on 2-way 10-shot tasks drawn from product domains.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use bilevel_models::classifier::{add_loss_gradient, cpu, logits};
+use bilevel_models::forms::{HyperRep, Task};
+use bilevel_models::layer::WrittenLayer;
+use bilevel_models::loss::{accuracy, cross_entropy};
+use bilevel_models::penalty::{add_l2_gradient, FixedL2};
+use bilevel_models::text::EmbeddedTexts;
+use bilevel_optim::params::Params;
+use bilevel_optim::problem::Tp;
+use bilevel_optim::written_grad::WrittenGrad;
+use dfdx::prelude::*;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::common::{embed, Vocabulary, C, E, EMB};
+use super::{load_word_vectors, Metrics};
+use crate::data::reviews::load_arsc;
+use crate::data::LabelledText;
+
+/// Numbers of training tasks the bench is compiled for (one head each, part of y's type): the
+/// default of `tasks.md`, and a small one for quick runs.
+pub const TASK_COUNTS: [usize; 2] = [400, 40];
+
+/// The test domains of the BO-REP setup; every other listed domain is a training domain.
+pub const TEST_DOMAINS: [&str; 3] = ["office_products", "automotive", "computer_video_games"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HyperRepConfig {
+    /// Training tasks, one head each (one of [`TASK_COUNTS`]).
+    pub train_tasks: usize,
+    pub test_tasks: usize,
+    /// Support (and query) reviews per class and task.
+    pub shots: usize,
+    /// Tasks per outer iteration.
+    pub tasks_per_batch: usize,
+    /// T: tokens kept per review.
+    pub max_len: usize,
+    /// μ of the heads' L2 term.
+    pub mu: f64,
+    /// Test-time adaptation: full-batch gradient steps on a fresh head, and their step.
+    pub test_steps: usize,
+    pub test_step: f64,
+}
+
+impl Default for HyperRepConfig {
+    fn default() -> Self {
+        Self {
+            train_tasks: 400,
+            test_tasks: 50,
+            shots: 10,
+            tasks_per_batch: 20,
+            max_len: 64,
+            mu: 1e-3,
+            test_steps: 100,
+            test_step: 0.1,
+        }
+    }
+}
+
+impl HyperRepConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !TASK_COUNTS.contains(&self.train_tasks) {
+            bail!("hyper_rep.train_tasks must be one of {TASK_COUNTS:?} (the heads are compiled in), got {}", self.train_tasks);
+        }
+        for (field, v) in [
+            ("test_tasks", self.test_tasks),
+            ("shots", self.shots),
+            ("tasks_per_batch", self.tasks_per_batch),
+            ("max_len", self.max_len),
+        ] {
+            if v == 0 {
+                bail!("hyper_rep.{field} must be at least 1");
+            }
+        }
+        let positive = |v: f64| v > 0.0 && v.is_finite();
+        if !positive(self.mu) || !positive(self.test_step) {
+            bail!("hyper_rep.mu and hyper_rep.test_step must be positive numbers");
+        }
+        Ok(())
+    }
+}
+
+pub struct HyperRepData {
+    /// Every review any task uses.
+    pub texts: EmbeddedTexts,
+    pub train_tasks: Vec<Task>,
+    pub test_tasks: Vec<Task>,
+    pub max_len: usize,
+}
+
+/// A domain's pool: all its t4 reviews (train, dev and test files together).
+fn domain_pool(dir: &Path, domain: &str) -> anyhow::Result<Vec<LabelledText>> {
+    let mut pool = Vec::new();
+    for part in ["train", "dev", "test"] {
+        let path = dir.join(format!("{domain}.t4.{part}"));
+        if path.exists() {
+            pool.extend(load_arsc(&path, domain)?);
+        }
+    }
+    if pool.is_empty() {
+        bail!("domain '{domain}' has no t4 file in {}", dir.display());
+    }
+    Ok(pool)
+}
+
+/// Draws `count` tasks from `domains` (a domain with probability proportional to its size), each
+/// with `shots` support and `shots` query reviews per class, and appends their reviews to `texts`.
+fn draw_tasks(
+    domains: &[(String, Vec<LabelledText>)],
+    count: usize,
+    shots: usize,
+    rng: &mut impl Rng,
+    texts: &mut Vec<LabelledText>,
+) -> anyhow::Result<Vec<Task>> {
+    let total: usize = domains.iter().map(|(_, p)| p.len()).sum();
+    (0..count)
+        .map(|_| {
+            let mut pick = rng.gen_range(0..total);
+            let (name, pool) = domains
+                .iter()
+                .find(|(_, p)| {
+                    let hit = pick < p.len();
+                    pick = pick.saturating_sub(p.len());
+                    hit
+                })
+                .expect("pick < total");
+            let mut task = Task {
+                support: Vec::new(),
+                query: Vec::new(),
+            };
+            for class in 0..C {
+                let mut members: Vec<&LabelledText> =
+                    pool.iter().filter(|t| t.label == class).collect();
+                if members.len() < 2 * shots {
+                    bail!(
+                        "domain '{name}' has {} reviews of class {class}, a task needs {}",
+                        members.len(),
+                        2 * shots
+                    );
+                }
+                members.shuffle(rng);
+                for (k, review) in members[..2 * shots].iter().enumerate() {
+                    let set = if k < shots {
+                        &mut task.support
+                    } else {
+                        &mut task.query
+                    };
+                    set.push(texts.len());
+                    texts.push((*review).clone());
+                }
+            }
+            Ok(task)
+        })
+        .collect()
+}
+
+pub fn load(data_dir: &Path, config: &HyperRepConfig, seed: u64) -> anyhow::Result<HyperRepData> {
+    config.validate()?;
+    let dir = data_dir.join("amazon_arsc_yu2018");
+    let list_path = dir.join("workspace.filtered.list");
+    let list = std::fs::read_to_string(&list_path)
+        .with_context(|| format!("{}: cannot read the domain list", list_path.display()))?;
+    let (mut train_domains, mut test_domains) = (Vec::new(), Vec::new());
+    for domain in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let entry = (domain.to_string(), domain_pool(&dir, domain)?);
+        if TEST_DOMAINS.contains(&domain) {
+            test_domains.push(entry);
+        } else {
+            train_domains.push(entry);
+        }
+    }
+    if test_domains.len() != TEST_DOMAINS.len() {
+        bail!(
+            "{}: the test domains {TEST_DOMAINS:?} must all be listed",
+            list_path.display()
+        );
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut texts = Vec::new();
+    let train_tasks = draw_tasks(
+        &train_domains,
+        config.train_tasks,
+        config.shots,
+        &mut rng,
+        &mut texts,
+    )?;
+    let test_tasks = draw_tasks(
+        &test_domains,
+        config.test_tasks,
+        config.shots,
+        &mut rng,
+        &mut texts,
+    )?;
+    let glove = load_word_vectors(data_dir)?;
+    let mut vocab = Vocabulary::default();
+    let (ids, labels) = embed(&texts, &mut vocab, &glove, false, config.max_len);
+    Ok(HyperRepData {
+        texts: vocab.collection(EMB, ids, labels)?,
+        train_tasks,
+        test_tasks,
+        max_len: config.max_len,
+    })
+}
+
+pub type Problem<const NT: usize> = HyperRep<E, cpu::Encoder<E>, cpu::Head<E>, NT, EMB, C>;
+
+pub fn problem<const NT: usize>(
+    data: &HyperRepData,
+    config: &HyperRepConfig,
+) -> anyhow::Result<Problem<NT>> {
+    HyperRep::new(
+        data.texts.clone(),
+        data.train_tasks.clone(),
+        config.tasks_per_batch,
+        config.max_len,
+        config.mu,
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+type Features = Tensor<(usize, Const<{ cpu::HIDDEN }>), E, Cpu>;
+
+/// The encoder's features of `ids` (no tape).
+fn features(
+    x: &cpu::Encoder<E>,
+    texts: &EmbeddedTexts,
+    ids: &[usize],
+    max_len: usize,
+) -> (Features, Vec<usize>) {
+    let batch = texts.batch::<E, EMB>(ids, max_len);
+    (
+        x.forward(batch.sequence()).0.retaped::<NoneTape>(),
+        batch.labels,
+    )
+}
+
+/// Fits a head from `init` on the support features by full-batch gradient descent on
+/// `CE + (μ/2)‖θ‖²`, with the head's written gradient.
+fn fit_head(
+    init: &cpu::Head<E>,
+    support: &Features,
+    labels: &[usize],
+    config: &HyperRepConfig,
+) -> cpu::Head<E> {
+    let mut head = init.duplicate();
+    let targets = bilevel_models::loss::one_hot::<E, C>(labels);
+    for _ in 0..config.test_steps {
+        let mut grads = WrittenGrad::new(&head, None);
+        add_loss_gradient(
+            &head,
+            support.retaped::<Tp<E>>(),
+            &targets,
+            None,
+            &mut grads,
+        );
+        add_l2_gradient(&FixedL2(config.mu), &head, &mut grads);
+        let g = grads
+            .into_value(&head)
+            .expect("every head tensor has a component");
+        head.add_scaled(-(config.test_step as E), &g);
+    }
+    head
+}
+
+/// Mean query loss and accuracy over the test tasks after fitting a fresh head per task.
+pub fn evaluate(
+    data: &HyperRepData,
+    config: &HyperRepConfig,
+    x: &cpu::Encoder<E>,
+    seed: u64,
+) -> Metrics {
+    let dev = Cpu::seed_from_u64(seed ^ 0x7e57);
+    let (mut loss, mut acc) = (0.0, 0.0);
+    for task in &data.test_tasks {
+        let init = cpu::Head::<E>::build(&dev);
+        let (support, support_labels) = features(x, &data.texts, &task.support, data.max_len);
+        let head = fit_head(&init, &support, &support_labels, config);
+        let (query, query_labels) = features(x, &data.texts, &task.query, data.max_len);
+        let out = logits(&head, query.retaped::<Tp<E>>());
+        let held = out.retaped::<NoneTape>();
+        loss += cross_entropy(
+            out,
+            &bilevel_models::loss::one_hot::<E, C>(&query_labels),
+            None,
+        )
+        .array() as f64;
+        acc += accuracy::<E, C>(&held, &query_labels);
+    }
+    let n = data.test_tasks.len().max(1) as f64;
+    BTreeMap::from([
+        ("test/loss".to_string(), loss / n),
+        ("test/accuracy".to_string(), acc / n),
+    ])
+}

@@ -1,0 +1,166 @@
+//! The tasks' data as `tasks.md` defines it (splits, balance, corruption, few-shot tasks), and
+//! configuration errors that name the offending field.
+
+use bilevel_bench::config::{RunConfig, TaskName};
+use bilevel_bench::runner::run;
+use bilevel_bench::tasks::hyper_clean::{self, HyperCleanConfig};
+use bilevel_bench::tasks::hyper_opt::{self, HyperOptConfig};
+use bilevel_bench::tasks::hyper_rep::{self, HyperRepConfig};
+use bilevel_bench::tasks::resolve_data_dir;
+
+#[test]
+fn hyper_clean_splits_are_balanced_and_a_fixed_fraction_is_flipped() {
+    let config = HyperCleanConfig {
+        train_size: 2_000,
+        validation_size: 400,
+        test_size: 600,
+        ..Default::default()
+    };
+    let data = hyper_clean::load(&resolve_data_dir(None).unwrap(), &config, 7).unwrap();
+    assert_eq!(
+        (data.train.len(), data.validation.len(), data.test.len()),
+        (2_000, 400, 600)
+    );
+    assert_eq!(
+        data.corrupted.iter().filter(|&&c| c).count(),
+        600,
+        "30% of 2,000 flipped"
+    );
+    let positives = |labels: &[usize]| labels.iter().filter(|&&l| l == 1).count();
+    assert_eq!(
+        positives(data.validation.labels()),
+        200,
+        "clean validation stays balanced"
+    );
+    assert_eq!(positives(data.test.labels()), 300);
+    // Flipping 600 of a balanced 2,000 keeps the observed positives between 700 and 1,300, and
+    // the clean-label positives exactly 1,000.
+    let clean_positives = data
+        .train
+        .labels()
+        .iter()
+        .zip(&data.corrupted)
+        .filter(|(&l, &c)| (l == 1) != c)
+        .count();
+    assert_eq!(clean_positives, 1_000);
+    assert_eq!(
+        data.manual_test.len(),
+        359,
+        "177 negative + 182 positive hand-labelled tweets"
+    );
+    // The same seed gives the same corruption; another seed another one.
+    let again = hyper_clean::load(&resolve_data_dir(None).unwrap(), &config, 7).unwrap();
+    assert_eq!(again.corrupted, data.corrupted);
+    let other = hyper_clean::load(&resolve_data_dir(None).unwrap(), &config, 8).unwrap();
+    assert_ne!(other.corrupted, data.corrupted);
+}
+
+#[test]
+fn hyper_opt_splits_the_training_pool_80_20() {
+    let data = hyper_opt::load(
+        &resolve_data_dir(None).unwrap(),
+        &HyperOptConfig::default(),
+        0,
+    )
+    .unwrap();
+    let pool = data.train.len() + data.validation.len();
+    assert_eq!(data.train.len(), (pool as f64 * 0.8).round() as usize);
+    assert!(data.test.len() > 5_000, "all 14 domains' test files");
+}
+
+#[test]
+fn hyper_rep_tasks_are_balanced_two_way_ten_shot() {
+    let config = HyperRepConfig {
+        train_tasks: 40,
+        test_tasks: 10,
+        ..Default::default()
+    };
+    let data = hyper_rep::load(&resolve_data_dir(None).unwrap(), &config, 3).unwrap();
+    assert_eq!((data.train_tasks.len(), data.test_tasks.len()), (40, 10));
+    let labels = data.texts.labels();
+    for task in data.train_tasks.iter().chain(&data.test_tasks) {
+        for set in [&task.support, &task.query] {
+            assert_eq!(set.len(), 20);
+            assert_eq!(set.iter().filter(|&&i| labels[i] == 1).count(), 10);
+        }
+        assert!(task.support.iter().all(|i| !task.query.contains(i)));
+    }
+}
+
+#[test]
+fn bad_configurations_are_rejected_with_the_field() {
+    let dir = std::env::temp_dir().join(format!("bilevel-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |toml_text: &str, expected: &str| {
+        let path = dir.join("c.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        let err = match RunConfig::from_file(&path) {
+            Err(e) => e.to_string(),
+            Ok(c) => match c
+                .validate()
+                .and_then(|_| c.method().validate().map_err(anyhow::Error::from))
+            {
+                Err(e) => e.to_string(),
+                Ok(()) => panic!("accepted: {toml_text}"),
+            },
+        };
+        assert!(
+            err.contains(expected),
+            "'{toml_text}': got '{err}', expected '{expected}'"
+        );
+    };
+    check("iterz = 3", "unknown field `iterz`");
+    check("task = \"hyper-cook\"", "unknown variant `hyper-cook`");
+    check("iters = 0", "iters must be at least 1");
+    check(
+        "[hyper_clean]\ncorruption = 1.5",
+        "hyper_clean.corruption must be in [0, 1]",
+    );
+    check(
+        "[hyper_clean]\nbatch = 0",
+        "hyper_clean.batch must be at least 1",
+    );
+    check(
+        "[hyper_clean]\ntrain_size = 5000",
+        "hyper_clean.train_size must be one of [20000, 2000]",
+    );
+    check(
+        "[method]\nmethod = \"soba\"\nrho = { initial = -0.1, exponent = 0.4 }",
+        "`rho` must be a positive number",
+    );
+    check(
+        "[method]\nmethod = \"bo-rep\"\neta = -1.0",
+        "`eta` must be a positive number",
+    );
+    check(
+        "[method]\nmethod = \"bo-rep\"\nbeta = 1.5",
+        "`beta` must be in [0, 1)",
+    );
+    check("[method]\nmethod = \"adam\"", "unknown variant `adam`");
+    check(
+        "task = \"hyper-opt\"\n[hyper_opt]\ntrain_fraction = 1.0",
+        "hyper_opt.train_fraction must be in (0, 1)",
+    );
+    check("iters = \"many\"", "invalid type");
+}
+
+#[test]
+fn a_missing_data_directory_is_a_clear_error() {
+    let err = resolve_data_dir(Some(std::path::Path::new("/nonexistent/data")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/data does not exist"), "{err}");
+    // A data directory without the task's files names the missing file.
+    let empty = std::env::temp_dir().join(format!("bilevel-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let config = RunConfig {
+        task: TaskName::HyperOpt,
+        iters: 1,
+        ..Default::default()
+    };
+    let err = format!(
+        "{:#}",
+        run(&config, &empty, &empty.join("run"), false).unwrap_err()
+    );
+    assert!(err.contains("apparel.task.train: file not found"), "{err}");
+}
