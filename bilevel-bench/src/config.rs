@@ -50,6 +50,8 @@ pub struct RunConfig {
     pub iters: usize,
     /// Evaluate every this many iterations (and before the first and after the last).
     pub eval_every: usize,
+    /// Write a checkpoint every this many iterations (and after the last).
+    pub checkpoint_every: usize,
     /// The method; absent = BO-REP with the task's official values.
     pub method: Option<MethodConfig>,
     pub hyper_rep: HyperRepConfig,
@@ -64,6 +66,7 @@ impl Default for RunConfig {
             seed: 0,
             iters: 300,
             eval_every: 50,
+            checkpoint_every: 50,
             method: None,
             hyper_rep: HyperRepConfig::default(),
             hyper_opt: HyperOptConfig::default(),
@@ -96,6 +99,9 @@ impl RunConfig {
         }
         if self.eval_every == 0 {
             bail!("eval_every must be at least 1");
+        }
+        if self.checkpoint_every == 0 {
+            bail!("checkpoint_every must be at least 1");
         }
         match self.task {
             TaskName::HyperRep => self.hyper_rep.validate(),

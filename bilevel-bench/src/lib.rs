@@ -1,6 +1,7 @@
 //! bilevel-bench as a library: data loaders, the three text tasks, run configuration, logging
 //! and comparison, used by the `bilevel-bench` command and by its tests.
 
+pub mod checkpoint;
 pub mod compare;
 pub mod config;
 pub mod data;

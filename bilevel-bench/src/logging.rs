@@ -53,6 +53,85 @@ impl RunLogger {
         })
     }
 
+    /// Reopens the logs of `dir` for a run resumed after `iteration` iterations: rows of
+    /// `steps.csv` and `evaluations.csv` beyond it (written after the checkpoint, before the
+    /// interruption) are dropped, and the TensorBoard events are rewritten from the CSV files, so
+    /// no step is missing or duplicated.
+    pub fn resume(dir: &Path, iteration: usize) -> anyhow::Result<Self> {
+        let keep = |file: &str| -> anyhow::Result<Vec<String>> {
+            let path = dir.join(file);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
+            let mut lines = text.lines();
+            let header = lines
+                .next()
+                .with_context(|| format!("{}: empty", path.display()))?;
+            let mut out = vec![header.to_string()];
+            for line in lines {
+                let step: usize = line
+                    .split(',')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .with_context(|| format!("{}: malformed row '{line}'", path.display()))?;
+                if step <= iteration {
+                    out.push(line.to_string());
+                }
+            }
+            Ok(out)
+        };
+        let steps = keep("steps.csv")?;
+        let evaluations = keep("evaluations.csv")?;
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("events.out.tfevents"))
+            {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("{}: cannot remove", path.display()))?;
+            }
+        }
+        let mut tensorboard = SummaryWriter::new(dir);
+        let replay = |tb: &mut SummaryWriter,
+                      rows: &[String],
+                      tag_of: &dyn Fn(usize, &str) -> Option<String>| {
+            let names: Vec<&str> = rows[0].split(',').collect();
+            for row in &rows[1..] {
+                let fields: Vec<&str> = row.split(',').collect();
+                let step: usize = fields[0].parse().expect("checked above");
+                for (k, value) in fields.iter().enumerate().skip(1) {
+                    if let (Some(tag), Ok(v)) = (tag_of(k, names[k]), value.parse::<f64>()) {
+                        tb.add_scalar(&tag, v as f32, step);
+                    }
+                }
+            }
+        };
+        replay(&mut tensorboard, &steps, &|_, name| Some(name.to_string()));
+        replay(&mut tensorboard, &evaluations, &|k, name| {
+            (k >= 3).then(|| format!("eval/{name}"))
+        });
+        let rewrite = |file: &str, rows: &[String]| -> anyhow::Result<BufWriter<File>> {
+            let path = dir.join(file);
+            let mut w = BufWriter::new(
+                File::create(&path)
+                    .with_context(|| format!("{}: cannot rewrite", path.display()))?,
+            );
+            for row in rows {
+                writeln!(w, "{row}")?;
+            }
+            Ok(w)
+        };
+        let steps = rewrite("steps.csv", &steps)?;
+        let evaluations = rewrite("evaluations.csv", &evaluations)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            tensorboard,
+            steps,
+            evaluations: Some(evaluations),
+        })
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -40,6 +40,10 @@ enum Command {
         method: Option<String>,
         #[arg(long)]
         seed: Option<u64>,
+        /// Continue the run in this directory from its last checkpoint (its config.toml is used;
+        /// other settings are ignored).
+        #[arg(long)]
+        resume: Option<PathBuf>,
     },
     /// Runs several methods over several seeds and writes a results table (CSV and Markdown)
     /// and plots (PNG and SVG: median and 20–80% band over seeds, against iterations, oracle
@@ -118,15 +122,25 @@ fn main() -> Result<()> {
             common,
             method,
             seed,
+            resume,
         } => {
-            let mut config = task_config(common.config()?, method.as_deref())?;
-            if let Some(seed) = seed {
-                config.seed = seed;
-            }
             let data_dir = resolve_data_dir(common.data_dir.as_deref())?;
-            let dir = run_dir(&common.out, &config);
-            let summary = run(&config, &data_dir, &dir, !common.quiet)?;
-            println!("final metrics ({} iterations):", config.iters);
+            let (summary, dir) = match resume {
+                Some(dir) => (
+                    bilevel_bench::runner::resume(&data_dir, &dir, !common.quiet)?,
+                    dir,
+                ),
+                None => {
+                    let mut config = task_config(common.config()?, method.as_deref())?;
+                    if let Some(seed) = seed {
+                        config.seed = seed;
+                    }
+                    let dir = run_dir(&common.out, &config);
+                    (run(&config, &data_dir, &dir, !common.quiet)?, dir)
+                }
+            };
+            let done = summary.evaluations.last().map_or(0, |e| e.iteration);
+            println!("final metrics ({done} iterations):");
             for (name, value) in summary.last() {
                 println!("  {name:28} {value:.4}");
             }

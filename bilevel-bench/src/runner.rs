@@ -11,15 +11,17 @@ use bilevel_optim::oracles::Oracles;
 use bilevel_optim::problem::BilevelProblem;
 use dfdx::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{Checkpoint, Header};
 use crate::config::{RunConfig, TaskName};
 use crate::logging::RunLogger;
 use crate::tasks::common::E;
 use crate::tasks::{hyper_clean, hyper_opt, hyper_rep, Metrics};
+use bilevel_optim::params::Params;
 
 /// One evaluation point of a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     pub iteration: usize,
     pub oracle_calls: u64,
@@ -63,12 +65,33 @@ pub fn run(
 ) -> anyhow::Result<RunSummary> {
     config.validate()?;
     config.method().validate()?;
-    let mut logger = RunLogger::create(dir)?;
+    let logger = RunLogger::create(dir)?;
     std::fs::write(
         dir.join("config.toml"),
         toml::to_string(config).context("serializing the config")?,
     )
     .with_context(|| format!("{}: cannot write config.toml", dir.display()))?;
+    execute(config, data_dir, dir, progress, logger, None)
+}
+
+/// Continues the run in `dir` from its last checkpoint, with the configuration saved there.
+/// On the CPU the result is bit-identical to a run that was never interrupted.
+pub fn resume(data_dir: &Path, dir: &Path, progress: bool) -> anyhow::Result<RunSummary> {
+    let config = RunConfig::from_file(&dir.join("config.toml"))?;
+    config.validate()?;
+    let checkpoint = Checkpoint::read(dir)?;
+    let logger = RunLogger::resume(dir, checkpoint.header.iteration)?;
+    execute(&config, data_dir, dir, progress, logger, Some(checkpoint))
+}
+
+fn execute(
+    config: &RunConfig,
+    data_dir: &Path,
+    dir: &Path,
+    progress: bool,
+    mut logger: RunLogger,
+    checkpoint: Option<Checkpoint>,
+) -> anyhow::Result<RunSummary> {
     let dev = Cpu::seed_from_u64(config.seed);
     // Reuse freed buffers between iterations (docs/performance.md).
     dev.enable_cache();
@@ -77,6 +100,8 @@ pub fn run(
         config,
         logger: &mut logger,
         progress,
+        checkpoint,
+        dir,
     };
     let evaluations = match config.task {
         TaskName::HyperClean => {
@@ -86,15 +111,23 @@ pub fn run(
             match c.train_size {
                 20_000 => {
                     let problem = hyper_clean::problem::<20_000>(&data, c)?;
-                    ctx.iterate(problem, hyper_clean::initial_weights(c), y, |x, y| {
-                        hyper_clean::evaluate(&data, c, x, y)
-                    })?
+                    ctx.iterate(
+                        "20000 training tweets",
+                        problem,
+                        hyper_clean::initial_weights(c),
+                        y,
+                        |x, y| hyper_clean::evaluate(&data, c, x, y),
+                    )?
                 }
                 _ => {
                     let problem = hyper_clean::problem::<2_000>(&data, c)?;
-                    ctx.iterate(problem, hyper_clean::initial_weights(c), y, |x, y| {
-                        hyper_clean::evaluate(&data, c, x, y)
-                    })?
+                    ctx.iterate(
+                        "2000 training tweets",
+                        problem,
+                        hyper_clean::initial_weights(c),
+                        y,
+                        |x, y| hyper_clean::evaluate(&data, c, x, y),
+                    )?
                 }
             }
         }
@@ -105,11 +138,15 @@ pub fn run(
             if c.scalar_coefficient {
                 let x = hyper_opt::initial_coefficients(&dev.zeros::<Rank0>(), c);
                 let problem = hyper_opt::problem(&data, c, &y, &x)?;
-                ctx.iterate(problem, x, y, |x, y| hyper_opt::evaluate(&data, c, x, y))?
+                ctx.iterate("one shared coefficient", problem, x, y, |x, y| {
+                    hyper_opt::evaluate(&data, c, x, y)
+                })?
             } else {
                 let x: hyper_opt::PerTensor = hyper_opt::initial_coefficients(&dev.zeros(), c);
                 let problem = hyper_opt::problem(&data, c, &y, &x)?;
-                ctx.iterate(problem, x, y, |x, y| hyper_opt::evaluate(&data, c, x, y))?
+                ctx.iterate("one coefficient per tensor", problem, x, y, |x, y| {
+                    hyper_opt::evaluate(&data, c, x, y)
+                })?
             }
         }
         TaskName::HyperRep => {
@@ -120,15 +157,23 @@ pub fn run(
             match c.train_tasks {
                 400 => {
                     let y = dfdx::nn::modules::Repeated::<cpu::Head<E>, 400>::build(&dev);
-                    ctx.iterate(hyper_rep::problem::<400>(&data, c)?, x, y, |x, _| {
-                        hyper_rep::evaluate(&data, c, x, seed)
-                    })?
+                    ctx.iterate(
+                        "400 training tasks",
+                        hyper_rep::problem::<400>(&data, c)?,
+                        x,
+                        y,
+                        |x, _| hyper_rep::evaluate(&data, c, x, seed),
+                    )?
                 }
                 _ => {
                     let y = dfdx::nn::modules::Repeated::<cpu::Head<E>, 40>::build(&dev);
-                    ctx.iterate(hyper_rep::problem::<40>(&data, c)?, x, y, |x, _| {
-                        hyper_rep::evaluate(&data, c, x, seed)
-                    })?
+                    ctx.iterate(
+                        "40 training tasks",
+                        hyper_rep::problem::<40>(&data, c)?,
+                        x,
+                        y,
+                        |x, _| hyper_rep::evaluate(&data, c, x, seed),
+                    )?
                 }
             }
         }
@@ -153,12 +198,16 @@ struct Loop<'a> {
     config: &'a RunConfig,
     logger: &'a mut RunLogger,
     progress: bool,
+    /// Where to continue from (a resumed run).
+    checkpoint: Option<Checkpoint>,
+    dir: &'a Path,
 }
 
 impl Loop<'_> {
     /// The loop: `iters` steps of the method, evaluations at 0, every `eval_every` and at the end.
     fn iterate<P: BilevelProblem<E> + 'static>(
         self,
+        model: &str,
         problem: P,
         mut x: P::X,
         mut y: P::Y,
@@ -190,12 +239,38 @@ impl Loop<'_> {
             method.name(),
             c.seed
         ));
-        let mut evaluations = Vec::new();
-        let mut record = |logger: &mut RunLogger,
-                          iteration: usize,
-                          calls: u64,
-                          seconds: f64,
-                          metrics: Metrics|
+        let (mut evaluations, mut train_seconds, first) = match &self.checkpoint {
+            Some(cp) => {
+                cp.check_identity(c.task.as_str(), method.name(), model)?;
+                let h = &cp.header;
+                let vector = |name: &str| -> anyhow::Result<Vec<E>> {
+                    let v = cp
+                        .vectors
+                        .get(name)
+                        .with_context(|| format!("the checkpoint has no '{name}'"))?;
+                    Ok(v.iter().map(|&v| v as E).collect())
+                };
+                x.set_flat(&vector("x")?)
+                    .map_err(|e| anyhow::anyhow!("checkpoint x: {e}"))?;
+                y.set_flat(&vector("y")?)
+                    .map_err(|e| anyhow::anyhow!("checkpoint y: {e}"))?;
+                method.load_state(&cp.method_state())?;
+                oracles.load_state(&h.oracles);
+                oracles
+                    .problem_mut()
+                    .restore_sampler(&h.sampler)
+                    .map_err(anyhow::Error::msg)?;
+                bar.set_position(h.iteration as u64);
+                (h.evaluations.clone(), h.train_seconds, h.iteration)
+            }
+            None => (Vec::new(), 0.0, 0),
+        };
+        let record = |logger: &mut RunLogger,
+                      evaluations: &mut Vec<Evaluation>,
+                      iteration: usize,
+                      calls: u64,
+                      seconds: f64,
+                      metrics: Metrics|
          -> anyhow::Result<()> {
             logger.evaluation(iteration, calls, seconds, &metrics)?;
             evaluations.push(Evaluation {
@@ -206,9 +281,10 @@ impl Loop<'_> {
             });
             Ok(())
         };
-        record(self.logger, 0, 0, 0.0, evaluate(&x, &y))?;
-        let mut train_seconds = 0.0;
-        for t in 0..c.iters {
+        if self.checkpoint.is_none() {
+            record(self.logger, &mut evaluations, 0, 0, 0.0, evaluate(&x, &y))?;
+        }
+        for t in first..c.iters {
             let start = Instant::now();
             let report = method.step(&mut oracles, &mut x, &mut y).with_context(|| {
                 format!("{} on {}, iteration {t}", method.name(), c.task.as_str())
@@ -223,8 +299,44 @@ impl Loop<'_> {
             if done % c.eval_every == 0 || done == c.iters {
                 let totals = report.oracle_totals;
                 let calls = totals.upper_grad + totals.lower_grad + totals.hvp + totals.jvp;
-                record(self.logger, done, calls, train_seconds, evaluate(&x, &y))?;
+                record(
+                    self.logger,
+                    &mut evaluations,
+                    done,
+                    calls,
+                    train_seconds,
+                    evaluate(&x, &y),
+                )?;
                 self.logger.flush()?;
+            }
+            if done % c.checkpoint_every == 0 || done == c.iters {
+                self.logger.flush()?;
+                let state = method.state();
+                let mut vectors: std::collections::BTreeMap<String, Vec<f64>> = state
+                    .vectors
+                    .into_iter()
+                    .map(|(k, v)| (format!("method.{k}"), v))
+                    .collect();
+                vectors.insert(
+                    "x".into(),
+                    x.to_flat().into_iter().map(|v| v as f64).collect(),
+                );
+                vectors.insert(
+                    "y".into(),
+                    y.to_flat().into_iter().map(|v| v as f64).collect(),
+                );
+                let header = Header {
+                    task: c.task.as_str().into(),
+                    method: method.name().into(),
+                    model: model.into(),
+                    iteration: done,
+                    train_seconds,
+                    method_scalars: state.scalars,
+                    oracles: oracles.state(),
+                    sampler: oracles.problem().sampler_state(),
+                    evaluations: evaluations.clone(),
+                };
+                Checkpoint { header, vectors }.write(self.dir)?;
             }
         }
         bar.finish();

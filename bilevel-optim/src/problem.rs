@@ -87,6 +87,24 @@ where
         None
     }
 
+    /// State of the problem's own sampler beyond the oracles' generator (e.g. the task batch a
+    /// meta-learning problem reuses for its upper batch), for checkpoints. Empty by default.
+    fn sampler_state(&self) -> Vec<u64> {
+        Vec::new()
+    }
+
+    /// Restores what [`BilevelProblem::sampler_state`] saved.
+    fn restore_sampler(&mut self, state: &[u64]) -> Result<(), String> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "this problem keeps no sampler state, the checkpoint has {} values",
+                state.len()
+            ))
+        }
+    }
+
     /// `∇_y G(x, y; ζ)` written in taped ops: give every trainable tensor of `y` its component with
     /// `grad.set` (whole), `grad.add` (term by term) or `grad.zero` (untouched by this batch).
     /// The components must carry the tapes of everything they depend on

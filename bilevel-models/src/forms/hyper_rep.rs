@@ -152,6 +152,21 @@ where
         self.task_batch(|t| &t.support)
     }
 
+    /// The tasks of the latest lower batch.
+    fn sampler_state(&self) -> Vec<u64> {
+        self.current.iter().map(|&i| i as u64).collect()
+    }
+
+    fn restore_sampler(&mut self, state: &[u64]) -> Result<(), String> {
+        if let Some(bad) = state.iter().find(|&&i| i as usize >= NT) {
+            return Err(format!(
+                "task {bad} in the sampler state, the problem has {NT} tasks"
+            ));
+        }
+        self.current = state.iter().map(|&i| i as usize).collect();
+        Ok(())
+    }
+
     fn upper_loss(&self, x: &Enc, y: &Self::Y, batch: &TaskBatch<E, EMB>) -> Taped<Rank0, E> {
         sum_over_tasks(batch, |i, texts| {
             let features = x.forward(texts.sequence()).0;

@@ -1,0 +1,227 @@
+//! Runs that survive faults: a run killed with SIGKILL and resumed from its last checkpoint ends
+//! bit-identical to an uninterrupted one (parameters, metrics, logged values, no duplicated or
+//! missing steps); an interrupted checkpoint write leaves the previous checkpoint loadable; a
+//! checkpoint is refused by another method or model size.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bilevel_bench::checkpoint::{Checkpoint, FILE};
+
+const CONFIG: &str = r#"
+task = "hyper-opt"
+iters = 24
+eval_every = 8
+checkpoint_every = 4
+[hyper_opt]
+batch = 8
+max_len = 8
+eval_size = 32
+[method]
+method = "bo-rep"
+eta = 0.1
+gamma = 0.1
+period = 2
+lower_steps = 2
+nu = 0.1
+"#;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bilevel-resume-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn bench(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bilevel-bench"));
+    c.args(args)
+        .arg("--quiet")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn run_dir(out: &Path) -> PathBuf {
+    out.join("hyper-opt/bo-rep/seed-0")
+}
+
+/// steps.csv without the wall-clock column.
+fn steps_without_time(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("steps.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+        .collect()
+}
+
+#[test]
+#[allow(clippy::zombie_processes)] // every path of the polling loop kills and waits for the child
+fn a_killed_run_resumes_bit_identically() {
+    let base = scratch("kill");
+    let config = base.join("config.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let config = config.to_str().unwrap();
+
+    let whole = base.join("whole");
+    let status = bench(&["run", "--config", config, "--out", whole.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // Start the same run, kill it once a checkpoint past iteration 8 exists.
+    let broken = base.join("broken");
+    let mut child = bench(&["run", "--config", config, "--out", broken.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let dir = run_dir(&broken);
+    let start = Instant::now();
+    let killed_after = loop {
+        if let Ok(cp) = Checkpoint::read(&dir) {
+            if cp.header.iteration >= 8 {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                break cp.header.iteration;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let at_kill = Checkpoint::read(&dir).unwrap().header.iteration;
+    println!("killed after the checkpoint of iteration {killed_after} (latest on disk: {at_kill})");
+    assert!(at_kill < 24, "the run was killed before it finished");
+
+    let out = bench(&["run", "--resume", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (a, b) = (
+        Checkpoint::read(&run_dir(&whole)).unwrap(),
+        Checkpoint::read(&dir).unwrap(),
+    );
+    assert_eq!(a.header.iteration, 24);
+    assert_eq!(
+        a.vectors, b.vectors,
+        "x, y and the method state are bit-identical"
+    );
+    assert_eq!(a.header.oracles, b.header.oracles);
+    let metrics = |c: &Checkpoint| {
+        c.header
+            .evaluations
+            .iter()
+            .map(|e| (e.iteration, e.oracle_calls, e.metrics.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(metrics(&a), metrics(&b), "same evaluations");
+    let (sa, sb) = (
+        steps_without_time(&run_dir(&whole)),
+        steps_without_time(&dir),
+    );
+    assert_eq!(sa, sb, "steps.csv: same rows, none duplicated or missing");
+    assert_eq!(sb.len(), 25);
+    let events: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("events.out.tfevents")
+        })
+        .collect();
+    assert_eq!(
+        events.len(),
+        1,
+        "one TensorBoard file, rewritten from the logs on resume"
+    );
+}
+
+#[test]
+fn an_interrupted_checkpoint_write_leaves_the_previous_one() {
+    let base = scratch("torn");
+    let config = base.join("config.toml");
+    std::fs::write(&config, CONFIG.replace("iters = 24", "iters = 4")).unwrap();
+    let status = bench(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        base.to_str().unwrap(),
+    ])
+    .status()
+    .unwrap();
+    assert!(status.success());
+    let dir = run_dir(&base);
+    let good = Checkpoint::read(&dir).unwrap();
+    // A crash in the middle of the next write: a partial temporary file next to the checkpoint.
+    let bytes = std::fs::read(dir.join(FILE)).unwrap();
+    std::fs::write(dir.join(format!("{FILE}.tmp")), &bytes[..bytes.len() / 2]).unwrap();
+    assert_eq!(
+        Checkpoint::read(&dir).unwrap(),
+        good,
+        "the previous checkpoint still loads"
+    );
+    // A truncated checkpoint itself is reported, not loaded.
+    let torn = scratch("torn-copy");
+    std::fs::write(torn.join(FILE), &bytes[..bytes.len() - 3]).unwrap();
+    let err = format!("{:#}", Checkpoint::read(&torn).unwrap_err());
+    assert!(err.contains("truncated checkpoint"), "{err}");
+}
+
+#[test]
+fn a_checkpoint_from_another_method_or_size_is_refused() {
+    let base = scratch("identity");
+    let config = base.join("config.toml");
+    std::fs::write(&config, CONFIG.replace("iters = 24", "iters = 4")).unwrap();
+    assert!(bench(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        base.to_str().unwrap()
+    ])
+    .status()
+    .unwrap()
+    .success());
+    let dir = run_dir(&base);
+    let cp = Checkpoint::read(&dir).unwrap();
+    let err = cp
+        .check_identity("hyper-opt", "soba", "one coefficient per tensor")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("method 'bo-rep', this run is 'soba'"), "{err}");
+    let err = cp
+        .check_identity("hyper-opt", "bo-rep", "one shared coefficient")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model size 'one coefficient per tensor'"),
+        "{err}"
+    );
+    // Through the command: a config.toml edited to another method refuses to resume.
+    let saved = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    let before_method = saved.split("[method]").next().unwrap();
+    let after_method = &saved[saved.find("[hyper_rep]").unwrap()..];
+    std::fs::write(
+        dir.join("config.toml"),
+        format!("{before_method}[method]\nmethod = \"soba\"\n\n{after_method}"),
+    )
+    .unwrap();
+    let out = bench(&["run", "--resume", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the checkpoint is from method 'bo-rep', this run is 'soba'"),
+        "{stderr}"
+    );
+}
