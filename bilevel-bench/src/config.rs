@@ -39,6 +39,18 @@ impl TaskName {
     }
 }
 
+/// What a run does when a loss, gradient or parameter becomes non-finite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDivergence {
+    /// Stop with an error naming the quantity, the iteration and the step sizes to lower; the
+    /// last good checkpoint stays in the run directory.
+    #[default]
+    Stop,
+    /// Go back to the last checkpoint and continue with every step size halved.
+    Rollback,
+}
+
 /// One run. In TOML: top-level keys, a `[method]` table (`method = "soba"` and its fields) and
 /// one table per task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +64,10 @@ pub struct RunConfig {
     pub eval_every: usize,
     /// Write a checkpoint every this many iterations (and after the last).
     pub checkpoint_every: usize,
+    /// What to do on a non-finite value.
+    pub on_divergence: OnDivergence,
+    /// Rollbacks allowed before the run stops anyway.
+    pub max_rollbacks: usize,
     /// The method; absent = BO-REP with the task's official values.
     pub method: Option<MethodConfig>,
     pub hyper_rep: HyperRepConfig,
@@ -67,6 +83,8 @@ impl Default for RunConfig {
             iters: 300,
             eval_every: 50,
             checkpoint_every: 50,
+            on_divergence: OnDivergence::Stop,
+            max_rollbacks: 3,
             method: None,
             hyper_rep: HyperRepConfig::default(),
             hyper_opt: HyperOptConfig::default(),

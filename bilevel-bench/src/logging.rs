@@ -120,6 +120,7 @@ impl RunLogger {
             for row in rows {
                 writeln!(w, "{row}")?;
             }
+            w.flush()?;
             Ok(w)
         };
         let steps = rewrite("steps.csv", &steps)?;

@@ -13,8 +13,13 @@ use dfdx::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
+use bilevel_optim::error::BilevelError;
+use bilevel_optim::optimizer::BilevelOptimizer;
+
 use crate::checkpoint::{Checkpoint, Header};
-use crate::config::{RunConfig, TaskName};
+use crate::config::{OnDivergence, RunConfig, TaskName};
 use crate::logging::RunLogger;
 use crate::tasks::common::E;
 use crate::tasks::{hyper_clean, hyper_opt, hyper_rep, Metrics};
@@ -204,13 +209,16 @@ struct Loop<'a> {
 }
 
 impl Loop<'_> {
-    /// The loop: `iters` steps of the method, evaluations at 0, every `eval_every` and at the end.
+    /// The loop: `iters` steps of the method, evaluations at 0, every `eval_every` and at the
+    /// end, checkpoints at 0, every `checkpoint_every` and at the end. A resumed run starts from
+    /// its checkpoint. On a non-finite value the run stops, or with `on_divergence = "rollback"`
+    /// goes back to the last checkpoint with halved step sizes.
     fn iterate<P: BilevelProblem<E> + 'static>(
         self,
         model: &str,
         problem: P,
-        mut x: P::X,
-        mut y: P::Y,
+        x: P::X,
+        y: P::Y,
         mut evaluate: impl FnMut(&P::X, &P::Y) -> Metrics,
     ) -> anyhow::Result<Vec<Evaluation>>
     where
@@ -218,9 +226,16 @@ impl Loop<'_> {
         P::Y: 'static,
     {
         let c = self.config;
-        let method_config: MethodConfig = c.method();
-        let mut method = method_config.build(&x, &y, &problem)?;
-        let mut oracles = Oracles::new(problem, c.seed);
+        let mut method_config: MethodConfig = c.method();
+        let mut run = RunState {
+            method: method_config.build(&x, &y, &problem)?,
+            oracles: Oracles::new(problem, c.seed),
+            x,
+            y,
+            evaluations: Vec::new(),
+            train_seconds: 0.0,
+            done: 0,
+        };
         let bar = if self.progress {
             ProgressBar::new(c.iters as u64)
         } else {
@@ -236,110 +251,166 @@ impl Loop<'_> {
         bar.set_prefix(format!(
             "{} {} seed {}",
             c.task.as_str(),
-            method.name(),
+            run.method.name(),
             c.seed
         ));
-        let (mut evaluations, mut train_seconds, first) = match &self.checkpoint {
-            Some(cp) => {
-                cp.check_identity(c.task.as_str(), method.name(), model)?;
-                let h = &cp.header;
-                let vector = |name: &str| -> anyhow::Result<Vec<E>> {
-                    let v = cp
-                        .vectors
-                        .get(name)
-                        .with_context(|| format!("the checkpoint has no '{name}'"))?;
-                    Ok(v.iter().map(|&v| v as E).collect())
-                };
-                x.set_flat(&vector("x")?)
-                    .map_err(|e| anyhow::anyhow!("checkpoint x: {e}"))?;
-                y.set_flat(&vector("y")?)
-                    .map_err(|e| anyhow::anyhow!("checkpoint y: {e}"))?;
-                method.load_state(&cp.method_state())?;
-                oracles.load_state(&h.oracles);
-                oracles
-                    .problem_mut()
-                    .restore_sampler(&h.sampler)
-                    .map_err(anyhow::Error::msg)?;
-                bar.set_position(h.iteration as u64);
-                (h.evaluations.clone(), h.train_seconds, h.iteration)
+        match &self.checkpoint {
+            Some(cp) => run.restore(cp, c, model)?,
+            None => {
+                let metrics = evaluate(&run.x, &run.y);
+                run.record(self.logger, 0, metrics)?;
+                run.save(c, model, self.dir)?;
             }
-            None => (Vec::new(), 0.0, 0),
-        };
-        let record = |logger: &mut RunLogger,
-                      evaluations: &mut Vec<Evaluation>,
-                      iteration: usize,
-                      calls: u64,
-                      seconds: f64,
-                      metrics: Metrics|
-         -> anyhow::Result<()> {
-            logger.evaluation(iteration, calls, seconds, &metrics)?;
-            evaluations.push(Evaluation {
-                iteration,
-                oracle_calls: calls,
-                train_seconds: seconds,
-                metrics,
-            });
-            Ok(())
-        };
-        if self.checkpoint.is_none() {
-            record(self.logger, &mut evaluations, 0, 0, 0.0, evaluate(&x, &y))?;
         }
-        for t in first..c.iters {
+        bar.set_position(run.done as u64);
+        let mut rollbacks = 0;
+        while run.done < c.iters {
             let start = Instant::now();
-            let report = method.step(&mut oracles, &mut x, &mut y).with_context(|| {
-                format!("{} on {}, iteration {t}", method.name(), c.task.as_str())
-            })?;
-            train_seconds += start.elapsed().as_secs_f64();
-            self.logger.step(&report, train_seconds)?;
+            let report = match run.method.step(&mut run.oracles, &mut run.x, &mut run.y) {
+                Ok(report) => report,
+                Err(e @ BilevelError::NonFinite { .. })
+                    if c.on_divergence == OnDivergence::Rollback && rollbacks < c.max_rollbacks =>
+                {
+                    rollbacks += 1;
+                    method_config.halve_step_sizes();
+                    let cp = Checkpoint::read(self.dir)?;
+                    bar.suspend(|| {
+                        eprintln!(
+                            "{e}\nrolling back to iteration {} with halved step sizes (rollback {rollbacks} of {})",
+                            cp.header.iteration, c.max_rollbacks
+                        )
+                    });
+                    // Later resumes continue with the halved steps.
+                    let halved = RunConfig {
+                        method: Some(method_config.clone()),
+                        ..c.clone()
+                    };
+                    std::fs::write(self.dir.join("config.toml"), toml::to_string(&halved)?)?;
+                    run.method = method_config.build(&run.x, &run.y, run.oracles.problem())?;
+                    run.restore(&cp, c, model)?;
+                    self.logger.flush()?;
+                    *self.logger = RunLogger::resume(self.dir, run.done)?;
+                    bar.set_position(run.done as u64);
+                    continue;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::from(e).context(format!(
+                        "{} on {}, iteration {} (the last good checkpoint is kept in {})",
+                        run.method.name(),
+                        c.task.as_str(),
+                        run.done,
+                        self.dir.display()
+                    )))
+                }
+            };
+            run.train_seconds += start.elapsed().as_secs_f64();
+            self.logger.step(&report, run.train_seconds)?;
             if let Some(f) = report.upper_loss {
                 bar.set_message(format!("f {f:.4}"));
             }
             bar.inc(1);
-            let done = t + 1;
-            if done % c.eval_every == 0 || done == c.iters {
-                let totals = report.oracle_totals;
-                let calls = totals.upper_grad + totals.lower_grad + totals.hvp + totals.jvp;
-                record(
-                    self.logger,
-                    &mut evaluations,
-                    done,
-                    calls,
-                    train_seconds,
-                    evaluate(&x, &y),
-                )?;
-                self.logger.flush()?;
+            run.done += 1;
+            if run.done % c.eval_every == 0 || run.done == c.iters {
+                let metrics = evaluate(&run.x, &run.y);
+                run.record(self.logger, run.done, metrics)?;
             }
-            if done % c.checkpoint_every == 0 || done == c.iters {
+            if run.done % c.checkpoint_every == 0 || run.done == c.iters {
                 self.logger.flush()?;
-                let state = method.state();
-                let mut vectors: std::collections::BTreeMap<String, Vec<f64>> = state
-                    .vectors
-                    .into_iter()
-                    .map(|(k, v)| (format!("method.{k}"), v))
-                    .collect();
-                vectors.insert(
-                    "x".into(),
-                    x.to_flat().into_iter().map(|v| v as f64).collect(),
-                );
-                vectors.insert(
-                    "y".into(),
-                    y.to_flat().into_iter().map(|v| v as f64).collect(),
-                );
-                let header = Header {
-                    task: c.task.as_str().into(),
-                    method: method.name().into(),
-                    model: model.into(),
-                    iteration: done,
-                    train_seconds,
-                    method_scalars: state.scalars,
-                    oracles: oracles.state(),
-                    sampler: oracles.problem().sampler_state(),
-                    evaluations: evaluations.clone(),
-                };
-                Checkpoint { header, vectors }.write(self.dir)?;
+                run.save(c, model, self.dir)?;
             }
         }
         bar.finish();
-        Ok(evaluations)
+        Ok(run.evaluations)
+    }
+}
+
+/// Everything a run advances, and how it is saved to and restored from a checkpoint.
+struct RunState<P: BilevelProblem<E>> {
+    method: Box<dyn BilevelOptimizer<E, P>>,
+    oracles: Oracles<E, P>,
+    x: P::X,
+    y: P::Y,
+    evaluations: Vec<Evaluation>,
+    train_seconds: f64,
+    /// Iterations done.
+    done: usize,
+}
+
+impl<P: BilevelProblem<E>> RunState<P> {
+    fn record(
+        &mut self,
+        logger: &mut RunLogger,
+        iteration: usize,
+        metrics: Metrics,
+    ) -> anyhow::Result<()> {
+        let t = self.oracles.counts();
+        let calls = t.upper_grad + t.lower_grad + t.hvp + t.jvp;
+        logger.evaluation(iteration, calls, self.train_seconds, &metrics)?;
+        logger.flush()?;
+        self.evaluations.push(Evaluation {
+            iteration,
+            oracle_calls: calls,
+            train_seconds: self.train_seconds,
+            metrics,
+        });
+        Ok(())
+    }
+
+    fn save(&self, c: &RunConfig, model: &str, dir: &Path) -> anyhow::Result<()> {
+        let state = self.method.state();
+        let mut vectors: BTreeMap<String, Vec<f64>> = state
+            .vectors
+            .into_iter()
+            .map(|(k, v)| (format!("method.{k}"), v))
+            .collect();
+        vectors.insert(
+            "x".into(),
+            self.x.to_flat().into_iter().map(|v| v as f64).collect(),
+        );
+        vectors.insert(
+            "y".into(),
+            self.y.to_flat().into_iter().map(|v| v as f64).collect(),
+        );
+        let header = Header {
+            task: c.task.as_str().into(),
+            method: self.method.name().into(),
+            model: model.into(),
+            iteration: self.done,
+            train_seconds: self.train_seconds,
+            method_scalars: state.scalars,
+            oracles: self.oracles.state(),
+            sampler: self.oracles.problem().sampler_state(),
+            evaluations: self.evaluations.clone(),
+        };
+        Checkpoint { header, vectors }.write(dir)?;
+        Ok(())
+    }
+
+    fn restore(&mut self, cp: &Checkpoint, c: &RunConfig, model: &str) -> anyhow::Result<()> {
+        cp.check_identity(c.task.as_str(), self.method.name(), model)?;
+        let vector = |name: &str| -> anyhow::Result<Vec<E>> {
+            let v = cp
+                .vectors
+                .get(name)
+                .with_context(|| format!("the checkpoint has no '{name}'"))?;
+            Ok(v.iter().map(|&v| v as E).collect())
+        };
+        self.x
+            .set_flat(&vector("x")?)
+            .map_err(|e| anyhow::anyhow!("checkpoint x: {e}"))?;
+        self.y
+            .set_flat(&vector("y")?)
+            .map_err(|e| anyhow::anyhow!("checkpoint y: {e}"))?;
+        self.method.load_state(&cp.method_state())?;
+        let h = &cp.header;
+        self.oracles.load_state(&h.oracles);
+        self.oracles
+            .problem_mut()
+            .restore_sampler(&h.sampler)
+            .map_err(anyhow::Error::msg)?;
+        self.evaluations = h.evaluations.clone();
+        self.train_seconds = h.train_seconds;
+        self.done = h.iteration;
+        Ok(())
     }
 }

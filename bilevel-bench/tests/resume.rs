@@ -225,3 +225,97 @@ fn a_checkpoint_from_another_method_or_size_is_refused() {
         "{stderr}"
     );
 }
+
+const DIVERGING: &str = r#"
+task = "hyper-opt"
+iters = 12
+eval_every = 6
+checkpoint_every = 100
+[hyper_opt]
+batch = 8
+max_len = 8
+eval_size = 32
+[method]
+method = "soba"
+rho = { initial = 400.0, exponent = 0.0 }
+gamma = { initial = 0.05, exponent = 0.0 }
+"#;
+
+#[test]
+fn divergence_stops_with_an_account_and_keeps_the_last_good_checkpoint() {
+    let base = scratch("diverge");
+    let config = base.join("config.toml");
+    std::fs::write(&config, DIVERGING).unwrap();
+    let out = bench(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        base.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success(), "a diverging run exits non-zero");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in [
+        "soba on hyper-opt, iteration",
+        "is not finite at iteration",
+        "lower the step sizes (gamma for x, rho for y and z)",
+        "the last good checkpoint is kept",
+    ] {
+        assert!(stderr.contains(part), "missing '{part}' in: {stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let cp = Checkpoint::read(&base.join("hyper-opt/soba/seed-0")).unwrap();
+    assert!(
+        cp.vectors["y"].iter().all(|v| v.is_finite()),
+        "the kept checkpoint is finite"
+    );
+}
+
+#[test]
+fn rollback_halves_the_steps_and_finishes_with_clean_logs() {
+    let base = scratch("rollback");
+    let config = base.join("config.toml");
+    std::fs::write(
+        &config,
+        format!("on_divergence = \"rollback\"\nmax_rollbacks = 10\n{DIVERGING}"),
+    )
+    .unwrap();
+    let out = bench(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        base.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rolling back to iteration 0 with halved step sizes"),
+        "{stderr}"
+    );
+    let dir = base.join("hyper-opt/soba/seed-0");
+    let saved = bilevel_bench::config::RunConfig::from_file(&dir.join("config.toml")).unwrap();
+    let Some(bilevel_optim::methods::MethodConfig::Soba(soba)) = saved.method else {
+        panic!("soba")
+    };
+    assert!(
+        soba.rho.initial < 400.0 && (400.0 / soba.rho.initial).log2().fract() == 0.0,
+        "halved: {}",
+        soba.rho.initial
+    );
+    let steps: Vec<String> = steps_without_time(&dir)
+        .iter()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        steps,
+        (1..=12).map(|i| i.to_string()).collect::<Vec<_>>(),
+        "every step once"
+    );
+    assert_eq!(Checkpoint::read(&dir).unwrap().header.iteration, 12);
+}

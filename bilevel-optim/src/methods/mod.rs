@@ -32,6 +32,7 @@ use crate::error::BilevelError;
 use crate::optimizer::BilevelOptimizer;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
+use crate::schedule::PowerSchedule;
 use accbo::{AccBo, AccBoConfig};
 use adambo::{AdamBo, AdamBoConfig};
 use alset::{Alset, AlsetConfig};
@@ -132,6 +133,82 @@ impl MethodConfig {
             Self::Adambo(_) => "adambo",
             Self::Maml(_) => "maml",
             Self::Anil(_) => "anil",
+        }
+    }
+
+    /// Halves every step size of the method (x, y and z steps; not momenta, penalties or
+    /// series scales), as a run does when it rolls back after a divergence.
+    pub fn halve_step_sizes(&mut self) {
+        fn half(s: &mut PowerSchedule) {
+            s.initial /= 2.0;
+        }
+        match self {
+            Self::BoRep(c) => {
+                c.eta /= 2.0;
+                c.gamma /= 2.0;
+                c.nu /= 2.0;
+            }
+            Self::Stocbio(c) => {
+                half(&mut c.eta);
+                c.gamma /= 2.0;
+            }
+            Self::Ttsa(c) => {
+                half(&mut c.alpha);
+                half(&mut c.beta);
+            }
+            Self::Bsa(c) => {
+                half(&mut c.eta);
+                c.gamma /= 2.0;
+            }
+            Self::Alset(c) => {
+                half(&mut c.alpha);
+                c.beta /= 2.0;
+            }
+            Self::Amigo(c) => {
+                half(&mut c.alpha);
+                c.gamma /= 2.0;
+                c.rho /= 2.0;
+            }
+            Self::Soba(c) => {
+                half(&mut c.rho);
+                half(&mut c.gamma);
+            }
+            Self::Saba(c) => {
+                c.rho /= 2.0;
+                c.gamma /= 2.0;
+            }
+            Self::MaSoba(c) => {
+                half(&mut c.alpha);
+                half(&mut c.beta);
+                half(&mut c.gamma);
+            }
+            Self::F2sa(c) => {
+                half(&mut c.eta);
+                c.gamma_y /= 2.0;
+                c.gamma_z /= 2.0;
+            }
+            Self::Mrbo(c) => c.step_scale /= 2.0,
+            Self::Vrbo(c) => {
+                c.alpha /= 2.0;
+                c.beta /= 2.0;
+            }
+            Self::Slip(c) => {
+                half(&mut c.eta);
+                c.gamma /= 2.0;
+                c.nu /= 2.0;
+            }
+            Self::Accbo(c) => {
+                half(&mut c.eta);
+                c.gamma /= 2.0;
+            }
+            Self::Adambo(c) => {
+                half(&mut c.eta);
+                c.gamma /= 2.0;
+            }
+            Self::Maml(c) | Self::Anil(c) => {
+                half(&mut c.outer_step);
+                c.inner_step /= 2.0;
+            }
         }
     }
 
