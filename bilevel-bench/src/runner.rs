@@ -61,7 +61,9 @@ pub fn run_dir(out: &Path, config: &RunConfig) -> PathBuf {
         .join(format!("seed-{}", config.seed))
 }
 
-/// Runs `config` on the data in `data_dir`, writing into `dir`.
+/// Runs `config` on the data in `data_dir`, writing into `dir`. A run that fails before its
+/// first iteration (bad data, say) removes the directory it created, so nothing is left that
+/// looks like a run; a run that fails later keeps its logs and its last good checkpoint.
 pub fn run(
     config: &RunConfig,
     data_dir: &Path,
@@ -70,13 +72,18 @@ pub fn run(
 ) -> anyhow::Result<RunSummary> {
     config.validate()?;
     config.method().validate()?;
+    let created = !dir.exists();
     let logger = RunLogger::create(dir)?;
     std::fs::write(
         dir.join("config.toml"),
         toml::to_string(config).context("serializing the config")?,
     )
     .with_context(|| format!("{}: cannot write config.toml", dir.display()))?;
-    execute(config, data_dir, dir, progress, logger, None)
+    let result = execute(config, data_dir, dir, progress, logger, None);
+    if result.is_err() && created && !dir.join(crate::checkpoint::FILE).exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
 }
 
 /// Continues the run in `dir` from its last checkpoint, with the configuration saved there.
