@@ -261,21 +261,28 @@ where
     (a.f64(), (a * d.norm()).f64())
 }
 
-/// What a single-loop method of the linear-system family evaluates at (x_t, y_t, z_t): the upper
-/// gradients on a fresh ξ, and ∇_y G, H·z, J·z from one second-order pass on a fresh ζ.
-pub struct JointOracles<E, X, Y> {
-    pub upper: LossGrad<E, X, Y>,
-    pub lower: SecondOrder<X, Y>,
+/// The y and z half of a single-loop iteration of the linear-system family (SOBA, MA-SOBA,
+/// SLIP), everything evaluated at (x_t, y_t, z_t) on a fresh ξ and one second-order pass on a
+/// fresh ζ: `y ← y − a ∇_y G`, `z ← Π_{‖z‖≤ρ}(z − b (H z − ∇_y F))`, and the estimate
+/// `h = ∇_x F − J z_t` the method then uses for its x step.
+pub struct SingleLoop<X> {
+    pub h: X,
+    pub upper_loss: f64,
+    pub lower_grad_norm: f64,
+    pub residual: f64,
 }
 
-/// Draws ξ and ζ and evaluates [`JointOracles`] at (x, y, z).
-pub fn joint_oracles<E: Real, P: BilevelProblem<E>>(
+#[allow(clippy::too_many_arguments)]
+pub fn single_loop_lower_and_z<E: Real, P: BilevelProblem<E>>(
     oracles: &mut Oracles<E, P>,
     x: &P::X,
-    y: &P::Y,
-    z: &P::Y,
+    y: &mut P::Y,
+    z: &mut P::Y,
+    y_step: E,
+    z_step: E,
+    z_radius: Option<E>,
     site: Site,
-) -> Result<JointOracles<E, P::X, P::Y>, BilevelError>
+) -> Result<SingleLoop<P::X>, BilevelError>
 where
     Cpu: Device<E>,
 {
@@ -283,5 +290,38 @@ where
     let zeta = oracles.lower_batch();
     let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
     let lower = second_order_checked(oracles, x, y, z, &zeta, site)?;
-    Ok(JointOracles { upper, lower })
+    y.add_scaled(-y_step, &lower.grad_y);
+    let residual = linear_system_step(z, &lower.hvp, &upper.dy, z_step, z_radius);
+    site.check("lower variable y", y)?;
+    site.check("linear-system variable z", z)?;
+    Ok(SingleLoop {
+        h: hypergradient_estimate(&upper.dx, &lower.jvp),
+        upper_loss: upper.value.f64(),
+        lower_grad_norm: lower.grad_y.norm().f64(),
+        residual: residual.f64(),
+    })
+}
+
+impl<X> SingleLoop<X> {
+    /// The report of the iteration, given the x step the method took.
+    pub fn outcome<E: Real>(
+        &self,
+        lower_loss: Option<f64>,
+        step_size: f64,
+        x_step_norm: f64,
+    ) -> Outcome
+    where
+        Cpu: Device<E>,
+        X: Params<E>,
+    {
+        Outcome {
+            upper_loss: Some(self.upper_loss),
+            lower_loss,
+            hypergrad_norm: self.h.norm().f64(),
+            lower_grad_norm: Some(self.lower_grad_norm),
+            linear_system_residual: Some(self.residual),
+            step_size,
+            x_step_norm,
+        }
+    }
 }

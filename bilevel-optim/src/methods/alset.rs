@@ -7,21 +7,13 @@
 //! x ← x − α h
 //! ```
 
-use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::neumann_family::{NeumannIteration, NeumannMethod, NeumannRule};
 use crate::error::BilevelError;
-use crate::neumann::{sgd_then_neumann_step, NeumannConfig};
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
-use crate::oracles::Oracles;
-use crate::problem::BilevelProblem;
-use crate::real::Real;
+use crate::neumann::NeumannConfig;
 use crate::schedule::PowerSchedule;
-use crate::steps::IterationScope;
 use crate::validate;
-
-const NAME: &str = "alset";
-const HINT: &str = "alpha for x, beta for y, neumann.scale";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -46,63 +38,26 @@ impl Default for AlsetConfig {
     }
 }
 
-impl AlsetConfig {
-    pub fn validate(&self) -> Result<(), BilevelError> {
+impl NeumannRule for AlsetConfig {
+    const NAME: &'static str = "alset";
+    const HINT: &'static str = "alpha for x, beta for y, neumann.scale";
+
+    fn validate(&self) -> Result<(), BilevelError> {
         self.alpha.validate("alpha")?;
         validate::positive("beta", self.beta)?;
         validate::at_least_one("inner_steps", self.inner_steps)?;
         self.neumann.validate("neumann")
     }
-}
 
-pub struct Alset {
-    config: AlsetConfig,
-    t: u64,
-}
-
-impl Alset {
-    pub fn new(config: AlsetConfig) -> Result<Self, BilevelError> {
-        config.validate()?;
-        Ok(Self { config, t: 0 })
+    fn plan(&self, t: u64) -> NeumannIteration<'_> {
+        NeumannIteration {
+            inner_steps: self.inner_steps,
+            gamma: self.beta,
+            neumann: &self.neumann,
+            eta: self.alpha.at(t),
+        }
     }
 }
 
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Alset
-where
-    Cpu: Device<E>,
-{
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn step(
-        &mut self,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
-        let c = &self.config;
-        let outcome = sgd_then_neumann_step(
-            oracles,
-            x,
-            y,
-            c.inner_steps,
-            c.beta,
-            &c.neumann,
-            c.alpha.at(self.t),
-            scope.site,
-        )?;
-        self.t += 1;
-        Ok(scope.report(oracles, outcome))
-    }
-
-    fn state(&self) -> MethodState {
-        MethodState::with_counter(NAME, self.t)
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        self.t = state.counter(NAME)?;
-        Ok(())
-    }
-}
+/// Alset: the Neumann-family iteration with this module's rule.
+pub type Alset = NeumannMethod<AlsetConfig>;

@@ -7,21 +7,13 @@
 //! x ← x − α_k h
 //! ```
 
-use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::neumann_family::{NeumannIteration, NeumannMethod, NeumannRule};
 use crate::error::BilevelError;
-use crate::neumann::{sgd_then_neumann_step, NeumannConfig};
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
-use crate::oracles::Oracles;
-use crate::problem::BilevelProblem;
-use crate::real::Real;
+use crate::neumann::NeumannConfig;
 use crate::schedule::PowerSchedule;
-use crate::steps::IterationScope;
 use crate::validate;
-
-const NAME: &str = "bsa";
-const HINT: &str = "eta for x, gamma for y, neumann.scale";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -53,67 +45,29 @@ impl Default for BsaConfig {
     }
 }
 
-impl BsaConfig {
-    pub fn validate(&self) -> Result<(), BilevelError> {
+impl NeumannRule for BsaConfig {
+    const NAME: &'static str = "bsa";
+    const HINT: &'static str = "eta for x, gamma for y, neumann.scale";
+
+    fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
         validate::positive("gamma", self.gamma)?;
         validate::at_least_one("inner_steps", self.inner_steps)?;
         validate::non_negative("inner_growth", self.inner_growth)?;
         self.neumann.validate("neumann")
     }
-}
 
-pub struct Bsa {
-    config: BsaConfig,
-    t: u64,
-}
-
-impl Bsa {
-    pub fn new(config: BsaConfig) -> Result<Self, BilevelError> {
-        config.validate()?;
-        Ok(Self { config, t: 0 })
+    fn plan(&self, t: u64) -> NeumannIteration<'_> {
+        let grown =
+            (self.inner_steps as f64 * ((t + 1) as f64).powf(self.inner_growth)).ceil() as usize;
+        NeumannIteration {
+            inner_steps: grown.min(self.max_inner_steps.max(self.inner_steps)),
+            gamma: self.gamma,
+            neumann: &self.neumann,
+            eta: self.eta.at(t),
+        }
     }
 }
 
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Bsa
-where
-    Cpu: Device<E>,
-{
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn step(
-        &mut self,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
-        let c = &self.config;
-        let steps =
-            ((c.inner_steps as f64) * ((self.t + 1) as f64).powf(c.inner_growth)).ceil() as usize;
-        let steps = steps.min(c.max_inner_steps.max(c.inner_steps));
-        let outcome = sgd_then_neumann_step(
-            oracles,
-            x,
-            y,
-            steps,
-            c.gamma,
-            &c.neumann,
-            c.eta.at(self.t),
-            scope.site,
-        )?;
-        self.t += 1;
-        Ok(scope.report(oracles, outcome))
-    }
-
-    fn state(&self) -> MethodState {
-        MethodState::with_counter(NAME, self.t)
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        self.t = state.counter(NAME)?;
-        Ok(())
-    }
-}
+/// Bsa: the Neumann-family iteration with this module's rule.
+pub type Bsa = NeumannMethod<BsaConfig>;

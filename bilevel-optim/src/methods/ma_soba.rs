@@ -19,10 +19,7 @@ use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
-use crate::steps::{
-    hypergradient_estimate, joint_oracles, linear_system_step, momentum_update, plain_step,
-    IterationScope, Outcome,
-};
+use crate::steps::{momentum_update, plain_step, single_loop_lower_and_z, IterationScope};
 use crate::validate;
 
 const NAME: &str = "ma-soba";
@@ -109,34 +106,22 @@ where
     ) -> Result<StepReport, BilevelError> {
         let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
         let c = &self.config;
-        let j = joint_oracles(oracles, x, y, &self.z, scope.site)?;
-        y.add_scaled(-E::of(c.beta.at(self.t)), &j.lower.grad_y);
-        let residual = linear_system_step(
+        let (y_step, z_step) = (E::of(c.beta.at(self.t)), E::of(c.gamma.at(self.t)));
+        let it = single_loop_lower_and_z(
+            oracles,
+            x,
+            y,
             &mut self.z,
-            &j.lower.hvp,
-            &j.upper.dy,
-            E::of(c.gamma.at(self.t)),
+            y_step,
+            z_step,
             c.z_radius.map(E::of),
-        );
-        let h = hypergradient_estimate(&j.upper.dx, &j.lower.jvp);
-        momentum_update(&mut self.m, &h, E::one() - E::of(c.theta));
+            scope.site,
+        )?;
+        momentum_update(&mut self.m, &it.h, E::one() - E::of(c.theta));
         let (step_size, x_step_norm) = plain_step(x, &self.m, E::of(c.alpha.at(self.t)));
-        scope.site.check("lower variable y", y)?;
-        scope.site.check("linear-system variable z", &self.z)?;
         scope.site.check("upper variable x", x)?;
         self.t += 1;
-        Ok(scope.report(
-            oracles,
-            Outcome {
-                upper_loss: Some(j.upper.value.f64()),
-                lower_loss: None,
-                hypergrad_norm: h.norm().f64(),
-                lower_grad_norm: Some(j.lower.grad_y.norm().f64()),
-                linear_system_residual: Some(residual.f64()),
-                step_size,
-                x_step_norm,
-            },
-        ))
+        Ok(scope.report(oracles, it.outcome(None, step_size, x_step_norm)))
     }
 
     fn state(&self) -> MethodState {

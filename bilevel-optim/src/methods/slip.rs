@@ -20,8 +20,7 @@ use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::steps::{
-    hypergradient_estimate, joint_oracles, linear_system_step, momentum_update, normalized_step,
-    sgd_on_lower, IterationScope, Outcome,
+    momentum_update, normalized_step, sgd_on_lower, single_loop_lower_and_z, IterationScope,
 };
 use crate::validate;
 
@@ -112,38 +111,30 @@ where
     ) -> Result<StepReport, BilevelError> {
         let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
         let c = &self.config;
+        let gamma = E::of(c.gamma);
         let lower_loss = if self.t == 0 {
-            sgd_on_lower(oracles, x, y, E::of(c.gamma), c.warm_start, scope.site)?
+            sgd_on_lower(oracles, x, y, gamma, c.warm_start, scope.site)?
         } else {
             None
         };
-        let j = joint_oracles(oracles, x, y, &self.z, scope.site)?;
-        y.add_scaled(-E::of(c.gamma), &j.lower.grad_y);
-        let residual = linear_system_step(
+        let it = single_loop_lower_and_z(
+            oracles,
+            x,
+            y,
             &mut self.z,
-            &j.lower.hvp,
-            &j.upper.dy,
+            gamma,
             E::of(c.nu),
             c.z_radius.map(E::of),
-        );
-        let h = hypergradient_estimate(&j.upper.dx, &j.lower.jvp);
-        momentum_update(&mut self.m, &h, E::of(c.beta));
+            scope.site,
+        )?;
+        momentum_update(&mut self.m, &it.h, E::of(c.beta));
         let step_size = normalized_step(x, &self.m, E::of(c.eta.at(self.t)));
-        scope.site.check("lower variable y", y)?;
-        scope.site.check("linear-system variable z", &self.z)?;
         scope.site.check("upper variable x", x)?;
         self.t += 1;
+        let x_step_norm = (step_size * self.m.norm()).f64();
         Ok(scope.report(
             oracles,
-            Outcome {
-                upper_loss: Some(j.upper.value.f64()),
-                lower_loss,
-                hypergrad_norm: h.norm().f64(),
-                lower_grad_norm: Some(j.lower.grad_y.norm().f64()),
-                linear_system_residual: Some(residual.f64()),
-                step_size: step_size.f64(),
-                x_step_norm: (step_size * self.m.norm()).f64(),
-            },
+            it.outcome(lower_loss, step_size.f64(), x_step_norm),
         ))
     }
 

@@ -19,9 +19,7 @@ use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
-use crate::steps::{
-    hypergradient_estimate, joint_oracles, linear_system_step, plain_step, IterationScope, Outcome,
-};
+use crate::steps::{plain_step, single_loop_lower_and_z, IterationScope};
 
 const NAME: &str = "soba";
 const HINT: &str = "gamma for x, rho for y and z";
@@ -102,27 +100,11 @@ where
             E::of(self.config.rho.at(self.t)),
             E::of(self.config.gamma.at(self.t)),
         );
-        let j = joint_oracles(oracles, x, y, &self.z, scope.site)?;
-        y.add_scaled(-rho, &j.lower.grad_y);
-        let residual = linear_system_step(&mut self.z, &j.lower.hvp, &j.upper.dy, rho, None);
-        let h = hypergradient_estimate(&j.upper.dx, &j.lower.jvp);
-        let (step_size, x_step_norm) = plain_step(x, &h, gamma);
-        scope.site.check("lower variable y", y)?;
-        scope.site.check("linear-system variable z", &self.z)?;
+        let it = single_loop_lower_and_z(oracles, x, y, &mut self.z, rho, rho, None, scope.site)?;
+        let (step_size, x_step_norm) = plain_step(x, &it.h, gamma);
         scope.site.check("upper variable x", x)?;
         self.t += 1;
-        Ok(scope.report(
-            oracles,
-            Outcome {
-                upper_loss: Some(j.upper.value.f64()),
-                lower_loss: None,
-                hypergrad_norm: h.norm().f64(),
-                lower_grad_norm: Some(j.lower.grad_y.norm().f64()),
-                linear_system_residual: Some(residual.f64()),
-                step_size,
-                x_step_norm,
-            },
-        ))
+        Ok(scope.report(oracles, it.outcome(None, step_size, x_step_norm)))
     }
 
     fn state(&self) -> MethodState {

@@ -9,21 +9,13 @@
 //! ```
 //! The official code's sum (`α v_Q + Σ_{k≥1} v_k`, no `v_0`) is not reproduced: this is the paper's.
 
-use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::neumann_family::{NeumannIteration, NeumannMethod, NeumannRule};
 use crate::error::BilevelError;
-use crate::neumann::{sgd_then_neumann_step, NeumannConfig};
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
-use crate::oracles::Oracles;
-use crate::problem::BilevelProblem;
-use crate::real::Real;
+use crate::neumann::NeumannConfig;
 use crate::schedule::PowerSchedule;
-use crate::steps::IterationScope;
 use crate::validate;
-
-const NAME: &str = "stocbio";
-const HINT: &str = "eta for x, gamma for y, neumann.scale";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -50,62 +42,25 @@ impl Default for StocBioConfig {
     }
 }
 
-impl StocBioConfig {
-    pub fn validate(&self) -> Result<(), BilevelError> {
+impl NeumannRule for StocBioConfig {
+    const NAME: &'static str = "stocbio";
+    const HINT: &'static str = "eta for x, gamma for y, neumann.scale";
+
+    fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
         validate::positive("gamma", self.gamma)?;
         self.neumann.validate("neumann")
     }
-}
 
-pub struct StocBio {
-    config: StocBioConfig,
-    t: u64,
-}
-
-impl StocBio {
-    pub fn new(config: StocBioConfig) -> Result<Self, BilevelError> {
-        config.validate()?;
-        Ok(Self { config, t: 0 })
+    fn plan(&self, t: u64) -> NeumannIteration<'_> {
+        NeumannIteration {
+            inner_steps: self.inner_steps,
+            gamma: self.gamma,
+            neumann: &self.neumann,
+            eta: self.eta.at(t),
+        }
     }
 }
 
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for StocBio
-where
-    Cpu: Device<E>,
-{
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn step(
-        &mut self,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
-        let c = &self.config;
-        let outcome = sgd_then_neumann_step(
-            oracles,
-            x,
-            y,
-            c.inner_steps,
-            c.gamma,
-            &c.neumann,
-            c.eta.at(self.t),
-            scope.site,
-        )?;
-        self.t += 1;
-        Ok(scope.report(oracles, outcome))
-    }
-
-    fn state(&self) -> MethodState {
-        MethodState::with_counter(NAME, self.t)
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        self.t = state.counter(NAME)?;
-        Ok(())
-    }
-}
+/// StocBio: the Neumann-family iteration with this module's rule.
+pub type StocBio = NeumannMethod<StocBioConfig>;

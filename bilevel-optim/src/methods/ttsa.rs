@@ -6,20 +6,12 @@
 //! x ← x − α_t h                                   α_t = α/(t+1)^{3/5}
 //! ```
 
-use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::neumann_family::{NeumannIteration, NeumannMethod, NeumannRule};
 use crate::error::BilevelError;
-use crate::neumann::{sgd_then_neumann_step, NeumannConfig};
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
-use crate::oracles::Oracles;
-use crate::problem::BilevelProblem;
-use crate::real::Real;
+use crate::neumann::NeumannConfig;
 use crate::schedule::PowerSchedule;
-use crate::steps::IterationScope;
-
-const NAME: &str = "ttsa";
-const HINT: &str = "alpha for x, beta for y, neumann.scale";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -49,54 +41,25 @@ impl Default for TtsaConfig {
     }
 }
 
-impl TtsaConfig {
-    pub fn validate(&self) -> Result<(), BilevelError> {
+impl NeumannRule for TtsaConfig {
+    const NAME: &'static str = "ttsa";
+    const HINT: &'static str = "alpha for x, beta for y, neumann.scale";
+
+    fn validate(&self) -> Result<(), BilevelError> {
         self.alpha.validate("alpha")?;
         self.beta.validate("beta")?;
         self.neumann.validate("neumann")
     }
-}
 
-pub struct Ttsa {
-    config: TtsaConfig,
-    t: u64,
-}
-
-impl Ttsa {
-    pub fn new(config: TtsaConfig) -> Result<Self, BilevelError> {
-        config.validate()?;
-        Ok(Self { config, t: 0 })
+    fn plan(&self, t: u64) -> NeumannIteration<'_> {
+        NeumannIteration {
+            inner_steps: 1,
+            gamma: self.beta.at(t),
+            neumann: &self.neumann,
+            eta: self.alpha.at(t),
+        }
     }
 }
 
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Ttsa
-where
-    Cpu: Device<E>,
-{
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn step(
-        &mut self,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
-        let c = &self.config;
-        let (alpha, beta) = (c.alpha.at(self.t), c.beta.at(self.t));
-        let outcome = sgd_then_neumann_step(oracles, x, y, 1, beta, &c.neumann, alpha, scope.site)?;
-        self.t += 1;
-        Ok(scope.report(oracles, outcome))
-    }
-
-    fn state(&self) -> MethodState {
-        MethodState::with_counter(NAME, self.t)
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        self.t = state.counter(NAME)?;
-        Ok(())
-    }
-}
+/// Ttsa: the Neumann-family iteration with this module's rule.
+pub type Ttsa = NeumannMethod<TtsaConfig>;
