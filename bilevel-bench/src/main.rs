@@ -8,7 +8,7 @@ use bilevel_bench::compare::{compare, plot_run, CompareOptions};
 use bilevel_bench::config::{RunConfig, TaskName};
 use bilevel_bench::runner::{run, run_dir};
 use bilevel_bench::tasks::resolve_data_dir;
-use bilevel_bench::{synthetic, task_config};
+use bilevel_bench::{perf, synthetic, task_config};
 use bilevel_optim::methods::METHODS;
 use clap::{Parser, Subcommand};
 
@@ -62,6 +62,36 @@ enum Command {
         /// Comma-separated seeds.
         #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
         seeds: Vec<u64>,
+    },
+    /// Times BO-REP iterations on a task with the tasks.md defaults (paper-level Algorithm 1:
+    /// N plain SGD steps at t = 0, z₀ = 0, one lower batch shared by the HVP and the cross
+    /// product). Data loading and the first iteration are excluded; prints the median
+    /// milliseconds per iteration (median over blocks of I iterations, each holding one periodic
+    /// update of y, of the block's mean), the oracle calls per iteration and the peak memory,
+    /// ending with `TASK ms_per_iter=X threads=N`. See docs/performance.md.
+    Perf {
+        /// The task (with --oracle and no --task: all three).
+        #[arg(long, value_enum)]
+        task: Option<TaskName>,
+        /// Threads of the global pool (matrix products and the library's parallel work).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Measured iterations after the excluded first one (a multiple of 6 covers whole
+        /// periods of every task).
+        #[arg(long, default_value_t = 12)]
+        iters: usize,
+        /// Time the lower level's plain gradient and second-order pass (∇_y g, H·v, J·v) on one
+        /// batch instead, and print their ratio.
+        #[arg(long)]
+        oracle: bool,
+        /// Repetitions of each oracle with --oracle (the median is printed).
+        #[arg(long, default_value_t = 10)]
+        reps: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The data directory (default: ../shared/data next to the checkout, or BILEVEL_DATA_DIR).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Runs a method on the closed-form problems of bilevel-optim and prints ‖∇Φ‖.
     Synthetic {
@@ -188,6 +218,44 @@ fn main() -> Result<()> {
                 "TensorBoard:       tensorboard --logdir {}",
                 common.out.display()
             );
+            Ok(())
+        }
+        Command::Perf {
+            task,
+            threads,
+            iters,
+            oracle,
+            reps,
+            seed,
+            data_dir,
+        } => {
+            if threads == 0 || iters == 0 || reps == 0 {
+                anyhow::bail!("--threads, --iters and --reps must be at least 1");
+            }
+            let data_dir = resolve_data_dir(data_dir.as_deref())?;
+            perf::set_threads(threads)?;
+            let options = |task| perf::PerfOptions {
+                task,
+                iters,
+                seed,
+                oracle_reps: reps,
+            };
+            if oracle {
+                let tasks = match task {
+                    Some(t) => vec![t],
+                    None => vec![TaskName::HyperRep, TaskName::HyperOpt, TaskName::HyperClean],
+                };
+                for t in tasks {
+                    let figures = perf::measure_oracles(&options(t), &data_dir)?;
+                    perf::print_oracles(t, threads, &figures);
+                }
+            } else {
+                let Some(task) = task else {
+                    anyhow::bail!("--task is required (except with --oracle)");
+                };
+                let figures = perf::measure_iterations(&options(task), &data_dir)?;
+                perf::print_iterations(task, threads, &figures);
+            }
             Ok(())
         }
         Command::Synthetic { method, iters } => {

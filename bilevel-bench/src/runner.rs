@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use bilevel_models::classifier::cpu;
 use bilevel_optim::methods::MethodConfig;
 use bilevel_optim::oracles::Oracles;
 use bilevel_optim::problem::BilevelProblem;
@@ -19,10 +18,11 @@ use bilevel_optim::error::BilevelError;
 use bilevel_optim::optimizer::BilevelOptimizer;
 
 use crate::checkpoint::{Checkpoint, Header};
-use crate::config::{OnDivergence, RunConfig, TaskName};
+use crate::config::{OnDivergence, RunConfig};
 use crate::logging::RunLogger;
 use crate::tasks::common::E;
-use crate::tasks::{hyper_clean, hyper_opt, hyper_rep, Metrics};
+use crate::tasks::dispatch::{with_task, TaskVisitor};
+use crate::tasks::Metrics;
 use bilevel_optim::params::Params;
 
 /// One evaluation point of a run.
@@ -115,81 +115,7 @@ fn execute(
         checkpoint,
         dir,
     };
-    let evaluations = match config.task {
-        TaskName::HyperClean => {
-            let c = &config.hyper_clean;
-            let data = hyper_clean::load(data_dir, c, config.seed)?;
-            let y = cpu::Classifier::<E>::build(&dev);
-            match c.train_size {
-                20_000 => {
-                    let problem = hyper_clean::problem::<20_000>(&data, c)?;
-                    ctx.iterate(
-                        "20000 training tweets",
-                        problem,
-                        hyper_clean::initial_weights(c),
-                        y,
-                        |x, y| hyper_clean::evaluate(&data, c, x, y),
-                    )?
-                }
-                _ => {
-                    let problem = hyper_clean::problem::<2_000>(&data, c)?;
-                    ctx.iterate(
-                        "2000 training tweets",
-                        problem,
-                        hyper_clean::initial_weights(c),
-                        y,
-                        |x, y| hyper_clean::evaluate(&data, c, x, y),
-                    )?
-                }
-            }
-        }
-        TaskName::HyperOpt => {
-            let c = &config.hyper_opt;
-            let data = hyper_opt::load(data_dir, c, config.seed)?;
-            let y = cpu::Classifier::<E>::build(&dev);
-            if c.scalar_coefficient {
-                let x = hyper_opt::initial_coefficients(&dev.zeros::<Rank0>(), c);
-                let problem = hyper_opt::problem(&data, c, &y, &x)?;
-                ctx.iterate("one shared coefficient", problem, x, y, |x, y| {
-                    hyper_opt::evaluate(&data, c, x, y)
-                })?
-            } else {
-                let x: hyper_opt::PerTensor = hyper_opt::initial_coefficients(&dev.zeros(), c);
-                let problem = hyper_opt::problem(&data, c, &y, &x)?;
-                ctx.iterate("one coefficient per tensor", problem, x, y, |x, y| {
-                    hyper_opt::evaluate(&data, c, x, y)
-                })?
-            }
-        }
-        TaskName::HyperRep => {
-            let c = &config.hyper_rep;
-            let data = hyper_rep::load(data_dir, c, config.seed)?;
-            let x = cpu::Encoder::<E>::build(&dev);
-            let seed = config.seed;
-            match c.train_tasks {
-                400 => {
-                    let y = dfdx::nn::modules::Repeated::<cpu::Head<E>, 400>::build(&dev);
-                    ctx.iterate(
-                        "400 training tasks",
-                        hyper_rep::problem::<400>(&data, c)?,
-                        x,
-                        y,
-                        |x, _| hyper_rep::evaluate(&data, c, x, seed),
-                    )?
-                }
-                _ => {
-                    let y = dfdx::nn::modules::Repeated::<cpu::Head<E>, 40>::build(&dev);
-                    ctx.iterate(
-                        "40 training tasks",
-                        hyper_rep::problem::<40>(&data, c)?,
-                        x,
-                        y,
-                        |x, _| hyper_rep::evaluate(&data, c, x, seed),
-                    )?
-                }
-            }
-        }
-    };
+    let evaluations = with_task(config, data_dir, &dev, ctx)?;
     logger.flush()?;
     let summary = RunSummary {
         task: config.task.as_str().into(),
@@ -212,12 +138,12 @@ fn execute(
 /// the next, and a kept-forever cache grew to 24 GB and was killed by the kernel. So the caches
 /// are emptied after every iteration (reuse happens within the iteration's passes) and disabled
 /// when the run ends.
-struct AllocationCaches {
+pub(crate) struct AllocationCaches {
     devices: [Cpu; 2],
 }
 
 impl AllocationCaches {
-    fn enable(model_device: &Cpu) -> Self {
+    pub(crate) fn enable(model_device: &Cpu) -> Self {
         let devices = [model_device.clone(), bilevel_optim::real::device()];
         for d in &devices {
             d.enable_cache();
@@ -225,7 +151,7 @@ impl AllocationCaches {
         Self { devices }
     }
 
-    fn empty(&self) {
+    pub(crate) fn empty(&self) {
         for d in &self.devices {
             d.empty_cache();
         }
@@ -250,12 +176,14 @@ struct Loop<'a> {
     dir: &'a Path,
 }
 
-impl Loop<'_> {
+impl TaskVisitor for Loop<'_> {
+    type Output = Vec<Evaluation>;
+
     /// The loop: `iters` steps of the method, evaluations at 0, every `eval_every` and at the
     /// end, checkpoints at 0, every `checkpoint_every` and at the end. A resumed run starts from
     /// its checkpoint. On a non-finite value the run stops, or with `on_divergence = "rollback"`
     /// goes back to the last checkpoint with halved step sizes.
-    fn iterate<P: BilevelProblem<E> + 'static>(
+    fn visit<P: BilevelProblem<E> + 'static>(
         self,
         model: &str,
         problem: P,

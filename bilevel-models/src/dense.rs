@@ -64,7 +64,7 @@ where
     type Saved = Held<(usize, Const<N>), E>;
 
     fn forward(&self, input: Activations<E, N>) -> (Self::Output, Self::Saved) {
-        let out = input.tanh();
+        let out = crate::elementwise::tanh(input);
         let saved = hold(&out);
         (out, saved)
     }
@@ -76,7 +76,7 @@ where
         grads: &mut WrittenGrad<E>,
         want_input: bool,
     ) -> Option<Activations<E, N>> {
-        let grad = grad_output * (taped(&out).square().negate() + E::one());
+        let grad = grad_output * crate::elementwise::tanh_slope(taped(&out));
         if want_input {
             Some(grad)
         } else {

@@ -12,6 +12,7 @@ use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection};
 use dfdx::prelude::*;
 
+use crate::elementwise::{tanh, tanh_slope};
 use crate::layer::WrittenLayer;
 use crate::recurrent::{AffineGrads, RecurrentAffine};
 use crate::sequence::Sequence;
@@ -66,10 +67,7 @@ where
         let mut steps = Vec::with_capacity(n);
         for x in input.steps {
             saved.inputs.push(hold(&x));
-            let h = self
-                .affine
-                .forward(x, saved.states.last().map(taped))
-                .tanh();
+            let h = tanh(self.affine.forward(x, saved.states.last().map(taped)));
             saved.states.push(hold(&h));
             steps.push(h);
         }
@@ -103,7 +101,7 @@ where
                 None => delta,
                 Some(next) => delta + next,
             };
-            let da = dh * (taped(&saved.states[t]).square().negate() + E::one());
+            let da = dh * tanh_slope(taped(&saved.states[t]));
             let da_held = hold(&da);
             let previous = t.checked_sub(1).map(|p| &saved.states[p]);
             sums.push(&da_held, &saved.inputs[t], previous);

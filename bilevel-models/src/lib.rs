@@ -4,12 +4,14 @@
 //! - [`layer`]: the [`layer::WrittenLayer`] trait (forward + written backward) and tuple composition.
 //! - [`dense`]: dfdx's `Linear` and `Tanh`; [`elman`], [`lstm`]: recurrent layers over padded
 //!   sequences; [`pool`]: max-pooling over valid steps; [`loss`]: softmax cross-entropy.
+//! - [`elementwise`]: fused tanh and tanh-slope ops with hand-written backward passes.
 //! - [`penalty`]: L2 penalties with a fixed, a per-tensor learnable or a scalar learnable coefficient.
 //! - [`classifier`]: the text classifier of the tasks and its size presets.
 //! - [`text`]: embedded text batches; [`forms`]: the three lower-level forms as bilevel problems.
 
 pub mod classifier;
 pub mod dense;
+pub mod elementwise;
 pub mod elman;
 pub mod forms;
 pub mod layer;

@@ -94,7 +94,7 @@ fn tanh_slope<const H: usize, E: Real>(t: &Step<H, E>) -> Activations<E, H>
 where
     Cpu: Device<E>,
 {
-    taped(t).square().negate() + E::one()
+    crate::elementwise::tanh_slope(taped(t))
 }
 
 impl<const I: usize, const H: usize, E: Real> LstmLayer<I, H, E, Cpu>
@@ -130,7 +130,7 @@ where
             };
             let i = pre(&self.input_gate, x).sigmoid();
             let f = pre(&self.forget_gate, taped(&x_held)).sigmoid();
-            let g = pre(&self.cell_gate, taped(&x_held)).tanh();
+            let g = crate::elementwise::tanh(pre(&self.cell_gate, taped(&x_held)));
             let o = pre(&self.output_gate, taped(&x_held)).sigmoid();
             let (i_held, f_held, g_held, o_held) = (hold(&i), hold(&f), hold(&g), hold(&o));
             let c = match previous {
@@ -138,7 +138,7 @@ where
                 Some(p) => f * taped(&p.c) + i * g,
             };
             let c_held = hold(&c);
-            let tanh_c = c.tanh();
+            let tanh_c = crate::elementwise::tanh(c);
             let tanh_c_held = hold(&tanh_c);
             let h = o * tanh_c;
             saved.push(LstmStep {

@@ -98,9 +98,9 @@ where
         let weight = E::of(1.0 / epoch.length as f64);
         for _ in 0..epoch.length {
             let batch = oracles.lower_batch();
-            let g = oracles.lower_grad(x, &u, &batch);
-            site.check("lower gradient ∇_y g (Epoch-SGD)", &g.dy)?;
-            u.add_scaled(-E::of(epoch.step), &g.dy);
+            let (_, dy) = oracles.lower_grad_y(x, &u, &batch);
+            site.check("lower gradient ∇_y g (Epoch-SGD)", &dy)?;
+            u.add_scaled(-E::of(epoch.step), &dy);
             u.project_ball_around(&start, E::of(epoch.radius));
             average.add_scaled(weight, &u);
         }

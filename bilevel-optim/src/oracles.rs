@@ -197,6 +197,17 @@ where
         self.loss_and_grads(loss, x, y)
     }
 
+    /// `G(x, y; ζ)` and `∇_y G` only (counted as a lower gradient call), from
+    /// [`BilevelProblem::lower_loss_in_y`]: for SGD on y, where `∇_x G` would be thrown away.
+    pub fn lower_grad_y(&mut self, x: &P::X, y: &P::Y, batch: &P::LowerBatch) -> (E, P::Y) {
+        self.counts.lower_grad += 1;
+        self.counts.lower_samples += batch.size() as u64;
+        let loss = self.problem.lower_loss_in_y(x, y, batch);
+        let value = loss.array();
+        let grads = self.anchored(loss, x, y).backward();
+        (value, y.gradient_from(&grads))
+    }
+
     /// `∇²_yy G·v`, `∇²_xy G·v` (and the value of `∇_y G`) from one backward pass over
     /// `⟨∇_y G(x, y; ζ), v⟩`.
     pub fn hvp_jvp(

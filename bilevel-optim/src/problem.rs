@@ -66,6 +66,14 @@ where
     /// `G(x, y; ζ)` as a taped scalar.
     fn lower_loss(&self, x: &Self::X, y: &Self::Y, batch: &Self::LowerBatch) -> Taped<Rank0, E>;
 
+    /// `G(x, y; ζ)` for a gradient in y only, with x a constant: what SGD on the lower level
+    /// differentiates. The default is [`BilevelProblem::lower_loss`]; a problem whose x feeds y
+    /// through an expensive computation (an encoder under task heads) can leave that computation
+    /// off the tape, so the backward pass stops at y instead of running back through x.
+    fn lower_loss_in_y(&self, x: &Self::X, y: &Self::Y, batch: &Self::LowerBatch) -> Taped<Rank0, E> {
+        self.lower_loss(x, y, batch)
+    }
+
     /// For methods that keep one memory per batch (SABA): the number of fixed lower batches the
     /// lower data splits into, or `None` when the problem has no finite split (the default).
     fn lower_parts(&self) -> Option<usize> {

@@ -24,6 +24,9 @@ pub trait Real:
     fn of(v: f64) -> Self;
     /// Widens to `f64`.
     fn f64(self) -> f64;
+    /// Replaces every value by its hyperbolic tangent. For `f32`, a branch-free kernel that
+    /// the compiler vectorizes (see [`tanh_f32`]); for `f64`, the standard library's `tanh`.
+    fn tanh_in_place(values: &mut [Self]);
 }
 
 impl Real for f32 {
@@ -33,6 +36,71 @@ impl Real for f32 {
     fn f64(self) -> f64 {
         self as f64
     }
+    fn tanh_in_place(values: &mut [Self]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { tanh_slice_avx2(values) };
+        }
+        tanh_slice(values)
+    }
+}
+
+#[inline(always)]
+fn tanh_slice(values: &mut [f32]) {
+    values.iter_mut().for_each(|v| *v = tanh_f32(*v));
+}
+
+/// [`tanh_slice`] compiled for AVX2 and FMA, chosen at run time (the default x86-64 target has
+/// neither, and without them the loop is no faster than libm).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tanh_slice_avx2(values: &mut [f32]) {
+    tanh_slice(values)
+}
+
+/// `tanh` of an `f32`, computed in `f64` and rounded once: the result is the correctly rounded
+/// `tanh` except in rare ties (the `f64` error is below 1e-12 relative, 10⁴ times smaller than
+/// half an `f32` ulp), so it is at least as accurate as libm's `tanhf`, and it is free of calls
+/// and branches, which lets a loop over it vectorize (libm's `tanhf` took 15% of a
+/// second-order pass). `tanh(x) = (e^{2|x|} − 1)/(e^{2|x|} + 1)` with the sign of x; below
+/// |x| = 2⁻¹⁴ the series `x(1 − x²/3)` (whose next term is 10⁻¹⁶ relative) avoids cancellation;
+/// beyond |x| = 10 the value is 1 in `f32`. `e^y` is `2^k e^r` with `r = y − k ln 2`,
+/// `|r| ≤ ln 2 / 2`, and a degree-11 Taylor polynomial for `e^r` (error below 1e-14).
+#[inline(always)]
+pub fn tanh_f32(x: f32) -> f32 {
+    let x = x as f64;
+    let a = x.abs().min(10.0);
+    let y = 2.0 * a;
+    let k = (y * std::f64::consts::LOG2_E).round();
+    let r = y - k * std::f64::consts::LN_2;
+    let mut p = 1.0 / 39_916_800.0;
+    for c in [
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+    ] {
+        p = p * r + c;
+    }
+    // p·r = e^r − 1 without cancellation; e^y − 1 = 2^k (e^r − 1) + (2^k − 1).
+    // 2^k from the bits of k + 2^52 (k is a whole number in [0, 29]): integer lanes only, no
+    // float-to-integer conversion, which AVX2 lacks for 64-bit lanes.
+    const TWO_52: f64 = 4_503_599_627_370_496.0;
+    let k_bits = (k + TWO_52).to_bits() - TWO_52.to_bits();
+    let scale = f64::from_bits((k_bits + 1023) << 52);
+    let expm1 = scale * (p * r) + (scale - 1.0);
+    let large = (expm1 / (expm1 + 2.0)).copysign(x);
+    let small = x * (1.0 - x * x / 3.0);
+    let t = if a < 1.0 / 16_384.0 { small } else { large };
+    // NaN stays NaN (min(NaN, 10) is 10, so pass x through).
+    (if x.is_nan() { x } else { t }) as f32
 }
 
 impl Real for f64 {
@@ -41,6 +109,9 @@ impl Real for f64 {
     }
     fn f64(self) -> f64 {
         self
+    }
+    fn tanh_in_place(values: &mut [Self]) {
+        values.iter_mut().for_each(|v| *v = v.tanh());
     }
 }
 
@@ -67,3 +138,34 @@ pub fn device() -> Cpu {
 /// Shorthand for the bound every generic item needs: `Cpu` implements all kernels for `E`.
 pub trait CpuReal: Real {}
 impl<E: Real> CpuReal for E where Cpu: Device<E> {}
+
+#[cfg(test)]
+mod tests {
+    use super::tanh_f32;
+
+    /// Against `f64::tanh` rounded to `f32` (the correctly rounded value, up to double rounding),
+    /// over every 97th `f32` bit pattern in [−20, 20] (≈ 22 million values) and the edge cases.
+    #[test]
+    fn tanh_f32_is_correctly_rounded() {
+        let mut worst = 0u32;
+        let mut checked = 0u64;
+        for bits in (0..0x41a0_0000u32).step_by(97) {
+            for x in [f32::from_bits(bits), -f32::from_bits(bits)] {
+                let want = (x as f64).tanh() as f32;
+                let got = tanh_f32(x);
+                let ulps = (want.to_bits() as i64 - got.to_bits() as i64).unsigned_abs() as u32;
+                worst = worst.max(ulps);
+                checked += 1;
+            }
+        }
+        assert!(checked > 20_000_000);
+        assert!(worst <= 1, "off by {worst} ulp");
+        assert_eq!(tanh_f32(0.0).to_bits(), 0.0f32.to_bits());
+        assert_eq!(tanh_f32(-0.0).to_bits(), (-0.0f32).to_bits());
+        assert_eq!(tanh_f32(f32::INFINITY), 1.0);
+        assert_eq!(tanh_f32(f32::NEG_INFINITY), -1.0);
+        assert_eq!(tanh_f32(1e30), 1.0);
+        assert!(tanh_f32(f32::NAN).is_nan());
+        assert_eq!(tanh_f32(1e-30), 1e-30);
+    }
+}

@@ -3,6 +3,7 @@
 //! evaluation metrics.
 
 pub mod common;
+pub mod dispatch;
 pub mod hyper_clean;
 pub mod hyper_opt;
 pub mod hyper_rep;

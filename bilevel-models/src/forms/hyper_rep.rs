@@ -14,6 +14,7 @@ use crate::classifier::{add_loss_gradient, loss};
 use crate::layer::WrittenLayer;
 use crate::penalty::{add_l2_gradient, l2_penalty, FixedL2};
 use crate::sequence::{Activations, Sequence};
+use crate::tape::{hold, taped};
 use crate::text::{EmbeddedTexts, TextBatch};
 
 /// One few-shot task: indices of its support (lower level) and query (upper level) texts.
@@ -177,6 +178,16 @@ where
     fn lower_loss(&self, x: &Enc, y: &Self::Y, batch: &TaskBatch<E, EMB>) -> Taped<Rank0, E> {
         sum_over_tasks(batch, |i, texts| {
             let features = x.forward(texts.sequence()).0;
+            loss(&y.modules[i], features, &texts.targets(), None)
+                + l2_penalty(&FixedL2(self.mu), &y.modules[i])
+        })
+    }
+
+    /// The encoder's features enter as constants (their tape is dropped): SGD on the heads
+    /// needs no backward pass through the RNN.
+    fn lower_loss_in_y(&self, x: &Enc, y: &Self::Y, batch: &TaskBatch<E, EMB>) -> Taped<Rank0, E> {
+        sum_over_tasks(batch, |i, texts| {
+            let features = taped(&hold(&x.forward(texts.sequence()).0));
             loss(&y.modules[i], features, &texts.targets(), None)
                 + l2_penalty(&FixedL2(self.mu), &y.modules[i])
         })

@@ -84,6 +84,8 @@ where
 pub struct Checks {
     /// Written ∇_y g against dfdx's autodiff ∇_y g.
     pub grad: f64,
+    /// The y-only lower gradient (`lower_loss_in_y`) against dfdx's full autodiff ∇_y g.
+    pub grad_in_y: f64,
     /// H·v against central differences of autodiff ∇_y g along v.
     pub hvp: f64,
     /// J·v against central differences of autodiff ∇_x g along v.
@@ -102,6 +104,11 @@ impl Checks {
             self.grad < 1e-10,
             "{what}: written gradient off by {:e}",
             self.grad
+        );
+        assert!(
+            self.grad_in_y < 1e-12,
+            "{what}: y-only lower gradient off by {:e}",
+            self.grad_in_y
         );
         assert!(self.hvp < 1e-6, "{what}: H·v off by {:e}", self.hvp);
         assert!(self.jvp < 1e-6, "{what}: J·v off by {:e}", self.jvp);
@@ -146,6 +153,7 @@ pub fn check_second_order_with_step<P: BilevelProblem<f64>>(
     };
     let (u, v) = (unit(11), unit(12));
     let autodiff = oracles.lower_grad(x, y, &batch);
+    let (_, in_y) = oracles.lower_grad_y(x, y, &batch);
     let written = oracles
         .written_grad_y(x, y, &batch)
         .expect("well-formed written gradient");
@@ -172,6 +180,7 @@ pub fn check_second_order_with_step<P: BilevelProblem<f64>>(
     let v_hu = v.dot(&hu);
     Checks {
         grad: rel_err(&flat(&written), &flat(&autodiff.dy)),
+        grad_in_y: rel_err(&flat(&in_y), &flat(&autodiff.dy)),
         hvp: rel_err(&flat(&second.hvp), &fd_hv),
         jvp: rel_err(&flat(&second.jvp), &fd_jv),
         symmetry: (u_hv - v_hu).abs() / (u_hv.abs() + 1e-300),

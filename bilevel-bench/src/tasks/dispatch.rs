@@ -1,0 +1,104 @@
+//! Builds the bilevel problem of a configured task and hands it, with its starting x and y and
+//! its evaluation, to a [`TaskVisitor`]. The task types differ (heads compiled in, weight vector
+//! lengths), so whoever needs "the problem of this config" (a run, a performance measurement)
+//! implements the visitor once instead of repeating the dispatch.
+
+use std::path::Path;
+
+use bilevel_models::classifier::cpu;
+use bilevel_optim::problem::BilevelProblem;
+use dfdx::prelude::*;
+
+use crate::config::{RunConfig, TaskName};
+use crate::tasks::common::E;
+use crate::tasks::{hyper_clean, hyper_opt, hyper_rep, Metrics};
+
+/// Receives the problem of a task. `model` names the compiled-in variant (for checkpoints).
+pub trait TaskVisitor {
+    type Output;
+
+    fn visit<P: BilevelProblem<E> + 'static>(
+        self,
+        model: &str,
+        problem: P,
+        x: P::X,
+        y: P::Y,
+        evaluate: impl FnMut(&P::X, &P::Y) -> Metrics,
+    ) -> anyhow::Result<Self::Output>
+    where
+        P::X: 'static,
+        P::Y: 'static;
+}
+
+/// Loads `config`'s task from `data_dir`, builds its problem and initial variables on `dev` and
+/// passes them to `visitor`.
+pub fn with_task<V: TaskVisitor>(
+    config: &RunConfig,
+    data_dir: &Path,
+    dev: &Cpu,
+    visitor: V,
+) -> anyhow::Result<V::Output> {
+    match config.task {
+        TaskName::HyperClean => {
+            let c = &config.hyper_clean;
+            let data = hyper_clean::load(data_dir, c, config.seed)?;
+            let y = cpu::Classifier::<E>::build(dev);
+            match c.train_size {
+                20_000 => visitor.visit(
+                    "20000 training tweets",
+                    hyper_clean::problem::<20_000>(&data, c)?,
+                    hyper_clean::initial_weights(c),
+                    y,
+                    |x: &_, y: &_| hyper_clean::evaluate(&data, c, x, y),
+                ),
+                _ => visitor.visit(
+                    "2000 training tweets",
+                    hyper_clean::problem::<2_000>(&data, c)?,
+                    hyper_clean::initial_weights(c),
+                    y,
+                    |x: &_, y: &_| hyper_clean::evaluate(&data, c, x, y),
+                ),
+            }
+        }
+        TaskName::HyperOpt => {
+            let c = &config.hyper_opt;
+            let data = hyper_opt::load(data_dir, c, config.seed)?;
+            let y = cpu::Classifier::<E>::build(dev);
+            if c.scalar_coefficient {
+                let x = hyper_opt::initial_coefficients(&dev.zeros::<Rank0>(), c);
+                let problem = hyper_opt::problem(&data, c, &y, &x)?;
+                visitor.visit("one shared coefficient", problem, x, y, |x, y| {
+                    hyper_opt::evaluate(&data, c, x, y)
+                })
+            } else {
+                let x: hyper_opt::PerTensor = hyper_opt::initial_coefficients(&dev.zeros(), c);
+                let problem = hyper_opt::problem(&data, c, &y, &x)?;
+                visitor.visit("one coefficient per tensor", problem, x, y, |x, y| {
+                    hyper_opt::evaluate(&data, c, x, y)
+                })
+            }
+        }
+        TaskName::HyperRep => {
+            let c = &config.hyper_rep;
+            let data = hyper_rep::load(data_dir, c, config.seed)?;
+            let x = cpu::Encoder::<E>::build(dev);
+            let seed = config.seed;
+            match c.train_tasks {
+                400 => visitor.visit(
+                    "400 training tasks",
+                    hyper_rep::problem::<400>(&data, c)?,
+                    x,
+                    dfdx::nn::modules::Repeated::<cpu::Head<E>, 400>::build(dev),
+                    |x, _| hyper_rep::evaluate(&data, c, x, seed),
+                ),
+                _ => visitor.visit(
+                    "40 training tasks",
+                    hyper_rep::problem::<40>(&data, c)?,
+                    x,
+                    dfdx::nn::modules::Repeated::<cpu::Head<E>, 40>::build(dev),
+                    |x, _| hyper_rep::evaluate(&data, c, x, seed),
+                ),
+            }
+        }
+    }
+}
