@@ -89,6 +89,9 @@ enum Command {
         reps: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// A TOML file whose task tables change the sizes (batch, T, ...); its method is ignored.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// The data directory (default: ../shared/data next to the checkout, or BILEVEL_DATA_DIR).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -147,7 +150,13 @@ impl Common {
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    // dfdx's matrix products split over the global rayon pool; at this library's shapes two
+    // threads are slower than one (docs/performance.md), so runs use one unless told otherwise.
+    if !matches!(command, Command::Perf { .. }) && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        perf::set_threads(1)?;
+    }
+    match command {
         Command::Run {
             common,
             method,
@@ -227,8 +236,14 @@ fn main() -> Result<()> {
             oracle,
             reps,
             seed,
+            config,
             data_dir,
         } => {
+            let base = match &config {
+                Some(path) => RunConfig::from_file(path)?,
+                None => RunConfig::default(),
+            };
+            base.validate()?;
             if threads == 0 || iters == 0 || reps == 0 {
                 anyhow::bail!("--threads, --iters and --reps must be at least 1");
             }
@@ -239,6 +254,7 @@ fn main() -> Result<()> {
                 iters,
                 seed,
                 oracle_reps: reps,
+                base: base.clone(),
             };
             if oracle {
                 let tasks = match task {

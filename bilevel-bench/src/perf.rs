@@ -28,6 +28,8 @@ pub struct PerfOptions {
     pub seed: u64,
     /// Repetitions of each oracle in `--oracle` mode.
     pub oracle_reps: usize,
+    /// The task settings (sizes, batch, T); its method is ignored.
+    pub base: RunConfig,
 }
 
 /// The method `perf` times: BO-REP with the task's official values, read as the paper does.
@@ -104,7 +106,8 @@ fn perf_config(options: &PerfOptions) -> RunConfig {
     RunConfig {
         task: options.task,
         seed: options.seed,
-        ..RunConfig::default()
+        method: None,
+        ..options.base.clone()
     }
 }
 

@@ -2,6 +2,8 @@
 //! the default sizes of `tasks.md` (f32, CPU preset).
 //!
 //! `cargo bench -p bilevel-models --bench oracle_cost [-- FORM [REPEATS]]`
+//! `cargo bench -p bilevel-models --bench oracle_cost -- hidden`: hyper-opt's oracles for RNN
+//! hidden sizes 64, 128 (the default) and 256 (head width 64), allocation cache on.
 //!
 //! For each form it times, on one fixed lower batch, a plain gradient of g (dfdx autodiff of the
 //! lower loss: ∇_x g and ∇_y g) and one second-order pass (∇_y g, H·v, J·v from one backward over
@@ -13,7 +15,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use bilevel_models::classifier::cpu;
+use bilevel_models::classifier::{cpu, ElmanEncoder, MlpHead, TextClassifier};
 use bilevel_models::forms::{BatchConfig, HyperClean, HyperOpt, HyperRep, Task};
 use bilevel_models::text::EmbeddedTexts;
 use bilevel_optim::oracles::Oracles;
@@ -141,8 +143,33 @@ fn run_form(form: &str, repeats: usize) -> (f64, f64) {
             .unwrap();
             time_oracles(problem, &x, &y, repeats)
         }
+        "hyper-opt-h64" => hyper_opt_with_hidden::<64>(&dev, repeats),
+        "hyper-opt-h128" => hyper_opt_with_hidden::<128>(&dev, repeats),
+        "hyper-opt-h256" => hyper_opt_with_hidden::<256>(&dev, repeats),
         other => panic!("unknown form {other}: hyper-rep, hyper-opt or hyper-clean"),
     }
+}
+
+/// Hyper-opt (batch 64, T = 64) with an Elman encoder of `H` hidden units.
+fn hyper_opt_with_hidden<const H: usize>(dev: &Cpu, repeats: usize) -> (f64, f64) {
+    type Model<const H: usize> = TextClassifier<ElmanEncoder<EMB, H, E>, MlpHead<H, 64, C, E>>;
+    let y = Model::<H>::build(dev);
+    let x: Tensor<Rank1<{ cpu::CLASSIFIER_TENSORS }>, E, Cpu> =
+        dev.tensor([(1e-3f32).ln(); cpu::CLASSIFIER_TENSORS]);
+    let config = BatchConfig {
+        lower_batch: 64,
+        upper_batch: 64,
+        max_len: 64,
+    };
+    let problem = HyperOpt::<E, Model<H>, _, EMB, C>::new(
+        texts(1000, 64, 2),
+        texts(200, 64, 3),
+        config,
+        &y,
+        &x,
+    )
+    .unwrap();
+    time_oracles(problem, &x, &y, repeats)
 }
 
 /// Peak resident memory of this process in MiB (Linux), if known.
@@ -158,7 +185,7 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
-    if let Some(form) = args.first() {
+    if let Some(form) = args.first().filter(|f| *f != "hidden") {
         let repeats = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(5);
         let (plain, second) = run_form(form, repeats);
         println!(
@@ -168,33 +195,47 @@ fn main() {
         );
         return;
     }
+    let me = std::env::current_exe().expect("own path");
+    let run = |form: &str, cache: bool| -> Option<Vec<String>> {
+        let mut command = Command::new(&me);
+        command.arg(form);
+        if cache {
+            command.env("ORACLE_COST_CACHE", "1");
+        }
+        let out = command.output().expect("run one form");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Some(line) = text.lines().find(|l| l.starts_with("RESULT")) else {
+            eprintln!("{form} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            return None;
+        };
+        Some(line.split_whitespace().map(String::from).collect())
+    };
+    if args.first().map(String::as_str) == Some("hidden") {
+        println!("| hidden | plain ∇g (ms) | (∇_y g, Hv, Jv) (ms) | ratio | peak memory (MiB) |");
+        println!("|---|---|---|---|---|");
+        for h in [64, 128, 256] {
+            if let Some(f) = run(&format!("hyper-opt-h{h}"), true) {
+                println!("| {h} | {} | {} | {} | {} |", f[2], f[3], f[4], f[5]);
+            }
+        }
+        return;
+    }
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into());
     println!("f32, CPU preset, RAYON_NUM_THREADS={threads}, medians of 5 after one warm-up\n");
     println!("| form | y | allocation cache | plain ∇g (ms) | (∇_y g, Hv, Jv) (ms) | ratio | target | peak memory (MiB) |");
     println!("|---|---|---|---|---|---|---|---|");
-    let me = std::env::current_exe().expect("own path");
     for (form, y, target) in [
         ("hyper-rep", "400 MLP heads (20 per batch)", "≤ 1.5"),
         ("hyper-opt", "Elman classifier", "≤ 3"),
         ("hyper-clean", "Elman classifier", "≤ 3"),
     ] {
         for cache in ["off", "on"] {
-            let mut command = Command::new(&me);
-            command.arg(form);
-            if cache == "on" {
-                command.env("ORACLE_COST_CACHE", "1");
+            if let Some(f) = run(form, cache == "on") {
+                println!(
+                    "| {form} | {y} | {cache} | {} | {} | {} | {target} | {} |",
+                    f[2], f[3], f[4], f[5]
+                );
             }
-            let out = command.output().expect("run one form");
-            let text = String::from_utf8_lossy(&out.stdout);
-            let Some(line) = text.lines().find(|l| l.starts_with("RESULT")) else {
-                eprintln!("{form} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-                continue;
-            };
-            let f: Vec<&str> = line.split_whitespace().collect();
-            println!(
-                "| {form} | {y} | {cache} | {} | {} | {} | {target} | {} |",
-                f[2], f[3], f[4], f[5]
-            );
         }
     }
 }

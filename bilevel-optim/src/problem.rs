@@ -70,7 +70,12 @@ where
     /// differentiates. The default is [`BilevelProblem::lower_loss`]; a problem whose x feeds y
     /// through an expensive computation (an encoder under task heads) can leave that computation
     /// off the tape, so the backward pass stops at y instead of running back through x.
-    fn lower_loss_in_y(&self, x: &Self::X, y: &Self::Y, batch: &Self::LowerBatch) -> Taped<Rank0, E> {
+    fn lower_loss_in_y(
+        &self,
+        x: &Self::X,
+        y: &Self::Y,
+        batch: &Self::LowerBatch,
+    ) -> Taped<Rank0, E> {
         self.lower_loss(x, y, batch)
     }
 
