@@ -176,21 +176,13 @@ where
     }
 
     fn lower_loss(&self, x: &Enc, y: &Self::Y, batch: &TaskBatch<E, EMB>) -> Taped<Rank0, E> {
-        sum_over_tasks(batch, |i, texts| {
-            let features = x.forward(texts.sequence()).0;
-            loss(&y.modules[i], features, &texts.targets(), None)
-                + l2_penalty(&FixedL2(self.mu), &y.modules[i])
-        })
+        self.support_loss(x, y, batch, |features| features)
     }
 
     /// The encoder's features enter as constants (their tape is dropped): SGD on the heads
     /// needs no backward pass through the RNN.
     fn lower_loss_in_y(&self, x: &Enc, y: &Self::Y, batch: &TaskBatch<E, EMB>) -> Taped<Rank0, E> {
-        sum_over_tasks(batch, |i, texts| {
-            let features = taped(&hold(&x.forward(texts.sequence()).0));
-            loss(&y.modules[i], features, &texts.targets(), None)
-                + l2_penalty(&FixedL2(self.mu), &y.modules[i])
-        })
+        self.support_loss(x, y, batch, |features| taped(&hold(&features)))
     }
 
     fn lower_grad_y(
@@ -210,6 +202,30 @@ where
         for (head, _) in y.modules.iter().zip(&in_batch).filter(|(_, &seen)| !seen) {
             grads.zero(head);
         }
+    }
+}
+
+impl<E: Real, Enc, Head, const NT: usize, const EMB: usize, const F: usize, const C: usize>
+    HyperRep<E, Enc, Head, NT, EMB, C>
+where
+    Cpu: Device<E>,
+    Enc: Params<E> + WrittenLayer<E, Sequence<E, EMB>, Output = Activations<E, F>>,
+    Head: Params<E> + WrittenLayer<E, Activations<E, F>, Output = Activations<E, C>>,
+{
+    /// `g` on the support sets, with the encoder's features passed through `features` (the
+    /// identity, or a cut of their tape) before the heads.
+    fn support_loss(
+        &self,
+        x: &Enc,
+        y: &Repeated<Head, NT>,
+        batch: &TaskBatch<E, EMB>,
+        features: impl Fn(Activations<E, F>) -> Activations<E, F>,
+    ) -> Taped<Rank0, E> {
+        sum_over_tasks(batch, |i, texts| {
+            let f = features(x.forward(texts.sequence()).0);
+            loss(&y.modules[i], f, &texts.targets(), None)
+                + l2_penalty(&FixedL2(self.mu), &y.modules[i])
+        })
     }
 }
 
