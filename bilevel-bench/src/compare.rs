@@ -11,6 +11,7 @@ use crate::config::{RunConfig, TaskName};
 use crate::plot::{plot, Series};
 use crate::runner::{run, run_dir, RunSummary};
 use crate::task_config;
+use crate::tune::Tuned;
 
 pub struct CompareOptions {
     pub base: RunConfig,
@@ -18,6 +19,8 @@ pub struct CompareOptions {
     pub seeds: Vec<u64>,
     pub out: PathBuf,
     pub progress: bool,
+    /// Configurations chosen by `tune`; a method found here runs with them.
+    pub tuned: Option<Tuned>,
 }
 
 pub struct CompareReport {
@@ -46,10 +49,22 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
 }
 
 pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<CompareReport> {
+    if let Some(tuned) = &options.tuned {
+        if tuned.task != options.base.task {
+            anyhow::bail!(
+                "the tuned configurations are for {}, not {}",
+                tuned.task.as_str(),
+                options.base.task.as_str()
+            );
+        }
+    }
     let mut runs = Vec::new();
     for method in &options.methods {
         for &seed in &options.seeds {
             let mut config = task_config(options.base.clone(), Some(method))?;
+            if let Some(tuned) = options.tuned.as_ref().and_then(|t| t.get(method)) {
+                config.method = Some(tuned.clone());
+            }
             config.seed = seed;
             let dir = run_dir(&options.out, &config);
             runs.push(

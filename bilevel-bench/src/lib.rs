@@ -11,6 +11,7 @@ pub mod plot;
 pub mod runner;
 pub mod synthetic;
 pub mod tasks;
+pub mod tune;
 
 use bilevel_optim::methods::MethodConfig;
 use config::RunConfig;

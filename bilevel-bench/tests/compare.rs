@@ -32,6 +32,7 @@ fn compare_writes_runs_table_and_plots() {
         seeds: vec![0, 1],
         out: out.clone(),
         progress: false,
+        tuned: None,
     };
     let report = compare(&options, &resolve_data_dir(None).unwrap()).unwrap();
     assert_eq!(report.runs.len(), 4);

@@ -564,3 +564,50 @@ fn maml_and_anil_drive_their_meta_gradient_to_zero() {
         assert!(rel < 1e-3, "{name}: {rel:e}");
     }
 }
+
+/// The (lower, upper) pair a grid search sets is the step that moves y and the step that moves
+/// x: shrinking one to 1e-12 freezes that variable over a few iterations, while the configured
+/// steps move both. (MAML and ANIL only round-trip: their y is the adapted initialization.)
+#[test]
+fn level_steps_are_the_steps_of_y_and_x() {
+    let run = |config: &MethodConfig| {
+        let (mut x, mut y) = start();
+        let problem = quad(0.0);
+        let mut method = config.build(&x, &y, &problem).unwrap();
+        let mut o = Oracles::new(problem, 1);
+        for _ in 0..3 {
+            method.step(&mut o, &mut x, &mut y).unwrap();
+        }
+        (norm(&as_f64(&x)), norm(&as_f64(&y)))
+    };
+    for (config, _) in cases(false) {
+        let name = config.name();
+        let (lower, upper) = config.level_steps();
+        let mut round = config.clone();
+        round.set_level_steps(lower * 0.5, upper * 0.25);
+        assert_eq!(round.level_steps(), (lower * 0.5, upper * 0.25), "{name}");
+        round.validate().unwrap();
+        if matches!(config, MethodConfig::Maml(_) | MethodConfig::Anil(_)) {
+            continue;
+        }
+        let (x_moved, y_moved) = run(&config);
+        assert!(
+            x_moved > 1e-4 && y_moved > 1e-4,
+            "{name}: {x_moved} {y_moved}"
+        );
+        let mut frozen_y = config.clone();
+        frozen_y.set_level_steps(1e-12, upper);
+        let (_, y_moved) = run(&frozen_y);
+        assert!(
+            y_moved < 1e-9,
+            "{name}: y moved {y_moved} with a lower step of 1e-12"
+        );
+        let mut frozen_x = config.clone();
+        frozen_x.set_level_steps(lower, 1e-12);
+        let (x_moved, _) = run(&frozen_x);
+        assert!(
+            x_moved < 1e-9,
+            "{name}: x moved {x_moved} with an upper step of 1e-12"
+        );
+    }
+}

@@ -214,6 +214,54 @@ impl MethodConfig {
         }
     }
 
+    /// The method's (lower, upper) step sizes, the pair a grid search tunes: the step of the
+    /// SGD on y and the step (or initial step) of x. For methods whose z moves with y's step
+    /// (SOBA, SABA) or that run SGD on two lower copies (F2SA's y and z), the lower step is that
+    /// shared step; other z steps, momenta and series scales are not part of the pair. MRBO's
+    /// steps are its y and x scales of the common η_k.
+    pub fn level_steps(&self) -> (f64, f64) {
+        match self {
+            Self::BoRep(c) => (c.gamma, c.eta),
+            Self::Stocbio(c) => (c.gamma, c.eta.initial),
+            Self::Ttsa(c) => (c.beta.initial, c.alpha.initial),
+            Self::Bsa(c) => (c.gamma, c.eta.initial),
+            Self::Alset(c) => (c.beta, c.alpha.initial),
+            Self::Amigo(c) => (c.gamma, c.alpha.initial),
+            Self::Soba(c) => (c.rho.initial, c.gamma.initial),
+            Self::Saba(c) => (c.rho, c.gamma),
+            Self::MaSoba(c) => (c.beta.initial, c.alpha.initial),
+            Self::F2sa(c) => (c.gamma_y, c.eta.initial),
+            Self::Mrbo(c) => (c.y_scale, c.x_scale),
+            Self::Vrbo(c) => (c.beta, c.alpha),
+            Self::Slip(c) => (c.gamma, c.eta.initial),
+            Self::Accbo(c) => (c.gamma, c.eta.initial),
+            Self::Adambo(c) => (c.gamma, c.eta.initial),
+            Self::Maml(c) | Self::Anil(c) => (c.inner_step, c.outer_step.initial),
+        }
+    }
+
+    /// Sets the pair [`Self::level_steps`] reads; schedules keep their decay exponents.
+    pub fn set_level_steps(&mut self, lower: f64, upper: f64) {
+        match self {
+            Self::BoRep(c) => (c.gamma, c.eta) = (lower, upper),
+            Self::Stocbio(c) => (c.gamma, c.eta.initial) = (lower, upper),
+            Self::Ttsa(c) => (c.beta.initial, c.alpha.initial) = (lower, upper),
+            Self::Bsa(c) => (c.gamma, c.eta.initial) = (lower, upper),
+            Self::Alset(c) => (c.beta, c.alpha.initial) = (lower, upper),
+            Self::Amigo(c) => (c.gamma, c.alpha.initial) = (lower, upper),
+            Self::Soba(c) => (c.rho.initial, c.gamma.initial) = (lower, upper),
+            Self::Saba(c) => (c.rho, c.gamma) = (lower, upper),
+            Self::MaSoba(c) => (c.beta.initial, c.alpha.initial) = (lower, upper),
+            Self::F2sa(c) => (c.gamma_y, c.gamma_z, c.eta.initial) = (lower, lower, upper),
+            Self::Mrbo(c) => (c.y_scale, c.x_scale) = (lower, upper),
+            Self::Vrbo(c) => (c.beta, c.alpha) = (lower, upper),
+            Self::Slip(c) => (c.gamma, c.eta.initial) = (lower, upper),
+            Self::Accbo(c) => (c.gamma, c.eta.initial) = (lower, upper),
+            Self::Adambo(c) => (c.gamma, c.eta.initial) = (lower, upper),
+            Self::Maml(c) | Self::Anil(c) => (c.inner_step, c.outer_step.initial) = (lower, upper),
+        }
+    }
+
     /// Checks every value of the configuration, naming the first one out of range.
     pub fn validate(&self) -> Result<(), BilevelError> {
         match self {

@@ -1,0 +1,148 @@
+//! `tune` on a tiny budget: every grid point runs, a diverging pair is recorded and never
+//! chosen, the chosen pair is the best finished one, and `compare --tuned` runs with it.
+
+use bilevel_bench::compare::{compare, CompareOptions};
+use bilevel_bench::config::{RunConfig, TaskName};
+use bilevel_bench::tasks::resolve_data_dir;
+use bilevel_bench::tune::{tune, Outcome, TuneOptions, Tuned};
+
+fn small(task: &str) -> RunConfig {
+    toml::from_str(&format!(
+        r#"
+        task = "{task}"
+        iters = 4
+        eval_every = 2
+        [hyper_opt]
+        batch = 8
+        max_len = 8
+        eval_size = 16
+        "#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
+    let out = std::env::temp_dir().join(format!("bilevel-tune-{}", std::process::id()));
+    let data_dir = resolve_data_dir(None).unwrap();
+    let options = TuneOptions {
+        base: small("hyper-opt"),
+        methods: vec!["bo-rep".into(), "soba".into()],
+        lower_grid: vec![0.05, 1e8],
+        upper_grid: vec![0.01, 0.5],
+        seed: 1,
+        out: out.clone(),
+        jobs: 2,
+        verbose: false,
+    };
+    let report = tune(&options, &data_dir).unwrap();
+    assert_eq!(report.points.len(), 8);
+    for p in &report.points {
+        let dir = out.join(format!(
+            "hyper-opt/tune/{}/lower-{}_upper-{}",
+            p.method, p.lower, p.upper
+        ));
+        assert!(dir.join("config.toml").is_file(), "{}", dir.display());
+        // A lower step of 1e8 blows y up within the budget; 0.05 does not.
+        match &p.outcome {
+            Outcome::Diverged(why) => {
+                assert_eq!(p.lower, 1e8, "{p:?}");
+                assert!(why.contains("not finite"), "{why}");
+            }
+            Outcome::Finished { accuracy, loss } => {
+                assert_eq!(p.lower, 0.05, "{p:?}");
+                assert!((0.0..=1.0).contains(accuracy) && loss.is_finite(), "{p:?}");
+            }
+        }
+    }
+    let tuned = Tuned::from_file(&report.dir.join("tuned.toml")).unwrap();
+    assert_eq!(tuned, report.tuned);
+    assert_eq!(tuned.task, TaskName::HyperOpt);
+    for method in ["bo-rep", "soba"] {
+        let finished: Vec<(f64, f64, f64, f64)> = report
+            .points
+            .iter()
+            .filter(|p| p.method == method)
+            .filter_map(|p| match p.outcome {
+                Outcome::Finished { accuracy, loss } => Some((accuracy, loss, p.lower, p.upper)),
+                Outcome::Diverged(_) => None,
+            })
+            .collect();
+        let best = finished
+            .iter()
+            .copied()
+            .reduce(|a, b| {
+                if b.0 > a.0 || (b.0 == a.0 && b.1 < a.1) {
+                    b
+                } else {
+                    a
+                }
+            })
+            .unwrap();
+        let config = tuned.get(method).unwrap();
+        assert_eq!(config.level_steps(), (best.2, best.3), "{method}");
+    }
+    let csv = std::fs::read_to_string(report.dir.join("grid.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 9, "{csv}");
+    assert!(csv.contains("soba,100000000,0.5,diverged,,"), "{csv}");
+    let md = std::fs::read_to_string(report.dir.join("grid.md")).unwrap();
+    assert!(md.contains("### bo-rep") && md.contains("div.") && md.contains("**"));
+
+    let compared = compare(
+        &CompareOptions {
+            base: small("hyper-opt"),
+            methods: vec!["soba".into()],
+            seeds: vec![0],
+            out: out.join("compare"),
+            progress: false,
+            tuned: Some(tuned.clone()),
+        },
+        &data_dir,
+    )
+    .unwrap();
+    let used = RunConfig::from_file(&compared.runs[0].dir.join("config.toml")).unwrap();
+    assert_eq!(used.method.as_ref(), tuned.get("soba"));
+
+    let wrong_task = compare(
+        &CompareOptions {
+            base: small("hyper-clean"),
+            methods: vec!["soba".into()],
+            seeds: vec![0],
+            out: out.join("wrong"),
+            progress: false,
+            tuned: Some(tuned),
+        },
+        &data_dir,
+    );
+    let err = wrong_task.err().unwrap().to_string();
+    assert!(
+        err.contains("tuned configurations are for hyper-opt"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn tune_refuses_hyper_rep_and_bad_grids() {
+    let data_dir = resolve_data_dir(None).unwrap();
+    let options = |task: &str, lower: Vec<f64>| TuneOptions {
+        base: small(task),
+        methods: vec!["soba".into()],
+        lower_grid: lower,
+        upper_grid: vec![0.1],
+        seed: 0,
+        out: std::env::temp_dir().join("bilevel-tune-never-written"),
+        jobs: 1,
+        verbose: false,
+    };
+    let err = tune(&options("hyper-rep", vec![0.1]), &data_dir)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no validation split"), "{err}");
+    let err = tune(&options("hyper-opt", vec![0.1, -1.0]), &data_dir)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("lower grid"), "{err}");
+}
