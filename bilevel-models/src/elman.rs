@@ -1,5 +1,6 @@
 //! An Elman RNN layer, `h_t = tanh(x_t W_ihᵀ + b_ih + h_{t−1} W_hhᵀ + b_hh)`, h_0 = 0, with its
-//! backward pass through time written in taped ops. Stack two with a tuple for the 2-layer RNN.
+//! backward pass through time written in taped ops, over packed sequences (step t continues the
+//! first rows of step t − 1). Stack two with a tuple for the 2-layer RNN.
 //!
 //! Backward, from `δ_t = ∂g/∂h_t` given by the layer above:
 //! `dh_t = δ_t + da_{t+1} W_hh`, `da_t = dh_t ⊙ (1 − h_t²)`, `∂W_ih = Σ da_tᵀ x_t`,
@@ -14,7 +15,7 @@ use dfdx::prelude::*;
 
 use crate::elementwise::{tanh, tanh_slope};
 use crate::layer::WrittenLayer;
-use crate::recurrent::{AffineGrads, RecurrentAffine};
+use crate::recurrent::{extend_rows, first_rows, AffineGrads, RecurrentAffine};
 use crate::sequence::Sequence;
 use crate::tape::{hold, taped, Held};
 
@@ -67,7 +68,9 @@ where
         let mut steps = Vec::with_capacity(n);
         for x in input.steps {
             saved.inputs.push(hold(&x));
-            let h = tanh(self.affine.forward(x, saved.states.last().map(taped)));
+            let rows = x.shape().0;
+            let previous = saved.states.last().map(|h| first_rows(h, rows));
+            let h = tanh(self.affine.forward(x, previous));
             saved.states.push(hold(&h));
             steps.push(h);
         }
@@ -99,7 +102,7 @@ where
         for (t, delta) in grad_output.steps.into_iter().enumerate().rev() {
             let dh = match from_next.take() {
                 None => delta,
-                Some(next) => delta + next,
+                Some(next) => delta + extend_rows(next, mask.active(t)),
             };
             let da = dh * tanh_slope(taped(&saved.states[t]));
             let da_held = hold(&da);

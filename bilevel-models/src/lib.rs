@@ -5,6 +5,7 @@
 //! - [`dense`]: dfdx's `Linear` and `Tanh`; [`elman`], [`lstm`]: recurrent layers over padded
 //!   sequences; [`pool`]: max-pooling over valid steps; [`loss`]: softmax cross-entropy.
 //! - [`elementwise`]: fused tanh and tanh-slope ops with hand-written backward passes.
+//! - [`rows`]: row gather, scatter-add and concatenation for packed sequences.
 //! - [`penalty`]: L2 penalties with a fixed, a per-tensor learnable or a scalar learnable coefficient.
 //! - [`classifier`]: the text classifier of the tasks and its size presets.
 //! - [`text`]: embedded text batches; [`forms`]: the three lower-level forms as bilevel problems.
@@ -20,6 +21,7 @@ pub mod lstm;
 pub mod penalty;
 pub mod pool;
 pub mod recurrent;
+pub mod rows;
 pub mod sequence;
 pub mod tape;
 pub mod text;

@@ -1,5 +1,6 @@
-//! An LSTM layer with its backward pass through time written in taped ops. Stack two with a
-//! tuple for the 2-layer encoder. Gates (PyTorch's equations, h_0 = c_0 = 0):
+//! An LSTM layer with its backward pass through time written in taped ops, over packed sequences
+//! (step t continues the first rows of step t − 1). Stack two with a tuple for the 2-layer
+//! encoder. Gates (PyTorch's equations, h_0 = c_0 = 0):
 //!
 //! ```text
 //! i = σ(a_i), f = σ(a_f), g = tanh(a_g), o = σ(a_o)      a_k = x_t W_kᵀ + b_k + h_{t−1} U_kᵀ + c_k
@@ -18,7 +19,7 @@ use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection};
 use dfdx::prelude::*;
 
 use crate::layer::WrittenLayer;
-use crate::recurrent::{AffineGrads, RecurrentAffine};
+use crate::recurrent::{extend_rows, first_rows, AffineGrads, RecurrentAffine};
 use crate::sequence::{Activations, Sequence};
 use crate::tape::{hold, taped, Held};
 
@@ -124,18 +125,22 @@ where
         let mut steps = Vec::with_capacity(input.steps.len());
         for x in input.steps {
             let x_held = hold(&x);
+            let rows = x.shape().0;
             let previous = saved.last();
+            // The state this step continues; its row selection rides on the input gate's tape.
+            let h_prev = previous.map(|p| first_rows(&p.h, rows));
+            let h_prev_held = h_prev.as_ref().map(hold);
             let pre = |gate: &RecurrentAffine<I, H, E, Cpu>, x: Activations<E, I>| {
-                gate.forward(x, previous.map(|p| taped(&p.h)))
+                gate.forward(x, h_prev_held.as_ref().map(taped))
             };
-            let i = pre(&self.input_gate, x).sigmoid();
+            let i = self.input_gate.forward(x, h_prev).sigmoid();
             let f = pre(&self.forget_gate, taped(&x_held)).sigmoid();
             let g = crate::elementwise::tanh(pre(&self.cell_gate, taped(&x_held)));
             let o = pre(&self.output_gate, taped(&x_held)).sigmoid();
             let (i_held, f_held, g_held, o_held) = (hold(&i), hold(&f), hold(&g), hold(&o));
             let c = match previous {
                 None => i * g,
-                Some(p) => f * taped(&p.c) + i * g,
+                Some(p) => f * first_rows(&p.c, rows) + i * g,
             };
             let c_held = hold(&c);
             let tanh_c = crate::elementwise::tanh(c);
@@ -183,21 +188,23 @@ where
         for (t, delta) in grad_output.steps.into_iter().enumerate().rev() {
             let s = &saved[t];
             let previous = t.checked_sub(1).map(|p| &saved[p]);
+            let rows = mask.active(t);
             let dh = match dh_next.take() {
                 None => delta,
-                Some(next) => delta + next,
+                Some(next) => delta + extend_rows(next, rows),
             };
             let dh_held = hold(&dh);
             let dc_here = dh * taped(&s.output) * tanh_slope(&s.tanh_c);
             let dc = match dc_next.take() {
                 None => dc_here,
-                Some(next) => dc_here + next,
+                Some(next) => dc_here + extend_rows(next, rows),
             };
             let dc_held = hold(&dc);
             // Gate pre-activation gradients, in the order of `gates()`: i, f, g, o.
             let da: [Option<Taped<(usize, Const<H>), E>>; 4] = [
                 Some(taped(&dc_held) * taped(&s.cell) * sigmoid_slope(&s.input)),
-                previous.map(|p| taped(&dc_held) * taped(&p.c) * sigmoid_slope(&s.forget)),
+                previous
+                    .map(|p| taped(&dc_held) * first_rows(&p.c, rows) * sigmoid_slope(&s.forget)),
                 Some(taped(&dc_held) * taped(&s.input) * tanh_slope(&s.cell)),
                 Some(taped(&dh_held) * taped(&s.tanh_c) * sigmoid_slope(&s.output)),
             ];

@@ -1,11 +1,12 @@
-//! Max-pooling over the valid time steps of a padded sequence batch.
+//! Max-pooling over the time steps of a packed sequence batch.
 //!
 //! The maximum is found on the values, then written as `pooled = Σ_t h_t ⊙ e_t`, where `e_t` is
-//! the indicator of "step t holds the maximum" (the first such step on a tie). The value is the
-//! maximum exactly, its derivative is the usual max-pool derivative, and the taped computation is
-//! two cheap element-wise operations per step: dfdx's own `max` over a stacked tensor costs
-//! a strided reduction in its backward pass that took a tenth of a whole second-order pass.
-//! Padded steps never hold the maximum. The written backward is `∂h_t = δ ⊙ e_t`.
+//! the indicator of "step t holds the maximum" (the first such step on a tie), and the rows are
+//! put back in the caller's order. The value is the maximum exactly, its derivative is the usual
+//! max-pool derivative, and the taped computation is cheap row moves and element-wise products:
+//! dfdx's own `max` over a stacked tensor costs a strided reduction in its backward pass that
+//! took a tenth of a whole second-order pass. The written backward is `∂h_t = δ ⊙ e_t` (on the
+//! packed rows of step t).
 
 use std::rc::Rc;
 
@@ -15,8 +16,10 @@ use dfdx::nn::ZeroSizedModule;
 use dfdx::prelude::*;
 
 use crate::layer::WrittenLayer;
+use crate::recurrent::{extend_rows, first_rows};
+use crate::rows::gather_rows;
 use crate::sequence::{Activations, Sequence, SequenceMask};
-use crate::tape::{hold, taped};
+use crate::tape::hold;
 
 /// Element-wise maximum over the valid steps of a sequence.
 #[derive(Debug, Default, Clone, Copy)]
@@ -24,41 +27,44 @@ pub struct MaxPoolTime;
 
 impl ZeroSizedModule for MaxPoolTime {}
 
-/// Which step holds each maximum, as one 0/1 tensor per step.
+/// Which step holds each maximum, as one 0/1 tensor per step (packed rows).
 pub struct MaxPoolSaved<const N: usize, E: Real>
 where
     Cpu: Device<E>,
 {
     winners: Vec<Tensor<(usize, Const<N>), E, Cpu>>,
-    mask: Rc<SequenceMask<E>>,
+    mask: Rc<SequenceMask>,
 }
 
-/// For every (row, feature), the first valid step with the largest value.
-fn argmax_over_valid_steps<const N: usize, E: Real>(
+/// For every (packed row, feature), the first step with the largest value.
+fn argmax_over_steps<const N: usize, E: Real>(
     steps: &[Activations<E, N>],
-    mask: &SequenceMask<E>,
+    rows: usize,
 ) -> Vec<usize>
 where
     Cpu: Device<E>,
 {
-    let rows = mask.batch_size();
     let mut best_step = vec![0usize; rows * N];
     let mut best_value = steps[0].as_vec();
     for (t, step) in steps.iter().enumerate().skip(1) {
         let values = step.as_vec();
-        for (row, &len) in mask.lengths().iter().enumerate() {
-            if t >= len {
-                continue;
-            }
-            for k in row * N..(row + 1) * N {
-                if values[k] > best_value[k] {
-                    best_value[k] = values[k];
-                    best_step[k] = t;
-                }
+        for (k, &v) in values.iter().enumerate() {
+            if v > best_value[k] {
+                best_value[k] = v;
+                best_step[k] = t;
             }
         }
     }
     best_step
+}
+
+/// The packed row of each of the caller's rows.
+fn packed_row_of(mask: &SequenceMask) -> Vec<usize> {
+    let mut packed = vec![0; mask.batch_size()];
+    for (r, &row) in mask.order().iter().enumerate() {
+        packed[row] = r;
+    }
+    packed
 }
 
 impl<const N: usize, E: Real> WrittenLayer<E, Sequence<E, N>> for MaxPoolTime
@@ -73,25 +79,27 @@ where
             !input.steps.is_empty(),
             "max-pooling needs at least one step"
         );
-        let shape = *input.steps[0].shape();
-        let best_step = argmax_over_valid_steps(&input.steps, &input.mask);
+        let rows = input.mask.batch_size();
+        let best_step = argmax_over_steps(&input.steps, rows);
         let dev = bilevel_optim::real::device();
         let winners: Vec<Tensor<(usize, Const<N>), E, Cpu>> = (0..input.steps.len())
             .map(|t| {
-                let hit = best_step
+                let active = input.mask.active(t);
+                let hit = best_step[..active * N]
                     .iter()
                     .map(|&b| if b == t { E::one() } else { E::zero() })
                     .collect();
-                dev.tensor_from_vec(hit, shape)
+                dev.tensor_from_vec(hit, (active, Const::<N>))
             })
             .collect();
-        let pooled = input
+        let packed = input
             .steps
             .into_iter()
             .zip(&winners)
-            .map(|(h, e)| h * e.clone())
+            .map(|(h, e)| extend_rows(h * e.clone(), rows))
             .reduce(|a, b| a + b)
             .expect("at least one step");
+        let pooled = gather_rows(packed, &packed_row_of(&input.mask));
         let saved = MaxPoolSaved {
             winners,
             mask: input.mask,
@@ -110,13 +118,17 @@ where
             grads.keep_tape(grad_output);
             return None;
         }
-        let delta = hold(&grad_output);
+        let packed = gather_rows(grad_output, saved.mask.order());
+        let delta = hold(&packed);
         let steps = saved
             .winners
             .into_iter()
-            .map(|e| taped(&delta) * e)
+            .map(|e| {
+                let active = e.shape().0;
+                first_rows(&delta, active) * e
+            })
             .collect();
-        grads.keep_tape(grad_output);
+        grads.keep_tape(packed);
         Some(Sequence {
             steps,
             mask: saved.mask,

@@ -8,6 +8,7 @@ use dfdx::nn::modules::Linear;
 use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection};
 use dfdx::prelude::*;
 
+use crate::rows::{concat_rows, gather_rows, scatter_rows};
 use crate::sequence::Activations;
 use crate::tape::{hold, taped, Held};
 
@@ -112,18 +113,46 @@ where
     }
 }
 
-/// The rows of every step, stacked into one (steps · batch, N) taped matrix.
+/// The state a step of `rows` rows continues: the first `rows` rows of the previous state (a
+/// packed batch loses its ended sequences from the end).
+pub fn first_rows<const H: usize, E: Real>(
+    previous: &Held<(usize, Const<H>), E>,
+    rows: usize,
+) -> Activations<E, H>
+where
+    Cpu: Device<E>,
+{
+    if previous.shape().0 == rows {
+        taped(previous)
+    } else {
+        gather_rows(taped(previous), &(0..rows).collect::<Vec<_>>())
+    }
+}
+
+/// `grad` (of a later, smaller step) padded with zero rows to `rows` rows: the transpose of
+/// [`first_rows`].
+pub fn extend_rows<const H: usize, E: Real>(
+    grad: Activations<E, H>,
+    rows: usize,
+) -> Activations<E, H>
+where
+    Cpu: Device<E>,
+{
+    let have = grad.shape().0;
+    if have == rows {
+        grad
+    } else {
+        scatter_rows(grad, &(0..have).collect::<Vec<_>>(), rows)
+    }
+}
+
+/// Every step's rows, stacked into one taped matrix.
 fn stack_rows<const N: usize, E: Real>(steps: &[Held<(usize, Const<N>), E>]) -> Activations<E, N>
 where
     Cpu: Device<E>,
 {
-    let rows: usize = steps.iter().map(|s| s.shape().0).sum();
-    steps
-        .iter()
-        .map(taped)
-        .collect::<Vec<_>>()
-        .stack()
-        .reshape_like(&(rows, Const::<N>))
+    let take: Vec<usize> = steps.iter().map(|s| s.shape().0).collect();
+    concat_rows(steps, &take)
 }
 
 impl<const I: usize, const H: usize, E: Real> AffineGrads<I, H, E>
@@ -169,9 +198,11 @@ where
             let stacked = stack_rows(&self.da_recurrent);
             let da_recurrent = hold(&stacked);
             grads.keep_tape(stacked);
+            // h_{t−1} has a row for every sequence still running at t − 1; step t reads the first.
+            let take: Vec<usize> = self.da_recurrent.iter().map(|d| d.shape().0).collect();
             grads.add(
                 &affine.recurrent.weight,
-                transposed(&da_recurrent).matmul(stack_rows(&self.h_prev)),
+                transposed(&da_recurrent).matmul(concat_rows(&self.h_prev, &take)),
             );
         }
         // The two biases enter a_t identically, so they share one gradient.

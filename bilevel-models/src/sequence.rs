@@ -1,78 +1,89 @@
-//! Batches of activations and padded sequences, with compile-time feature sizes and runtime
+//! Batches of activations and packed sequences, with compile-time feature sizes and runtime
 //! batch sizes and lengths.
+//!
+//! A batch of sequences is *packed*: its rows are sorted by length, longest first, and step t
+//! holds only the rows of the sequences still running at t (the first `active(t)` rows). No work
+//! is spent on padding, and a row's state at step t − 1 is the same row of the larger batch
+//! before it. Pooling returns the rows in the caller's order.
 
 use std::rc::Rc;
 
 use bilevel_optim::problem::Taped;
 use bilevel_optim::real::Real;
-use dfdx::prelude::{Const, Cpu, Device, Tensor, TensorFrom};
+use dfdx::prelude::{Const, Cpu, Device};
 
 /// A taped batch of `N`-dimensional activations: shape (batch, N).
 pub type Activations<E, const N: usize> = Taped<(usize, Const<N>), E>;
 
-/// Which steps of a padded batch of sequences are real tokens.
-#[derive(Debug, Clone)]
-pub struct SequenceMask<E: Real>
-where
-    Cpu: Device<E>,
-{
+/// The layout of a packed batch of sequences.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequenceMask {
+    /// In the caller's order.
     lengths: Vec<usize>,
-    /// Per time step, 1 for a real token and 0 for padding, shape (batch,).
-    valid: Vec<Tensor<(usize,), E, Cpu>>,
+    /// `order[r]` is the caller's row of packed row r (longest first; ties keep the caller's
+    /// order).
+    order: Vec<usize>,
+    /// `active[t]`: how many sequences are longer than t.
+    active: Vec<usize>,
 }
 
-impl<E: Real> SequenceMask<E>
-where
-    Cpu: Device<E>,
-{
-    /// A mask for sequences of the given lengths, padded to the longest. Every length must be at
-    /// least 1 (the text pipeline turns an empty text into one zero vector).
+impl SequenceMask {
+    /// The layout of sequences of the given lengths. Every length must be at least 1 (the text
+    /// pipeline turns an empty text into one zero vector).
     pub fn from_lengths(lengths: Vec<usize>) -> Self {
         assert!(
             lengths.iter().all(|&l| l >= 1),
             "every sequence needs at least one step"
         );
+        let mut order: Vec<usize> = (0..lengths.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
         let steps = lengths.iter().copied().max().unwrap_or(0);
-        let dev = bilevel_optim::real::device();
-        let b = lengths.len();
-        let valid = (0..steps)
-            .map(|t| {
-                let v: Vec<E> = lengths
-                    .iter()
-                    .map(|&l| if t < l { E::one() } else { E::zero() })
-                    .collect();
-                dev.tensor((v, (b,)))
-            })
+        let active = (0..steps)
+            .map(|t| lengths.iter().filter(|&&l| l > t).count())
             .collect();
-        Self { lengths, valid }
+        Self {
+            lengths,
+            order,
+            active,
+        }
     }
 
+    /// The lengths, in the caller's order.
     pub fn lengths(&self) -> &[usize] {
         &self.lengths
     }
 
     /// Number of time steps (the longest sequence).
     pub fn steps(&self) -> usize {
-        self.valid.len()
+        self.active.len()
     }
 
     pub fn batch_size(&self) -> usize {
         self.lengths.len()
     }
 
-    /// 1 where step `t` is a real token, 0 where it is padding.
-    pub fn valid(&self, t: usize) -> &Tensor<(usize,), E, Cpu> {
-        &self.valid[t]
+    /// The rows of step `t`: the first `active(t)` packed rows.
+    pub fn active(&self, t: usize) -> usize {
+        self.active[t]
+    }
+
+    /// The caller's row of each packed row.
+    pub fn order(&self) -> &[usize] {
+        &self.order
+    }
+
+    /// The length of packed row `r`.
+    pub fn packed_length(&self, r: usize) -> usize {
+        self.lengths[self.order[r]]
     }
 }
 
-/// A taped padded batch of sequences of `N`-dimensional vectors, one tensor per time step.
-/// Recurrent layers run over every step (padding included: it cannot influence earlier steps);
-/// the mask tells pooling which steps count.
+/// A taped packed batch of sequences of `N`-dimensional vectors: step t is an
+/// (`mask.active(t)`, N) matrix whose rows are the packed rows of [`SequenceMask`].
 pub struct Sequence<E: Real, const N: usize>
 where
     Cpu: Device<E>,
 {
     pub steps: Vec<Activations<E, N>>,
-    pub mask: Rc<SequenceMask<E>>,
+    pub mask: Rc<SequenceMask>,
 }

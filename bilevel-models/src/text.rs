@@ -1,4 +1,4 @@
-//! Texts as sequences of frozen word vectors, and the padded, masked batches the models read.
+//! Texts as sequences of frozen word vectors, and the packed batches the models read.
 
 use std::rc::Rc;
 
@@ -86,7 +86,8 @@ impl EmbeddedTexts {
         self.labels[i] = label;
     }
 
-    /// The texts `ids`, each cut to its first `max_len` tokens, padded to the longest and masked.
+    /// The texts `ids`, each cut to its first `max_len` tokens, as a packed batch
+    /// ([`SequenceMask`]: step t holds the texts longer than t, longest first).
     pub fn batch<E: Real, const EMB: usize>(
         &self,
         ids: &[usize],
@@ -108,16 +109,18 @@ impl EmbeddedTexts {
         let dev = bilevel_optim::real::device();
         let steps = (0..mask.steps())
             .map(|t| {
-                let mut data = vec![E::zero(); ids.len() * EMB];
-                for (row, &i) in ids.iter().enumerate() {
-                    if let Some(&token) = self.texts[i].get(t).filter(|_| t < max_len) {
+                let rows = mask.active(t);
+                let mut data = vec![E::zero(); rows * EMB];
+                for (packed, &row) in mask.order()[..rows].iter().enumerate() {
+                    // An empty text reads one zero vector.
+                    if let Some(&token) = self.texts[ids[row]].get(t) {
                         let v = &self.vectors[token as usize * EMB..(token as usize + 1) * EMB];
-                        for (d, &x) in data[row * EMB..(row + 1) * EMB].iter_mut().zip(v) {
+                        for (d, &x) in data[packed * EMB..(packed + 1) * EMB].iter_mut().zip(v) {
                             *d = E::of(x as f64);
                         }
                     }
                 }
-                dev.tensor_from_vec(data, (ids.len(), Const::<EMB>))
+                dev.tensor_from_vec(data, (rows, Const::<EMB>))
             })
             .collect();
         TextBatch {
@@ -129,15 +132,16 @@ impl EmbeddedTexts {
     }
 }
 
-/// A padded batch of embedded texts with their labels and their indices in the collection.
+/// A packed batch of embedded texts with their labels and their indices in the collection
+/// (labels and indices in the caller's order, as the models' outputs are).
 #[derive(Debug, Clone)]
 pub struct TextBatch<E: Real, const EMB: usize>
 where
     Cpu: Device<E>,
 {
-    /// One (batch, EMB) tensor per time step; padding is zero.
+    /// One (`mask.active(t)`, EMB) tensor per time step, rows in packed order.
     pub steps: Vec<Tensor<(usize, Const<EMB>), E, Cpu>>,
-    pub mask: Rc<SequenceMask<E>>,
+    pub mask: Rc<SequenceMask>,
     pub labels: Vec<usize>,
     /// Index of each text in its collection (which sample weight applies, for instance).
     pub ids: Vec<usize>,

@@ -1,4 +1,4 @@
-//! Embedded text batches: truncation to T, padding with zeros, masks, empty texts, bad input.
+//! Embedded text batches: truncation to T, packing, empty texts, bad input.
 
 use bilevel_models::text::EmbeddedTexts;
 
@@ -15,28 +15,33 @@ fn texts() -> EmbeddedTexts {
 }
 
 #[test]
-fn batches_are_truncated_padded_and_masked() {
+fn batches_are_truncated_and_packed() {
     let batch = texts().batch::<f64, 2>(&[0, 1, 2], 4);
     assert_eq!(
         batch.mask.lengths(),
         &[3, 1, 4],
         "cut at T = 4; an empty text is one step"
     );
-    assert_eq!(batch.steps.len(), 4, "padded to the longest");
+    assert_eq!(batch.mask.order(), &[2, 0, 1], "longest first");
+    assert_eq!(batch.steps.len(), 4, "as many steps as the longest");
     let step = |t: usize| batch.steps[t].as_vec();
     assert_eq!(
         step(0),
-        vec![1.0, -1.0, 0.0, 0.0, 3.0, -3.0],
-        "the empty text reads a zero vector"
+        vec![3.0, -3.0, 1.0, -1.0, 0.0, 0.0],
+        "packed order; the empty text reads a zero vector"
     );
     assert_eq!(
-        step(3),
-        vec![0.0, 0.0, 0.0, 0.0, 3.0, -3.0],
-        "padding is zero"
+        step(1),
+        vec![3.0, -3.0, 2.0, -2.0],
+        "the empty text has ended"
     );
-    assert_eq!(batch.mask.valid(2).as_vec(), vec![1.0, 0.0, 1.0]);
-    assert_eq!(batch.mask.valid(3).as_vec(), vec![0.0, 0.0, 1.0]);
-    assert_eq!(batch.labels, vec![0, 1, 1]);
+    assert_eq!(step(2), vec![3.0, -3.0, 3.0, -3.0]);
+    assert_eq!(step(3), vec![3.0, -3.0], "only the longest text is left");
+    assert_eq!(
+        batch.labels,
+        vec![0, 1, 1],
+        "labels stay in the caller's order"
+    );
     assert_eq!(
         batch.targets::<2>().as_vec(),
         vec![1.0, 0.0, 0.0, 1.0, 0.0, 1.0]
