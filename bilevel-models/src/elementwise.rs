@@ -49,7 +49,7 @@ where
     Cpu: Device<E>,
 {
     let (x, mut tape) = x.split_tape();
-    let mut values = x.as_vec();
+    let mut values = crate::tape::values(&x);
     f(&mut values);
     let y = device().tensor_from_vec(values, *x.shape());
     // The derivative's argument, as a tape-free handle (no copy until the backward pass).
@@ -66,7 +66,7 @@ where
             dy.len(),
             "element-wise op on a tensor that is not contiguous"
         );
-        for ((d, g), k) in dx.iter_mut().zip(dy).zip(kept.as_vec()) {
+        for ((d, g), k) in dx.iter_mut().zip(dy).zip(crate::tape::values(&kept)) {
             *d += g * slope(k);
         }
         Ok(())

@@ -19,7 +19,7 @@ use crate::layer::WrittenLayer;
 use crate::recurrent::{extend_rows, first_rows};
 use crate::rows::gather_rows;
 use crate::sequence::{Activations, Sequence, SequenceMask};
-use crate::tape::hold;
+use crate::tape::{hold, values};
 
 /// Element-wise maximum over the valid steps of a sequence.
 #[derive(Debug, Default, Clone, Copy)]
@@ -45,10 +45,9 @@ where
     Cpu: Device<E>,
 {
     let mut best_step = vec![0usize; rows * N];
-    let mut best_value = steps[0].as_vec();
+    let mut best_value = values(&steps[0]);
     for (t, step) in steps.iter().enumerate().skip(1) {
-        let values = step.as_vec();
-        for (k, &v) in values.iter().enumerate() {
+        for (k, v) in values(step).into_iter().enumerate() {
             if v > best_value[k] {
                 best_value[k] = v;
                 best_step[k] = t;

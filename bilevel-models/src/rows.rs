@@ -10,7 +10,7 @@ use bilevel_optim::problem::{Taped, Tp};
 use bilevel_optim::real::{device, Real};
 use dfdx::prelude::*;
 
-use crate::tape::Held;
+use crate::tape::{values, Held};
 
 type Rows<const N: usize> = (usize, Const<N>);
 
@@ -25,10 +25,10 @@ where
     let (x, mut tape) = x.split_tape();
     let rows = x.shape().0;
     assert!(index.iter().all(|&i| i < rows), "row index out of range");
-    let values = x.as_vec();
+    let source = values(&x);
     let mut out = Vec::with_capacity(index.len() * N);
     for &i in index {
-        out.extend_from_slice(&values[i * N..(i + 1) * N]);
+        out.extend_from_slice(&source[i * N..(i + 1) * N]);
     }
     let y = device().tensor_from_vec(out, (index.len(), Const::<N>));
     let index = index.to_vec();
@@ -55,7 +55,7 @@ where
     assert_eq!(x.shape().0, index.len(), "one target row per row");
     assert!(index.iter().all(|&i| i < rows), "row index out of range");
     let mut out = vec![E::zero(); rows * N];
-    add_rows(&mut out, &x.as_vec(), |k| index[k], |k| k, index.len(), N);
+    add_rows(&mut out, &values(&x), |k| index[k], |k| k, index.len(), N);
     let y = device().tensor_from_vec(out, (rows, Const::<N>));
     let index = index.to_vec();
     let (x_id, y_id) = (x.ghost(), y.ghost());
@@ -86,7 +86,7 @@ where
     let total: usize = take.iter().sum();
     let mut out = Vec::with_capacity(total * N);
     for (p, &n) in parts.iter().zip(take) {
-        out.extend_from_slice(&p.as_vec()[..n * N]);
+        out.extend_from_slice(&values(p)[..n * N]);
     }
     let y = device().tensor_from_vec(out, (total, Const::<N>));
     let ids: Vec<_> = parts.iter().map(|p| p.ghost()).collect();
