@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::config::{RunConfig, TaskName};
+use crate::parallel::map_in_threads;
 use crate::plot::{plot, Series};
 use crate::runner::{run, run_dir, RunSummary};
 use crate::task_config;
@@ -21,6 +22,8 @@ pub struct CompareOptions {
     pub progress: bool,
     /// Configurations chosen by `tune`; a method found here runs with them.
     pub tuned: Option<Tuned>,
+    /// Runs at once, one thread each.
+    pub jobs: usize,
 }
 
 pub struct CompareReport {
@@ -49,6 +52,9 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
 }
 
 pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<CompareReport> {
+    if options.jobs == 0 {
+        anyhow::bail!("--jobs must be at least 1");
+    }
     if let Some(tuned) = &options.tuned {
         if tuned.task != options.base.task {
             anyhow::bail!(
@@ -58,7 +64,7 @@ pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<Comp
             );
         }
     }
-    let mut runs = Vec::new();
+    let mut configs = Vec::new();
     for method in &options.methods {
         for &seed in &options.seeds {
             let mut config = task_config(options.base.clone(), Some(method))?;
@@ -66,13 +72,18 @@ pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<Comp
                 config.method = Some(tuned.clone());
             }
             config.seed = seed;
-            let dir = run_dir(&options.out, &config);
-            runs.push(
-                run(&config, data_dir, &dir, options.progress)
-                    .with_context(|| format!("{method}, seed {seed}"))?,
-            );
+            configs.push(config);
         }
     }
+    // One progress bar at a time: bars of parallel runs would overwrite each other.
+    let progress = options.progress && options.jobs <= 1;
+    let runs = map_in_threads(&configs, options.jobs, |config| {
+        let dir = run_dir(&options.out, config);
+        run(config, data_dir, &dir, progress)
+            .with_context(|| format!("{}, seed {}", config.method().name(), config.seed))
+    })
+    .into_iter()
+    .collect::<anyhow::Result<Vec<_>>>()?;
     let task = options.base.task;
     let dir = options.out.join(task.as_str()).join("compare");
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;

@@ -6,6 +6,7 @@ pub mod compare;
 pub mod config;
 pub mod data;
 pub mod logging;
+pub mod parallel;
 pub mod perf;
 pub mod plot;
 pub mod runner;

@@ -66,6 +66,10 @@ enum Command {
         /// A tuned.toml written by `tune`: the methods it holds run with its step sizes.
         #[arg(long)]
         tuned: Option<PathBuf>,
+        /// Runs at once, one thread each (each run itself uses one thread; no progress bar
+        /// with more than one).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
     },
     /// Grid search of each method's (lower, upper) step sizes at the configured budget, as
     /// tasks.md asks (hyper-opt and hyper-clean; hyper-rep has no validation split). Every pair
@@ -251,6 +255,7 @@ fn main() -> Result<()> {
             methods,
             seeds,
             tuned,
+            jobs,
         } => {
             let base = common.config()?;
             check_methods(&methods)?;
@@ -263,6 +268,7 @@ fn main() -> Result<()> {
                 out: common.out.clone(),
                 progress: !common.quiet,
                 tuned,
+                jobs,
             };
             let report = compare(&options, &data_dir)?;
             println!("{}", report.markdown);

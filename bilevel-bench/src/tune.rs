@@ -7,8 +7,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use anyhow::{bail, Context};
 use bilevel_optim::error::BilevelError;
@@ -16,6 +14,7 @@ use bilevel_optim::methods::MethodConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{RunConfig, TaskName};
+use crate::parallel::map_in_threads;
 use crate::runner::{run, RunSummary};
 use crate::task_config;
 
@@ -173,51 +172,35 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
             }
         }
     }
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<anyhow::Result<GridPoint>>>> =
-        Mutex::new((0..work.len()).map(|_| None).collect());
-    std::thread::scope(|scope| {
-        for _ in 0..options.jobs.min(work.len()) {
-            scope.spawn(|| loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some((method, lower, upper, config)) = work.get(k) else {
-                    break;
-                };
-                let dir = point_dir(&options.out, task, method, *lower, *upper);
-                let outcome = match run(config, data_dir, &dir, false) {
-                    Ok(summary) => finished(&summary, accuracy, loss),
-                    Err(e) if is_divergence(&e) => Ok(Outcome::Diverged(
-                        e.root_cause()
-                            .to_string()
-                            .lines()
-                            .next()
-                            .unwrap_or_default()
-                            .into(),
-                    )),
-                    Err(e) => Err(e.context(format!("{method} at ({lower}, {upper})"))),
-                };
-                if options.verbose {
-                    match &outcome {
-                        Ok(o) => eprintln!("{method} lower {lower} upper {upper}: {o:?}"),
-                        Err(e) => eprintln!("{e:#}"),
-                    }
-                }
-                let point = outcome.map(|outcome| GridPoint {
-                    method: method.clone(),
-                    lower: *lower,
-                    upper: *upper,
-                    outcome,
-                });
-                results.lock().expect("no thread panics holding it")[k] = Some(point);
-            });
+    let points = map_in_threads(&work, options.jobs, |(method, lower, upper, config)| {
+        let dir = point_dir(&options.out, task, method, *lower, *upper);
+        let outcome = match run(config, data_dir, &dir, false) {
+            Ok(summary) => finished(&summary, accuracy, loss),
+            Err(e) if is_divergence(&e) => Ok(Outcome::Diverged(
+                e.root_cause()
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .into(),
+            )),
+            Err(e) => Err(e.context(format!("{method} at ({lower}, {upper})"))),
+        };
+        if options.verbose {
+            match &outcome {
+                Ok(o) => eprintln!("{method} lower {lower} upper {upper}: {o:?}"),
+                Err(e) => eprintln!("{e:#}"),
+            }
         }
-    });
-    let points = results
-        .into_inner()
-        .expect("no thread panicked")
-        .into_iter()
-        .map(|p| p.expect("every grid point ran"))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        outcome.map(|outcome| GridPoint {
+            method: method.clone(),
+            lower: *lower,
+            upper: *upper,
+            outcome,
+        })
+    })
+    .into_iter()
+    .collect::<anyhow::Result<Vec<_>>>()?;
 
     let mut chosen = Vec::new();
     for method in &options.methods {

@@ -33,6 +33,7 @@ fn compare_writes_runs_table_and_plots() {
         out: out.clone(),
         progress: false,
         tuned: None,
+        jobs: 2,
     };
     let report = compare(&options, &resolve_data_dir(None).unwrap()).unwrap();
     assert_eq!(report.runs.len(), 4);

@@ -96,6 +96,7 @@ fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
             out: out.join("compare"),
             progress: false,
             tuned: Some(tuned.clone()),
+            jobs: 1,
         },
         &data_dir,
     )
@@ -111,6 +112,7 @@ fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
             out: out.join("wrong"),
             progress: false,
             tuned: Some(tuned),
+            jobs: 1,
         },
         &data_dir,
     );
