@@ -1,6 +1,7 @@
 //! Hyper-representation (meta-learning): x = a shared encoder, y = one head per training task.
 
 use std::marker::PhantomData;
+use std::ops::Range;
 
 use bilevel_optim::params::Params;
 use bilevel_optim::problem::{Batch, BilevelProblem, SampleRng, Taped};
@@ -12,7 +13,9 @@ use dfdx::prelude::*;
 use super::draw;
 use crate::classifier::{add_loss_gradient, loss};
 use crate::layer::WrittenLayer;
+use crate::loss::one_hot;
 use crate::penalty::{add_l2_gradient, l2_penalty, FixedL2};
+use crate::rows::gather_rows;
 use crate::sequence::{Activations, Sequence};
 use crate::tape::{hold, taped};
 use crate::text::{EmbeddedTexts, TextBatch};
@@ -24,13 +27,16 @@ pub struct Task {
     pub query: Vec<usize>,
 }
 
-/// A batch of tasks: each task's index (which head) and its texts.
+/// A batch of tasks: all their texts in one packed batch, task after task, so that one encoder
+/// pass of `tasks · texts` rows serves every task (per-task passes of 20 rows ran the matrix
+/// products far below the kernels' speed), and each task's head index and rows.
 #[derive(Debug, Clone)]
 pub struct TaskBatch<E: Real, const EMB: usize>
 where
     Cpu: Device<E>,
 {
-    pub tasks: Vec<(usize, TextBatch<E, EMB>)>,
+    pub texts: TextBatch<E, EMB>,
+    pub tasks: Vec<(usize, Range<usize>)>,
 }
 
 impl<E: Real, const EMB: usize> Batch for TaskBatch<E, EMB>
@@ -38,7 +44,7 @@ where
     Cpu: Device<E>,
 {
     fn size(&self) -> usize {
-        self.tasks.iter().map(|(_, b)| b.size()).sum()
+        self.texts.size()
     }
 }
 
@@ -119,12 +125,16 @@ where
     }
 
     fn task_batch(&self, which: impl Fn(&Task) -> &[usize]) -> TaskBatch<E, EMB> {
+        let mut ids = Vec::new();
+        let mut tasks = Vec::with_capacity(self.current.len());
+        for &i in &self.current {
+            let start = ids.len();
+            ids.extend_from_slice(which(&self.tasks[i]));
+            tasks.push((i, start..ids.len()));
+        }
         TaskBatch {
-            tasks: self
-                .current
-                .iter()
-                .map(|&i| (i, self.texts.batch(which(&self.tasks[i]), self.max_len)))
-                .collect(),
+            texts: self.texts.batch(&ids, self.max_len),
+            tasks,
         }
     }
 }
@@ -169,10 +179,11 @@ where
     }
 
     fn upper_loss(&self, x: &Enc, y: &Self::Y, batch: &TaskBatch<E, EMB>) -> Taped<Rank0, E> {
-        sum_over_tasks(batch, |i, texts| {
-            let features = x.forward(texts.sequence()).0;
-            loss(&y.modules[i], features, &texts.targets(), None)
-        })
+        task_features(x, batch, |features| features)
+            .into_iter()
+            .map(|(i, features, targets)| loss(&y.modules[i], features, &targets, None))
+            .reduce(|a, b| a + b)
+            .expect("a task batch holds at least one task")
     }
 
     fn lower_loss(&self, x: &Enc, y: &Self::Y, batch: &TaskBatch<E, EMB>) -> Taped<Rank0, E> {
@@ -193,11 +204,10 @@ where
         grads: &mut WrittenGrad<E>,
     ) {
         let mut in_batch = vec![false; NT];
-        for (i, texts) in &batch.tasks {
-            in_batch[*i] = true;
-            let features = x.forward(texts.sequence()).0;
-            add_loss_gradient(&y.modules[*i], features, &texts.targets(), None, grads);
-            add_l2_gradient(&FixedL2(self.mu), &y.modules[*i], grads);
+        for (i, features, targets) in task_features(x, batch, |features| features) {
+            in_batch[i] = true;
+            add_loss_gradient(&y.modules[i], features, &targets, None, grads);
+            add_l2_gradient(&FixedL2(self.mu), &y.modules[i], grads);
         }
         for (head, _) in y.modules.iter().zip(&in_batch).filter(|(_, &seen)| !seen) {
             grads.zero(head);
@@ -221,25 +231,41 @@ where
         batch: &TaskBatch<E, EMB>,
         features: impl Fn(Activations<E, F>) -> Activations<E, F>,
     ) -> Taped<Rank0, E> {
-        sum_over_tasks(batch, |i, texts| {
-            let f = features(x.forward(texts.sequence()).0);
-            loss(&y.modules[i], f, &texts.targets(), None)
-                + l2_penalty(&FixedL2(self.mu), &y.modules[i])
-        })
+        task_features(x, batch, features)
+            .into_iter()
+            .map(|(i, f, targets)| {
+                loss(&y.modules[i], f, &targets, None)
+                    + l2_penalty(&FixedL2(self.mu), &y.modules[i])
+            })
+            .reduce(|a, b| a + b)
+            .expect("a task batch holds at least one task")
     }
 }
 
-fn sum_over_tasks<E: Real, const EMB: usize>(
+/// Each task's head index, encoder features and one-hot targets, from one encoder pass over the
+/// whole batch whose output goes through `features` (the identity, or a cut of its tape). The
+/// first task's rows carry the pass's tape; the others read the same values through tape-free
+/// handles, and the gradients they send back meet at the pass's output.
+fn task_features<E: Real, Enc, const EMB: usize, const F: usize, const C: usize>(
+    x: &Enc,
     batch: &TaskBatch<E, EMB>,
-    mut term: impl FnMut(usize, &TextBatch<E, EMB>) -> Taped<Rank0, E>,
-) -> Taped<Rank0, E>
+    features: impl Fn(Activations<E, F>) -> Activations<E, F>,
+) -> Vec<(usize, Activations<E, F>, Tensor<(usize, Const<C>), E, Cpu>)>
 where
     Cpu: Device<E>,
+    Enc: WrittenLayer<E, Sequence<E, EMB>, Output = Activations<E, F>>,
 {
+    let all = features(x.forward(batch.texts.sequence()).0);
+    let held = hold(&all);
+    let mut carrier = Some(all);
     batch
         .tasks
         .iter()
-        .map(|(i, texts)| term(*i, texts))
-        .reduce(|a, b| a + b)
-        .expect("a task batch holds at least one task")
+        .map(|(i, rows)| {
+            let source = carrier.take().unwrap_or_else(|| taped(&held));
+            let mine = gather_rows(source, &rows.clone().collect::<Vec<_>>());
+            let targets = one_hot::<E, C>(&batch.texts.labels[rows.clone()]);
+            (*i, mine, targets)
+        })
+        .collect()
 }
