@@ -242,6 +242,10 @@ where
     }
 }
 
+/// A task's head index, its texts' encoder features and their one-hot targets.
+type TaskPiece<E, const F: usize, const C: usize> =
+    (usize, Activations<E, F>, Tensor<(usize, Const<C>), E, Cpu>);
+
 /// Each task's head index, encoder features and one-hot targets, from one encoder pass over the
 /// whole batch whose output goes through `features` (the identity, or a cut of its tape). The
 /// first task's rows carry the pass's tape; the others read the same values through tape-free
@@ -250,7 +254,7 @@ fn task_features<E: Real, Enc, const EMB: usize, const F: usize, const C: usize>
     x: &Enc,
     batch: &TaskBatch<E, EMB>,
     features: impl Fn(Activations<E, F>) -> Activations<E, F>,
-) -> Vec<(usize, Activations<E, F>, Tensor<(usize, Const<C>), E, Cpu>)>
+) -> Vec<TaskPiece<E, F, C>>
 where
     Cpu: Device<E>,
     Enc: WrittenLayer<E, Sequence<E, EMB>, Output = Activations<E, F>>,
