@@ -134,7 +134,7 @@ fn execute(
 
 /// dfdx's allocation caches of the model device and of the library's device. Reusing freed
 /// buffers makes an iteration 20–25% faster (docs/performance.md), but the cache keeps every
-/// buffer it is handed: batches padded to their longest text change shape from one iteration to
+/// buffer it is handed: packed batches change shape from one step and one iteration to
 /// the next, and a kept-forever cache grew to 24 GB and was killed by the kernel. So the caches
 /// are emptied after every iteration (reuse happens within the iteration's passes) and disabled
 /// when the run ends.

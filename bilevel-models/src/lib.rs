@@ -2,8 +2,8 @@
 //! they plug into [`bilevel_optim::problem::BilevelProblem`] with exact second-order products.
 //!
 //! - [`layer`]: the [`layer::WrittenLayer`] trait (forward + written backward) and tuple composition.
-//! - [`dense`]: dfdx's `Linear` and `Tanh`; [`elman`], [`lstm`]: recurrent layers over padded
-//!   sequences; [`pool`]: max-pooling over valid steps; [`loss`]: softmax cross-entropy.
+//! - [`dense`]: dfdx's `Linear` and `Tanh`; [`elman`], [`lstm`]: recurrent layers over packed
+//!   sequences; [`pool`]: max-pooling over time; [`loss`]: softmax cross-entropy.
 //! - [`elementwise`]: fused tanh and tanh-slope ops with hand-written backward passes.
 //! - [`rows`]: row gather, scatter-add and concatenation for packed sequences.
 //! - [`penalty`]: L2 penalties with a fixed, a per-tensor learnable or a scalar learnable coefficient.
