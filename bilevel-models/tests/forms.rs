@@ -1,6 +1,6 @@
-//! The three lower-level forms with both encoders, on padded and masked batches: written gradient
-//! against dfdx's autodiff, exact H·v and J·v against finite differences, symmetry, and the
-//! structure of the cross products (zero outside the batch).
+//! The three lower-level forms with both encoders, on packed batches of uneven lengths: written
+//! gradient against dfdx's autodiff, exact H·v and J·v against finite differences, symmetry, and
+//! the structure of the cross products (zero outside the batch).
 
 mod common;
 

@@ -34,8 +34,8 @@ where
     p.to_flat().into_iter().map(|v| v.f64()).collect()
 }
 
-/// `n` texts over a random `dim`-d vocabulary of 40 words, lengths 1..=max_len (so batches are
-/// padded), labels in 0..classes.
+/// `n` texts over a random `dim`-d vocabulary of 40 words, lengths 1..=max_len (so batches
+/// need packing), labels in 0..classes.
 pub fn synthetic_texts(
     n: usize,
     dim: usize,
