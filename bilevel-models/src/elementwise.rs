@@ -49,7 +49,7 @@ where
     Cpu: Device<E>,
 {
     let (x, mut tape) = x.split_tape();
-    let mut values = crate::tape::values(&x);
+    let mut values = bilevel_optim::real::values(&x);
     f(&mut values);
     let y = device().tensor_from_vec(values, *x.shape());
     // The derivative's argument, as a tape-free handle (no copy until the backward pass).
@@ -66,7 +66,11 @@ where
             dy.len(),
             "element-wise op on a tensor that is not contiguous"
         );
-        for ((d, g), k) in dx.iter_mut().zip(dy).zip(crate::tape::values(&kept)) {
+        for ((d, g), k) in dx
+            .iter_mut()
+            .zip(dy)
+            .zip(bilevel_optim::real::values(&kept))
+        {
             *d += g * slope(k);
         }
         Ok(())

@@ -19,7 +19,8 @@ use crate::layer::WrittenLayer;
 use crate::recurrent::{extend_rows, first_rows};
 use crate::rows::gather_rows;
 use crate::sequence::{Activations, Sequence, SequenceMask};
-use crate::tape::{hold, values};
+use crate::tape::hold;
+use bilevel_optim::real::values;
 
 /// Element-wise maximum over the valid steps of a sequence.
 #[derive(Debug, Default, Clone, Copy)]

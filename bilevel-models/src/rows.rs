@@ -7,10 +7,10 @@
 //! backward overwrites the input's gradient instead of adding to it.
 
 use bilevel_optim::problem::{Taped, Tp};
-use bilevel_optim::real::{device, Real};
+use bilevel_optim::real::{device, values, Real};
 use dfdx::prelude::*;
 
-use crate::tape::{values, Held};
+use crate::tape::Held;
 
 type Rows<const N: usize> = (usize, Const<N>);
 

@@ -2,7 +2,7 @@
 
 use bilevel_optim::problem::{Taped, Tp};
 use bilevel_optim::real::Real;
-use dfdx::prelude::{Cpu, Device, HasShape, NoneTape, Shape, Tensor};
+use dfdx::prelude::{Cpu, Device, NoneTape, Shape, Tensor};
 
 /// A tape-free handle to a value of the forward or backward pass (same tensor id).
 pub type Held<S, E> = Tensor<S, E, Cpu>;
@@ -52,17 +52,4 @@ where
     pub fn total(self) -> Option<Taped<S, E>> {
         self.0
     }
-}
-
-/// The values of `t` as a vector, by one block copy. dfdx's `as_vec` walks the strides element
-/// by element, which cost 7% of a hyper-rep iteration. For tensors an op produced (standard
-/// layout), which is every tensor this crate reads this way; a broadcast view panics here (its
-/// storage is shorter than its shape), so a permuted view is the one input this must never see.
-pub fn values<S: Shape, E: Real, T>(t: &Tensor<S, E, Cpu, T>) -> Vec<E>
-where
-    Cpu: Device<E>,
-{
-    let mut out = vec![E::zero(); t.shape().num_elements()];
-    t.copy_into(&mut out);
-    out
 }

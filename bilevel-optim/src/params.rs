@@ -421,13 +421,10 @@ where
         opts: TensorOptions<S, E, Cpu>,
         (t, name): (&Tensor<S, E, Cpu>, String),
     ) -> Visited<S, E> {
-        if opts.do_gradient_update && self.found.is_none() && {
-            // One block copy: parameters are leaf tensors in standard layout, and `as_vec`
-            // walks the strides element by element.
-            let mut v = vec![E::zero(); t.shape().num_elements()];
-            t.copy_into(&mut v);
-            v.iter().any(|v| !v.is_finite())
-        } {
+        if opts.do_gradient_update
+            && self.found.is_none()
+            && crate::real::values(t).iter().any(|v| !v.is_finite())
+        {
             self.found = Some(tensor_label(name));
         }
         Ok(None)
