@@ -84,9 +84,17 @@ where
         "taking more rows than a part has"
     );
     let total: usize = take.iter().sum();
-    let mut out = Vec::with_capacity(total * N);
+    let mut out = vec![E::zero(); total * N];
+    let mut start = 0;
     for (p, &n) in parts.iter().zip(take) {
-        out.extend_from_slice(&values(p)[..n * N]);
+        let block = &mut out[start..start + n * N];
+        if n == p.shape().0 {
+            // A whole part (every da_t and x_t): copied straight into place.
+            p.copy_into(block);
+        } else {
+            block.copy_from_slice(&values(p)[..n * N]);
+        }
+        start += n * N;
     }
     let y = device().tensor_from_vec(out, (total, Const::<N>));
     let ids: Vec<_> = parts.iter().map(|p| p.ghost()).collect();
