@@ -13,6 +13,11 @@ use bilevel_bench::{perf, synthetic, task_config};
 use bilevel_optim::methods::METHODS;
 use clap::{Parser, Subcommand};
 
+/// The methods `compare` and `tune` run when none are named.
+const DEFAULT_METHODS: &str = "bo-rep,stocbio,soba,ma-soba,slip";
+/// The step-size grid of tasks.md, for both levels of `tune`.
+const STEP_GRID: &str = "0.001,0.005,0.01,0.05,0.1,0.5";
+
 #[derive(Parser)]
 #[command(
     name = "bilevel-bench",
@@ -54,11 +59,7 @@ enum Command {
         common: Common,
         /// Comma-separated methods; with a config file, its [method] table configures the method
         /// of the same name.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "bo-rep,stocbio,soba,ma-soba,slip"
-        )]
+        #[arg(long, value_delimiter = ',', default_value = DEFAULT_METHODS)]
         methods: Vec<String>,
         /// Comma-separated seeds.
         #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
@@ -80,25 +81,13 @@ enum Command {
         #[command(flatten)]
         common: Common,
         /// Comma-separated methods.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "bo-rep,stocbio,soba,ma-soba,slip"
-        )]
+        #[arg(long, value_delimiter = ',', default_value = DEFAULT_METHODS)]
         methods: Vec<String>,
         /// The lower-level step sizes tried (the step of y; see docs/bench.md for each method).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "0.001,0.005,0.01,0.05,0.1,0.5"
-        )]
+        #[arg(long, value_delimiter = ',', default_value = STEP_GRID)]
         lower: Vec<f64>,
         /// The upper-level step sizes tried (the step of x).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "0.001,0.005,0.01,0.05,0.1,0.5"
-        )]
+        #[arg(long, value_delimiter = ',', default_value = STEP_GRID)]
         upper: Vec<f64>,
         #[arg(long, default_value_t = 0)]
         seed: u64,

@@ -18,9 +18,6 @@ use crate::parallel::map_in_threads;
 use crate::runner::{run, RunSummary};
 use crate::task_config;
 
-/// The grid of `tasks.md`, for both levels.
-pub const GRID: [f64; 6] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5];
-
 pub struct TuneOptions {
     /// Task, budget and the starting configuration of each method (its other hyperparameters).
     pub base: RunConfig,

@@ -105,26 +105,8 @@ fn run_form(form: &str, repeats: usize) -> (f64, f64) {
             .unwrap();
             time_oracles(problem, &x, &y, repeats)
         }
-        "hyper-opt" => {
-            // Batch 64, T = 64.
-            let y = cpu::Classifier::<E>::build(&dev);
-            let x: Tensor<Rank1<{ cpu::CLASSIFIER_TENSORS }>, E, Cpu> =
-                dev.tensor([(1e-3f32).ln(); cpu::CLASSIFIER_TENSORS]);
-            let config = BatchConfig {
-                lower_batch: 64,
-                upper_batch: 64,
-                max_len: 64,
-            };
-            let problem = HyperOpt::<E, cpu::Classifier<E>, _, EMB, C>::new(
-                texts(1000, 64, 2),
-                texts(200, 64, 3),
-                config,
-                &y,
-                &x,
-            )
-            .unwrap();
-            time_oracles(problem, &x, &y, repeats)
-        }
+        // Batch 64, T = 64, the CPU preset's classifier.
+        "hyper-opt" => hyper_opt_with_hidden::<{ cpu::HIDDEN }>(&dev, repeats),
         "hyper-clean" => {
             // Batch 256, T = 32, one weight per training tweet.
             let y = cpu::Classifier::<E>::build(&dev);
@@ -150,9 +132,11 @@ fn run_form(form: &str, repeats: usize) -> (f64, f64) {
     }
 }
 
-/// Hyper-opt (batch 64, T = 64) with an Elman encoder of `H` hidden units.
+/// Hyper-opt (batch 64, T = 64) with an Elman encoder of `H` hidden units (the CPU preset's
+/// classifier at `H` = `cpu::HIDDEN`).
 fn hyper_opt_with_hidden<const H: usize>(dev: &Cpu, repeats: usize) -> (f64, f64) {
-    type Model<const H: usize> = TextClassifier<ElmanEncoder<EMB, H, E>, MlpHead<H, 64, C, E>>;
+    type Model<const H: usize> =
+        TextClassifier<ElmanEncoder<EMB, H, E>, MlpHead<H, { cpu::HEAD }, C, E>>;
     let y = Model::<H>::build(dev);
     let x: Tensor<Rank1<{ cpu::CLASSIFIER_TENSORS }>, E, Cpu> =
         dev.tensor([(1e-3f32).ln(); cpu::CLASSIFIER_TENSORS]);
