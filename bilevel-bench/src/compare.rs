@@ -24,6 +24,41 @@ pub struct CompareOptions {
     pub tuned: Option<Tuned>,
     /// Runs at once, one thread each.
     pub jobs: usize,
+    /// (method, lower, upper) step pairs applied last, over `tuned` (for pairs published
+    /// elsewhere, such as the paper's of algorithms.md §7.2).
+    pub steps: Vec<StepPair>,
+}
+
+/// A method's (lower, upper) step sizes in the sense of `MethodConfig::level_steps`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepPair {
+    pub method: String,
+    pub lower: f64,
+    pub upper: f64,
+}
+
+impl std::str::FromStr for StepPair {
+    type Err = String;
+
+    /// Parses `METHOD=LOWER:UPPER`, for example `maml=0.05:0.1`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("'{text}' is not METHOD=LOWER:UPPER (for example maml=0.05:0.1)");
+        let (method, pair) = text.split_once('=').ok_or_else(bad)?;
+        let (lower, upper) = pair.split_once(':').ok_or_else(bad)?;
+        let step = |s: &str| -> Result<f64, String> {
+            let v: f64 = s.trim().parse().map_err(|_| bad())?;
+            if v.is_finite() && v > 0.0 {
+                Ok(v)
+            } else {
+                Err(format!("'{text}': a step must be positive and finite"))
+            }
+        };
+        Ok(StepPair {
+            method: method.trim().to_string(),
+            lower: step(lower)?,
+            upper: step(upper)?,
+        })
+    }
 }
 
 pub struct CompareReport {
@@ -64,12 +99,26 @@ pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<Comp
             );
         }
     }
+    for pair in &options.steps {
+        if !options.methods.contains(&pair.method) {
+            anyhow::bail!(
+                "--steps names {}, which is not among the compared methods ({})",
+                pair.method,
+                options.methods.join(", ")
+            );
+        }
+    }
     let mut configs = Vec::new();
     for method in &options.methods {
         for &seed in &options.seeds {
             let mut config = task_config(options.base.clone(), Some(method))?;
             if let Some(tuned) = options.tuned.as_ref().and_then(|t| t.get(method)) {
                 config.method = Some(tuned.clone());
+            }
+            if let Some(pair) = options.steps.iter().find(|p| &p.method == method) {
+                let mut chosen = config.method();
+                chosen.set_level_steps(pair.lower, pair.upper);
+                config.method = Some(chosen);
             }
             config.seed = seed;
             configs.push(config);

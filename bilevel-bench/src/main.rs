@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use bilevel_bench::compare::{compare, plot_run, CompareOptions};
+use bilevel_bench::compare::{compare, plot_run, CompareOptions, StepPair};
 use bilevel_bench::config::{RunConfig, TaskName};
 use bilevel_bench::runner::{run, run_dir};
 use bilevel_bench::tasks::resolve_data_dir;
@@ -67,6 +67,10 @@ enum Command {
         /// A tuned.toml written by `tune`: the methods it holds run with its step sizes.
         #[arg(long)]
         tuned: Option<PathBuf>,
+        /// Comma-separated METHOD=LOWER:UPPER step pairs (the step of y and the step of x, as
+        /// docs/bench.md maps them), applied over --tuned: for example maml=0.05:0.1.
+        #[arg(long, value_delimiter = ',')]
+        steps: Vec<StepPair>,
         /// Runs at once, one thread each (each run itself uses one thread; no progress bar
         /// with more than one).
         #[arg(long, default_value_t = 1)]
@@ -244,6 +248,7 @@ fn main() -> Result<()> {
             methods,
             seeds,
             tuned,
+            steps,
             jobs,
         } => {
             let base = common.config()?;
@@ -258,6 +263,7 @@ fn main() -> Result<()> {
                 progress: !common.quiet,
                 tuned,
                 jobs,
+                steps,
             };
             let report = compare(&options, &data_dir)?;
             println!("{}", report.markdown);

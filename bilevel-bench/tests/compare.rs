@@ -1,6 +1,6 @@
 //! `compare` on a tiny budget: every run directory, the results table and the six plots.
 
-use bilevel_bench::compare::{compare, quantile, CompareOptions};
+use bilevel_bench::compare::{compare, quantile, CompareOptions, StepPair};
 use bilevel_bench::config::RunConfig;
 use bilevel_bench::tasks::resolve_data_dir;
 
@@ -9,6 +9,43 @@ fn quantiles_interpolate() {
     assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.5), 2.0);
     assert!((quantile(&[0.0, 10.0], 0.2) - 2.0).abs() < 1e-12);
     assert!(quantile(&[], 0.5).is_nan());
+}
+
+#[test]
+fn step_pairs_parse_or_say_why() {
+    let pair: StepPair = "maml=0.05:0.1".parse().unwrap();
+    assert_eq!(
+        (pair.method.as_str(), pair.lower, pair.upper),
+        ("maml", 0.05, 0.1)
+    );
+    for bad in [
+        "maml",
+        "maml=0.05",
+        "maml=a:0.1",
+        "maml=0.05:-1",
+        "maml=0.05:inf",
+    ] {
+        let err = bad.parse::<StepPair>().unwrap_err();
+        assert!(err.contains(bad), "{err}");
+    }
+    let base: RunConfig = toml::from_str("task = \"hyper-opt\"").unwrap();
+    let err = compare(
+        &CompareOptions {
+            base,
+            methods: vec!["soba".into()],
+            seeds: vec![0],
+            out: std::env::temp_dir().join("bilevel-compare-never-written"),
+            progress: false,
+            tuned: None,
+            jobs: 1,
+            steps: vec!["maml=0.05:0.1".parse().unwrap()],
+        },
+        &resolve_data_dir(None).unwrap(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("--steps names maml"), "{err}");
 }
 
 #[test]
@@ -34,6 +71,7 @@ fn compare_writes_runs_table_and_plots() {
         progress: false,
         tuned: None,
         jobs: 2,
+        steps: vec!["soba=0.02:0.03".parse().unwrap()],
     };
     let report = compare(&options, &resolve_data_dir(None).unwrap()).unwrap();
     assert_eq!(report.runs.len(), 4);
@@ -50,6 +88,18 @@ fn compare_writes_runs_table_and_plots() {
             }
         }
     }
+    let used = |method: &str| {
+        RunConfig::from_file(&out.join(format!("hyper-opt/{method}/seed-1/config.toml")))
+            .unwrap()
+            .method()
+    };
+    assert_eq!(used("soba").level_steps(), (0.02, 0.03));
+    let default_bo_rep = RunConfig {
+        method: None,
+        ..options.base.clone()
+    }
+    .method();
+    assert_eq!(used("bo-rep"), default_bo_rep, "--steps touches only soba");
     let table = std::fs::read_to_string(report.dir.join("results.md")).unwrap();
     assert!(table.starts_with("| method | test/accuracy |"), "{table}");
     assert!(table.contains("| bo-rep |") && table.contains("| soba |"));

@@ -97,6 +97,7 @@ fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
             progress: false,
             tuned: Some(tuned.clone()),
             jobs: 1,
+            steps: vec![],
         },
         &data_dir,
     )
@@ -113,6 +114,7 @@ fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
             progress: false,
             tuned: Some(tuned),
             jobs: 1,
+            steps: vec![],
         },
         &data_dir,
     );
