@@ -11,6 +11,7 @@ pub mod problem;
 pub mod problems;
 pub mod real;
 pub mod schedule;
+pub mod shards;
 pub mod steps;
 pub mod validate;
 pub mod variance;

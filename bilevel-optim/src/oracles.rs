@@ -8,6 +8,8 @@
 //! All batches are drawn here, from one seeded generator, so every method sees data in the same
 //! order and a run can be resumed from [`OracleState`].
 
+use std::borrow::Cow;
+
 use dfdx::nn::ZeroGrads;
 use dfdx::prelude::{
     AsArray, Backward, Cpu, Device, Merge, PutTape, Rank0, SplitTape, Tensor, Trace, ZerosTensor,
@@ -17,8 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::BilevelError;
 use crate::params::Params;
-use crate::problem::{Batch, BilevelProblem, SampleRng, Taped};
+use crate::problem::{Batch, BilevelProblem, SampleRng, ShardedProblem, Taped};
 use crate::real::Real;
+use crate::shards::ShardPool;
 use crate::written_grad::WrittenGrad;
 
 fn no_split() -> BilevelError {
@@ -100,9 +103,41 @@ where
     problem: P,
     rng: SampleRng,
     counts: OracleCounts,
-    dev: Cpu,
-    _e: std::marker::PhantomData<E>,
+    /// Set by [`Oracles::sharded`]: every pass is split over batch shards on several threads.
+    sharding: Option<Sharding<E, P>>,
 }
+
+/// The sharded passes, instantiated by [`Oracles::sharded`] where the problem's thread-safety
+/// bounds are known, so that `Oracles` and the methods using it need no such bounds.
+struct Sharding<E: Real, P: BilevelProblem<E>>
+where
+    Cpu: Device<E>,
+{
+    pool: ShardPool,
+    upper: UpperSharded<E, P>,
+    lower: LowerSharded<E, P>,
+}
+
+type UpperSharded<E, P> =
+    fn(
+        &ShardPool,
+        &P,
+        &<P as BilevelProblem<E>>::X,
+        &<P as BilevelProblem<E>>::Y,
+        &<P as BilevelProblem<E>>::UpperBatch,
+    ) -> LossGrad<E, <P as BilevelProblem<E>>::X, <P as BilevelProblem<E>>::Y>;
+
+type LowerSharded<E, P> = fn(
+    &ShardPool,
+    &P,
+    &<P as BilevelProblem<E>>::X,
+    &<P as BilevelProblem<E>>::Y,
+    &<P as BilevelProblem<E>>::LowerBatch,
+    LowerPass<'_, <P as BilevelProblem<E>>::Y>,
+) -> Result<
+    LowerResult<E, <P as BilevelProblem<E>>::X, <P as BilevelProblem<E>>::Y>,
+    BilevelError,
+>;
 
 impl<E: Real, P: BilevelProblem<E>> Oracles<E, P>
 where
@@ -114,9 +149,39 @@ where
             problem,
             rng: SampleRng::seed_from_u64(seed),
             counts: OracleCounts::default(),
-            dev: crate::real::device(),
-            _e: std::marker::PhantomData,
+            sharding: None,
         }
+    }
+
+    /// Like [`Oracles::new`], with every pass split over `threads` shards of its batch, one
+    /// thread each ([`crate::shards`]). Batches, calls and counts are those of `new`; values
+    /// differ only by the order of floating-point sums. `threads = 1` is `new`.
+    pub fn sharded(problem: P, seed: u64, threads: usize) -> Result<Self, BilevelError>
+    where
+        P: ShardedProblem<E> + Sync,
+        P::X: Send + Sync,
+        P::Y: Send + Sync,
+        P::UpperBatch: Sync,
+        P::LowerBatch: Sync,
+    {
+        let mut oracles = Self::new(problem, seed);
+        let pool = ShardPool::new(threads)?;
+        if pool.shards() > 1 {
+            oracles.sharding = Some(Sharding {
+                pool,
+                upper: upper_sharded::<E, P>,
+                lower: lower_sharded::<E, P>,
+            });
+        }
+        Ok(oracles)
+    }
+
+    /// The devices of the shard threads (none without sharding), whose allocation caches the
+    /// caller manages like those of its own devices.
+    pub fn worker_devices(&self) -> Vec<Cpu> {
+        self.sharding
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.pool.worker_devices())
     }
 
     pub fn problem(&self) -> &P {
@@ -180,8 +245,10 @@ where
     ) -> LossGrad<E, P::X, P::Y> {
         self.counts.upper_grad += 1;
         self.counts.upper_samples += batch.size() as u64;
-        let loss = self.problem.upper_loss(x, y, batch);
-        self.loss_and_grads(loss, x, y)
+        match &self.sharding {
+            Some(s) => (s.upper)(&s.pool, &self.problem, x, y, batch),
+            None => upper_pass(&self.problem, x, y, batch),
+        }
     }
 
     /// `G(x, y; ζ)`, `∇_x G`, `∇_y G` from one backward pass (dfdx autodiff of the lower loss).
@@ -193,8 +260,10 @@ where
     ) -> LossGrad<E, P::X, P::Y> {
         self.counts.lower_grad += 1;
         self.counts.lower_samples += batch.size() as u64;
-        let loss = self.problem.lower_loss(x, y, batch);
-        self.loss_and_grads(loss, x, y)
+        match self.lower(x, y, batch, LowerPass::Grad) {
+            Ok(LowerResult::Grad(r)) => r,
+            _ => unreachable!("a plain lower pass yields a loss and both gradients"),
+        }
     }
 
     /// `G(x, y; ζ)` and `∇_y G` only (counted as a lower gradient call), from
@@ -202,10 +271,10 @@ where
     pub fn lower_grad_y(&mut self, x: &P::X, y: &P::Y, batch: &P::LowerBatch) -> (E, P::Y) {
         self.counts.lower_grad += 1;
         self.counts.lower_samples += batch.size() as u64;
-        let loss = self.problem.lower_loss_in_y(x, y, batch);
-        let value = loss.array();
-        let grads = self.anchored(loss, x, y).backward();
-        (value, y.gradient_from(&grads))
+        match self.lower(x, y, batch, LowerPass::GradY) {
+            Ok(LowerResult::GradY(r)) => (r.value, r.dy),
+            _ => unreachable!("a y-only lower pass yields a loss and ∇_y G"),
+        }
     }
 
     /// `∇²_yy G·v`, `∇²_xy G·v` (and the value of `∇_y G`) from one backward pass over
@@ -294,36 +363,287 @@ where
         v: &P::Y,
         batch: &P::LowerBatch,
     ) -> Result<SecondOrder<P::X, P::Y>, BilevelError> {
-        let mut grad = WrittenGrad::new(y, Some(v));
-        self.problem.lower_grad_y(x, y, batch, &mut grad);
-        let (grad_y, inner) = grad.finish(y)?;
-        let inner = inner.expect("a direction was given");
-        let grads = self.anchored(inner, x, y).backward();
-        Ok(SecondOrder {
-            grad_y,
-            hvp: y.gradient_from(&grads),
-            jvp: x.gradient_from(&grads),
-        })
-    }
-
-    fn loss_and_grads(&self, loss: Taped<Rank0, E>, x: &P::X, y: &P::Y) -> LossGrad<E, P::X, P::Y> {
-        let value = loss.array();
-        let grads = self.anchored(loss, x, y).backward();
-        LossGrad {
-            value,
-            dx: x.gradient_from(&grads),
-            dy: y.gradient_from(&grads),
+        match self.lower(x, y, batch, LowerPass::SecondOrder(v))? {
+            LowerResult::SecondOrder(r) => Ok(r),
+            _ => unreachable!("a second-order pass yields ∇_y G, H·v and J·v"),
         }
     }
 
-    /// Merges a tape holding gradient buffers for every tensor of x and y into `scalar`, so each of
-    /// them gets a gradient (zero if the computation does not touch it) and every other buffer is
-    /// freed after the backward pass.
-    fn anchored(&self, scalar: Taped<Rank0, E>, x: &P::X, y: &P::Y) -> Taped<Rank0, E> {
-        let grads = (x.clone(), y.clone()).alloc_grads();
-        let anchor: Tensor<Rank0, E, Cpu, _> = self.dev.zeros().traced(grads);
-        let (_, anchor_tape) = anchor.split_tape();
-        let (s, tape) = scalar.split_tape();
-        s.put_tape(tape.merge(anchor_tape))
+    /// One pass over a lower batch, sharded or not.
+    fn lower(
+        &self,
+        x: &P::X,
+        y: &P::Y,
+        batch: &P::LowerBatch,
+        pass: LowerPass<'_, P::Y>,
+    ) -> Result<LowerResult<E, P::X, P::Y>, BilevelError> {
+        match &self.sharding {
+            Some(s) => (s.lower)(&s.pool, &self.problem, x, y, batch, pass),
+            None => lower_pass(&self.problem, x, y, batch, pass),
+        }
+    }
+}
+
+/// What a pass over a lower batch computes.
+enum LowerPass<'v, Y> {
+    /// `G`, `∇_x G`, `∇_y G` by autodiff of the lower loss.
+    Grad,
+    /// `G`, `∇_y G` by autodiff of [`BilevelProblem::lower_loss_in_y`].
+    GradY,
+    /// `∇_y G` written, then `H·v` and `J·v` by one backward over `⟨∇_y G, v⟩`.
+    SecondOrder(&'v Y),
+}
+
+// By hand: derived impls would require `Y: Copy`.
+impl<Y> Clone for LowerPass<'_, Y> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<Y> Copy for LowerPass<'_, Y> {}
+
+enum LowerResult<E, X, Y> {
+    Grad(LossGrad<E, X, Y>),
+    GradY(LossGradY<E, Y>),
+    SecondOrder(SecondOrder<X, Y>),
+}
+
+struct LossGradY<E, Y> {
+    value: E,
+    dy: Y,
+}
+
+fn upper_pass<E: Real, P: BilevelProblem<E>>(
+    problem: &P,
+    x: &P::X,
+    y: &P::Y,
+    batch: &P::UpperBatch,
+) -> LossGrad<E, P::X, P::Y>
+where
+    Cpu: Device<E>,
+{
+    let loss = problem.upper_loss(x, y, batch);
+    let value = loss.array();
+    let grads = anchored(loss, x, y).backward();
+    LossGrad {
+        value,
+        dx: x.gradient_from(&grads),
+        dy: y.gradient_from(&grads),
+    }
+}
+
+fn lower_pass<E: Real, P: BilevelProblem<E>>(
+    problem: &P,
+    x: &P::X,
+    y: &P::Y,
+    batch: &P::LowerBatch,
+    pass: LowerPass<'_, P::Y>,
+) -> Result<LowerResult<E, P::X, P::Y>, BilevelError>
+where
+    Cpu: Device<E>,
+{
+    Ok(match pass {
+        LowerPass::Grad => {
+            let loss = problem.lower_loss(x, y, batch);
+            let value = loss.array();
+            let grads = anchored(loss, x, y).backward();
+            LowerResult::Grad(LossGrad {
+                value,
+                dx: x.gradient_from(&grads),
+                dy: y.gradient_from(&grads),
+            })
+        }
+        LowerPass::GradY => {
+            let loss = problem.lower_loss_in_y(x, y, batch);
+            let value = loss.array();
+            let grads = anchored(loss, x, y).backward();
+            LowerResult::GradY(LossGradY {
+                value,
+                dy: y.gradient_from(&grads),
+            })
+        }
+        LowerPass::SecondOrder(v) => {
+            let mut grad = WrittenGrad::new(y, Some(v));
+            problem.lower_grad_y(x, y, batch, &mut grad);
+            let (grad_y, inner) = grad.finish(y)?;
+            let inner = inner.expect("a direction was given");
+            let grads = anchored(inner, x, y).backward();
+            LowerResult::SecondOrder(SecondOrder {
+                grad_y,
+                hvp: y.gradient_from(&grads),
+                jvp: x.gradient_from(&grads),
+            })
+        }
+    })
+}
+
+/// Merges a tape holding gradient buffers for every tensor of x and y into `scalar`, so each of
+/// them gets a gradient (zero if the computation does not touch it) and every other buffer is
+/// freed after the backward pass.
+fn anchored<E: Real, X: Params<E>, Y: Params<E>>(
+    scalar: Taped<Rank0, E>,
+    x: &X,
+    y: &Y,
+) -> Taped<Rank0, E>
+where
+    Cpu: Device<E>,
+{
+    let grads = (x.clone(), y.clone()).alloc_grads();
+    let anchor: Tensor<Rank0, E, Cpu, _> = crate::real::device().zeros().traced(grads);
+    let (_, anchor_tape) = anchor.split_tape();
+    let (s, tape) = scalar.split_tape();
+    s.put_tape(tape.merge(anchor_tape))
+}
+
+/// `t` itself on shard 0 (the calling thread), a copy on this worker's device otherwise.
+fn on_shard<E: Real, T: Params<E>>(t: &T, k: usize) -> Cow<'_, T>
+where
+    Cpu: Device<E>,
+{
+    if k == 0 {
+        Cow::Borrowed(t)
+    } else {
+        Cow::Owned(t.on_device(&crate::real::device()))
+    }
+}
+
+fn upper_sharded<E: Real, P>(
+    pool: &ShardPool,
+    problem: &P,
+    x: &P::X,
+    y: &P::Y,
+    batch: &P::UpperBatch,
+) -> LossGrad<E, P::X, P::Y>
+where
+    Cpu: Device<E>,
+    P: ShardedProblem<E> + Sync,
+    P::X: Send + Sync,
+    P::Y: Send + Sync,
+    P::UpperBatch: Sync,
+{
+    let parts = pool.run(|k| {
+        let (w, shard) = problem.upper_shard(batch, k, pool.shards())?;
+        let r = upper_pass(problem, &*on_shard(x, k), &*on_shard(y, k), &shard);
+        Some((w, r))
+    });
+    weighted_sum(parts)
+}
+
+fn lower_sharded<E: Real, P>(
+    pool: &ShardPool,
+    problem: &P,
+    x: &P::X,
+    y: &P::Y,
+    batch: &P::LowerBatch,
+    pass: LowerPass<'_, P::Y>,
+) -> Result<LowerResult<E, P::X, P::Y>, BilevelError>
+where
+    Cpu: Device<E>,
+    P: ShardedProblem<E> + Sync,
+    P::X: Send + Sync,
+    P::Y: Send + Sync,
+    P::LowerBatch: Sync,
+{
+    let parts = pool.run(|k| {
+        let (w, shard) = problem.lower_shard(batch, k, pool.shards())?;
+        let (x, y) = (on_shard(x, k), on_shard(y, k));
+        let r = match pass {
+            LowerPass::SecondOrder(v) => {
+                let v = on_shard(v, k);
+                lower_pass(problem, &*x, &*y, &shard, LowerPass::SecondOrder(&*v))
+            }
+            other => lower_pass(problem, &*x, &*y, &shard, other),
+        };
+        Some(r.map(|r| (w, r)))
+    });
+    let parts = parts.into_iter().flatten().collect::<Result<Vec<_>, _>>()?;
+    Ok(weighted_sum(parts.into_iter().map(Some).collect()))
+}
+
+/// What the shards of a pass return, added with the shards' weights.
+trait Accumulate<E> {
+    /// `self ← w · self`.
+    fn scale(&mut self, w: f64);
+    /// `self ← self + w · other`.
+    fn add_scaled(&mut self, w: f64, other: &Self);
+}
+
+/// `Σ_k w_k r_k` over the shards that had samples, in shard order (so a run is reproducible).
+fn weighted_sum<E, T: Accumulate<E>>(parts: Vec<Option<(f64, T)>>) -> T {
+    let mut parts = parts.into_iter().flatten();
+    let (w0, mut sum) = parts.next().expect("a batch with at least one sample");
+    if w0 != 1.0 {
+        sum.scale(w0);
+    }
+    for (w, r) in parts {
+        sum.add_scaled(w, &r);
+    }
+    sum
+}
+
+impl<E: Real, X: Params<E>, Y: Params<E>> Accumulate<E> for LossGrad<E, X, Y>
+where
+    Cpu: Device<E>,
+{
+    fn scale(&mut self, w: f64) {
+        self.value = E::of(self.value.f64() * w);
+        self.dx.scale(E::of(w));
+        self.dy.scale(E::of(w));
+    }
+    fn add_scaled(&mut self, w: f64, other: &Self) {
+        self.value = E::of(self.value.f64() + w * other.value.f64());
+        self.dx.add_scaled(E::of(w), &other.dx);
+        self.dy.add_scaled(E::of(w), &other.dy);
+    }
+}
+
+impl<E: Real, Y: Params<E>> Accumulate<E> for LossGradY<E, Y>
+where
+    Cpu: Device<E>,
+{
+    fn scale(&mut self, w: f64) {
+        self.value = E::of(self.value.f64() * w);
+        self.dy.scale(E::of(w));
+    }
+    fn add_scaled(&mut self, w: f64, other: &Self) {
+        self.value = E::of(self.value.f64() + w * other.value.f64());
+        self.dy.add_scaled(E::of(w), &other.dy);
+    }
+}
+
+impl<E: Real, X: Params<E>, Y: Params<E>> Accumulate<E> for SecondOrder<X, Y>
+where
+    Cpu: Device<E>,
+{
+    fn scale(&mut self, w: f64) {
+        self.grad_y.scale(E::of(w));
+        self.hvp.scale(E::of(w));
+        self.jvp.scale(E::of(w));
+    }
+    fn add_scaled(&mut self, w: f64, other: &Self) {
+        self.grad_y.add_scaled(E::of(w), &other.grad_y);
+        self.hvp.add_scaled(E::of(w), &other.hvp);
+        self.jvp.add_scaled(E::of(w), &other.jvp);
+    }
+}
+
+impl<E: Real, X: Params<E>, Y: Params<E>> Accumulate<E> for LowerResult<E, X, Y>
+where
+    Cpu: Device<E>,
+{
+    fn scale(&mut self, w: f64) {
+        match self {
+            Self::Grad(r) => r.scale(w),
+            Self::GradY(r) => r.scale(w),
+            Self::SecondOrder(r) => r.scale(w),
+        }
+    }
+    fn add_scaled(&mut self, w: f64, other: &Self) {
+        match (self, other) {
+            (Self::Grad(a), Self::Grad(b)) => a.add_scaled(w, b),
+            (Self::GradY(a), Self::GradY(b)) => a.add_scaled(w, b),
+            (Self::SecondOrder(a), Self::SecondOrder(b)) => a.add_scaled(w, b),
+            _ => unreachable!("every shard runs the same pass"),
+        }
     }
 }

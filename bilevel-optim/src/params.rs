@@ -12,7 +12,7 @@ use dfdx::nn::tensor_collection::{
     RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
     ViewTensorRef,
 };
-use dfdx::prelude::{Cpu, Device, Gradients, HasShape, Shape, Tensor, ZerosTensor};
+use dfdx::prelude::{Cpu, Device, Gradients, HasShape, Shape, Tensor, TensorFromVec, ZerosTensor};
 
 use crate::real::Real;
 
@@ -37,6 +37,15 @@ where
     fn duplicate(&self) -> Self {
         let mut out = self.zeros_like();
         out.add_scaled(E::one(), self);
+        out
+    }
+
+    /// A copy of every tensor (trainable or not) made on `dev`: a worker thread computes on its
+    /// own device, because ops allocate their outputs on their inputs' device and dfdx 0.13's
+    /// allocation cache must not be used from two threads (see [`crate::shards`]).
+    fn on_device(&self, dev: &Cpu) -> Self {
+        let mut out = self.clone();
+        out.walk_mut(&mut CopyTo { dev });
         out
     }
 
@@ -448,6 +457,27 @@ where
         if opts.do_gradient_update {
             *t = t.device().zeros_like(t.shape());
         }
+        Ok(None)
+    }
+}
+
+struct CopyTo<'d> {
+    dev: &'d Cpu,
+}
+impl<E: Real> TensorVisitor<E, Cpu> for CopyTo<'_>
+where
+    Cpu: Device<E>,
+{
+    type Viewer = ViewTensorMut;
+    type Err = std::convert::Infallible;
+    type E2 = E;
+    type D2 = Cpu;
+    fn visit<S: Shape>(
+        &mut self,
+        _: TensorOptions<S, E, Cpu>,
+        t: &mut Tensor<S, E, Cpu>,
+    ) -> Visited<S, E> {
+        *t = self.dev.tensor_from_vec(crate::real::values(t), *t.shape());
         Ok(None)
     }
 }

@@ -130,3 +130,34 @@ where
         grad: &mut WrittenGrad<E>,
     );
 }
+
+/// A problem whose batches split into shards, so that one oracle call can run on several
+/// threads ([`crate::oracles::Oracles::sharded`]): each thread runs the pass on one shard with
+/// its own tape, and the weighted results are added.
+///
+/// A shard is built on the calling thread (its tensors on that thread's
+/// [`crate::real::device`]), and the weights must make the batch's loss the weighted sum of its
+/// shards' losses: `G(x, y; ζ) = Σ_k w_k G(x, y; ζ_k)`. For a mean over samples plus a penalty,
+/// `w_k` = the shard's share of the samples; for a sum over tasks, `w_k = 1` and the penalty of a
+/// task's head goes with its task. A shard with no samples (a batch smaller than `parts`) is
+/// `None` and is skipped.
+pub trait ShardedProblem<E: Real>: BilevelProblem<E>
+where
+    Cpu: Device<E>,
+{
+    /// Shard `k` of `parts` of an upper batch, with its weight.
+    fn upper_shard(
+        &self,
+        batch: &Self::UpperBatch,
+        k: usize,
+        parts: usize,
+    ) -> Option<(f64, Self::UpperBatch)>;
+
+    /// Shard `k` of `parts` of a lower batch, with its weight.
+    fn lower_shard(
+        &self,
+        batch: &Self::LowerBatch,
+        k: usize,
+        parts: usize,
+    ) -> Option<(f64, Self::LowerBatch)>;
+}

@@ -230,3 +230,68 @@ fn logistic_reweighting_with_repeated_indices() {
         check_closed_form(&mut o, &x, &y, &full);
     }
 }
+
+/// Every pass split over 2 and 3 batch shards on their own threads: the same closed forms hold
+/// (1e-10), the values match the unsharded oracles on the same batches to rounding, and the
+/// counts are those of one call each.
+#[test]
+fn sharded_oracles_match_closed_forms_and_the_unsharded_ones() {
+    let d = dev();
+    for threads in [2, 3] {
+        let cfg = RidgeConfig {
+            lower_batch: Some(7),
+            upper_batch: Some(7),
+            ..Default::default()
+        };
+        let problem = || Ridge::<f64, Tensor<Rank1<4>, f64, Cpu>, 4>::synthetic(cfg.clone());
+        let mut o = Oracles::sharded(problem(), 3, threads).unwrap();
+        let x: Tensor<Rank1<4>, f64, Cpu> = d.sample_normal::<Rank1<4>>() * 0.5;
+        let y: Tensor<Rank1<4>, f64, Cpu> = d.sample_normal();
+        let v: Tensor<Rank1<4>, f64, Cpu> = d.sample_normal();
+        check_oracles(&mut o, &x, &y, &v);
+        let full = o.problem().full_lower_batch();
+        check_closed_form(&mut o, &x, &y, &full);
+        assert_eq!(o.worker_devices().len(), threads - 1);
+
+        let (mut sharded, mut serial) = (
+            Oracles::sharded(problem(), 4, threads).unwrap(),
+            Oracles::new(problem(), 4),
+        );
+        let (lb, ub) = (sharded.lower_batch(), sharded.upper_batch());
+        let (lb2, ub2) = (serial.lower_batch(), serial.upper_batch());
+        assert_eq!((&lb.indices, &ub.indices), (&lb2.indices, &ub2.indices));
+        let close = |a: &[f64], b: &[f64]| rel_err(a, b) < 1e-14;
+        let (a, b) = (
+            sharded.upper_grad(&x, &y, &ub),
+            serial.upper_grad(&x, &y, &ub),
+        );
+        assert!(scalar_rel_err(a.value, b.value) < 1e-14);
+        assert!(close(&as_f64(&a.dy), &as_f64(&b.dy)));
+        let (a, b) = (
+            sharded.lower_grad(&x, &y, &lb),
+            serial.lower_grad(&x, &y, &lb),
+        );
+        assert!(close(&as_f64(&a.dx), &as_f64(&b.dx)) && close(&as_f64(&a.dy), &as_f64(&b.dy)));
+        let (a, b) = (
+            sharded.lower_grad_y(&x, &y, &lb),
+            serial.lower_grad_y(&x, &y, &lb),
+        );
+        assert!(scalar_rel_err(a.0, b.0) < 1e-14 && close(&as_f64(&a.1), &as_f64(&b.1)));
+        let a = sharded.hvp_jvp(&x, &y, &v, &lb).unwrap();
+        let b = serial.hvp_jvp(&x, &y, &v, &lb).unwrap();
+        assert!(close(&as_f64(&a.hvp), &as_f64(&b.hvp)) && close(&as_f64(&a.jvp), &as_f64(&b.jvp)));
+        assert!(close(&as_f64(&a.grad_y), &as_f64(&b.grad_y)));
+        assert_eq!(sharded.counts(), serial.counts());
+    }
+
+    // More shards than rows: the empty shards are skipped.
+    let cfg = ReweightingConfig {
+        lower_batch: Some(2),
+        upper_batch: Some(2),
+        ..Default::default()
+    };
+    let mut o = Oracles::sharded(LogisticReweighting::<f64, 12, 3>::synthetic(cfg), 9, 3).unwrap();
+    let (x, y): (Tensor<Rank1<12>, f64, Cpu>, Tensor<Rank1<3>, f64, Cpu>) =
+        (d.sample_normal(), d.sample_normal());
+    check_oracles(&mut o, &x, &y, &d.sample_normal());
+}

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::rows::Rows;
 use super::ClosedForm;
 use crate::linalg::{add_scaled, dot, norm, sigmoid, softplus, Matrix};
-use crate::problem::{BilevelProblem, SampleRng, Taped, Tp};
+use crate::problem::{BilevelProblem, SampleRng, ShardedProblem, Taped, Tp};
 use crate::real::Real;
 use crate::written_grad::WrittenGrad;
 
@@ -327,5 +327,19 @@ where
 
     fn phi(&self, x: &[f64]) -> f64 {
         self.val_loss_grad(&self.y_star(x)).0
+    }
+}
+
+/// Both losses are means over rows (plus a penalty in y), so shards are shares of the rows.
+impl<E: Real, const N: usize, const D: usize> ShardedProblem<E> for LogisticReweighting<E, N, D>
+where
+    Cpu: Device<E>,
+{
+    fn upper_shard(&self, batch: &Rows<E, D>, k: usize, parts: usize) -> Option<(f64, Rows<E, D>)> {
+        Rows::shard(&self.val_a, &self.val_t, batch, k, parts)
+    }
+
+    fn lower_shard(&self, batch: &Rows<E, D>, k: usize, parts: usize) -> Option<(f64, Rows<E, D>)> {
+        Rows::shard(&self.train_a, &self.train_t, batch, k, parts)
     }
 }

@@ -16,7 +16,7 @@ use super::rows::Rows;
 use super::ClosedForm;
 use crate::linalg::Matrix;
 use crate::params::Params;
-use crate::problem::{BilevelProblem, SampleRng, Taped, Tp};
+use crate::problem::{BilevelProblem, SampleRng, ShardedProblem, Taped, Tp};
 use crate::real::Real;
 use crate::written_grad::WrittenGrad;
 
@@ -351,5 +351,19 @@ where
 
     fn phi(&self, x: &[f64]) -> f64 {
         Self::data_loss(&self.val_a, &self.val_b, &self.y_star(x))
+    }
+}
+
+/// Both losses are means over rows (plus a penalty in y), so shards are shares of the rows.
+impl<E: Real, X: LogRegularization<E, D>, const D: usize> ShardedProblem<E> for Ridge<E, X, D>
+where
+    Cpu: Device<E>,
+{
+    fn upper_shard(&self, batch: &Rows<E, D>, k: usize, parts: usize) -> Option<(f64, Rows<E, D>)> {
+        Rows::shard(&self.val_a, &self.val_b, batch, k, parts)
+    }
+
+    fn lower_shard(&self, batch: &Rows<E, D>, k: usize, parts: usize) -> Option<(f64, Rows<E, D>)> {
+        Rows::shard(&self.train_a, &self.train_b, batch, k, parts)
     }
 }

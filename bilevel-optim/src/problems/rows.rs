@@ -48,6 +48,29 @@ where
         }
     }
 
+    /// Shard `k` of `parts` of `batch` (a contiguous share of its rows, selected again from the
+    /// full data `a`, `targets` on this thread's device), weighted by its share of the rows:
+    /// for losses that are a mean over rows plus a penalty ([`crate::problem::ShardedProblem`]).
+    pub fn shard(
+        a: &Matrix,
+        targets: &[f64],
+        batch: &Self,
+        k: usize,
+        parts: usize,
+    ) -> Option<(f64, Self)> {
+        let n = batch.indices.len();
+        let range = crate::shards::shard_range(n, k, parts);
+        if range.is_empty() {
+            return None;
+        }
+        let share = range.len() as f64 / n as f64;
+        let rows = batch.indices[range].to_vec();
+        Some((
+            share,
+            Self::select(&crate::real::device(), a, targets, rows),
+        ))
+    }
+
     /// All rows, in order.
     pub fn all(dev: &Cpu, a: &Matrix, targets: &[f64]) -> Self {
         Self::select(dev, a, targets, (0..a.rows).collect())
