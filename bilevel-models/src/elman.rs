@@ -6,7 +6,7 @@
 //! `dh_t = δ_t + da_{t+1} W_hh`, `da_t = dh_t ⊙ (1 − h_t²)`, `∂W_ih = Σ da_tᵀ x_t`,
 //! `∂W_hh = Σ da_tᵀ h_{t−1}`, `∂b = Σ da_t`, `∂x_t = da_t W_ih`.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
@@ -95,7 +95,7 @@ where
             saved.states.len(),
             "one gradient per step"
         );
-        let mask = Rc::clone(&grad_output.mask);
+        let mask = Arc::clone(&grad_output.mask);
         let mut sums = AffineGrads::<I, H, E>::default();
         let mut input_grads = Vec::with_capacity(if want_input { saved.states.len() } else { 0 });
         let mut from_next = None;

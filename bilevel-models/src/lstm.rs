@@ -10,7 +10,7 @@
 //! `da_o = dh ⊙ tanh(c_t) ⊙ o(1−o)`, `dc = dc_{t+1} ⊙ f_{t+1} + dh ⊙ o ⊙ (1 − tanh²c_t)`,
 //! `da_f = dc ⊙ c_{t−1} ⊙ f(1−f)`, `da_i = dc ⊙ g ⊙ i(1−i)`, `da_g = dc ⊙ i ⊙ (1−g²)`.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use bilevel_optim::problem::Taped;
 use bilevel_optim::real::Real;
@@ -180,7 +180,7 @@ where
             saved.len(),
             "one gradient per step"
         );
-        let mask = Rc::clone(&grad_output.mask);
+        let mask = Arc::clone(&grad_output.mask);
         let mut sums: [AffineGrads<I, H, E>; 4] = Default::default();
         let mut input_grads = Vec::with_capacity(if want_input { saved.len() } else { 0 });
         let mut dh_next: Option<Activations<E, H>> = None;

@@ -8,7 +8,7 @@
 //! took a tenth of a whole second-order pass. The written backward is `∂h_t = δ ⊙ e_t` (on the
 //! packed rows of step t).
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
@@ -34,7 +34,7 @@ where
     Cpu: Device<E>,
 {
     winners: Vec<Tensor<(usize, Const<N>), E, Cpu>>,
-    mask: Rc<SequenceMask>,
+    mask: Arc<SequenceMask>,
 }
 
 /// For every (packed row, feature), the first step with the largest value.

@@ -6,7 +6,7 @@
 //! is spent on padding, and a row's state at step t − 1 is the same row of the larger batch
 //! before it. Pooling returns the rows in the caller's order.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use bilevel_optim::problem::Taped;
 use bilevel_optim::real::Real;
@@ -85,5 +85,5 @@ where
     Cpu: Device<E>,
 {
     pub steps: Vec<Activations<E, N>>,
-    pub mask: Rc<SequenceMask>,
+    pub mask: Arc<SequenceMask>,
 }

@@ -1,6 +1,6 @@
 //! Texts as sequences of frozen word vectors, and the packed batches the models read.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use bilevel_optim::problem::{Batch, Tp};
 use bilevel_optim::real::Real;
@@ -125,7 +125,7 @@ impl EmbeddedTexts {
             .collect();
         TextBatch {
             steps,
-            mask: Rc::new(mask),
+            mask: Arc::new(mask),
             labels: ids.iter().map(|&i| self.labels[i]).collect(),
             ids: ids.to_vec(),
         }
@@ -141,7 +141,7 @@ where
 {
     /// One (`mask.active(t)`, EMB) tensor per time step, rows in packed order.
     pub steps: Vec<Tensor<(usize, Const<EMB>), E, Cpu>>,
-    pub mask: Rc<SequenceMask>,
+    pub mask: Arc<SequenceMask>,
     pub labels: Vec<usize>,
     /// Index of each text in its collection (which sample weight applies, for instance).
     pub ids: Vec<usize>,
@@ -155,13 +155,26 @@ where
     pub fn sequence(&self) -> Sequence<E, EMB> {
         Sequence {
             steps: self.steps.iter().map(|s| s.retaped::<Tp<E>>()).collect(),
-            mask: Rc::clone(&self.mask),
+            mask: Arc::clone(&self.mask),
         }
     }
 
     /// One-hot targets over `C` classes.
     pub fn targets<const C: usize>(&self) -> Tensor<(usize, Const<C>), E, Cpu> {
         one_hot(&self.labels)
+    }
+
+    /// The collection indices of shard `k` of `parts` (for [`bilevel_optim::problem::ShardedProblem`]):
+    /// every `parts`-th text in packed order, so that shards hold texts of similar lengths and
+    /// cost about the same. Sizes differ by at most one.
+    pub fn shard_ids(&self, k: usize, parts: usize) -> Vec<usize> {
+        self.mask
+            .order()
+            .iter()
+            .skip(k)
+            .step_by(parts)
+            .map(|&row| self.ids[row])
+            .collect()
     }
 
     /// The sample indices as an index tensor (to gather per-sample weights).

@@ -229,3 +229,58 @@ fn hyper_rep_elman_encoder() {
 fn hyper_rep_lstm_encoder() {
     hyper_rep::<LstmEncoder<EMB, H, f64>>("LSTM encoder");
 }
+
+/// Every form's passes split over 2 and 3 batch shards (one thread and one device each) equal
+/// the unsharded passes to rounding, and pass the finite-difference checks.
+#[test]
+fn sharded_passes_match_unsharded_on_every_form() {
+    let dev = Cpu::seed_from_u64(17);
+    let y = ElmanClassifier::build(&dev);
+    for threads in [2, 3] {
+        let x: Tensor<Rank1<14>, f64, Cpu> = dev.sample_normal::<Rank1<14>>() * 0.3 - 1.5;
+        let opt = || {
+            HyperOpt::<f64, ElmanClassifier, _, EMB, C>::new(
+                synthetic_texts(30, EMB, T, C, 1),
+                synthetic_texts(10, EMB, T, C, 2),
+                config(),
+                &y,
+                &x,
+            )
+            .unwrap()
+        };
+        check_sharded(opt(), opt(), &x, &y, threads, "hyper-opt");
+
+        let x: Tensor<Rank1<N>, f64, Cpu> = dev.sample_normal();
+        let clean = || {
+            HyperClean::<f64, ElmanClassifier, N, EMB, C>::new(
+                synthetic_texts(N, EMB, T, C, 4),
+                synthetic_texts(10, EMB, T, C, 5),
+                config(),
+                0.05,
+            )
+            .unwrap()
+        };
+        check_sharded(clean(), clean(), &x, &y, threads, "hyper-clean");
+
+        type Head = MlpHead<H, M, C, f64>;
+        let x = ElmanEncoder::<EMB, H, f64>::build(&dev);
+        let heads = Repeated::<Head, TASKS>::build(&dev);
+        let rep = || {
+            let tasks = (0..TASKS)
+                .map(|i| Task {
+                    support: (i * 8..i * 8 + 4).collect(),
+                    query: (i * 8 + 4..i * 8 + 8).collect(),
+                })
+                .collect();
+            HyperRep::<f64, ElmanEncoder<EMB, H, f64>, Head, TASKS, EMB, C>::new(
+                synthetic_texts(8 * TASKS, EMB, T, C, 6),
+                tasks,
+                3,
+                T,
+                0.05,
+            )
+            .unwrap()
+        };
+        check_sharded(rep(), rep(), &x, &heads, threads, "hyper-rep");
+    }
+}

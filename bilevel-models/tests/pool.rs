@@ -2,7 +2,7 @@
 //! autodiff gradient (ties aside, which random data does not produce), on a packed batch whose
 //! rows come back in the caller's order.
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use bilevel_models::layer::WrittenLayer;
 use bilevel_models::pool::MaxPoolTime;
@@ -25,7 +25,7 @@ fn backward_with(
 fn pooled_values_and_gradients_match_dfdx_max_over_valid_steps() {
     let dev = Cpu::seed_from_u64(1);
     let lengths = vec![3, 1, 5, 2];
-    let mask = Rc::new(SequenceMask::from_lengths(lengths.clone()));
+    let mask = Arc::new(SequenceMask::from_lengths(lengths.clone()));
     assert_eq!(mask.order(), &[2, 0, 3, 1], "longest first");
     // Step t holds the packed rows still running: 4, 3, 2, 1, 1 of them.
     let steps: Vec<Tensor<(usize, Const<6>), f64, Cpu>> = (0..5)
@@ -45,7 +45,7 @@ fn pooled_values_and_gradients_match_dfdx_max_over_valid_steps() {
     });
     let seq = Sequence {
         steps: steps.iter().map(|s| s.retaped::<Tp<f64>>()).collect(),
-        mask: Rc::clone(&mask),
+        mask: Arc::clone(&mask),
     };
     let (pooled, _) = MaxPoolTime.forward(seq);
     let pooled_values = pooled.as_vec();

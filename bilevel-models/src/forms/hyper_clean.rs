@@ -3,12 +3,12 @@
 use std::marker::PhantomData;
 
 use bilevel_optim::params::Params;
-use bilevel_optim::problem::{BilevelProblem, SampleRng, Taped, Tp};
+use bilevel_optim::problem::{BilevelProblem, SampleRng, ShardedProblem, Taped, Tp};
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::prelude::*;
 
-use super::{draw, BatchConfig};
+use super::{draw, text_shard, BatchConfig};
 use crate::classifier::{add_loss_gradient, loss};
 use crate::layer::WrittenLayer;
 use crate::penalty::{add_l2_gradient, l2_penalty, FixedL2};
@@ -116,5 +116,31 @@ where
         let weights = Some(Self::weights(x, batch));
         add_loss_gradient(y, batch.sequence(), &batch.targets(), weights, grads);
         add_l2_gradient(&FixedL2(self.mu), y, grads);
+    }
+}
+
+/// Both losses are means over texts (plus a penalty in y), so shards are shares of the texts.
+impl<E: Real, M, const N: usize, const EMB: usize, const C: usize> ShardedProblem<E>
+    for HyperClean<E, M, N, EMB, C>
+where
+    Cpu: Device<E>,
+    M: Params<E> + WrittenLayer<E, Sequence<E, EMB>, Output = Activations<E, C>>,
+{
+    fn upper_shard(
+        &self,
+        batch: &TextBatch<E, EMB>,
+        k: usize,
+        parts: usize,
+    ) -> Option<(f64, TextBatch<E, EMB>)> {
+        text_shard(&self.validation, batch, self.config.max_len, k, parts)
+    }
+
+    fn lower_shard(
+        &self,
+        batch: &TextBatch<E, EMB>,
+        k: usize,
+        parts: usize,
+    ) -> Option<(f64, TextBatch<E, EMB>)> {
+        text_shard(&self.train, batch, self.config.max_len, k, parts)
     }
 }

@@ -3,12 +3,12 @@
 use std::marker::PhantomData;
 
 use bilevel_optim::params::Params;
-use bilevel_optim::problem::{BilevelProblem, SampleRng, Taped};
+use bilevel_optim::problem::{BilevelProblem, SampleRng, ShardedProblem, Taped};
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::prelude::{Cpu, Device, Rank0};
 
-use super::{draw, BatchConfig};
+use super::{draw, text_shard, BatchConfig};
 use crate::classifier::{add_loss_gradient, loss};
 use crate::layer::WrittenLayer;
 use crate::penalty::{add_l2_gradient, check_tensor_count, l2_penalty, L2Coefficients};
@@ -101,5 +101,32 @@ where
     fn lower_grad_y(&self, x: &X, y: &M, batch: &TextBatch<E, EMB>, grads: &mut WrittenGrad<E>) {
         add_loss_gradient(y, batch.sequence(), &batch.targets(), None, grads);
         add_l2_gradient(x, y, grads);
+    }
+}
+
+/// Both losses are means over texts (plus a penalty in y), so shards are shares of the texts.
+impl<E: Real, M, X, const EMB: usize, const C: usize> ShardedProblem<E>
+    for HyperOpt<E, M, X, EMB, C>
+where
+    Cpu: Device<E>,
+    M: Params<E> + WrittenLayer<E, Sequence<E, EMB>, Output = Activations<E, C>>,
+    X: Params<E> + L2Coefficients<E>,
+{
+    fn upper_shard(
+        &self,
+        batch: &TextBatch<E, EMB>,
+        k: usize,
+        parts: usize,
+    ) -> Option<(f64, TextBatch<E, EMB>)> {
+        text_shard(&self.validation, batch, self.config.max_len, k, parts)
+    }
+
+    fn lower_shard(
+        &self,
+        batch: &TextBatch<E, EMB>,
+        k: usize,
+        parts: usize,
+    ) -> Option<(f64, TextBatch<E, EMB>)> {
+        text_shard(&self.train, batch, self.config.max_len, k, parts)
     }
 }

@@ -4,7 +4,8 @@ use std::marker::PhantomData;
 use std::ops::Range;
 
 use bilevel_optim::params::Params;
-use bilevel_optim::problem::{Batch, BilevelProblem, SampleRng, Taped};
+use bilevel_optim::problem::{Batch, BilevelProblem, SampleRng, ShardedProblem, Taped};
+use bilevel_optim::shards::shard_range;
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::nn::modules::Repeated;
@@ -215,6 +216,34 @@ where
     }
 }
 
+/// Both losses are sums over tasks, each task with its own head (and that head's penalty), so a
+/// shard is a share of the tasks with weight 1.
+impl<E: Real, Enc, Head, const NT: usize, const EMB: usize, const F: usize, const C: usize>
+    ShardedProblem<E> for HyperRep<E, Enc, Head, NT, EMB, C>
+where
+    Cpu: Device<E>,
+    Enc: Params<E> + WrittenLayer<E, Sequence<E, EMB>, Output = Activations<E, F>>,
+    Head: Params<E> + WrittenLayer<E, Activations<E, F>, Output = Activations<E, C>>,
+{
+    fn upper_shard(
+        &self,
+        batch: &TaskBatch<E, EMB>,
+        k: usize,
+        parts: usize,
+    ) -> Option<(f64, TaskBatch<E, EMB>)> {
+        self.task_shard(batch, k, parts)
+    }
+
+    fn lower_shard(
+        &self,
+        batch: &TaskBatch<E, EMB>,
+        k: usize,
+        parts: usize,
+    ) -> Option<(f64, TaskBatch<E, EMB>)> {
+        self.task_shard(batch, k, parts)
+    }
+}
+
 impl<E: Real, Enc, Head, const NT: usize, const EMB: usize, const F: usize, const C: usize>
     HyperRep<E, Enc, Head, NT, EMB, C>
 where
@@ -222,6 +251,28 @@ where
     Enc: Params<E> + WrittenLayer<E, Sequence<E, EMB>, Output = Activations<E, F>>,
     Head: Params<E> + WrittenLayer<E, Activations<E, F>, Output = Activations<E, C>>,
 {
+    /// The tasks of shard `k` of `parts` (a contiguous share), rebuilt on this thread's device.
+    fn task_shard(
+        &self,
+        batch: &TaskBatch<E, EMB>,
+        k: usize,
+        parts: usize,
+    ) -> Option<(f64, TaskBatch<E, EMB>)> {
+        let mine = &batch.tasks[shard_range(batch.tasks.len(), k, parts)];
+        if mine.is_empty() {
+            return None;
+        }
+        let mut ids = Vec::new();
+        let mut tasks = Vec::with_capacity(mine.len());
+        for (i, rows) in mine {
+            let start = ids.len();
+            ids.extend_from_slice(&batch.texts.ids[rows.clone()]);
+            tasks.push((*i, start..ids.len()));
+        }
+        let texts = self.texts.batch(&ids, self.max_len);
+        Some((1.0, TaskBatch { texts, tasks }))
+    }
+
     /// `g` on the support sets, with the encoder's features passed through `features` (the
     /// identity, or a cut of their tape) before the heads.
     fn support_loss(

@@ -18,6 +18,10 @@ pub use hyper_opt::HyperOpt;
 pub use hyper_rep::{HyperRep, Task, TaskBatch};
 
 use bilevel_optim::problem::SampleRng;
+use bilevel_optim::real::Real;
+use dfdx::prelude::{Cpu, Device};
+
+use crate::text::{EmbeddedTexts, TextBatch};
 use serde::{Deserialize, Serialize};
 
 /// How batches are drawn from a text collection.
@@ -29,6 +33,26 @@ pub struct BatchConfig {
     pub upper_batch: usize,
     /// Tokens kept per text (T).
     pub max_len: usize,
+}
+
+/// Shard `k` of `parts` of `batch`, a batch of `texts`, rebuilt on this thread's device and
+/// weighted by its share of the texts: for losses that are a mean over texts plus a penalty.
+pub(crate) fn text_shard<E: Real, const EMB: usize>(
+    texts: &EmbeddedTexts,
+    batch: &TextBatch<E, EMB>,
+    max_len: usize,
+    k: usize,
+    parts: usize,
+) -> Option<(f64, TextBatch<E, EMB>)>
+where
+    Cpu: Device<E>,
+{
+    let ids = batch.shard_ids(k, parts);
+    if ids.is_empty() {
+        return None;
+    }
+    let share = ids.len() as f64 / batch.ids.len() as f64;
+    Some((share, texts.batch(&ids, max_len)))
 }
 
 /// `k` distinct indices below `n` (all of them, shuffled, when `k ≥ n`).

@@ -10,7 +10,7 @@ use bilevel_models::sequence::Activations;
 use bilevel_models::text::EmbeddedTexts;
 use bilevel_optim::oracles::Oracles;
 use bilevel_optim::params::Params;
-use bilevel_optim::problem::{Batch, BilevelProblem, SampleRng, Taped, Tp};
+use bilevel_optim::problem::{Batch, BilevelProblem, SampleRng, ShardedProblem, Taped, Tp};
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::prelude::*;
@@ -187,6 +187,47 @@ pub fn check_second_order_with_step<P: BilevelProblem<f64>>(
         hvp_norm: second.hvp.norm(),
         jvp_norm: second.jvp.norm(),
     }
+}
+
+/// Every pass of `sharded` (split over `threads` shards) against the same pass of `serial` (the
+/// same problem, unsharded) on the same batches: values and gradients to 1e-12 relative, the
+/// same counts; then the finite-difference checks on the sharded oracles.
+pub fn check_sharded<P>(serial: P, sharded: P, x: &P::X, y: &P::Y, threads: usize, what: &str)
+where
+    P: ShardedProblem<f64> + Sync,
+    P::X: Send + Sync,
+    P::Y: Send + Sync,
+    P::UpperBatch: Sync,
+    P::LowerBatch: Sync,
+{
+    let mut a = Oracles::new(serial, 13);
+    let mut b = Oracles::sharded(sharded, 13, threads).expect("worker threads");
+    // Lower first: a meta-learning upper batch reuses the lower batch's tasks.
+    let (lower_a, lower_b) = (a.lower_batch(), b.lower_batch());
+    let (upper_a, upper_b) = (a.upper_batch(), b.upper_batch());
+    let v = random_like(y, 21);
+    let close = |p: &[f64], q: &[f64], name: &str| {
+        let e = rel_err(p, q);
+        assert!(e < 1e-12, "{what}, {threads} shards: {name} off by {e:e}");
+    };
+    let (p, q) = (a.upper_grad(x, y, &upper_a), b.upper_grad(x, y, &upper_b));
+    close(&[p.value], &[q.value], "F");
+    close(&flat(&p.dx), &flat(&q.dx), "∇_x F");
+    close(&flat(&p.dy), &flat(&q.dy), "∇_y F");
+    let (p, q) = (a.lower_grad(x, y, &lower_a), b.lower_grad(x, y, &lower_b));
+    close(&[p.value], &[q.value], "G");
+    close(&flat(&p.dx), &flat(&q.dx), "∇_x G");
+    close(&flat(&p.dy), &flat(&q.dy), "∇_y G");
+    let (p, q) = (a.lower_grad_y(x, y, &lower_a), b.lower_grad_y(x, y, &lower_b));
+    close(&[p.0], &[q.0], "G (y only)");
+    close(&flat(&p.1), &flat(&q.1), "∇_y G (y only)");
+    let p = a.hvp_jvp(x, y, &v, &lower_a).expect("second-order pass");
+    let q = b.hvp_jvp(x, y, &v, &lower_b).expect("second-order pass");
+    close(&flat(&p.grad_y), &flat(&q.grad_y), "written ∇_y G");
+    close(&flat(&p.hvp), &flat(&q.hvp), "H·v");
+    close(&flat(&p.jvp), &flat(&q.jvp), "J·v");
+    assert_eq!(a.counts(), b.counts(), "{what}: oracle counts");
+    check_second_order(&mut b, x, y).assert_exact(what);
 }
 
 /// A fixed batch of dense inputs.
