@@ -68,6 +68,9 @@ pub struct RunConfig {
     pub on_divergence: OnDivergence,
     /// Rollbacks allowed before the run stops anyway.
     pub max_rollbacks: usize,
+    /// Threads per run: every oracle call splits its batch into this many shards, one thread
+    /// each (docs/performance.md). Results differ from one thread's only by rounding.
+    pub threads: usize,
     /// The method; absent = BO-REP with the task's official values.
     pub method: Option<MethodConfig>,
     pub hyper_rep: HyperRepConfig,
@@ -85,6 +88,7 @@ impl Default for RunConfig {
             checkpoint_every: 50,
             on_divergence: OnDivergence::Stop,
             max_rollbacks: 3,
+            threads: 1,
             method: None,
             hyper_rep: HyperRepConfig::default(),
             hyper_opt: HyperOptConfig::default(),
@@ -120,6 +124,9 @@ impl RunConfig {
         }
         if self.checkpoint_every == 0 {
             bail!("checkpoint_every must be at least 1");
+        }
+        if self.threads == 0 {
+            bail!("threads must be at least 1");
         }
         match self.task {
             TaskName::HyperRep => self.hyper_rep.validate(),

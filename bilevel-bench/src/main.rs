@@ -109,7 +109,8 @@ enum Command {
         /// The task (with --oracle and no --task: all three).
         #[arg(long, value_enum)]
         task: Option<TaskName>,
-        /// Threads of the global pool (matrix products and the library's parallel work).
+        /// Threads: every oracle call splits its batch into this many shards, one thread each
+        /// (matrix products themselves stay on one thread).
         #[arg(long, default_value_t = 1)]
         threads: usize,
         /// Measured iterations after the excluded first one (a multiple of 6 covers whole
@@ -164,6 +165,10 @@ struct Common {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Threads per run: every oracle call splits its batch into this many shards, one thread
+    /// each (default 1; see docs/performance.md).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 impl Common {
@@ -180,6 +185,9 @@ impl Common {
         }
         if let Some(every) = self.eval_every {
             config.eval_every = every;
+        }
+        if let Some(threads) = self.threads {
+            config.threads = threads;
         }
         Ok(config)
     }
@@ -199,8 +207,9 @@ fn check_methods(methods: &[String]) -> Result<()> {
 
 fn main() -> Result<()> {
     let command = Cli::parse().command;
-    // dfdx's matrix products split over the global rayon pool; at this library's shapes two
-    // threads are slower than one (docs/performance.md), so runs use one unless told otherwise.
+    // dfdx's matrix products split over the global rayon pool; at this library's shapes that
+    // is slower than one thread (docs/performance.md): extra threads go to batch shards
+    // (`--threads`) instead, so the pool has one thread unless RAYON_NUM_THREADS says otherwise.
     if !matches!(command, Command::Perf { .. }) && std::env::var_os("RAYON_NUM_THREADS").is_none() {
         perf::set_threads(1)?;
     }
@@ -325,12 +334,13 @@ fn main() -> Result<()> {
                 anyhow::bail!("--threads, --iters and --reps must be at least 1");
             }
             let data_dir = resolve_data_dir(data_dir.as_deref())?;
-            perf::set_threads(threads)?;
+            perf::set_threads(1)?;
             let options = |task| perf::PerfOptions {
                 task,
                 iters,
                 seed,
                 oracle_reps: reps,
+                threads,
                 base: base.clone(),
             };
             if oracle {

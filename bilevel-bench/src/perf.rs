@@ -9,14 +9,11 @@ use std::time::Instant;
 use anyhow::Context;
 use bilevel_optim::borep::ZInit;
 use bilevel_optim::methods::MethodConfig;
-use bilevel_optim::oracles::Oracles;
-use bilevel_optim::problem::BilevelProblem;
 use dfdx::prelude::*;
 
 use crate::config::{RunConfig, TaskName};
 use crate::runner::AllocationCaches;
-use crate::tasks::common::E;
-use crate::tasks::dispatch::{with_task, TaskVisitor};
+use crate::tasks::dispatch::{with_task, TaskProblem, TaskVisitor};
 use crate::tasks::Metrics;
 
 /// What `perf` measures.
@@ -28,6 +25,8 @@ pub struct PerfOptions {
     pub seed: u64,
     /// Repetitions of each oracle in `--oracle` mode.
     pub oracle_reps: usize,
+    /// Batch shards per oracle call, one thread each.
+    pub threads: usize,
     /// The task settings (sizes, batch, T); its method is ignored.
     pub base: RunConfig,
 }
@@ -120,7 +119,7 @@ struct Iterations<'a> {
 impl TaskVisitor for Iterations<'_> {
     type Output = IterationFigures;
 
-    fn visit<P: BilevelProblem<E> + 'static>(
+    fn visit<P: TaskProblem>(
         self,
         _model: &str,
         problem: P,
@@ -133,7 +132,9 @@ impl TaskVisitor for Iterations<'_> {
             _ => 1,
         };
         let mut method = self.method.build(&x, &y, &problem)?;
-        let mut oracles = Oracles::new(problem, self.options.seed);
+        let mut oracles = self
+            .caches
+            .sharded(problem, self.options.seed, self.options.threads)?;
         let peak_process_before = peak_resident_mib();
         let reset = reset_peak_resident();
         // The first iteration refines y (N SGD steps) and warms the allocator: excluded.
@@ -175,7 +176,7 @@ struct OracleTimes<'a> {
 impl TaskVisitor for OracleTimes<'_> {
     type Output = OracleFigures;
 
-    fn visit<P: BilevelProblem<E> + 'static>(
+    fn visit<P: TaskProblem>(
         self,
         _model: &str,
         problem: P,
@@ -184,7 +185,9 @@ impl TaskVisitor for OracleTimes<'_> {
         _evaluate: impl FnMut(&P::X, &P::Y) -> Metrics,
     ) -> anyhow::Result<OracleFigures> {
         use bilevel_optim::problem::Batch;
-        let mut oracles = Oracles::new(problem, self.options.seed);
+        let mut oracles = self
+            .caches
+            .sharded(problem, self.options.seed, self.options.threads)?;
         let batch = oracles.lower_batch();
         let v = y.clone();
         let reps = self.options.oracle_reps;

@@ -1,6 +1,7 @@
 //! Runs one (task, method, seed): loads the data, builds the problem and the optimizer, iterates
 //! with a progress bar, evaluates periodically, and logs everything into the run directory.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -21,7 +22,7 @@ use crate::checkpoint::{Checkpoint, Header};
 use crate::config::{OnDivergence, RunConfig};
 use crate::logging::RunLogger;
 use crate::tasks::common::E;
-use crate::tasks::dispatch::{with_task, TaskVisitor};
+use crate::tasks::dispatch::{with_task, TaskProblem, TaskVisitor};
 use crate::tasks::Metrics;
 use bilevel_optim::params::Params;
 
@@ -138,21 +139,43 @@ fn execute(
 /// the next, and a kept-forever cache grew to 24 GB and was killed by the kernel. So the caches
 /// are emptied after every iteration (reuse happens within the iteration's passes) and disabled
 /// when the run ends.
+/// The same holds for the devices of the shard threads, which [`AllocationCaches::sharded`]
+/// adds.
 pub(crate) struct AllocationCaches {
-    devices: [Cpu; 2],
+    devices: RefCell<Vec<Cpu>>,
 }
 
 impl AllocationCaches {
     pub(crate) fn enable(model_device: &Cpu) -> Self {
-        let devices = [model_device.clone(), bilevel_optim::real::device()];
+        let caches = Self {
+            devices: RefCell::new(Vec::new()),
+        };
+        caches.include(vec![model_device.clone(), bilevel_optim::real::device()]);
+        caches
+    }
+
+    fn include(&self, devices: Vec<Cpu>) {
         for d in &devices {
             d.enable_cache();
         }
-        Self { devices }
+        self.devices.borrow_mut().extend(devices);
+    }
+
+    /// The oracles of `problem` with `threads` batch shards, whose worker devices' caches are
+    /// managed with the others.
+    pub(crate) fn sharded<P: TaskProblem>(
+        &self,
+        problem: P,
+        seed: u64,
+        threads: usize,
+    ) -> anyhow::Result<Oracles<E, P>> {
+        let oracles = Oracles::sharded(problem, seed, threads)?;
+        self.include(oracles.worker_devices());
+        Ok(oracles)
     }
 
     pub(crate) fn empty(&self) {
-        for d in &self.devices {
+        for d in self.devices.borrow().iter() {
             d.empty_cache();
         }
     }
@@ -160,7 +183,7 @@ impl AllocationCaches {
 
 impl Drop for AllocationCaches {
     fn drop(&mut self) {
-        for d in &self.devices {
+        for d in self.devices.borrow().iter() {
             d.disable_cache();
         }
     }
@@ -183,23 +206,19 @@ impl TaskVisitor for Loop<'_> {
     /// end, checkpoints at 0, every `checkpoint_every` and at the end. A resumed run starts from
     /// its checkpoint. On a non-finite value the run stops, or with `on_divergence = "rollback"`
     /// goes back to the last checkpoint with halved step sizes.
-    fn visit<P: BilevelProblem<E> + 'static>(
+    fn visit<P: TaskProblem>(
         self,
         model: &str,
         problem: P,
         x: P::X,
         y: P::Y,
         mut evaluate: impl FnMut(&P::X, &P::Y) -> Metrics,
-    ) -> anyhow::Result<Vec<Evaluation>>
-    where
-        P::X: 'static,
-        P::Y: 'static,
-    {
+    ) -> anyhow::Result<Vec<Evaluation>> {
         let c = self.config;
         let mut method_config: MethodConfig = c.method();
         let mut run = RunState {
             method: method_config.build(&x, &y, &problem)?,
-            oracles: Oracles::new(problem, c.seed),
+            oracles: self.caches.sharded(problem, c.seed, c.threads)?,
             x,
             y,
             evaluations: Vec::new(),

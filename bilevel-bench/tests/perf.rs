@@ -17,6 +17,7 @@ fn options() -> PerfOptions {
         iters: 6,
         seed: 0,
         oracle_reps: 2,
+        threads: 1,
         base,
     }
 }
@@ -24,11 +25,21 @@ fn options() -> PerfOptions {
 #[test]
 fn perf_counts_the_prescribed_oracle_calls() {
     let data = resolve_data_dir(None).unwrap();
-    let f = measure_iterations(&options(), &data).unwrap();
-    assert_eq!(f.iteration_ms.len(), 6);
-    assert_eq!(f.calls_per_iter, [1.0, 1.0, 1.0, 1.0]);
-    assert!(f.ms_per_iter > 0.0 && f.ms_per_iter.is_finite());
-    assert!(f.peak_process_mib.is_some_and(|m| m > 0.0));
+    // Batch shards on two threads make the same calls.
+    for threads in [1, 2] {
+        let f = measure_iterations(
+            &PerfOptions {
+                threads,
+                ..options()
+            },
+            &data,
+        )
+        .unwrap();
+        assert_eq!(f.iteration_ms.len(), 6);
+        assert_eq!(f.calls_per_iter, [1.0, 1.0, 1.0, 1.0], "{threads} threads");
+        assert!(f.ms_per_iter > 0.0 && f.ms_per_iter.is_finite());
+        assert!(f.peak_process_mib.is_some_and(|m| m > 0.0));
+    }
 
     let o = measure_oracles(&options(), &data).unwrap();
     assert_eq!(o.batch_size, 16);

@@ -142,6 +142,7 @@ fn bad_configurations_are_rejected_with_the_field() {
         "hyper_opt.train_fraction must be in (0, 1)",
     );
     check("iters = \"many\"", "invalid type");
+    check("threads = 0", "threads must be at least 1");
 }
 
 #[test]
@@ -163,4 +164,45 @@ fn a_missing_data_directory_is_a_clear_error() {
         run(&config, &empty, &empty.join("run"), false).unwrap_err()
     );
     assert!(err.contains("apparel.task.train: file not found"), "{err}");
+}
+
+/// A run with batch shards on two threads is the same run as on one: the same iterations, oracle
+/// calls and, up to the rounding of the shards' sums (f32), the same metrics.
+#[test]
+fn a_run_on_two_threads_matches_one_thread() {
+    let data = resolve_data_dir(None).unwrap();
+    let out = std::env::temp_dir().join(format!("bilevel-threads-{}", std::process::id()));
+    let summary = |threads: usize| {
+        let mut config: RunConfig = toml::from_str(
+            r#"
+            task = "hyper-clean"
+            iters = 6
+            eval_every = 3
+            [hyper_clean]
+            train_size = 2000
+            validation_size = 100
+            test_size = 100
+            batch = 32
+            max_len = 8
+            train_eval_size = 100
+            "#,
+        )
+        .unwrap();
+        config.threads = threads;
+        run(&config, &data, &out.join(format!("t{threads}")), false).unwrap()
+    };
+    let (one, two) = (summary(1), summary(2));
+    assert_eq!(one.evaluations.len(), two.evaluations.len());
+    for (a, b) in one.evaluations.iter().zip(&two.evaluations) {
+        assert_eq!((a.iteration, a.oracle_calls), (b.iteration, b.oracle_calls));
+        for (name, va) in &a.metrics {
+            let vb = b.metrics[name];
+            assert!(
+                (va - vb).abs() <= 1e-4 * va.abs().max(1.0),
+                "iteration {}: {name} {va} on one thread, {vb} on two",
+                a.iteration
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
 }

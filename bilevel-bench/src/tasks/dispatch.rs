@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use bilevel_models::classifier::cpu;
-use bilevel_optim::problem::BilevelProblem;
+use bilevel_optim::params::Params;
+use bilevel_optim::problem::{Batch, ShardedProblem};
 use dfdx::prelude::*;
 
 use crate::config::{RunConfig, TaskName};
@@ -17,17 +18,48 @@ use crate::tasks::{hyper_clean, hyper_opt, hyper_rep, Metrics};
 pub trait TaskVisitor {
     type Output;
 
-    fn visit<P: BilevelProblem<E> + 'static>(
+    fn visit<P: TaskProblem>(
         self,
         model: &str,
         problem: P,
         x: P::X,
         y: P::Y,
         evaluate: impl FnMut(&P::X, &P::Y) -> Metrics,
-    ) -> anyhow::Result<Self::Output>
-    where
-        P::X: 'static,
-        P::Y: 'static;
+    ) -> anyhow::Result<Self::Output>;
+}
+
+/// What every task's problem is: shardable over threads ([`Oracles::sharded`]), with variables
+/// and batches that shard threads can read.
+///
+/// [`Oracles::sharded`]: bilevel_optim::oracles::Oracles::sharded
+pub trait TaskProblem:
+    ShardedProblem<
+        E,
+        X = Self::UpperVariable,
+        Y = Self::LowerVariable,
+        UpperBatch = Self::UpperSamples,
+        LowerBatch = Self::LowerSamples,
+    > + Sync
+    + 'static
+{
+    type UpperVariable: Params<E> + Send + Sync + 'static;
+    type LowerVariable: Params<E> + Send + Sync + 'static;
+    type UpperSamples: Batch + Sync;
+    type LowerSamples: Batch + Sync;
+}
+
+impl<P> TaskProblem for P
+where
+    P: ShardedProblem<E> + Sync + 'static,
+    P::X: Send + Sync + 'static,
+    P::Y: Send + Sync + 'static,
+    P::UpperBatch: Sync,
+    P::LowerBatch: Sync,
+{
+    type UpperVariable = P::X;
+    type LowerVariable = P::Y;
+    type UpperSamples = P::UpperBatch;
+    type LowerSamples = P::LowerBatch;
 }
 
 /// Loads `config`'s task from `data_dir`, builds its problem and initial variables on `dev` and

@@ -5,8 +5,8 @@ use std::ops::Range;
 
 use bilevel_optim::params::Params;
 use bilevel_optim::problem::{Batch, BilevelProblem, SampleRng, ShardedProblem, Taped};
-use bilevel_optim::shards::shard_range;
 use bilevel_optim::real::Real;
+use bilevel_optim::shards::shard_range;
 use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::nn::modules::Repeated;
 use dfdx::prelude::*;

@@ -218,7 +218,10 @@ where
     close(&[p.value], &[q.value], "G");
     close(&flat(&p.dx), &flat(&q.dx), "∇_x G");
     close(&flat(&p.dy), &flat(&q.dy), "∇_y G");
-    let (p, q) = (a.lower_grad_y(x, y, &lower_a), b.lower_grad_y(x, y, &lower_b));
+    let (p, q) = (
+        a.lower_grad_y(x, y, &lower_a),
+        b.lower_grad_y(x, y, &lower_b),
+    );
     close(&[p.0], &[q.0], "G (y only)");
     close(&flat(&p.1), &flat(&q.1), "∇_y G (y only)");
     let p = a.hvp_jvp(x, y, &v, &lower_a).expect("second-order pass");
