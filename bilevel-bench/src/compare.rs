@@ -128,6 +128,9 @@ pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<Comp
     let progress = options.progress && options.jobs <= 1;
     let runs = map_in_threads(&configs, options.jobs, |config| {
         let dir = run_dir(&options.out, config);
+        if let Some(done) = finished_run(config, &dir) {
+            return Ok(done);
+        }
         run(config, data_dir, &dir, progress)
             .with_context(|| format!("{}, seed {}", config.method().name(), config.seed))
     })
@@ -143,6 +146,16 @@ pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<Comp
         markdown,
         runs,
     })
+}
+
+/// The summary of a run of exactly `config` that already finished in `dir`, so that a comparison
+/// that was interrupted (or extended by methods or seeds) reruns only what is missing.
+pub fn finished_run(config: &RunConfig, dir: &Path) -> Option<RunSummary> {
+    let saved = RunConfig::from_file(&dir.join("config.toml")).ok()?;
+    let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
+    let summary: RunSummary = serde_json::from_str(&text).ok()?;
+    let complete = summary.evaluations.last()?.iteration == config.iters;
+    (saved == *config && complete).then_some(summary)
 }
 
 fn write_table(

@@ -53,7 +53,8 @@ enum Command {
     },
     /// Runs several methods over several seeds and writes a results table (CSV and Markdown)
     /// and plots (PNG and SVG: median and 20–80% band over seeds, against iterations, oracle
-    /// calls and training time).
+    /// calls and training time). A run that already finished in --out with the same
+    /// configuration is reused, so an interrupted comparison continues where it stopped.
     Compare {
         #[command(flatten)]
         common: Common,

@@ -36,7 +36,7 @@ pub struct Evaluation {
 }
 
 /// What a run leaves for comparisons.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     pub task: String,
     pub method: String,

@@ -114,6 +114,28 @@ fn compare_writes_runs_table_and_plots() {
             assert!(size > 1_000, "{} ({size} bytes)", path.display());
         }
     }
+    // Run again: every run is reused (its files are not rewritten), and the table is the same;
+    // a run whose configuration changed is run anew.
+    let written = |method: &str| {
+        std::fs::metadata(out.join(format!("hyper-opt/{method}/seed-0/steps.csv")))
+            .and_then(|m| m.modified())
+            .unwrap()
+    };
+    let before = (written("bo-rep"), written("soba"));
+    let again = compare(&options, &resolve_data_dir(None).unwrap()).unwrap();
+    assert_eq!((written("bo-rep"), written("soba")), before);
+    assert_eq!(again.markdown, report.markdown);
+    let changed = CompareOptions {
+        steps: vec!["soba=0.04:0.03".parse().unwrap()],
+        ..options
+    };
+    compare(&changed, &resolve_data_dir(None).unwrap()).unwrap();
+    assert_eq!(written("bo-rep"), before.0);
+    assert_ne!(
+        written("soba"),
+        before.1,
+        "soba's steps changed: it runs again"
+    );
     let svg = std::fs::read_to_string(report.dir.join("test_accuracy_vs_iterations.svg")).unwrap();
     assert!(
         svg.contains("bo-rep") && svg.contains("soba"),
