@@ -8,7 +8,7 @@ use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::prelude::{Cpu, Device, Rank0};
 
-use super::{draw, text_shard, BatchConfig};
+use super::{draw, part_count, part_items, text_shard, BatchConfig};
 use crate::classifier::{add_loss_gradient, loss};
 use crate::layer::WrittenLayer;
 use crate::penalty::{add_l2_gradient, check_tensor_count, l2_penalty, L2Coefficients};
@@ -88,6 +88,24 @@ where
     fn sample_lower(&mut self, rng: &mut SampleRng) -> TextBatch<E, EMB> {
         let ids = draw(rng, self.train.len(), self.config.lower_batch);
         self.train.batch(&ids, self.config.max_len)
+    }
+
+    fn lower_parts(&self) -> Option<usize> {
+        Some(part_count(self.train.len(), self.config.lower_batch))
+    }
+
+    fn lower_part(&mut self, k: usize) -> Option<TextBatch<E, EMB>> {
+        let ids = part_items(self.train.len(), self.config.lower_batch, k)?;
+        Some(self.train.batch(&ids, self.config.max_len))
+    }
+
+    fn upper_parts(&self) -> Option<usize> {
+        Some(part_count(self.validation.len(), self.config.upper_batch))
+    }
+
+    fn upper_part(&mut self, k: usize) -> Option<TextBatch<E, EMB>> {
+        let ids = part_items(self.validation.len(), self.config.upper_batch, k)?;
+        Some(self.validation.batch(&ids, self.config.max_len))
     }
 
     fn upper_loss(&self, _: &X, y: &M, batch: &TextBatch<E, EMB>) -> Taped<Rank0, E> {

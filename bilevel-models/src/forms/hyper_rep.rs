@@ -11,7 +11,7 @@ use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::nn::modules::Repeated;
 use dfdx::prelude::*;
 
-use super::draw;
+use super::{draw, part_count, part_items};
 use crate::classifier::{add_loss_gradient, loss};
 use crate::layer::WrittenLayer;
 use crate::loss::one_hot;
@@ -162,6 +162,26 @@ where
     fn sample_lower(&mut self, rng: &mut SampleRng) -> TaskBatch<E, EMB> {
         self.current = draw(rng, NT, self.tasks_per_batch);
         self.task_batch(|t| &t.support)
+    }
+
+    /// Fixed batches of consecutive tasks, for methods with one memory per batch (SABA).
+    fn lower_parts(&self) -> Option<usize> {
+        Some(part_count(NT, self.tasks_per_batch))
+    }
+
+    fn lower_part(&mut self, k: usize) -> Option<TaskBatch<E, EMB>> {
+        self.current = part_items(NT, self.tasks_per_batch, k)?;
+        Some(self.task_batch(|t| &t.support))
+    }
+
+    /// The query sets of the same fixed task batches.
+    fn upper_parts(&self) -> Option<usize> {
+        self.lower_parts()
+    }
+
+    fn upper_part(&mut self, k: usize) -> Option<TaskBatch<E, EMB>> {
+        self.current = part_items(NT, self.tasks_per_batch, k)?;
+        Some(self.task_batch(|t| &t.query))
     }
 
     /// The tasks of the latest lower batch.
