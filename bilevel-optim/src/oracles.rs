@@ -422,14 +422,7 @@ fn upper_pass<E: Real, P: BilevelProblem<E>>(
 where
     Cpu: Device<E>,
 {
-    let loss = problem.upper_loss(x, y, batch);
-    let value = loss.array();
-    let grads = anchored(loss, x, y).backward();
-    LossGrad {
-        value,
-        dx: x.gradient_from(&grads),
-        dy: y.gradient_from(&grads),
-    }
+    loss_and_grads(problem.upper_loss(x, y, batch), x, y)
 }
 
 fn lower_pass<E: Real, P: BilevelProblem<E>>(
@@ -443,16 +436,7 @@ where
     Cpu: Device<E>,
 {
     Ok(match pass {
-        LowerPass::Grad => {
-            let loss = problem.lower_loss(x, y, batch);
-            let value = loss.array();
-            let grads = anchored(loss, x, y).backward();
-            LowerResult::Grad(LossGrad {
-                value,
-                dx: x.gradient_from(&grads),
-                dy: y.gradient_from(&grads),
-            })
-        }
+        LowerPass::Grad => LowerResult::Grad(loss_and_grads(problem.lower_loss(x, y, batch), x, y)),
         LowerPass::GradY => {
             let loss = problem.lower_loss_in_y(x, y, batch);
             let value = loss.array();
@@ -475,6 +459,24 @@ where
             })
         }
     })
+}
+
+/// The value of `loss` and its gradients in x and y from one backward pass.
+fn loss_and_grads<E: Real, X: Params<E>, Y: Params<E>>(
+    loss: Taped<Rank0, E>,
+    x: &X,
+    y: &Y,
+) -> LossGrad<E, X, Y>
+where
+    Cpu: Device<E>,
+{
+    let value = loss.array();
+    let grads = anchored(loss, x, y).backward();
+    LossGrad {
+        value,
+        dx: x.gradient_from(&grads),
+        dy: y.gradient_from(&grads),
+    }
 }
 
 /// Merges a tape holding gradient buffers for every tensor of x and y into `scalar`, so each of
