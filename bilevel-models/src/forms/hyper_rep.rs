@@ -4,14 +4,16 @@ use std::marker::PhantomData;
 use std::ops::Range;
 
 use bilevel_optim::params::Params;
-use bilevel_optim::problem::{Batch, BilevelProblem, SampleRng, ShardedProblem, Taped};
+use bilevel_optim::problem::{
+    fixed_batch, fixed_batch_count, Batch, BilevelProblem, SampleRng, ShardedProblem, Taped,
+};
 use bilevel_optim::real::Real;
 use bilevel_optim::shards::shard_range;
 use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::nn::modules::Repeated;
 use dfdx::prelude::*;
 
-use super::{draw, part_count, part_items};
+use super::draw;
 use crate::classifier::{add_loss_gradient, loss};
 use crate::layer::WrittenLayer;
 use crate::loss::one_hot;
@@ -126,16 +128,22 @@ where
     }
 
     fn task_batch(&self, which: impl Fn(&Task) -> &[usize]) -> TaskBatch<E, EMB> {
+        self.batch_of(self.current.iter().map(|&i| (i, which(&self.tasks[i]))))
+    }
+
+    /// One packed batch of the given tasks' texts (head index, text ids), task after task, built
+    /// on this thread's device.
+    fn batch_of<'a>(&self, tasks: impl Iterator<Item = (usize, &'a [usize])>) -> TaskBatch<E, EMB> {
         let mut ids = Vec::new();
-        let mut tasks = Vec::with_capacity(self.current.len());
-        for &i in &self.current {
+        let mut rows = Vec::new();
+        for (head, texts) in tasks {
             let start = ids.len();
-            ids.extend_from_slice(which(&self.tasks[i]));
-            tasks.push((i, start..ids.len()));
+            ids.extend_from_slice(texts);
+            rows.push((head, start..ids.len()));
         }
         TaskBatch {
             texts: self.texts.batch(&ids, self.max_len),
-            tasks,
+            tasks: rows,
         }
     }
 }
@@ -166,11 +174,11 @@ where
 
     /// Fixed batches of consecutive tasks, for methods with one memory per batch (SABA).
     fn lower_parts(&self) -> Option<usize> {
-        Some(part_count(NT, self.tasks_per_batch))
+        Some(fixed_batch_count(NT, self.tasks_per_batch))
     }
 
     fn lower_part(&mut self, k: usize) -> Option<TaskBatch<E, EMB>> {
-        self.current = part_items(NT, self.tasks_per_batch, k)?;
+        self.current = fixed_batch(NT, self.tasks_per_batch, k)?.collect();
         Some(self.task_batch(|t| &t.support))
     }
 
@@ -180,7 +188,7 @@ where
     }
 
     fn upper_part(&mut self, k: usize) -> Option<TaskBatch<E, EMB>> {
-        self.current = part_items(NT, self.tasks_per_batch, k)?;
+        self.current = fixed_batch(NT, self.tasks_per_batch, k)?.collect();
         Some(self.task_batch(|t| &t.query))
     }
 
@@ -282,15 +290,10 @@ where
         if mine.is_empty() {
             return None;
         }
-        let mut ids = Vec::new();
-        let mut tasks = Vec::with_capacity(mine.len());
-        for (i, rows) in mine {
-            let start = ids.len();
-            ids.extend_from_slice(&batch.texts.ids[rows.clone()]);
-            tasks.push((*i, start..ids.len()));
-        }
-        let texts = self.texts.batch(&ids, self.max_len);
-        Some((1.0, TaskBatch { texts, tasks }))
+        let tasks = mine
+            .iter()
+            .map(|(head, rows)| (*head, &batch.texts.ids[rows.clone()]));
+        Some((1.0, self.batch_of(tasks)))
     }
 
     /// `g` on the support sets, with the encoder's features passed through `features` (the
