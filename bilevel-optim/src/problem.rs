@@ -131,6 +131,19 @@ where
     );
 }
 
+/// How many fixed batches of `size` consecutive items `n` items make (the last may be shorter):
+/// the split behind [`BilevelProblem::lower_parts`] for a problem with per-batch memories.
+pub fn fixed_batch_count(n: usize, size: usize) -> usize {
+    n.div_ceil(size.max(1))
+}
+
+/// The items `k·size .. (k+1)·size` of fixed batch `k` of [`fixed_batch_count`]; `None` past
+/// the end.
+pub fn fixed_batch(n: usize, size: usize, k: usize) -> Option<std::ops::Range<usize>> {
+    let size = size.max(1);
+    (k < fixed_batch_count(n, size)).then(|| k * size..((k + 1) * size).min(n))
+}
+
 /// A problem whose batches split into shards, so that one oracle call can run on several
 /// threads ([`crate::oracles::Oracles::sharded`]): each thread runs the pass on one shard with
 /// its own tape, and the weighted results are added.

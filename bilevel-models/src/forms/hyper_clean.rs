@@ -3,12 +3,14 @@
 use std::marker::PhantomData;
 
 use bilevel_optim::params::Params;
-use bilevel_optim::problem::{BilevelProblem, SampleRng, ShardedProblem, Taped, Tp};
+use bilevel_optim::problem::{
+    fixed_batch, fixed_batch_count, BilevelProblem, SampleRng, ShardedProblem, Taped, Tp,
+};
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::prelude::*;
 
-use super::{draw, part_count, part_items, text_shard, BatchConfig};
+use super::{draw, text_shard, BatchConfig};
 use crate::classifier::{add_loss_gradient, loss};
 use crate::layer::WrittenLayer;
 use crate::penalty::{add_l2_gradient, l2_penalty, FixedL2};
@@ -98,20 +100,24 @@ where
     }
 
     fn lower_parts(&self) -> Option<usize> {
-        Some(part_count(N, self.config.lower_batch))
+        Some(fixed_batch_count(N, self.config.lower_batch))
     }
 
     fn lower_part(&mut self, k: usize) -> Option<TextBatch<E, EMB>> {
-        let ids = part_items(N, self.config.lower_batch, k)?;
+        let ids: Vec<usize> = fixed_batch(N, self.config.lower_batch, k)?.collect();
         Some(self.train.batch(&ids, self.config.max_len))
     }
 
     fn upper_parts(&self) -> Option<usize> {
-        Some(part_count(self.validation.len(), self.config.upper_batch))
+        Some(fixed_batch_count(
+            self.validation.len(),
+            self.config.upper_batch,
+        ))
     }
 
     fn upper_part(&mut self, k: usize) -> Option<TextBatch<E, EMB>> {
-        let ids = part_items(self.validation.len(), self.config.upper_batch, k)?;
+        let ids: Vec<usize> =
+            fixed_batch(self.validation.len(), self.config.upper_batch, k)?.collect();
         Some(self.validation.batch(&ids, self.config.max_len))
     }
 

@@ -55,17 +55,6 @@ where
     Some((share, texts.batch(&ids, max_len)))
 }
 
-/// For methods with one memory per fixed batch (SABA): how many batches of `size` consecutive
-/// items `n` items make (the last may be shorter).
-pub(crate) fn part_count(n: usize, size: usize) -> usize {
-    n.div_ceil(size.max(1))
-}
-
-/// The items of fixed batch `k` of [`part_count`]: `k·size .. (k+1)·size`, `None` past the end.
-pub(crate) fn part_items(n: usize, size: usize, k: usize) -> Option<Vec<usize>> {
-    (k < part_count(n, size)).then(|| (k * size.max(1)..((k + 1) * size.max(1)).min(n)).collect())
-}
-
 /// `k` distinct indices below `n` (all of them, shuffled, when `k ≥ n`).
 pub(crate) fn draw(rng: &mut SampleRng, n: usize, k: usize) -> Vec<usize> {
     rand::seq::index::sample(rng, n, k.min(n)).into_vec()

@@ -4,7 +4,7 @@ use dfdx::prelude::*;
 use rand::Rng;
 
 use crate::linalg::Matrix;
-use crate::problem::Batch;
+use crate::problem::{fixed_batch, fixed_batch_count, Batch};
 use crate::real::Real;
 
 /// Rows `A_B` of a design matrix with targets `t_B`, and the row indices they came from.
@@ -79,16 +79,14 @@ where
     /// How many fixed batches of `size` consecutive rows (the last may be shorter) `n` rows make;
     /// one batch of every row when `size` is `None`.
     pub fn part_count(n: usize, size: Option<usize>) -> usize {
-        match size {
-            None => 1,
-            Some(b) => n.div_ceil(b.max(1)),
-        }
+        size.map_or(1, |b| fixed_batch_count(n, b))
     }
 
     /// The fixed batch `k` of [`Rows::part_count`]: rows `k·size .. (k+1)·size`.
     pub fn part(dev: &Cpu, a: &Matrix, targets: &[f64], size: Option<usize>, k: usize) -> Self {
-        let b = size.unwrap_or(a.rows).max(1);
-        let rows = (k * b..((k + 1) * b).min(a.rows)).collect();
+        let rows = fixed_batch(a.rows, size.unwrap_or(a.rows), k)
+            .unwrap_or_default()
+            .collect();
         Self::select(dev, a, targets, rows)
     }
 
