@@ -79,9 +79,11 @@ enum Command {
     },
     /// Grid search of each method's (lower, upper) step sizes at the configured budget, as
     /// tasks.md asks (hyper-opt and hyper-clean; hyper-rep has no validation split). Every pair
-    /// runs with one seed; the pair with the best final validation accuracy (ties: lower
-    /// validation loss) is chosen. Writes <out>/<task>/tune/: grid.md (one table per method),
-    /// grid.csv, tuned.toml (for `compare --tuned`) and every grid point's run directory.
+    /// runs with each seed; the pair with the best final validation accuracy, the median over
+    /// seeds (ties: lower validation loss), is chosen, and a pair that diverged on any seed never
+    /// is. Finished runs already in --out are reused. Writes <out>/<task>/tune/: grid.md (one
+    /// table per method), grid.csv (one row per run), tuned.toml (for `compare --tuned`) and
+    /// every run's directory (<method>/lower-L_upper-U/seed-S).
     Tune {
         #[command(flatten)]
         common: Common,
@@ -94,9 +96,11 @@ enum Command {
         /// The upper-level step sizes tried (the step of x).
         #[arg(long, value_delimiter = ',', default_value = STEP_GRID)]
         upper: Vec<f64>,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Grid points run at once, one thread each (each run itself uses one thread).
+        /// Comma-separated seeds; every pair runs with each (several seeds guard against steps
+        /// that only one seed's run tolerates).
+        #[arg(long, value_delimiter = ',', default_value = "0", alias = "seed")]
+        seeds: Vec<u64>,
+        /// Runs (grid pair × seed) at once, one thread each (each run itself uses --threads).
         #[arg(long, default_value_t = 1)]
         jobs: usize,
     },
@@ -292,7 +296,7 @@ fn main() -> Result<()> {
             methods,
             lower,
             upper,
-            seed,
+            seeds,
             jobs,
         } => {
             let base = common.config()?;
@@ -303,7 +307,7 @@ fn main() -> Result<()> {
                 methods,
                 lower_grid: lower,
                 upper_grid: upper,
-                seed,
+                seeds,
                 out: common.out.clone(),
                 jobs,
                 verbose: !common.quiet,

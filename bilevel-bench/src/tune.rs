@@ -2,8 +2,12 @@
 //! pair of the grid runs at the configured budget, the pair with the best validation metric is
 //! chosen, and a file of the chosen configurations feeds `compare --tuned`.
 //!
-//! Which step of a method is "lower" and which "upper" is [`MethodConfig::level_steps`]. A pair
-//! whose run diverges (a non-finite value) is recorded as diverged and never chosen.
+//! Which step of a method is "lower" and which "upper" is [`MethodConfig::level_steps`]. With
+//! several seeds a pair is judged by the median over seeds, because one seed's lucky run can pick
+//! steps that are unstable on the others. A pair with a diverged run (a non-finite value) on any
+//! seed is recorded as diverged and never chosen. A finished run of the same configuration
+//! already in the output directory is reused, so an interrupted or widened search runs only what
+//! is missing.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -13,6 +17,7 @@ use bilevel_optim::error::BilevelError;
 use bilevel_optim::methods::MethodConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::compare::{finished_run, quantile};
 use crate::config::{RunConfig, TaskName};
 use crate::parallel::map_in_threads;
 use crate::runner::{run, RunSummary};
@@ -24,9 +29,10 @@ pub struct TuneOptions {
     pub methods: Vec<String>,
     pub lower_grid: Vec<f64>,
     pub upper_grid: Vec<f64>,
-    pub seed: u64,
+    /// Every pair runs with each of these seeds.
+    pub seeds: Vec<u64>,
     pub out: PathBuf,
-    /// Grid points run at once, each on its own thread.
+    /// Runs (grid pair × seed) at once, each on its own thread.
     pub jobs: usize,
     /// Print one line per finished grid point.
     pub verbose: bool,
@@ -46,7 +52,10 @@ pub struct GridPoint {
     pub method: String,
     pub lower: f64,
     pub upper: f64,
+    /// Over seeds: the median final accuracy and loss, or the first divergence.
     pub outcome: Outcome,
+    /// Each seed's own outcome, in the order of [`TuneOptions::seeds`].
+    pub runs: Vec<(u64, Outcome)>,
 }
 
 /// The chosen configuration of each method, as `tuned.toml` holds it.
@@ -99,12 +108,21 @@ fn is_divergence(e: &anyhow::Error) -> bool {
     })
 }
 
-/// The directory of one grid point's run: `<out>/<task>/tune/<method>/lower-L_upper-U/`.
-fn point_dir(out: &Path, task: TaskName, method: &str, lower: f64, upper: f64) -> PathBuf {
+/// The directory of one grid point's run with one seed:
+/// `<out>/<task>/tune/<method>/lower-L_upper-U/seed-S/`.
+fn point_dir(
+    out: &Path,
+    task: TaskName,
+    method: &str,
+    lower: f64,
+    upper: f64,
+    seed: u64,
+) -> PathBuf {
     out.join(task.as_str())
         .join("tune")
         .join(method)
         .join(format!("lower-{lower}_upper-{upper}"))
+        .join(format!("seed-{seed}"))
 }
 
 fn finished(summary: &RunSummary, accuracy: &str, loss: &str) -> anyhow::Result<Outcome> {
@@ -120,6 +138,50 @@ fn finished(summary: &RunSummary, accuracy: &str, loss: &str) -> anyhow::Result<
     } else {
         Outcome::Diverged(format!("final {accuracy} accuracy, {loss} loss"))
     })
+}
+
+/// One pair's outcome over its seeds: diverged if any seed diverged, else the medians.
+fn over_seeds(runs: &[(u64, Outcome)]) -> Outcome {
+    let mut accuracies = Vec::new();
+    let mut losses = Vec::new();
+    for (seed, outcome) in runs {
+        match outcome {
+            Outcome::Finished { accuracy, loss } => {
+                accuracies.push(*accuracy);
+                losses.push(*loss);
+            }
+            Outcome::Diverged(why) => return Outcome::Diverged(format!("seed {seed}: {why}")),
+        }
+    }
+    Outcome::Finished {
+        accuracy: quantile(&accuracies, 0.5),
+        loss: quantile(&losses, 0.5),
+    }
+}
+
+/// Runs (or reuses) one grid point with one seed.
+fn run_point(
+    config: &RunConfig,
+    data_dir: &Path,
+    dir: &Path,
+    accuracy: &str,
+    loss: &str,
+) -> anyhow::Result<Outcome> {
+    if let Some(summary) = finished_run(config, dir) {
+        return finished(&summary, accuracy, loss);
+    }
+    match run(config, data_dir, dir, false) {
+        Ok(summary) => finished(&summary, accuracy, loss),
+        Err(e) if is_divergence(&e) => Ok(Outcome::Diverged(
+            e.root_cause()
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .into(),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// The best finished point: highest accuracy, then lowest loss, then the smaller steps.
@@ -144,6 +206,9 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
     if options.jobs == 0 {
         bail!("--jobs must be at least 1");
     }
+    if options.seeds.is_empty() {
+        bail!("tune needs at least one seed");
+    }
     for (name, grid) in [
         ("lower", &options.lower_grid),
         ("upper", &options.upper_grid),
@@ -155,49 +220,59 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
     // Every configuration is built (and checked) before anything runs.
     let mut work = Vec::new();
     for method in &options.methods {
-        let mut base = task_config(options.base.clone(), Some(method))?;
-        base.seed = options.seed;
+        let base = task_config(options.base.clone(), Some(method))?;
         for &lower in &options.lower_grid {
             for &upper in &options.upper_grid {
-                let mut config = base.clone();
-                let mut m = config.method();
+                let mut m = base.method();
                 m.set_level_steps(lower, upper);
                 m.validate()
                     .with_context(|| format!("{method} at ({lower}, {upper})"))?;
-                config.method = Some(m);
-                work.push((method.clone(), lower, upper, config));
+                for &seed in &options.seeds {
+                    let mut config = base.clone();
+                    config.method = Some(m.clone());
+                    config.seed = seed;
+                    work.push((method.clone(), lower, upper, config));
+                }
             }
         }
     }
-    let points = map_in_threads(&work, options.jobs, |(method, lower, upper, config)| {
-        let dir = point_dir(&options.out, task, method, *lower, *upper);
-        let outcome = match run(config, data_dir, &dir, false) {
-            Ok(summary) => finished(&summary, accuracy, loss),
-            Err(e) if is_divergence(&e) => Ok(Outcome::Diverged(
-                e.root_cause()
-                    .to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .into(),
-            )),
-            Err(e) => Err(e.context(format!("{method} at ({lower}, {upper})"))),
-        };
+    let outcomes = map_in_threads(&work, options.jobs, |(method, lower, upper, config)| {
+        let dir = point_dir(&options.out, task, method, *lower, *upper, config.seed);
+        let outcome = run_point(config, data_dir, &dir, accuracy, loss)
+            .with_context(|| format!("{method} at ({lower}, {upper}), seed {}", config.seed));
         if options.verbose {
             match &outcome {
-                Ok(o) => eprintln!("{method} lower {lower} upper {upper}: {o:?}"),
+                Ok(o) => eprintln!(
+                    "{method} lower {lower} upper {upper} seed {}: {o:?}",
+                    config.seed
+                ),
                 Err(e) => eprintln!("{e:#}"),
             }
         }
-        outcome.map(|outcome| GridPoint {
-            method: method.clone(),
-            lower: *lower,
-            upper: *upper,
-            outcome,
-        })
+        outcome
     })
     .into_iter()
     .collect::<anyhow::Result<Vec<_>>>()?;
+    // `work` holds each pair's seeds consecutively.
+    let points: Vec<GridPoint> = work
+        .chunks(options.seeds.len())
+        .zip(outcomes.chunks(options.seeds.len()))
+        .map(|(pair, outcomes)| {
+            let (method, lower, upper, _) = &pair[0];
+            let runs: Vec<(u64, Outcome)> = pair
+                .iter()
+                .map(|(.., config)| config.seed)
+                .zip(outcomes.iter().cloned())
+                .collect();
+            GridPoint {
+                method: method.clone(),
+                lower: *lower,
+                upper: *upper,
+                outcome: over_seeds(&runs),
+                runs,
+            }
+        })
+        .collect();
 
     let mut chosen = Vec::new();
     for method in &options.methods {
@@ -220,11 +295,12 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
     let dir = options.out.join(task.as_str()).join("tune");
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let header = format!(
-        "# Chosen by `bilevel-bench tune` on {}, seed {}, {} iterations: the best final {accuracy}\n\
+        "# Chosen by `bilevel-bench tune` on {}, {}, {} iterations: the best {}final {accuracy}\n\
          # (ties: lower {loss}) over the grid. Use with `bilevel-bench compare --tuned <this file>`.\n",
         task.as_str(),
-        options.seed,
-        options.base.iters
+        seeds_text(&options.seeds),
+        options.base.iters,
+        if options.seeds.len() > 1 { "median " } else { "" },
     );
     std::fs::write(
         dir.join("tuned.toml"),
@@ -241,17 +317,30 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
     })
 }
 
+/// "seed 0" or "seeds 0, 1, 2".
+fn seeds_text(seeds: &[u64]) -> String {
+    let list: Vec<String> = seeds.iter().map(u64::to_string).collect();
+    match seeds {
+        [_] => format!("seed {}", list[0]),
+        _ => format!("seeds {}", list.join(", ")),
+    }
+}
+
+/// One row per run (grid pair × seed).
 fn write_csv(dir: &Path, points: &[GridPoint]) -> anyhow::Result<()> {
-    let mut csv = String::from("method,lower,upper,status,validation_accuracy,validation_loss\n");
+    let mut csv =
+        String::from("method,lower,upper,seed,status,validation_accuracy,validation_loss\n");
     for p in points {
-        match &p.outcome {
-            Outcome::Finished { accuracy, loss } => writeln!(
-                csv,
-                "{},{},{},finished,{accuracy},{loss}",
-                p.method, p.lower, p.upper
-            )?,
-            Outcome::Diverged(_) => {
-                writeln!(csv, "{},{},{},diverged,,", p.method, p.lower, p.upper)?
+        for (seed, outcome) in &p.runs {
+            let (method, lower, upper) = (&p.method, p.lower, p.upper);
+            match outcome {
+                Outcome::Finished { accuracy, loss } => writeln!(
+                    csv,
+                    "{method},{lower},{upper},{seed},finished,{accuracy},{loss}"
+                )?,
+                Outcome::Diverged(_) => {
+                    writeln!(csv, "{method},{lower},{upper},{seed},diverged,,")?
+                }
             }
         }
     }
@@ -259,7 +348,7 @@ fn write_csv(dir: &Path, points: &[GridPoint]) -> anyhow::Result<()> {
 }
 
 /// One table per method: rows are lower steps, columns upper steps, cells the final validation
-/// accuracy (bold: chosen; "div.": diverged).
+/// accuracy, the median over seeds (bold: chosen; "div.": diverged on some seed).
 fn grid_tables(
     options: &TuneOptions,
     points: &[GridPoint],
@@ -269,9 +358,13 @@ fn grid_tables(
     for method in &options.methods {
         let mine: Vec<&GridPoint> = points.iter().filter(|p| &p.method == method).collect();
         let chosen = best(mine.iter().copied());
+        let over = match options.seeds.len() {
+            1 => String::new(),
+            _ => format!("median over {}, ", seeds_text(&options.seeds)),
+        };
         writeln!(
             md,
-            "### {method}: final {accuracy} (rows: lower step, columns: upper step)\n"
+            "### {method}: final {accuracy} ({over}rows: lower step, columns: upper step)\n"
         )?;
         write!(md, "| lower \\ upper |")?;
         for u in &options.upper_grid {
@@ -299,4 +392,30 @@ fn grid_tables(
         writeln!(md)?;
     }
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_is_judged_by_its_median_seed_and_diverges_with_any_seed() {
+        let done = |accuracy, loss| Outcome::Finished { accuracy, loss };
+        let three = [
+            (0, done(0.9, 0.1)),
+            (1, done(0.5, 0.7)),
+            (2, done(0.6, 0.4)),
+        ];
+        assert_eq!(over_seeds(&three), done(0.6, 0.4));
+        let one_diverged = [
+            (0, done(0.9, 0.1)),
+            (4, Outcome::Diverged("loss is not finite".into())),
+        ];
+        assert_eq!(
+            over_seeds(&one_diverged),
+            Outcome::Diverged("seed 4: loss is not finite".into())
+        );
+        assert_eq!(seeds_text(&[3]), "seed 3");
+        assert_eq!(seeds_text(&[0, 1, 2]), "seeds 0, 1, 2");
+    }
 }

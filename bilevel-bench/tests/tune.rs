@@ -30,7 +30,7 @@ fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
         methods: vec!["bo-rep".into(), "soba".into()],
         lower_grid: vec![0.05, 1e8],
         upper_grid: vec![0.01, 0.5],
-        seed: 1,
+        seeds: vec![1],
         out: out.clone(),
         jobs: 2,
         verbose: false,
@@ -39,7 +39,7 @@ fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
     assert_eq!(report.points.len(), 8);
     for p in &report.points {
         let dir = out.join(format!(
-            "hyper-opt/tune/{}/lower-{}_upper-{}",
+            "hyper-opt/tune/{}/lower-{}_upper-{}/seed-1",
             p.method, p.lower, p.upper
         ));
         assert!(dir.join("config.toml").is_file(), "{}", dir.display());
@@ -84,7 +84,7 @@ fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
     }
     let csv = std::fs::read_to_string(report.dir.join("grid.csv")).unwrap();
     assert_eq!(csv.lines().count(), 9, "{csv}");
-    assert!(csv.contains("soba,100000000,0.5,diverged,,"), "{csv}");
+    assert!(csv.contains("soba,100000000,0.5,1,diverged,,"), "{csv}");
     let md = std::fs::read_to_string(report.dir.join("grid.md")).unwrap();
     assert!(md.contains("### bo-rep") && md.contains("div.") && md.contains("**"));
 
@@ -134,7 +134,7 @@ fn tune_refuses_hyper_rep_and_bad_grids() {
         methods: vec!["soba".into()],
         lower_grid: lower,
         upper_grid: vec![0.1],
-        seed: 0,
+        seeds: vec![0],
         out: std::env::temp_dir().join("bilevel-tune-never-written"),
         jobs: 1,
         verbose: false,
@@ -149,4 +149,68 @@ fn tune_refuses_hyper_rep_and_bad_grids() {
         .unwrap()
         .to_string();
     assert!(err.contains("lower grid"), "{err}");
+}
+
+/// A second seed widens an earlier search: the seed-1 runs are reused (their files untouched),
+/// only seed 2 runs, and each pair is judged by the median of its two seeds' final figures.
+#[test]
+fn tune_over_seeds_reuses_runs_and_takes_the_median() {
+    let out = std::env::temp_dir().join(format!("bilevel-tune-seeds-{}", std::process::id()));
+    let data_dir = resolve_data_dir(None).unwrap();
+    let options = |seeds: Vec<u64>| TuneOptions {
+        base: small("hyper-opt"),
+        methods: vec!["slip".into()],
+        lower_grid: vec![0.05],
+        upper_grid: vec![0.01, 0.5],
+        seeds,
+        out: out.clone(),
+        jobs: 2,
+        verbose: false,
+    };
+    tune(&options(vec![1]), &data_dir).unwrap();
+    let summary = |lower: f64, upper: f64, seed: u64| {
+        out.join(format!(
+            "hyper-opt/tune/slip/lower-{lower}_upper-{upper}/seed-{seed}/summary.json"
+        ))
+    };
+    let modified = |path: &std::path::Path| std::fs::metadata(path).unwrap().modified().unwrap();
+    let first = modified(&summary(0.05, 0.5, 1));
+
+    let report = tune(&options(vec![1, 2]), &data_dir).unwrap();
+    assert_eq!(modified(&summary(0.05, 0.5, 1)), first, "seed 1 was rerun");
+    assert_eq!(report.points.len(), 2);
+    let final_validation = |path: std::path::PathBuf| {
+        let text = std::fs::read_to_string(path).unwrap();
+        let summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let last = summary["evaluations"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        (
+            last["metrics"]["validation/accuracy"].as_f64().unwrap(),
+            last["metrics"]["validation/loss"].as_f64().unwrap(),
+        )
+    };
+    for p in &report.points {
+        assert_eq!(
+            p.runs.iter().map(|(seed, _)| *seed).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        let (a1, l1) = final_validation(summary(p.lower, p.upper, 1));
+        let (a2, l2) = final_validation(summary(p.lower, p.upper, 2));
+        let Outcome::Finished { accuracy, loss } = p.outcome else {
+            panic!("{p:?}");
+        };
+        assert!((accuracy - (a1 + a2) / 2.0).abs() < 1e-12, "{p:?}");
+        assert!((loss - (l1 + l2) / 2.0).abs() < 1e-12, "{p:?}");
+    }
+    let csv = std::fs::read_to_string(report.dir.join("grid.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    let md = std::fs::read_to_string(report.dir.join("grid.md")).unwrap();
+    assert!(md.contains("median over seeds 1, 2"), "{md}");
+    let tuned = std::fs::read_to_string(report.dir.join("tuned.toml")).unwrap();
+    assert!(tuned.contains("seeds 1, 2"), "{tuned}");
+    let _ = std::fs::remove_dir_all(&out);
 }
