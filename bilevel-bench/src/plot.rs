@@ -40,7 +40,9 @@ fn ensure_font() -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)
 }
 
-const COLORS: [RGBColor; 8] = [
+/// One color per series, distinct for as many series as there are methods (a comparison of all
+/// 17 must not give two methods the same line): Tableau's ten, then seven darker hues.
+const COLORS: [RGBColor; 17] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -49,6 +51,15 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+    RGBColor(0, 0, 0),
+    RGBColor(0, 0, 128),
+    RGBColor(128, 0, 0),
+    RGBColor(0, 110, 110),
+    RGBColor(85, 107, 47),
+    RGBColor(200, 0, 200),
+    RGBColor(184, 134, 11),
 ];
 
 /// Writes `<stem>.png` and `<stem>.svg`.
@@ -149,4 +160,20 @@ where
         .map_err(|e| fail(&e))?;
     area.present().map_err(|e| fail(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_of_a_full_comparison_gets_its_own_color() {
+        let n = bilevel_optim::methods::METHODS.len();
+        assert!(COLORS.len() >= n);
+        for (i, a) in COLORS.iter().enumerate() {
+            for b in &COLORS[..i] {
+                assert_ne!(a, b);
+            }
+        }
+    }
 }
