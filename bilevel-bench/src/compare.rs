@@ -86,10 +86,26 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
     v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
 }
 
+/// Refuses a list that names an item twice: two runs of the same item would share a run
+/// directory (and, with --jobs, write it at the same time).
+pub fn ensure_distinct<T: PartialEq + std::fmt::Display>(
+    flag: &str,
+    items: &[T],
+) -> anyhow::Result<()> {
+    for (i, item) in items.iter().enumerate() {
+        if items[..i].contains(item) {
+            anyhow::bail!("{flag} lists {item} twice");
+        }
+    }
+    Ok(())
+}
+
 pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<CompareReport> {
     if options.jobs == 0 {
         anyhow::bail!("--jobs must be at least 1");
     }
+    ensure_distinct("--methods", &options.methods)?;
+    ensure_distinct("--seeds", &options.seeds)?;
     if let Some(tuned) = &options.tuned {
         if tuned.task != options.base.task {
             anyhow::bail!(

@@ -17,7 +17,7 @@ use bilevel_optim::error::BilevelError;
 use bilevel_optim::methods::MethodConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{finished_run, quantile};
+use crate::compare::{ensure_distinct, finished_run, quantile};
 use crate::config::{RunConfig, TaskName};
 use crate::parallel::map_in_threads;
 use crate::runner::{run, RunSummary};
@@ -209,6 +209,10 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
     if options.seeds.is_empty() {
         bail!("tune needs at least one seed");
     }
+    ensure_distinct("--methods", &options.methods)?;
+    ensure_distinct("--seeds", &options.seeds)?;
+    ensure_distinct("--lower", &options.lower_grid)?;
+    ensure_distinct("--upper", &options.upper_grid)?;
     for (name, grid) in [
         ("lower", &options.lower_grid),
         ("upper", &options.upper_grid),

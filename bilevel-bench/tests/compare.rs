@@ -46,6 +46,28 @@ fn step_pairs_parse_or_say_why() {
     .unwrap()
     .to_string();
     assert!(err.contains("--steps names maml"), "{err}");
+    let twice = |methods: &[&str], seeds: Vec<u64>| {
+        compare(
+            &CompareOptions {
+                base: toml::from_str("task = \"hyper-opt\"").unwrap(),
+                methods: methods.iter().map(|m| m.to_string()).collect(),
+                seeds,
+                out: std::env::temp_dir().join("bilevel-compare-never-written"),
+                progress: false,
+                tuned: None,
+                jobs: 2,
+                steps: vec![],
+            },
+            &resolve_data_dir(None).unwrap(),
+        )
+        .err()
+        .unwrap()
+        .to_string()
+    };
+    let err = twice(&["soba", "slip", "soba"], vec![0]);
+    assert!(err.contains("--methods lists soba twice"), "{err}");
+    let err = twice(&["soba"], vec![1, 2, 1]);
+    assert!(err.contains("--seeds lists 1 twice"), "{err}");
 }
 
 #[test]

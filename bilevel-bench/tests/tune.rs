@@ -149,6 +149,22 @@ fn tune_refuses_hyper_rep_and_bad_grids() {
         .unwrap()
         .to_string();
     assert!(err.contains("lower grid"), "{err}");
+    let err = tune(&options("hyper-opt", vec![0.1, 0.05, 0.1]), &data_dir)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("--lower lists 0.1 twice"), "{err}");
+    let err = tune(
+        &TuneOptions {
+            seeds: vec![3, 3],
+            ..options("hyper-opt", vec![0.1])
+        },
+        &data_dir,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("--seeds lists 3 twice"), "{err}");
 }
 
 /// A second seed widens an earlier search: the seed-1 runs are reused (their files untouched),
