@@ -62,6 +62,17 @@ const COLORS: [RGBColor; 17] = [
     RGBColor(184, 134, 11),
 ];
 
+/// An x tick as people write it: iterations and calls as integers ("2000", not "2000.0"),
+/// seconds with at most three decimals.
+fn tick_text(x: f64) -> String {
+    if (x - x.round()).abs() < 1e-9 {
+        format!("{}", x.round())
+    } else {
+        let text = format!("{x:.3}");
+        text.trim_end_matches('0').to_string()
+    }
+}
+
 /// Writes `<stem>.png` and `<stem>.svg`.
 pub fn plot(
     stem: &Path,
@@ -118,6 +129,7 @@ where
     let mut chart = ChartBuilder::on(&area)
         .caption(title, ("sans-serif", 22))
         .margin(12)
+        .margin_right(30)
         .x_label_area_size(45)
         .y_label_area_size(65)
         .build_cartesian_2d(x0..x1.max(x0 + 1e-9), (y0 - pad)..(y1 + pad))
@@ -126,6 +138,7 @@ where
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
+        .x_label_formatter(&|x| tick_text(*x))
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| fail(&e))?;
@@ -165,6 +178,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ticks_read_as_written_by_hand() {
+        assert_eq!(tick_text(2000.0), "2000");
+        assert_eq!(tick_text(0.0), "0");
+        assert_eq!(tick_text(12.5), "12.5");
+        assert_eq!(tick_text(0.1 + 0.2), "0.3");
+        assert_eq!(tick_text(-3.0), "-3");
+    }
 
     #[test]
     fn every_method_of_a_full_comparison_gets_its_own_color() {
