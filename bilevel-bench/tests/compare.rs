@@ -11,6 +11,30 @@ fn quantiles_interpolate() {
     assert!(quantile(&[], 0.5).is_nan());
 }
 
+/// `compare` and `tune` reuse finished runs by reading their summary.json, so every f64 must come
+/// back bit for bit (serde_json's default float parser can miss by one unit in the last place).
+#[test]
+fn figures_read_back_from_json_exactly() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut values = vec![
+        1.5496858358383179,
+        1.576674294471741,
+        0.1 + 0.2,
+        f64::MIN_POSITIVE,
+    ];
+    values.extend((0..20_000).map(|_| rng.gen::<f64>() * 10f64.powi(rng.gen_range(-8..8))));
+    for x in values {
+        let text = serde_json::to_string(&x).unwrap();
+        let back: f64 = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            back.to_bits(),
+            x.to_bits(),
+            "{x:e} came back as {back:e} via {text}"
+        );
+    }
+}
+
 #[test]
 fn step_pairs_parse_or_say_why() {
     let pair: StepPair = "maml=0.05:0.1".parse().unwrap();
@@ -144,9 +168,13 @@ fn compare_writes_runs_table_and_plots() {
             .unwrap()
     };
     let before = (written("bo-rep"), written("soba"));
+    let csv_before = std::fs::read_to_string(report.dir.join("results.csv")).unwrap();
     let again = compare(&options, &resolve_data_dir(None).unwrap()).unwrap();
     assert_eq!((written("bo-rep"), written("soba")), before);
     assert_eq!(again.markdown, report.markdown);
+    // Figures read back from summary.json are the very values the runs computed.
+    let csv_again = std::fs::read_to_string(report.dir.join("results.csv")).unwrap();
+    assert_eq!(csv_again, csv_before);
     let changed = CompareOptions {
         steps: vec!["soba=0.04:0.03".parse().unwrap()],
         ..options
