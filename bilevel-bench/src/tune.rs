@@ -323,11 +323,13 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
 
 /// "seed 0" or "seeds 0, 1, 2".
 fn seeds_text(seeds: &[u64]) -> String {
-    let list: Vec<String> = seeds.iter().map(u64::to_string).collect();
-    match seeds {
-        [_] => format!("seed {}", list[0]),
-        _ => format!("seeds {}", list.join(", ")),
-    }
+    let list = seeds
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let noun = if seeds.len() == 1 { "seed" } else { "seeds" };
+    format!("{noun} {list}")
 }
 
 /// One row per run (grid pair × seed).
