@@ -59,6 +59,7 @@ fn hyper_rep_encoder_beats_the_random_encoder() {
         [hyper_rep]
         train_tasks = 40
         test_tasks = 50
+        validation_tasks = 0
         tasks_per_batch = 5
         max_len = 32
         [method]

@@ -87,6 +87,46 @@ fn hyper_rep_tasks_are_balanced_two_way_ten_shot() {
     }
 }
 
+/// Validation tasks are balanced 2-way 10-shot tasks too, and drawing them leaves the seed's
+/// training and test tasks as they were without them (same reviews, same labels).
+#[test]
+fn hyper_rep_validation_tasks_leave_the_training_and_test_tasks_unchanged() {
+    let config = |validation_tasks| HyperRepConfig {
+        train_tasks: 40,
+        test_tasks: 10,
+        validation_tasks,
+        ..Default::default()
+    };
+    let data_dir = resolve_data_dir(None).unwrap();
+    let without = hyper_rep::load(&data_dir, &config(0), 5).unwrap();
+    let with = hyper_rep::load(&data_dir, &config(12), 5).unwrap();
+    assert!(without.validation_tasks.is_empty());
+    assert_eq!(with.validation_tasks.len(), 12);
+    let reviews = |data: &hyper_rep::HyperRepData, tasks: &[bilevel_models::forms::Task]| {
+        let labels = data.texts.labels();
+        tasks
+            .iter()
+            .flat_map(|t| t.support.iter().chain(&t.query))
+            .map(|&i| (data.texts.tokens(i).to_vec(), labels[i]))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        reviews(&with, &with.train_tasks),
+        reviews(&without, &without.train_tasks)
+    );
+    assert_eq!(
+        reviews(&with, &with.test_tasks),
+        reviews(&without, &without.test_tasks)
+    );
+    let labels = with.texts.labels();
+    for task in &with.validation_tasks {
+        for set in [&task.support, &task.query] {
+            assert_eq!(set.len(), 20);
+            assert_eq!(set.iter().filter(|&&i| labels[i] == 1).count(), 10);
+        }
+    }
+}
+
 #[test]
 fn bad_configurations_are_rejected_with_the_field() {
     let dir = std::env::temp_dir().join(format!("bilevel-config-{}", std::process::id()));

@@ -127,7 +127,7 @@ fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
 }
 
 #[test]
-fn tune_refuses_hyper_rep_and_bad_grids() {
+fn tune_refuses_hyper_rep_without_validation_tasks_and_bad_grids() {
     let data_dir = resolve_data_dir(None).unwrap();
     let options = |task: &str, lower: Vec<f64>| TuneOptions {
         base: small(task),
@@ -139,11 +139,13 @@ fn tune_refuses_hyper_rep_and_bad_grids() {
         jobs: 1,
         verbose: false,
     };
-    let err = tune(&options("hyper-rep", vec![0.1]), &data_dir)
+    let mut without_validation = options("hyper-rep", vec![0.1]);
+    without_validation.base.hyper_rep.validation_tasks = 0;
+    let err = tune(&without_validation, &data_dir)
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("no validation split"), "{err}");
+    assert!(err.contains("hyper_rep.validation_tasks is 0"), "{err}");
     let err = tune(&options("hyper-opt", vec![0.1, -1.0]), &data_dir)
         .err()
         .unwrap()
@@ -228,5 +230,72 @@ fn tune_over_seeds_reuses_runs_and_takes_the_median() {
     assert!(md.contains("median over seeds 1, 2"), "{md}");
     let tuned = std::fs::read_to_string(report.dir.join("tuned.toml")).unwrap();
     assert!(tuned.contains("seeds 1, 2"), "{tuned}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// hyper-rep is tuned on its validation tasks (new tasks from the training domains): each grid
+/// point's figure is the run's final validation accuracy, and a finished run that reports no
+/// validation figure (one made before hyper-rep had validation tasks) is run again, not reused.
+#[test]
+fn tune_chooses_hyper_rep_steps_on_its_validation_tasks() {
+    let out = std::env::temp_dir().join(format!("bilevel-tune-rep-{}", std::process::id()));
+    let data_dir = resolve_data_dir(None).unwrap();
+    let base: RunConfig = toml::from_str(
+        r#"
+        task = "hyper-rep"
+        iters = 2
+        eval_every = 2
+        [hyper_rep]
+        train_tasks = 40
+        test_tasks = 2
+        validation_tasks = 3
+        tasks_per_batch = 2
+        max_len = 8
+        test_steps = 5
+        "#,
+    )
+    .unwrap();
+    let options = TuneOptions {
+        base,
+        methods: vec!["soba".into()],
+        lower_grid: vec![0.05],
+        upper_grid: vec![0.01, 0.5],
+        seeds: vec![0],
+        out: out.clone(),
+        jobs: 2,
+        verbose: false,
+    };
+    let summary_path = |upper: f64| {
+        out.join(format!(
+            "hyper-rep/tune/soba/lower-0.05_upper-{upper}/seed-0/summary.json"
+        ))
+    };
+    let read = |upper: f64| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(summary_path(upper)).unwrap()).unwrap()
+    };
+    let last_metrics = |summary: &serde_json::Value| {
+        summary["evaluations"].as_array().unwrap().last().unwrap()["metrics"].clone()
+    };
+    let report = tune(&options, &data_dir).unwrap();
+    for p in &report.points {
+        let metrics = last_metrics(&read(p.upper));
+        let Outcome::Finished { accuracy, loss } = p.outcome else {
+            panic!("{p:?}");
+        };
+        assert_eq!(accuracy, metrics["validation/accuracy"].as_f64().unwrap());
+        assert_eq!(loss, metrics["validation/loss"].as_f64().unwrap());
+        assert!(metrics["test/accuracy"].is_number(), "{metrics}");
+    }
+
+    // Strip the validation figures from one run, as a run from before validation tasks would be.
+    let mut old = read(0.5);
+    for evaluation in old["evaluations"].as_array_mut().unwrap() {
+        let metrics = evaluation["metrics"].as_object_mut().unwrap();
+        metrics.retain(|name, _| !name.starts_with("validation/"));
+    }
+    std::fs::write(summary_path(0.5), serde_json::to_string(&old).unwrap()).unwrap();
+    let again = tune(&options, &data_dir).unwrap();
+    assert_eq!(again.points, report.points);
+    assert!(last_metrics(&read(0.5))["validation/accuracy"].is_number());
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -67,6 +67,11 @@ impl EmbeddedTexts {
         self.dim
     }
 
+    /// Text `i`'s token ids (rows of the word-vector table).
+    pub fn tokens(&self, i: usize) -> &[u32] {
+        &self.texts[i]
+    }
+
     pub fn labels(&self) -> &[usize] {
         &self.labels
     }

@@ -1,7 +1,6 @@
 //! Hyper-representation (meta-learning) on Amazon reviews (ARSC): a shared encoder x and one head
 //! per training task y_i, on 2-way 10-shot tasks drawn from product domains.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -37,6 +36,11 @@ pub struct HyperRepConfig {
     /// Training tasks, one head each (one of [`TASK_COUNTS`]).
     pub train_tasks: usize,
     pub test_tasks: usize,
+    /// Validation tasks: new tasks from the training domains, scored like the test tasks (a
+    /// fresh head fitted per task), so that `tune` can choose steps without seeing the test
+    /// domains. `tasks.md` defines none; they are drawn after the test tasks, so a seed's
+    /// training and test tasks do not depend on their number. 0 turns them off.
+    pub validation_tasks: usize,
     /// Support (and query) reviews per class and task.
     pub shots: usize,
     /// Tasks per outer iteration.
@@ -55,6 +59,7 @@ impl Default for HyperRepConfig {
         Self {
             train_tasks: 400,
             test_tasks: 50,
+            validation_tasks: 50,
             shots: 10,
             tasks_per_batch: 20,
             max_len: 64,
@@ -93,6 +98,7 @@ pub struct HyperRepData {
     pub texts: EmbeddedTexts,
     pub train_tasks: Vec<Task>,
     pub test_tasks: Vec<Task>,
+    pub validation_tasks: Vec<Task>,
     pub max_len: usize,
 }
 
@@ -199,6 +205,13 @@ pub fn load(data_dir: &Path, config: &HyperRepConfig, seed: u64) -> anyhow::Resu
         &mut rng,
         &mut texts,
     )?;
+    let validation_tasks = draw_tasks(
+        &train_domains,
+        config.validation_tasks,
+        config.shots,
+        &mut rng,
+        &mut texts,
+    )?;
     let glove = load_word_vectors(data_dir)?;
     let mut vocab = Vocabulary::default();
     let (ids, labels) = embed(&texts, &mut vocab, &glove, false, config.max_len);
@@ -206,6 +219,7 @@ pub fn load(data_dir: &Path, config: &HyperRepConfig, seed: u64) -> anyhow::Resu
         texts: vocab.collection(EMB, ids, labels)?,
         train_tasks,
         test_tasks,
+        validation_tasks,
         max_len: config.max_len,
     })
 }
@@ -270,16 +284,18 @@ fn fit_head(
     head
 }
 
-/// Mean query loss and accuracy over the test tasks after fitting a fresh head per task.
-pub fn evaluate(
+/// Mean query loss and accuracy over `tasks` after fitting a fresh head per task, the heads
+/// drawn from a device seeded with `head_seed` (the same heads at every evaluation).
+fn adapt_and_score(
     data: &HyperRepData,
     config: &HyperRepConfig,
     x: &cpu::Encoder<E>,
-    seed: u64,
-) -> Metrics {
-    let dev = Cpu::seed_from_u64(seed ^ 0x7e57);
+    tasks: &[Task],
+    head_seed: u64,
+) -> (f64, f64) {
+    let dev = Cpu::seed_from_u64(head_seed);
     let (mut loss, mut acc) = (0.0, 0.0);
-    for task in &data.test_tasks {
+    for task in tasks {
         let init = cpu::Head::<E>::build(&dev);
         let (support, support_labels) = features(x, &data.texts, &task.support, data.max_len);
         let head = fit_head(&init, &support, &support_labels, config);
@@ -294,9 +310,29 @@ pub fn evaluate(
         .array() as f64;
         acc += accuracy::<E, C>(&held, &query_labels);
     }
-    let n = data.test_tasks.len().max(1) as f64;
-    BTreeMap::from([
-        ("test/loss".to_string(), loss / n),
-        ("test/accuracy".to_string(), acc / n),
-    ])
+    let n = tasks.len().max(1) as f64;
+    (loss / n, acc / n)
+}
+
+/// Mean query loss and accuracy over the test tasks and, if there are any, the validation tasks.
+pub fn evaluate(
+    data: &HyperRepData,
+    config: &HyperRepConfig,
+    x: &cpu::Encoder<E>,
+    seed: u64,
+) -> Metrics {
+    let mut metrics = Metrics::new();
+    let splits = [
+        ("test", &data.test_tasks, seed ^ 0x7e57),
+        ("validation", &data.validation_tasks, seed ^ 0x7a1d),
+    ];
+    for (split, tasks, head_seed) in splits {
+        if tasks.is_empty() {
+            continue;
+        }
+        let (loss, acc) = adapt_and_score(data, config, x, tasks, head_seed);
+        metrics.insert(format!("{split}/loss"), loss);
+        metrics.insert(format!("{split}/accuracy"), acc);
+    }
+    metrics
 }
