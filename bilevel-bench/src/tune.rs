@@ -160,6 +160,18 @@ fn over_seeds(runs: &[(u64, Outcome)]) -> Outcome {
     }
 }
 
+/// The file in which a grid run that diverged records why, so that a later `tune` over the same
+/// `--out` reuses the outcome instead of running the pair again.
+const DIVERGED_FILE: &str = "diverged.txt";
+
+/// The recorded divergence of a run of `config` in `dir`, if that is how it ended.
+fn recorded_divergence(config: &RunConfig, dir: &Path) -> Option<String> {
+    let saved = RunConfig::from_file(&dir.join("config.toml")).ok()?;
+    (saved == *config)
+        .then(|| std::fs::read_to_string(dir.join(DIVERGED_FILE)).ok())
+        .flatten()
+}
+
 /// Runs (or reuses) one grid point with one seed.
 fn run_point(
     config: &RunConfig,
@@ -174,16 +186,23 @@ fn run_point(
     if let Some(summary) = reusable {
         return finished(&summary, accuracy, loss);
     }
+    if let Some(why) = recorded_divergence(config, dir) {
+        return Ok(Outcome::Diverged(why));
+    }
+    let diverged_file = dir.join(DIVERGED_FILE);
+    if diverged_file.exists() {
+        std::fs::remove_file(&diverged_file)
+            .with_context(|| format!("{}: cannot remove", diverged_file.display()))?;
+    }
     match run(config, data_dir, dir, false) {
         Ok(summary) => finished(&summary, accuracy, loss),
-        Err(e) if is_divergence(&e) => Ok(Outcome::Diverged(
-            e.root_cause()
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .into(),
-        )),
+        Err(e) if is_divergence(&e) => {
+            let why = e.root_cause().to_string();
+            let why = why.lines().next().unwrap_or_default();
+            std::fs::write(&diverged_file, why)
+                .with_context(|| format!("{}: cannot write", diverged_file.display()))?;
+            Ok(Outcome::Diverged(why.into()))
+        }
         Err(e) => Err(e),
     }
 }

@@ -88,6 +88,21 @@ fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
     let md = std::fs::read_to_string(report.dir.join("grid.md")).unwrap();
     assert!(md.contains("### bo-rep") && md.contains("div.") && md.contains("**"));
 
+    // A second call reuses every run, the diverged ones included: none starts again.
+    let started = |method: &str, lower: f64, upper: f64| {
+        let config = out.join(format!(
+            "hyper-opt/tune/{method}/lower-{lower}_upper-{upper}/seed-1/config.toml"
+        ));
+        std::fs::metadata(config).unwrap().modified().unwrap()
+    };
+    let before = [started("soba", 1e8, 0.5), started("bo-rep", 0.05, 0.01)];
+    let again = tune(&options, &data_dir).unwrap();
+    assert_eq!(again.points, report.points);
+    assert_eq!(
+        [started("soba", 1e8, 0.5), started("bo-rep", 0.05, 0.01)],
+        before
+    );
+
     let compared = compare(
         &CompareOptions {
             base: small("hyper-opt"),
