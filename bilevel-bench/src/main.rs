@@ -78,12 +78,13 @@ enum Command {
         jobs: usize,
     },
     /// Grid search of each method's (lower, upper) step sizes at the configured budget, as
-    /// tasks.md asks (on hyper-rep, on its validation tasks from the training domains). Every pair
-    /// runs with each seed; the pair with the best final validation accuracy, the median over
-    /// seeds (ties: lower validation loss), is chosen, and a pair that diverged on any seed never
-    /// is. Runs already in --out, finished or diverged, are reused. Writes <out>/<task>/tune/: grid.md (one
-    /// table per method), grid.csv (one row per run), tuned.toml (for `compare --tuned`) and
-    /// every run's directory (<method>/lower-L_upper-U/seed-S).
+    /// tasks.md asks (on hyper-rep, on its validation tasks from the training domains). Every
+    /// pair runs with each seed; the pair with the best final validation accuracy, the median
+    /// over seeds (ties: lower validation loss), is chosen, and a pair that diverged on any seed
+    /// never is. Runs already in --out, finished or diverged, are reused. Writes
+    /// <out>/<task>/tune/: grid.md (one table per method), grid.csv (one row per run),
+    /// tuned.toml (for `compare --tuned`) and every run's directory
+    /// (<method>/lower-L_upper-U/seed-S).
     Tune {
         #[command(flatten)]
         common: Common,
