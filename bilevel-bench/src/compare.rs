@@ -180,10 +180,14 @@ fn write_table(
     methods: &[String],
     runs: &[RunSummary],
 ) -> anyhow::Result<String> {
+    // Every metric any run reports: a run reused from before a task gained a metric lacks it,
+    // and its cells say over how many seeds they are.
     let metric_names: Vec<String> = runs
-        .first()
-        .map(|r| r.last().keys().cloned().collect())
-        .unwrap_or_default();
+        .iter()
+        .flat_map(|r| r.last().keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let mut csv = String::from("method,metric,median,q20,q80,seeds\n");
     let main = main_metric(task);
     let mut ordered: Vec<&String> = metric_names.iter().filter(|m| m.as_str() == main).collect();
@@ -201,8 +205,13 @@ fn write_table(
     for method in methods {
         let mine: Vec<&RunSummary> = runs.iter().filter(|r| &r.method == method).collect();
         let cell = |values: Vec<f64>| {
+            let partial = if values.len() < mine.len() {
+                format!(" ({} of {} seeds)", values.len(), mine.len())
+            } else {
+                String::new()
+            };
             format!(
-                "{:.4} [{:.4}, {:.4}]",
+                "{:.4} [{:.4}, {:.4}]{partial}",
                 quantile(&values, 0.5),
                 quantile(&values, 0.2),
                 quantile(&values, 0.8)
@@ -336,4 +345,53 @@ pub fn plot_run(summary: &RunSummary) -> anyhow::Result<PathBuf> {
         )?;
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::Evaluation;
+
+    fn summary(seed: u64, metrics: &[(&str, f64)]) -> RunSummary {
+        RunSummary {
+            task: "hyper-rep".into(),
+            method: "slip".into(),
+            seed,
+            dir: PathBuf::new(),
+            evaluations: vec![Evaluation {
+                iteration: 10,
+                oracle_calls: 30,
+                train_seconds: 1.0,
+                metrics: metrics.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            }],
+        }
+    }
+
+    /// A metric that only some runs report (a run reused from before the task had it) gets a
+    /// column, and its cell says over how many seeds it is.
+    #[test]
+    fn a_metric_missing_from_some_runs_is_marked_not_dropped() {
+        let dir = std::env::temp_dir().join(format!("bilevel-table-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let runs = [
+            summary(0, &[("test/accuracy", 0.5)]),
+            summary(1, &[("test/accuracy", 0.7), ("validation/accuracy", 0.6)]),
+        ];
+        let md = write_table(&dir, TaskName::HyperRep, &["slip".into()], &runs).unwrap();
+        assert!(
+            md.contains("| test/accuracy | validation/accuracy |"),
+            "{md}"
+        );
+        assert!(md.contains("| 0.6000 [0.5400, 0.6600] |"), "{md}");
+        assert!(
+            md.contains("| 0.6000 [0.6000, 0.6000] (1 of 2 seeds) |"),
+            "{md}"
+        );
+        let csv = std::fs::read_to_string(dir.join("results.csv")).unwrap();
+        assert!(
+            csv.contains("slip,validation/accuracy,0.6,0.6,0.6,1"),
+            "{csv}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
