@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::config::{RunConfig, TaskName};
 use crate::parallel::map_in_threads;
 use crate::plot::{plot, Series};
-use crate::runner::{run, run_dir, RunSummary};
+use crate::runner::{run, run_dir, Evaluation, RunSummary};
 use crate::task_config;
 use crate::tune::Tuned;
 
@@ -155,7 +155,15 @@ pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<Comp
     let task = options.base.task;
     let dir = options.out.join(task.as_str()).join("compare");
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let markdown = write_table(&dir, task, &options.methods, &runs)?;
+    let mut markdown = write_table(&dir, "results", task, &options.methods, &runs)?;
+    if let Some(stopped) = stopped_at_best_validation(&runs) {
+        let table = write_table(&dir, STOPPED_STEM, task, &options.methods, &stopped)?;
+        write!(
+            markdown,
+            "\nEach run at its evaluation with the best {STOPPING_METRIC} \
+             ({STOPPED_STEM}.md):\n\n{table}"
+        )?;
+    }
     write_plots(&dir, task, &options.methods, &runs)?;
     Ok(CompareReport {
         dir,
@@ -174,8 +182,46 @@ pub fn finished_run(config: &RunConfig, dir: &Path) -> Option<RunSummary> {
     (saved == *config && complete).then_some(summary)
 }
 
+/// The metric that picks each run's iterate in the early-stopping table.
+const STOPPING_METRIC: &str = "validation/accuracy";
+/// The early-stopping table's file names (`.md`, `.csv`).
+const STOPPED_STEM: &str = "results_at_best_validation";
+
+/// Each run as if it had stopped at its evaluation with the best validation accuracy (the
+/// earliest of equals; a non-finite value never wins): early stopping chosen without looking at
+/// the test split, as practitioners select an iterate. The chosen iteration is reported as the
+/// metric `stopped/iteration`. `None` unless every evaluation of every run reports the metric.
+fn stopped_at_best_validation(runs: &[RunSummary]) -> Option<Vec<RunSummary>> {
+    runs.iter()
+        .map(|r| {
+            let mut best: Option<(&Evaluation, f64)> = None;
+            for e in &r.evaluations {
+                let v = *e.metrics.get(STOPPING_METRIC)?;
+                let better = match best {
+                    None => true,
+                    Some((_, b)) => v > b || (b.is_nan() && !v.is_nan()),
+                };
+                if better {
+                    best = Some((e, v));
+                }
+            }
+            let mut stopped = best?.0.clone();
+            stopped
+                .metrics
+                .insert("stopped/iteration".into(), stopped.iteration as f64);
+            Some(RunSummary {
+                evaluations: vec![stopped],
+                ..r.clone()
+            })
+        })
+        .collect()
+}
+
+/// Writes `<stem>.csv` and `<stem>.md`: per method, every metric's median and [20%, 80%] range
+/// over seeds at each run's last evaluation; returns the Markdown.
 fn write_table(
     dir: &Path,
+    stem: &str,
     task: TaskName,
     methods: &[String],
     runs: &[RunSummary],
@@ -248,8 +294,8 @@ fn write_table(
         )?;
         md.push_str(&row);
     }
-    std::fs::write(dir.join("results.csv"), csv)?;
-    std::fs::write(dir.join("results.md"), &md)?;
+    std::fs::write(dir.join(format!("{stem}.csv")), csv)?;
+    std::fs::write(dir.join(format!("{stem}.md")), &md)?;
     Ok(md)
 }
 
@@ -350,7 +396,15 @@ pub fn plot_run(summary: &RunSummary) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::Evaluation;
+
+    fn evaluation(iteration: usize, metrics: &[(&str, f64)]) -> Evaluation {
+        Evaluation {
+            iteration,
+            oracle_calls: 3 * iteration as u64,
+            train_seconds: 1.0,
+            metrics: metrics.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+        }
+    }
 
     fn summary(seed: u64, metrics: &[(&str, f64)]) -> RunSummary {
         RunSummary {
@@ -358,13 +412,41 @@ mod tests {
             method: "slip".into(),
             seed,
             dir: PathBuf::new(),
-            evaluations: vec![Evaluation {
-                iteration: 10,
-                oracle_calls: 30,
-                train_seconds: 1.0,
-                metrics: metrics.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
-            }],
+            evaluations: vec![evaluation(10, metrics)],
         }
+    }
+
+    /// The stopped iterate is the first of the best validation figures, a NaN never wins, and a
+    /// run without the validation figure means there is no early-stopping table.
+    #[test]
+    fn early_stopping_picks_the_first_best_validation_evaluation() {
+        let val = |v: f64, test: f64| [("validation/accuracy", v), ("test/accuracy", test)];
+        let run = RunSummary {
+            evaluations: vec![
+                evaluation(0, &val(f64::NAN, 0.1)),
+                evaluation(10, &val(0.6, 0.2)),
+                evaluation(20, &val(0.7, 0.3)),
+                evaluation(30, &val(0.7, 0.4)),
+                evaluation(40, &val(0.5, 0.5)),
+            ],
+            ..summary(0, &[])
+        };
+        let stopped = stopped_at_best_validation(std::slice::from_ref(&run)).unwrap();
+        let at = &stopped[0].evaluations;
+        assert_eq!(at.len(), 1);
+        assert_eq!((at[0].iteration, at[0].oracle_calls), (20, 60));
+        assert_eq!(at[0].metrics["test/accuracy"], 0.3);
+        assert_eq!(at[0].metrics["stopped/iteration"], 20.0);
+        let all_nan = RunSummary {
+            evaluations: vec![evaluation(0, &val(f64::NAN, 0.1))],
+            ..summary(0, &[])
+        };
+        assert_eq!(
+            stopped_at_best_validation(&[all_nan]).unwrap()[0].evaluations[0].iteration,
+            0
+        );
+        let without = summary(1, &[("test/accuracy", 0.5)]);
+        assert!(stopped_at_best_validation(&[run, without]).is_none());
     }
 
     /// A metric that only some runs report (a run reused from before the task had it) gets a
@@ -377,7 +459,7 @@ mod tests {
             summary(0, &[("test/accuracy", 0.5)]),
             summary(1, &[("test/accuracy", 0.7), ("validation/accuracy", 0.6)]),
         ];
-        let md = write_table(&dir, TaskName::HyperRep, &["slip".into()], &runs).unwrap();
+        let md = write_table(&dir, "results", TaskName::HyperRep, &["slip".into()], &runs).unwrap();
         assert!(
             md.contains("| test/accuracy | validation/accuracy |"),
             "{md}"

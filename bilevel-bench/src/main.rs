@@ -51,10 +51,11 @@ enum Command {
         #[arg(long)]
         resume: Option<PathBuf>,
     },
-    /// Runs several methods over several seeds and writes a results table (CSV and Markdown)
-    /// and plots (PNG and SVG: median and 20–80% band over seeds, against iterations, oracle
-    /// calls and training time). A run that already finished in --out with the same
-    /// configuration is reused, so an interrupted comparison continues where it stopped.
+    /// Runs several methods over several seeds and writes a results table (CSV and Markdown),
+    /// the same table with each run stopped at its best validation accuracy, and plots (PNG and
+    /// SVG: median and 20–80% band over seeds, against iterations, oracle calls and training
+    /// time). A run that already finished in --out with the same configuration is reused, so
+    /// an interrupted comparison continues where it stopped.
     Compare {
         #[command(flatten)]
         common: Common,
@@ -283,7 +284,7 @@ fn main() -> Result<()> {
             let report = compare(&options, &data_dir)?;
             println!("{}", report.markdown);
             println!(
-                "results and plots: {} (results.md, results.csv, *.png, *.svg)",
+                "results and plots: {} (results.md, results.csv, results_at_best_validation.*, *.png, *.svg)",
                 report.dir.display()
             );
             println!(

@@ -153,6 +153,41 @@ fn compare_writes_runs_table_and_plots() {
     assert!(csv
         .lines()
         .any(|l| l.starts_with("soba,validation/loss,") && l.ends_with(",2")));
+    // The early-stopping table: each run at its best validation accuracy among iterations 0,
+    // 2 and 4.
+    let stopped =
+        std::fs::read_to_string(report.dir.join("results_at_best_validation.csv")).unwrap();
+    let seeds_at = |metric: &str| -> Vec<f64> {
+        stopped
+            .lines()
+            .filter(|l| l.starts_with(&format!("bo-rep,{metric},")))
+            .flat_map(|l| l.split(',').skip(2).take(3).map(|v| v.parse().unwrap()))
+            .collect()
+    };
+    for v in seeds_at("stopped/iteration") {
+        assert!([0.0, 1.0, 2.0, 3.0, 4.0].contains(&v), "{stopped}");
+    }
+    let best_validation = |seed: u64| {
+        let summary: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                out.join(format!("hyper-opt/bo-rep/seed-{seed}/summary.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        summary["evaluations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["metrics"]["validation/accuracy"].as_f64().unwrap())
+            .fold(f64::NEG_INFINITY, f64::max)
+    };
+    let median = (best_validation(0) + best_validation(1)) / 2.0;
+    assert!(
+        (seeds_at("validation/accuracy")[0] - median).abs() < 1e-12,
+        "{stopped}"
+    );
+    assert!(report.markdown.contains("best validation/accuracy"));
     for axis in ["iterations", "oracle_calls", "time"] {
         for ext in ["png", "svg"] {
             let path = report.dir.join(format!("test_accuracy_vs_{axis}.{ext}"));
