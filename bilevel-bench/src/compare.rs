@@ -186,6 +186,8 @@ pub fn finished_run(config: &RunConfig, dir: &Path) -> Option<RunSummary> {
 const STOPPING_METRIC: &str = "validation/accuracy";
 /// The early-stopping table's file names (`.md`, `.csv`).
 const STOPPED_STEM: &str = "results_at_best_validation";
+/// The metric that says at which iteration a run was stopped.
+const STOPPED_AT: &str = "stopped/iteration";
 
 /// Each run as if it had stopped at its evaluation with the best validation accuracy (the
 /// earliest of equals; a non-finite value never wins): early stopping chosen without looking at
@@ -208,7 +210,7 @@ fn stopped_at_best_validation(runs: &[RunSummary]) -> Option<Vec<RunSummary>> {
             let mut stopped = best?.0.clone();
             stopped
                 .metrics
-                .insert("stopped/iteration".into(), stopped.iteration as f64);
+                .insert(STOPPED_AT.into(), stopped.iteration as f64);
             Some(RunSummary {
                 evaluations: vec![stopped],
                 ..r.clone()
@@ -250,14 +252,16 @@ fn write_table(
     md.push('\n');
     for method in methods {
         let mine: Vec<&RunSummary> = runs.iter().filter(|r| &r.method == method).collect();
-        let cell = |values: Vec<f64>| {
+        let cell = |name: &str, values: Vec<f64>| {
             let partial = if values.len() < mine.len() {
                 format!(" ({} of {} seeds)", values.len(), mine.len())
             } else {
                 String::new()
             };
+            // Iterations are counts; every other metric is a loss, accuracy or rate.
+            let decimals = if name == STOPPED_AT { 0 } else { 4 };
             format!(
-                "{:.4} [{:.4}, {:.4}]{partial}",
+                "{:.decimals$} [{:.decimals$}, {:.decimals$}]{partial}",
                 quantile(&values, 0.5),
                 quantile(&values, 0.2),
                 quantile(&values, 0.8)
@@ -277,7 +281,7 @@ fn write_table(
                 quantile(&values, 0.8),
                 values.len()
             )?;
-            write!(row, " {} |", cell(values))?;
+            write!(row, " {} |", cell(name, values))?;
         }
         let last = |f: fn(&crate::runner::Evaluation) -> f64| {
             mine.iter()
@@ -437,6 +441,19 @@ mod tests {
         assert_eq!((at[0].iteration, at[0].oracle_calls), (20, 60));
         assert_eq!(at[0].metrics["test/accuracy"], 0.3);
         assert_eq!(at[0].metrics["stopped/iteration"], 20.0);
+        let dir = std::env::temp_dir().join(format!("bilevel-stopped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let md = write_table(
+            &dir,
+            STOPPED_STEM,
+            TaskName::HyperRep,
+            &["slip".into()],
+            &stopped,
+        );
+        assert!(md
+            .unwrap()
+            .contains("| 0.3000 [0.3000, 0.3000] | 20 [20, 20] |"));
+        let _ = std::fs::remove_dir_all(&dir);
         let all_nan = RunSummary {
             evaluations: vec![evaluation(0, &val(f64::NAN, 0.1))],
             ..summary(0, &[])
