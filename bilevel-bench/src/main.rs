@@ -8,7 +8,7 @@ use bilevel_bench::compare::{compare, plot_run, CompareOptions, StepPair};
 use bilevel_bench::config::{RunConfig, TaskName};
 use bilevel_bench::runner::{run, run_dir};
 use bilevel_bench::tasks::resolve_data_dir;
-use bilevel_bench::tune::{tune, TuneOptions, Tuned};
+use bilevel_bench::tune::{tune, Halving, TuneOptions, Tuned};
 use bilevel_bench::{perf, synthetic, task_config};
 use bilevel_optim::methods::METHODS;
 use clap::{Parser, Subcommand};
@@ -105,6 +105,17 @@ enum Command {
         /// Runs (grid pair × seed) at once, one thread each (each run itself uses --threads).
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+        /// Successive halving: comma-separated iteration counts below --iters (for example
+        /// 50,150 of 300). Every pair runs to the first; only the best 1/--reduction of each
+        /// method's pairs there (median validation accuracy over seeds) continue, from their
+        /// checkpoints, to the next, and so on to --iters, where the choice is made. A continued
+        /// run is bit-identical to one run to --iters at once, so the choice is the full grid's
+        /// among the pairs that survived, at a fraction of the cost.
+        #[arg(long, value_delimiter = ',')]
+        rungs: Vec<usize>,
+        /// With --rungs: each rung keeps the best ⌈n / this⌉ of a method's n pairs.
+        #[arg(long, default_value_t = 3, requires = "rungs")]
+        reduction: usize,
     },
     /// Times BO-REP iterations on a task with the tasks.md defaults (paper-level Algorithm 1:
     /// N plain SGD steps at t = 0, z₀ = 0, one lower batch shared by the HVP and the cross
@@ -300,9 +311,12 @@ fn main() -> Result<()> {
             upper,
             seeds,
             jobs,
+            rungs,
+            reduction,
         } => {
             let base = common.config()?;
             check_methods(&methods)?;
+            let halving = (!rungs.is_empty()).then_some(Halving { rungs, reduction });
             let data_dir = resolve_data_dir(common.data_dir.as_deref())?;
             let options = TuneOptions {
                 base,
@@ -313,6 +327,7 @@ fn main() -> Result<()> {
                 out: common.out.clone(),
                 jobs,
                 verbose: !common.quiet,
+                halving,
             };
             let report = tune(&options, &data_dir)?;
             println!("{}", report.markdown);

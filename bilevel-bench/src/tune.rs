@@ -8,6 +8,12 @@
 //! seed is recorded as diverged and never chosen. A finished run of the same configuration
 //! already in the output directory is reused, so an interrupted or widened search runs only what
 //! is missing.
+//!
+//! With [`Halving`] (successive halving, Jamieson & Talwalkar 2016) every pair first runs a short
+//! budget and only each method's best pairs there continue, from their checkpoints, to the next
+//! budget and finally to the whole one. A continued run is bit-identical to one that ran the
+//! whole budget at once (docs/checkpoints.md), so the choice is exactly the full grid's choice
+//! among the pairs that survived the cuts, at a fraction of the cost.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -17,12 +23,14 @@ use bilevel_optim::error::BilevelError;
 use bilevel_optim::methods::MethodConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::compare::{ensure_distinct, finished_run, quantile};
+use crate::compare::{ensure_distinct, quantile};
 use crate::config::{RunConfig, TaskName};
 use crate::parallel::map_in_threads;
-use crate::runner::{run, RunSummary};
+use crate::runner::{resume, run, RunSummary};
 use crate::task_config;
+use crate::tasks::Metrics;
 
+#[derive(Clone)]
 pub struct TuneOptions {
     /// Task, budget and the starting configuration of each method (its other hyperparameters).
     pub base: RunConfig,
@@ -36,6 +44,48 @@ pub struct TuneOptions {
     pub jobs: usize,
     /// Print one line per finished grid point.
     pub verbose: bool,
+    /// Successive halving instead of running every pair the whole budget.
+    pub halving: Option<Halving>,
+}
+
+/// Successive halving: every pair of a method runs to the first rung, the best
+/// ⌈n / reduction⌉ of its n pairs there (median validation accuracy over seeds, ties: loss;
+/// diverged pairs never) continue to the next rung, and so on; the pairs left after the last
+/// rung run the whole budget, and the choice is made among them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Halving {
+    /// Iteration counts, increasing and below the budget.
+    pub rungs: Vec<usize>,
+    /// At least 2.
+    pub reduction: usize,
+}
+
+impl Halving {
+    fn validate(&self, iters: usize) -> anyhow::Result<()> {
+        if self.reduction < 2 {
+            bail!("--reduction must be at least 2, got {}", self.reduction);
+        }
+        if self.rungs.is_empty() {
+            bail!("--rungs needs at least one iteration count");
+        }
+        let mut last = 0;
+        for &r in &self.rungs {
+            if r <= last || r >= iters {
+                bail!(
+                    "--rungs must increase and lie between 1 and the budget's {iters} iterations \
+                     (exclusive), got {:?}",
+                    self.rungs
+                );
+            }
+            last = r;
+        }
+        Ok(())
+    }
+
+    /// How many of `n` pairs go on from a rung.
+    fn survivors(&self, n: usize) -> usize {
+        n.div_ceil(self.reduction)
+    }
 }
 
 /// How one grid point ended.
@@ -52,7 +102,9 @@ pub struct GridPoint {
     pub method: String,
     pub lower: f64,
     pub upper: f64,
-    /// Over seeds: the median final accuracy and loss, or the first divergence.
+    /// The iterations the pair ran: the budget, or with [`Halving`] the rung it stopped at.
+    pub iterations: usize,
+    /// Over seeds, at `iterations`: the median accuracy and loss, or the first divergence.
     pub outcome: Outcome,
     /// Each seed's own outcome, in the order of [`TuneOptions::seeds`].
     pub runs: Vec<(u64, Outcome)>,
@@ -126,10 +178,11 @@ fn point_dir(
         .join(format!("seed-{seed}"))
 }
 
-fn finished(summary: &RunSummary, accuracy: &str, loss: &str) -> anyhow::Result<Outcome> {
-    let last = summary.last();
+/// The outcome an evaluation's metrics say.
+fn outcome(metrics: &Metrics, accuracy: &str, loss: &str) -> anyhow::Result<Outcome> {
     let read = |name: &str| {
-        last.get(name)
+        metrics
+            .get(name)
             .copied()
             .with_context(|| format!("the run reports no '{name}'"))
     };
@@ -137,7 +190,7 @@ fn finished(summary: &RunSummary, accuracy: &str, loss: &str) -> anyhow::Result<
     Ok(if accuracy.is_finite() && loss.is_finite() {
         Outcome::Finished { accuracy, loss }
     } else {
-        Outcome::Diverged(format!("final {accuracy} accuracy, {loss} loss"))
+        Outcome::Diverged(format!("{accuracy} accuracy, {loss} loss"))
     })
 }
 
@@ -164,15 +217,56 @@ fn over_seeds(runs: &[(u64, Outcome)]) -> Outcome {
 /// `--out` reuses the outcome instead of running the pair again.
 const DIVERGED_FILE: &str = "diverged.txt";
 
-/// The recorded divergence of a run of `config` in `dir`, if that is how it ended.
-fn recorded_divergence(config: &RunConfig, dir: &Path) -> Option<String> {
-    let saved = RunConfig::from_file(&dir.join("config.toml")).ok()?;
-    (saved == *config)
-        .then(|| std::fs::read_to_string(dir.join(DIVERGED_FILE)).ok())
-        .flatten()
+/// What a grid run's directory already holds for `config` (a pair with one seed, at the budget
+/// `config.iters`).
+enum Cached {
+    /// The outcome at `config.iters`: the run ended there, or went further and evaluated there.
+    At(Outcome),
+    /// The same run finished a shorter budget (an earlier rung): continue it from its checkpoint.
+    Shorter,
+    /// Nothing usable: run it from the start.
+    Nothing,
 }
 
-/// Runs (or reuses) one grid point with one seed.
+fn cached(config: &RunConfig, dir: &Path, accuracy: &str, loss: &str) -> Cached {
+    let Ok(saved) = RunConfig::from_file(&dir.join("config.toml")) else {
+        return Cached::Nothing;
+    };
+    // The same run but for its budget.
+    if (RunConfig {
+        iters: config.iters,
+        ..saved.clone()
+    }) != *config
+    {
+        return Cached::Nothing;
+    }
+    let summary: Option<RunSummary> = std::fs::read_to_string(dir.join("summary.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .filter(|s: &RunSummary| s.evaluations.last().map(|e| e.iteration) == Some(saved.iters));
+    // A run from before its task reported the selection metric (hyper-rep's validation tasks)
+    // is run again rather than reused.
+    if let Some(summary) = &summary {
+        let at_budget = summary
+            .evaluations
+            .iter()
+            .find(|e| e.iteration == config.iters && e.metrics.contains_key(accuracy));
+        if let Some(Ok(o)) = at_budget.map(|e| outcome(&e.metrics, accuracy, loss)) {
+            return Cached::At(o);
+        }
+    }
+    if saved.iters == config.iters {
+        if let Ok(why) = std::fs::read_to_string(dir.join(DIVERGED_FILE)) {
+            return Cached::At(Outcome::Diverged(why));
+        }
+    }
+    match summary {
+        Some(s) if saved.iters < config.iters && s.last().contains_key(accuracy) => Cached::Shorter,
+        _ => Cached::Nothing,
+    }
+}
+
+/// Runs (or reuses, or continues to `config.iters`) one grid point with one seed.
 fn run_point(
     config: &RunConfig,
     data_dir: &Path,
@@ -180,22 +274,27 @@ fn run_point(
     accuracy: &str,
     loss: &str,
 ) -> anyhow::Result<Outcome> {
-    // A run from before its task reported the selection metric (hyper-rep's validation tasks)
-    // is run again rather than reused.
-    let reusable = finished_run(config, dir).filter(|s| s.last().contains_key(accuracy));
-    if let Some(summary) = reusable {
-        return finished(&summary, accuracy, loss);
-    }
-    if let Some(why) = recorded_divergence(config, dir) {
-        return Ok(Outcome::Diverged(why));
+    let cache = cached(config, dir, accuracy, loss);
+    if let Cached::At(o) = cache {
+        return Ok(o);
     }
     let diverged_file = dir.join(DIVERGED_FILE);
     if diverged_file.exists() {
         std::fs::remove_file(&diverged_file)
             .with_context(|| format!("{}: cannot remove", diverged_file.display()))?;
     }
-    match run(config, data_dir, dir, false) {
-        Ok(summary) => finished(&summary, accuracy, loss),
+    let result = match cache {
+        Cached::Shorter => {
+            // `resume` continues to the budget in the directory's config.toml.
+            let config_file = dir.join("config.toml");
+            std::fs::write(&config_file, toml::to_string(config)?)
+                .with_context(|| format!("{}: cannot write", config_file.display()))?;
+            resume(data_dir, dir, false)
+        }
+        _ => run(config, data_dir, dir, false),
+    };
+    match result {
+        Ok(summary) => outcome(summary.last(), accuracy, loss),
         Err(e) if is_divergence(&e) => {
             let why = e.root_cause().to_string();
             let why = why.lines().next().unwrap_or_default();
@@ -207,24 +306,31 @@ fn run_point(
     }
 }
 
-/// The best finished point: highest accuracy, then lowest loss, then the smaller steps.
+/// The order of finished points, best first: highest accuracy, then lowest loss, then the
+/// smaller steps. Diverged points come last.
+fn ranking(p: &GridPoint, q: &GridPoint) -> std::cmp::Ordering {
+    let key = |p: &GridPoint| match p.outcome {
+        Outcome::Finished { accuracy, loss } => (false, -accuracy, loss),
+        Outcome::Diverged(_) => (true, 0.0, 0.0),
+    };
+    let ((d1, a1, l1), (d2, a2, l2)) = (key(p), key(q));
+    d1.cmp(&d2)
+        .then(a1.total_cmp(&a2))
+        .then(l1.total_cmp(&l2))
+        .then(p.lower.total_cmp(&q.lower))
+        .then(p.upper.total_cmp(&q.upper))
+}
+
+/// The best finished point.
 fn best<'a>(points: impl Iterator<Item = &'a GridPoint>) -> Option<&'a GridPoint> {
     points
-        .filter_map(|p| match p.outcome {
-            Outcome::Finished { accuracy, loss } => Some((p, accuracy, loss)),
-            Outcome::Diverged(_) => None,
-        })
-        .min_by(|(p, a1, l1), (q, a2, l2)| {
-            a2.total_cmp(a1)
-                .then(l1.total_cmp(l2))
-                .then(p.lower.total_cmp(&q.lower))
-                .then(p.upper.total_cmp(&q.upper))
-        })
-        .map(|(p, _, _)| p)
+        .filter(|p| matches!(p.outcome, Outcome::Finished { .. }))
+        .min_by(|p, q| ranking(p, q))
 }
 
 pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport> {
     let task = options.base.task;
+    let iters = options.base.iters;
     let (accuracy, loss) = selection_metric(&options.base)?;
     if options.jobs == 0 {
         bail!("--jobs must be at least 1");
@@ -244,8 +350,12 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
             bail!("the {name} grid must hold positive finite step sizes, got {grid:?}");
         }
     }
-    // Every configuration is built (and checked) before anything runs.
-    let mut work = Vec::new();
+    if let Some(h) = &options.halving {
+        h.validate(iters)?;
+    }
+    // Every configuration is built (and checked) before anything runs: one per pair, each run
+    // with every seed.
+    let mut pairs = Vec::new();
     for method in &options.methods {
         let base = task_config(options.base.clone(), Some(method))?;
         for &lower in &options.lower_grid {
@@ -254,66 +364,110 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
                 m.set_level_steps(lower, upper);
                 m.validate()
                     .with_context(|| format!("{method} at ({lower}, {upper})"))?;
-                for &seed in &options.seeds {
-                    let mut config = base.clone();
-                    config.method = Some(m.clone());
-                    config.seed = seed;
-                    work.push((method.clone(), lower, upper, config));
-                }
+                let mut config = base.clone();
+                config.method = Some(m);
+                pairs.push((method.clone(), lower, upper, config));
             }
         }
     }
-    let outcomes = map_in_threads(&work, options.jobs, |(method, lower, upper, config)| {
-        let dir = point_dir(&options.out, task, method, *lower, *upper, config.seed);
-        let outcome = run_point(config, data_dir, &dir, accuracy, loss)
-            .with_context(|| format!("{method} at ({lower}, {upper}), seed {}", config.seed));
-        if options.verbose {
-            match &outcome {
-                Ok(o) => eprintln!(
-                    "{method} lower {lower} upper {upper} seed {}: {o:?}",
-                    config.seed
-                ),
-                Err(e) => eprintln!("{e:#}"),
+    let budgets: Vec<usize> = match &options.halving {
+        Some(h) => h.rungs.iter().copied().chain([iters]).collect(),
+        None => vec![iters],
+    };
+    let mut points: Vec<Option<GridPoint>> = vec![None; pairs.len()];
+    let mut alive: Vec<usize> = (0..pairs.len()).collect();
+    for (rung, &budget) in budgets.iter().enumerate() {
+        let work: Vec<(usize, RunConfig)> = alive
+            .iter()
+            .flat_map(|&k| {
+                let pairs = &pairs;
+                options.seeds.iter().map(move |&seed| {
+                    let mut config = pairs[k].3.clone();
+                    config.seed = seed;
+                    config.iters = budget;
+                    (k, config)
+                })
+            })
+            .collect();
+        let outcomes = map_in_threads(&work, options.jobs, |(k, config)| {
+            let (method, lower, upper, _) = &pairs[*k];
+            let dir = point_dir(&options.out, task, method, *lower, *upper, config.seed);
+            let outcome = run_point(config, data_dir, &dir, accuracy, loss)
+                .with_context(|| format!("{method} at ({lower}, {upper}), seed {}", config.seed));
+            if options.verbose {
+                match &outcome {
+                    Ok(o) => eprintln!(
+                        "{method} lower {lower} upper {upper} seed {}, {budget} iterations: {o:?}",
+                        config.seed
+                    ),
+                    Err(e) => eprintln!("{e:#}"),
+                }
             }
-        }
-        outcome
-    })
-    .into_iter()
-    .collect::<anyhow::Result<Vec<_>>>()?;
-    // `work` holds each pair's seeds consecutively.
-    let points: Vec<GridPoint> = work
-        .chunks(options.seeds.len())
-        .zip(outcomes.chunks(options.seeds.len()))
-        .map(|(pair, outcomes)| {
-            let (method, lower, upper, _) = &pair[0];
-            let runs: Vec<(u64, Outcome)> = pair
+            outcome
+        })
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+        // `work` holds each pair's seeds consecutively.
+        for (chunk, outcomes) in work
+            .chunks(options.seeds.len())
+            .zip(outcomes.chunks(options.seeds.len()))
+        {
+            let k = chunk[0].0;
+            let (method, lower, upper, _) = &pairs[k];
+            let runs: Vec<(u64, Outcome)> = chunk
                 .iter()
-                .map(|(.., config)| config.seed)
+                .map(|(_, config)| config.seed)
                 .zip(outcomes.iter().cloned())
                 .collect();
-            GridPoint {
+            points[k] = Some(GridPoint {
                 method: method.clone(),
                 lower: *lower,
                 upper: *upper,
+                iterations: budget,
                 outcome: over_seeds(&runs),
                 runs,
-            }
-        })
+            });
+        }
+        if let (Some(h), true) = (&options.halving, rung + 1 < budgets.len()) {
+            let point = |k: usize| points[k].as_ref().expect("every alive pair ran this rung");
+            alive = options
+                .methods
+                .iter()
+                .flat_map(|method| {
+                    let mut mine: Vec<usize> = alive
+                        .iter()
+                        .copied()
+                        .filter(|&k| &pairs[k].0 == method)
+                        .collect();
+                    let keep = h.survivors(mine.len());
+                    mine.retain(|&k| matches!(point(k).outcome, Outcome::Finished { .. }));
+                    mine.sort_by(|&a, &b| ranking(point(a), point(b)));
+                    mine.truncate(keep);
+                    mine
+                })
+                .collect();
+            alive.sort_unstable();
+        }
+    }
+    let points: Vec<GridPoint> = points
+        .into_iter()
+        .map(|p| p.expect("every pair ran the first rung"))
         .collect();
 
     let mut chosen = Vec::new();
     for method in &options.methods {
-        let Some(p) = best(points.iter().filter(|p| &p.method == method)) else {
+        let Some(p) = best(
+            points
+                .iter()
+                .filter(|p| &p.method == method && p.iterations == iters),
+        ) else {
             bail!("{method}: every grid point diverged; try smaller steps");
         };
-        let mut m = work
+        let (.., config) = pairs
             .iter()
-            .find(|(name, ..)| name == method)
-            .expect("every method has grid points")
-            .3
-            .method();
-        m.set_level_steps(p.lower, p.upper);
-        chosen.push(m);
+            .find(|(m, l, u, _)| m == method && *l == p.lower && *u == p.upper)
+            .expect("the chosen point is a pair");
+        chosen.push(config.method());
     }
     let tuned = Tuned {
         task,
@@ -322,11 +476,11 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
     let dir = options.out.join(task.as_str()).join("tune");
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let header = format!(
-        "# Chosen by `bilevel-bench tune` on {}, {}, {} iterations: the best {}final {accuracy}\n\
-         # (ties: lower {loss}) over the grid. Use with `bilevel-bench compare --tuned <this file>`.\n",
+        "# Chosen by `bilevel-bench tune` on {}, {}, {iters} iterations{}: the best {}final\n\
+         # {accuracy} (ties: lower {loss}) over the grid. Use with `bilevel-bench compare --tuned <this file>`.\n",
         task.as_str(),
         seeds_text(&options.seeds),
-        options.base.iters,
+        halving_text(options.halving.as_ref()),
         if options.seeds.len() > 1 { "median " } else { "" },
     );
     std::fs::write(
@@ -344,6 +498,24 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
     })
 }
 
+/// ", successive halving at 50, 150 iterations (the best 1/3 of each method's pairs went on)",
+/// or nothing.
+fn halving_text(halving: Option<&Halving>) -> String {
+    let Some(h) = halving else {
+        return String::new();
+    };
+    let rungs = h
+        .rungs
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        ", successive halving at {rungs} iterations (the best 1/{} of each method's pairs went on)",
+        h.reduction
+    )
+}
+
 /// "seed 0" or "seeds 0, 1, 2".
 fn seeds_text(seeds: &[u64]) -> String {
     let list = seeds
@@ -355,38 +527,43 @@ fn seeds_text(seeds: &[u64]) -> String {
     format!("{noun} {list}")
 }
 
-/// One row per run (grid pair × seed).
+/// One row per run (grid pair × seed), with the iterations it ran (the last column, so that the
+/// rows of searches without halving read as before).
 fn write_csv(dir: &Path, points: &[GridPoint]) -> anyhow::Result<()> {
-    let mut csv =
-        String::from("method,lower,upper,seed,status,validation_accuracy,validation_loss\n");
+    let mut csv = String::from(
+        "method,lower,upper,seed,status,validation_accuracy,validation_loss,iterations\n",
+    );
     for p in points {
         for (seed, outcome) in &p.runs {
-            let (method, lower, upper) = (&p.method, p.lower, p.upper);
+            let (method, lower, upper, iterations) = (&p.method, p.lower, p.upper, p.iterations);
             match outcome {
                 Outcome::Finished { accuracy, loss } => writeln!(
                     csv,
-                    "{method},{lower},{upper},{seed},finished,{accuracy},{loss}"
+                    "{method},{lower},{upper},{seed},finished,{accuracy},{loss},{iterations}"
                 )?,
-                Outcome::Diverged(_) => {
-                    writeln!(csv, "{method},{lower},{upper},{seed},diverged,,")?
-                }
+                Outcome::Diverged(_) => writeln!(
+                    csv,
+                    "{method},{lower},{upper},{seed},diverged,,,{iterations}"
+                )?,
             }
         }
     }
     std::fs::write(dir.join("grid.csv"), csv).context("writing grid.csv")
 }
 
-/// One table per method: rows are lower steps, columns upper steps, cells the final validation
-/// accuracy, the median over seeds (bold: chosen; "div.": diverged on some seed).
+/// One table per method: rows are lower steps, columns upper steps, cells the validation
+/// accuracy at the end of the pair's run, the median over seeds (bold: chosen; "div.": diverged
+/// on some seed; "@N": stopped by successive halving at N iterations).
 fn grid_tables(
     options: &TuneOptions,
     points: &[GridPoint],
     accuracy: &str,
 ) -> anyhow::Result<String> {
+    let iters = options.base.iters;
     let mut md = String::new();
     for method in &options.methods {
         let mine: Vec<&GridPoint> = points.iter().filter(|p| &p.method == method).collect();
-        let chosen = best(mine.iter().copied());
+        let chosen = best(mine.iter().copied().filter(|p| p.iterations == iters));
         let over = match options.seeds.len() {
             1 => String::new(),
             _ => format!("median over {}, ", seeds_text(&options.seeds)),
@@ -395,6 +572,14 @@ fn grid_tables(
             md,
             "### {method}: final {accuracy} ({over}rows: lower step, columns: upper step)\n"
         )?;
+        if let Some(h) = &options.halving {
+            writeln!(
+                md,
+                "Successive halving: a cell marked @N stopped at N iterations, where its pair was \
+                 not among the best 1/{} of the pairs still running; its figure is the one there.\n",
+                h.reduction
+            )?;
+        }
         write!(md, "| lower \\ upper |")?;
         for u in &options.upper_grid {
             write!(md, " {u} |")?;
@@ -407,13 +592,16 @@ fn grid_tables(
                     .iter()
                     .find(|p| p.lower == l && p.upper == u)
                     .expect("every pair ran");
-                let cell = match p.outcome {
+                let mut cell = match p.outcome {
                     Outcome::Finished { accuracy, .. } if chosen == Some(*p) => {
                         format!("**{accuracy:.4}**")
                     }
                     Outcome::Finished { accuracy, .. } => format!("{accuracy:.4}"),
                     Outcome::Diverged(_) => "div.".to_string(),
                 };
+                if p.iterations < iters {
+                    write!(cell, " @{}", p.iterations)?;
+                }
                 write!(md, " {cell} |")?;
             }
             writeln!(md)?;

@@ -4,7 +4,7 @@
 use bilevel_bench::compare::{compare, CompareOptions};
 use bilevel_bench::config::{RunConfig, TaskName};
 use bilevel_bench::tasks::resolve_data_dir;
-use bilevel_bench::tune::{tune, Outcome, TuneOptions, Tuned};
+use bilevel_bench::tune::{tune, Halving, Outcome, TuneOptions, Tuned};
 
 fn small(task: &str) -> RunConfig {
     toml::from_str(&format!(
@@ -34,6 +34,7 @@ fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
         out: out.clone(),
         jobs: 2,
         verbose: false,
+        halving: None,
     };
     let report = tune(&options, &data_dir).unwrap();
     assert_eq!(report.points.len(), 8);
@@ -153,6 +154,7 @@ fn tune_refuses_hyper_rep_without_validation_tasks_and_bad_grids() {
         out: std::env::temp_dir().join("bilevel-tune-never-written"),
         jobs: 1,
         verbose: false,
+        halving: None,
     };
     let mut without_validation = options("hyper-rep", vec![0.1]);
     without_validation.base.hyper_rep.validation_tasks = 0;
@@ -199,6 +201,7 @@ fn tune_over_seeds_reuses_runs_and_takes_the_median() {
         out: out.clone(),
         jobs: 2,
         verbose: false,
+        halving: None,
     };
     tune(&options(vec![1]), &data_dir).unwrap();
     let summary = |lower: f64, upper: f64, seed: u64| {
@@ -279,6 +282,7 @@ fn tune_chooses_hyper_rep_steps_on_its_validation_tasks() {
         out: out.clone(),
         jobs: 2,
         verbose: false,
+        halving: None,
     };
     let summary_path = |upper: f64| {
         out.join(format!(
@@ -312,5 +316,211 @@ fn tune_chooses_hyper_rep_steps_on_its_validation_tasks() {
     let again = tune(&options, &data_dir).unwrap();
     assert_eq!(again.points, report.points);
     assert!(last_metrics(&read(0.5))["validation/accuracy"].is_number());
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// Successive halving: every pair runs to the first rung, only the best half (by validation
+/// accuracy there) goes on to the next, and the one left runs the whole budget. The runs it
+/// continued from their checkpoints are bit-identical to runs made whole, so the choice is the
+/// full grid's among the survivors.
+#[test]
+fn halving_continues_the_best_pairs_like_runs_made_whole() {
+    let out = std::env::temp_dir().join(format!("bilevel-tune-halving-{}", std::process::id()));
+    let data_dir = resolve_data_dir(None).unwrap();
+    let mut base = small("hyper-opt");
+    base.iters = 6;
+    let options = TuneOptions {
+        base: base.clone(),
+        methods: vec!["slip".into()],
+        lower_grid: vec![0.05, 0.5],
+        upper_grid: vec![0.01, 0.5],
+        seeds: vec![1],
+        out: out.clone(),
+        jobs: 2,
+        verbose: false,
+        halving: Some(Halving {
+            rungs: vec![2, 4],
+            reduction: 2,
+        }),
+    };
+    let run_dir = |lower: f64, upper: f64| {
+        out.join(format!(
+            "hyper-opt/tune/slip/lower-{lower}_upper-{upper}/seed-1"
+        ))
+    };
+    let evaluations = |dir: &std::path::Path| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+        let summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+        summary["evaluations"].as_array().unwrap().clone()
+    };
+    // An earlier search of the first rung's budget, whose runs the halving search takes up.
+    let mut first_rung = options.clone();
+    first_rung.base.iters = 2;
+    first_rung.halving = None;
+    tune(&first_rung, &data_dir).unwrap();
+    let seconds_at_2 = |lower: f64, upper: f64| {
+        evaluations(&run_dir(lower, upper))
+            .into_iter()
+            .find(|e| e["iteration"].as_u64() == Some(2))
+            .unwrap()["train_seconds"]
+            .as_f64()
+            .unwrap()
+    };
+    let pairs = [(0.05, 0.01), (0.05, 0.5), (0.5, 0.01), (0.5, 0.5)];
+    let seconds_before: Vec<f64> = pairs.iter().map(|&(l, u)| seconds_at_2(l, u)).collect();
+
+    let report = tune(&options, &data_dir).unwrap();
+    // No run was made again: every pair's first two iterations, timed once, are the same ones.
+    let seconds_after: Vec<f64> = pairs.iter().map(|&(l, u)| seconds_at_2(l, u)).collect();
+    assert_eq!(seconds_after, seconds_before);
+    let validation_at = |dir: &std::path::Path, iteration: u64| {
+        let e = evaluations(dir)
+            .into_iter()
+            .find(|e| e["iteration"].as_u64() == Some(iteration))
+            .unwrap();
+        (
+            e["metrics"]["validation/accuracy"].as_f64().unwrap(),
+            e["metrics"]["validation/loss"].as_f64().unwrap(),
+        )
+    };
+    // Rung 2 keeps the better two of four, rung 4 the better one of those.
+    let mut ranked: Vec<(f64, f64, f64, f64)> = report
+        .points
+        .iter()
+        .map(|p| {
+            let (a, l) = validation_at(&run_dir(p.lower, p.upper), 2);
+            (-a, l, p.lower, p.upper)
+        })
+        .collect();
+    ranked.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let iterations = |lower: f64, upper: f64| {
+        let p = report
+            .points
+            .iter()
+            .find(|p| p.lower == lower && p.upper == upper)
+            .unwrap();
+        p.iterations
+    };
+    let reached: Vec<usize> = ranked.iter().map(|r| iterations(r.2, r.3)).collect();
+    assert!(reached[0] >= 4 && reached[1] >= 4, "{ranked:?} {reached:?}");
+    assert_eq!(&reached[2..], &[2, 2], "{ranked:?}");
+    assert_eq!(
+        reached.iter().filter(|&&r| r == 6).count(),
+        1,
+        "{reached:?}"
+    );
+    let winner = report.points.iter().find(|p| p.iterations == 6).unwrap();
+    assert_eq!(
+        report.tuned.get("slip").unwrap().level_steps(),
+        (winner.lower, winner.upper)
+    );
+    let (a, l) = validation_at(&run_dir(winner.lower, winner.upper), 6);
+    assert_eq!(
+        winner.outcome,
+        Outcome::Finished {
+            accuracy: a,
+            loss: l
+        }
+    );
+
+    // The winner's run, continued at iterations 2 and 4, equals the same run made whole:
+    // every evaluation (0, 2, 4, 6) and every logged step, wall-clock time aside.
+    let mut whole = base.clone();
+    whole.method = report.tuned.get("slip").cloned();
+    whole.seed = 1;
+    let whole_dir = out.join("whole");
+    bilevel_bench::runner::run(&whole, &data_dir, &whole_dir, false).unwrap();
+    let without_time = |evaluations: Vec<serde_json::Value>| {
+        evaluations
+            .into_iter()
+            .map(|mut e| {
+                e.as_object_mut().unwrap().remove("train_seconds");
+                e
+            })
+            .collect::<Vec<_>>()
+    };
+    let continued = run_dir(winner.lower, winner.upper);
+    assert_eq!(
+        without_time(evaluations(&continued)),
+        without_time(evaluations(&whole_dir))
+    );
+    let steps = |dir: &std::path::Path| {
+        let text = std::fs::read_to_string(dir.join("steps.csv")).unwrap();
+        let header: Vec<String> = text
+            .lines()
+            .next()
+            .unwrap()
+            .split(',')
+            .map(String::from)
+            .collect();
+        let time = header.iter().position(|h| h.contains("seconds")).unwrap();
+        text.lines()
+            .map(|line| {
+                let mut cells: Vec<&str> = line.split(',').collect();
+                cells.remove(time);
+                cells.join(",")
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(steps(&continued), steps(&whole_dir));
+    assert_eq!(steps(&continued).len(), 7);
+
+    let md = std::fs::read_to_string(report.dir.join("grid.md")).unwrap();
+    assert!(
+        md.contains(" @2 |") && md.contains(" @4 |") && md.contains("**"),
+        "{md}"
+    );
+    let csv = std::fs::read_to_string(report.dir.join("grid.csv")).unwrap();
+    assert!(
+        csv.lines().next().unwrap().ends_with(",iterations"),
+        "{csv}"
+    );
+    assert_eq!(
+        csv.lines().filter(|l| l.ends_with(",2")).count(),
+        2,
+        "{csv}"
+    );
+    let tuned = std::fs::read_to_string(report.dir.join("tuned.toml")).unwrap();
+    assert!(
+        tuned.contains("successive halving at 2, 4 iterations"),
+        "{tuned}"
+    );
+
+    // Searching again reuses every run at the rung it reached: no file is written anew.
+    let modified = |dir: std::path::PathBuf| {
+        std::fs::metadata(dir.join("summary.json"))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let before: Vec<_> = report
+        .points
+        .iter()
+        .map(|p| modified(run_dir(p.lower, p.upper)))
+        .collect();
+    let again = tune(&options, &data_dir).unwrap();
+    assert_eq!(again.points, report.points);
+    let after: Vec<_> = report
+        .points
+        .iter()
+        .map(|p| modified(run_dir(p.lower, p.upper)))
+        .collect();
+    assert_eq!(after, before);
+
+    // Rungs must increase below the budget, and the reduction must cut.
+    for (rungs, reduction, says) in [
+        (vec![4, 2], 2, "--rungs must increase"),
+        (vec![2, 6], 2, "--rungs must increase"),
+        (vec![], 2, "--rungs needs"),
+        (vec![2], 1, "--reduction must be at least 2"),
+    ] {
+        let bad = TuneOptions {
+            halving: Some(Halving { rungs, reduction }),
+            out: std::env::temp_dir().join("bilevel-tune-never-written"),
+            ..options.clone()
+        };
+        let err = tune(&bad, &data_dir).err().unwrap().to_string();
+        assert!(err.contains(says), "{err}");
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
