@@ -74,6 +74,13 @@ pub fn run(
     config.validate()?;
     config.method().validate()?;
     let created = !dir.exists();
+    // A previous run's summary in the directory would pass for this run's (`compare` and `tune`
+    // reuse finished runs by their summaries).
+    let summary = dir.join("summary.json");
+    if summary.exists() {
+        std::fs::remove_file(&summary)
+            .with_context(|| format!("{}: cannot remove", summary.display()))?;
+    }
     let logger = RunLogger::create(dir)?;
     std::fs::write(
         dir.join("config.toml"),

@@ -240,18 +240,15 @@ fn cached(config: &RunConfig, dir: &Path, accuracy: &str, loss: &str) -> Cached 
     {
         return Cached::Nothing;
     }
+    // A directory's summary is its run's record up to the last budget it finished (`run`
+    // removes a previous run's); continuing it to a larger budget keeps that history.
     let summary: Option<RunSummary> = std::fs::read_to_string(dir.join("summary.json"))
         .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .filter(|s: &RunSummary| s.evaluations.last().map(|e| e.iteration) == Some(saved.iters));
+        .and_then(|text| serde_json::from_str(&text).ok());
     // A run from before its task reported the selection metric (hyper-rep's validation tasks)
     // is run again rather than reused.
     if let Some(summary) = &summary {
-        let at_budget = summary
-            .evaluations
-            .iter()
-            .find(|e| e.iteration == config.iters && e.metrics.contains_key(accuracy));
-        if let Some(Ok(o)) = at_budget.map(|e| outcome(&e.metrics, accuracy, loss)) {
+        if let Some(Ok(o)) = at_budget(summary, config.iters, accuracy, loss) {
             return Cached::At(o);
         }
     }
@@ -260,10 +257,27 @@ fn cached(config: &RunConfig, dir: &Path, accuracy: &str, loss: &str) -> Cached 
             return Cached::At(Outcome::Diverged(why));
         }
     }
-    match summary {
-        Some(s) if saved.iters < config.iters && s.last().contains_key(accuracy) => Cached::Shorter,
+    match summary.as_ref().and_then(|s| s.evaluations.last()) {
+        Some(e) if e.iteration < config.iters && e.metrics.contains_key(accuracy) => {
+            Cached::Shorter
+        }
         _ => Cached::Nothing,
     }
+}
+
+/// The outcome of the evaluation at iteration `budget`, if the run made one that reports the
+/// selection metric.
+fn at_budget(
+    summary: &RunSummary,
+    budget: usize,
+    accuracy: &str,
+    loss: &str,
+) -> Option<anyhow::Result<Outcome>> {
+    summary
+        .evaluations
+        .iter()
+        .find(|e| e.iteration == budget && e.metrics.contains_key(accuracy))
+        .map(|e| outcome(&e.metrics, accuracy, loss))
 }
 
 /// Runs (or reuses, or continues to `config.iters`) one grid point with one seed.
@@ -294,7 +308,13 @@ fn run_point(
         _ => run(config, data_dir, dir, false),
     };
     match result {
-        Ok(summary) => outcome(summary.last(), accuracy, loss),
+        Ok(summary) => at_budget(&summary, config.iters, accuracy, loss).with_context(|| {
+            format!(
+                "{}: the run made no evaluation at iteration {}",
+                dir.display(),
+                config.iters
+            )
+        })?,
         Err(e) if is_divergence(&e) => {
             let why = e.root_cause().to_string();
             let why = why.lines().next().unwrap_or_default();

@@ -227,3 +227,40 @@ fn compare_writes_runs_table_and_plots() {
         "legend names the methods"
     );
 }
+
+/// A run that fails in a directory where another configuration finished leaves nothing that
+/// passes for its own result: the earlier summary is gone, so neither `compare` nor `tune`
+/// reuses it.
+#[test]
+fn a_failed_run_leaves_no_earlier_summary_behind() {
+    let dir = std::env::temp_dir().join(format!("bilevel-stale-{}", std::process::id()));
+    let data_dir = resolve_data_dir(None).unwrap();
+    let config = |lower: f64| -> RunConfig {
+        let mut c: RunConfig = toml::from_str(
+            r#"
+            task = "hyper-opt"
+            iters = 3
+            eval_every = 3
+            [hyper_opt]
+            batch = 8
+            max_len = 8
+            eval_size = 16
+            [method]
+            method = "soba"
+            "#,
+        )
+        .unwrap();
+        let mut m = c.method();
+        m.set_level_steps(lower, 0.01);
+        c.method = Some(m);
+        c
+    };
+    let (good, diverging) = (config(0.05), config(1e8));
+    bilevel_bench::runner::run(&good, &data_dir, &dir, false).unwrap();
+    assert!(bilevel_bench::compare::finished_run(&good, &dir).is_some());
+    let err = bilevel_bench::runner::run(&diverging, &data_dir, &dir, false).unwrap_err();
+    assert!(format!("{err:#}").contains("not finite"), "{err:#}");
+    assert!(bilevel_bench::compare::finished_run(&diverging, &dir).is_none());
+    assert!(!dir.join("summary.json").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
