@@ -21,6 +21,36 @@ fn small(task: &str) -> RunConfig {
     .unwrap()
 }
 
+/// A run's evaluations (from summary.json), wall-clock time aside.
+fn evaluations_without_time(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+    summary["evaluations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            e.as_object_mut().unwrap().remove("train_seconds");
+            e
+        })
+        .collect()
+}
+
+/// A run's steps.csv rows, wall-clock time aside.
+fn steps_without_time(dir: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("steps.csv")).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let time = header.iter().position(|h| h.contains("seconds")).unwrap();
+    text.lines()
+        .map(|line| {
+            let mut cells: Vec<&str> = line.split(',').collect();
+            cells.remove(time);
+            cells.join(",")
+        })
+        .collect()
+}
+
 #[test]
 fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
     let out = std::env::temp_dir().join(format!("bilevel-tune-{}", std::process::id()));
@@ -430,40 +460,16 @@ fn halving_continues_the_best_pairs_like_runs_made_whole() {
     whole.seed = 1;
     let whole_dir = out.join("whole");
     bilevel_bench::runner::run(&whole, &data_dir, &whole_dir, false).unwrap();
-    let without_time = |evaluations: Vec<serde_json::Value>| {
-        evaluations
-            .into_iter()
-            .map(|mut e| {
-                e.as_object_mut().unwrap().remove("train_seconds");
-                e
-            })
-            .collect::<Vec<_>>()
-    };
     let continued = run_dir(winner.lower, winner.upper);
     assert_eq!(
-        without_time(evaluations(&continued)),
-        without_time(evaluations(&whole_dir))
+        evaluations_without_time(&continued),
+        evaluations_without_time(&whole_dir)
     );
-    let steps = |dir: &std::path::Path| {
-        let text = std::fs::read_to_string(dir.join("steps.csv")).unwrap();
-        let header: Vec<String> = text
-            .lines()
-            .next()
-            .unwrap()
-            .split(',')
-            .map(String::from)
-            .collect();
-        let time = header.iter().position(|h| h.contains("seconds")).unwrap();
-        text.lines()
-            .map(|line| {
-                let mut cells: Vec<&str> = line.split(',').collect();
-                cells.remove(time);
-                cells.join(",")
-            })
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(steps(&continued), steps(&whole_dir));
-    assert_eq!(steps(&continued).len(), 7);
+    assert_eq!(
+        steps_without_time(&continued),
+        steps_without_time(&whole_dir)
+    );
+    assert_eq!(steps_without_time(&continued).len(), 7);
 
     let md = std::fs::read_to_string(report.dir.join("grid.md")).unwrap();
     assert!(
@@ -521,6 +527,87 @@ fn halving_continues_the_best_pairs_like_runs_made_whole() {
         };
         let err = tune(&bad, &data_dir).err().unwrap().to_string();
         assert!(err.contains(says), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// On hyper-rep (heads kept across iterations, a task sampler) and hyper-clean (per-tweet
+/// weights), a run that halving continues from a rung equals the run made whole, for methods
+/// with momentum, periodic updates, SAGA tables or a growing penalty.
+#[test]
+fn halving_continues_hyper_rep_and_hyper_clean_runs_exactly() {
+    let out = std::env::temp_dir().join(format!("bilevel-halving-tasks-{}", std::process::id()));
+    let data_dir = resolve_data_dir(None).unwrap();
+    let hyper_rep: RunConfig = toml::from_str(
+        r#"
+        task = "hyper-rep"
+        iters = 4
+        eval_every = 2
+        [hyper_rep]
+        train_tasks = 40
+        test_tasks = 2
+        validation_tasks = 2
+        tasks_per_batch = 2
+        max_len = 8
+        test_steps = 5
+        "#,
+    )
+    .unwrap();
+    let hyper_clean: RunConfig = toml::from_str(
+        r#"
+        task = "hyper-clean"
+        iters = 4
+        eval_every = 2
+        [hyper_clean]
+        train_size = 2000
+        validation_size = 100
+        test_size = 100
+        batch = 16
+        max_len = 8
+        train_eval_size = 100
+        "#,
+    )
+    .unwrap();
+    for (base, methods) in [
+        (hyper_rep, ["bo-rep", "saba"]),
+        (hyper_clean, ["bo-rep", "f2sa"]),
+    ] {
+        let options = TuneOptions {
+            base: base.clone(),
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            lower_grid: vec![0.05],
+            upper_grid: vec![0.05],
+            seeds: vec![3],
+            out: out.clone(),
+            jobs: 2,
+            verbose: false,
+            halving: Some(Halving {
+                rungs: vec![2],
+                reduction: 2,
+            }),
+        };
+        let report = tune(&options, &data_dir).unwrap();
+        for method in methods {
+            let task = base.task.as_str();
+            let continued = out.join(format!("{task}/tune/{method}/lower-0.05_upper-0.05/seed-3"));
+            let mut whole = base.clone();
+            whole.seed = 3;
+            whole.method = report.tuned.get(method).cloned();
+            let whole_dir = out.join(format!("whole/{task}/{method}"));
+            bilevel_bench::runner::run(&whole, &data_dir, &whole_dir, false).unwrap();
+            let evaluations = evaluations_without_time(&continued);
+            assert_eq!(evaluations.len(), 3, "{task} {method}");
+            assert_eq!(
+                evaluations,
+                evaluations_without_time(&whole_dir),
+                "{task} {method}"
+            );
+            assert_eq!(
+                steps_without_time(&continued),
+                steps_without_time(&whole_dir),
+                "{task} {method}"
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&out);
 }
