@@ -51,6 +51,27 @@ fn steps_without_time(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// hyper-rep with 40 heads, 2 tasks a batch, 2 test and 3 validation tasks, evaluated every 2
+/// iterations.
+fn tiny_hyper_rep(iters: usize) -> RunConfig {
+    let mut config: RunConfig = toml::from_str(
+        r#"
+        task = "hyper-rep"
+        eval_every = 2
+        [hyper_rep]
+        train_tasks = 40
+        test_tasks = 2
+        validation_tasks = 3
+        tasks_per_batch = 2
+        max_len = 8
+        test_steps = 5
+        "#,
+    )
+    .unwrap();
+    config.iters = iters;
+    config
+}
+
 #[test]
 fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
     let out = std::env::temp_dir().join(format!("bilevel-tune-{}", std::process::id()));
@@ -288,23 +309,8 @@ fn tune_over_seeds_reuses_runs_and_takes_the_median() {
 fn tune_chooses_hyper_rep_steps_on_its_validation_tasks() {
     let out = std::env::temp_dir().join(format!("bilevel-tune-rep-{}", std::process::id()));
     let data_dir = resolve_data_dir(None).unwrap();
-    let base: RunConfig = toml::from_str(
-        r#"
-        task = "hyper-rep"
-        iters = 2
-        eval_every = 2
-        [hyper_rep]
-        train_tasks = 40
-        test_tasks = 2
-        validation_tasks = 3
-        tasks_per_batch = 2
-        max_len = 8
-        test_steps = 5
-        "#,
-    )
-    .unwrap();
     let options = TuneOptions {
-        base,
+        base: tiny_hyper_rep(2),
         methods: vec!["soba".into()],
         lower_grid: vec![0.05],
         upper_grid: vec![0.01, 0.5],
@@ -538,21 +544,7 @@ fn halving_continues_the_best_pairs_like_runs_made_whole() {
 fn halving_continues_hyper_rep_and_hyper_clean_runs_exactly() {
     let out = std::env::temp_dir().join(format!("bilevel-halving-tasks-{}", std::process::id()));
     let data_dir = resolve_data_dir(None).unwrap();
-    let hyper_rep: RunConfig = toml::from_str(
-        r#"
-        task = "hyper-rep"
-        iters = 4
-        eval_every = 2
-        [hyper_rep]
-        train_tasks = 40
-        test_tasks = 2
-        validation_tasks = 2
-        tasks_per_batch = 2
-        max_len = 8
-        test_steps = 5
-        "#,
-    )
-    .unwrap();
+    let hyper_rep = tiny_hyper_rep(4);
     let hyper_clean: RunConfig = toml::from_str(
         r#"
         task = "hyper-clean"
