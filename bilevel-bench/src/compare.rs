@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::config::{RunConfig, TaskName};
-use crate::parallel::map_in_threads;
+use crate::parallel::{map_in_threads, JobProgress};
 use crate::plot::{plot, Series};
 use crate::runner::{run, run_dir, Evaluation, RunSummary};
 use crate::task_config;
@@ -140,18 +140,33 @@ pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<Comp
             configs.push(config);
         }
     }
-    // One progress bar at a time: bars of parallel runs would overwrite each other.
-    let progress = options.progress && options.jobs <= 1;
+    // One progress bar at a time: bars of parallel runs would overwrite each other, so runs on
+    // several threads share one bar over the whole comparison.
+    let each_run_draws = options.progress && options.jobs <= 1;
+    let job = JobProgress::new(
+        &format!("compare {}", options.base.task.as_str()),
+        (configs.len() * options.base.iters) as u64,
+        options.progress && !each_run_draws,
+    );
     let runs = map_in_threads(&configs, options.jobs, |config| {
         let dir = run_dir(&options.out, config);
-        if let Some(done) = finished_run(config, &dir) {
-            return Ok(done);
-        }
-        run(config, data_dir, &dir, progress)
-            .with_context(|| format!("{}, seed {}", config.method().name(), config.seed))
+        let what = format!("{} seed {}", config.method().name(), config.seed);
+        let result = match finished_run(config, &dir) {
+            Some(done) => Ok((done, "reused")),
+            None => run(config, data_dir, &dir, each_run_draws)
+                .map(|r| (r, "finished"))
+                .with_context(|| what.clone()),
+        };
+        let line = match &result {
+            Ok((_, how)) => format!("{what}: {how}"),
+            Err(e) => format!("{e:#}"),
+        };
+        job.finished(config.iters as u64, &line);
+        result.map(|(r, _)| r)
     })
     .into_iter()
     .collect::<anyhow::Result<Vec<_>>>()?;
+    job.finish();
     let task = options.base.task;
     let dir = options.out.join(task.as_str()).join("compare");
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;

@@ -4,6 +4,52 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The progress of a job of many runs (a grid search, a comparison running several at once):
+/// one bar over the iterations of all the runs planned, advanced as each run finishes (or is
+/// reused), with the time left. Runs on several threads cannot each draw a bar of their own.
+/// A line per finished run is printed above the bar, or alone where stderr is no terminal.
+pub struct JobProgress {
+    bar: ProgressBar,
+    visible: bool,
+}
+
+impl JobProgress {
+    pub fn new(what: &str, iterations: u64, visible: bool) -> Self {
+        let bar = if visible {
+            ProgressBar::new(iterations)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} it, {elapsed} elapsed, ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(what.to_string());
+        Self { bar, visible }
+    }
+
+    /// A run of `iterations` iterations ended as `line` says.
+    pub fn finished(&self, iterations: u64, line: &str) {
+        if self.visible {
+            if self.bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                self.bar.println(line);
+            }
+        }
+        self.bar.inc(iterations);
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
 /// `f` applied to every item by up to `jobs` threads taking items in order; the results come
 /// back in the items' order.
 pub fn map_in_threads<T: Sync, R: Send>(

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compare::{ensure_distinct, quantile};
 use crate::config::{RunConfig, TaskName};
-use crate::parallel::map_in_threads;
+use crate::parallel::{map_in_threads, JobProgress};
 use crate::runner::{resume, run, RunSummary};
 use crate::task_config;
 use crate::tasks::Metrics;
@@ -257,8 +257,12 @@ fn cached(config: &RunConfig, dir: &Path, accuracy: &str, loss: &str) -> Cached 
             return Cached::At(Outcome::Diverged(why));
         }
     }
+    // Continuing needs the checkpoint (halving removes those of the pairs it stops).
+    let continuable = dir.join(crate::checkpoint::FILE).is_file();
     match summary.as_ref().and_then(|s| s.evaluations.last()) {
-        Some(e) if e.iteration < config.iters && e.metrics.contains_key(accuracy) => {
+        Some(e)
+            if continuable && e.iteration < config.iters && e.metrics.contains_key(accuracy) =>
+        {
             Cached::Shorter
         }
         _ => Cached::Nothing,
@@ -394,9 +398,15 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
         Some(h) => h.rungs.iter().copied().chain([iters]).collect(),
         None => vec![iters],
     };
+    let progress = JobProgress::new(
+        &format!("tune {}", task.as_str()),
+        planned_iterations(options, &budgets),
+        options.verbose,
+    );
     let mut points: Vec<Option<GridPoint>> = vec![None; pairs.len()];
     let mut alive: Vec<usize> = (0..pairs.len()).collect();
     for (rung, &budget) in budgets.iter().enumerate() {
+        let start = if rung == 0 { 0 } else { budgets[rung - 1] };
         let work: Vec<(usize, RunConfig)> = alive
             .iter()
             .flat_map(|&k| {
@@ -414,15 +424,14 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
             let dir = point_dir(&options.out, task, method, *lower, *upper, config.seed);
             let outcome = run_point(config, data_dir, &dir, accuracy, loss)
                 .with_context(|| format!("{method} at ({lower}, {upper}), seed {}", config.seed));
-            if options.verbose {
-                match &outcome {
-                    Ok(o) => eprintln!(
-                        "{method} lower {lower} upper {upper} seed {}, {budget} iterations: {o:?}",
-                        config.seed
-                    ),
-                    Err(e) => eprintln!("{e:#}"),
-                }
-            }
+            let line = match &outcome {
+                Ok(o) => format!(
+                    "{method} lower {lower} upper {upper} seed {}, {budget} iterations: {o:?}",
+                    config.seed
+                ),
+                Err(e) => format!("{e:#}"),
+            };
+            progress.finished((budget - start) as u64, &line);
             outcome
         })
         .into_iter()
@@ -466,9 +475,11 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
                     mine
                 })
                 .collect();
+            remove_stopped_checkpoints(options, &pairs, &alive)?;
             alive.sort_unstable();
         }
     }
+    progress.finish();
     let points: Vec<GridPoint> = points
         .into_iter()
         .map(|p| p.expect("every pair ran the first rung"))
@@ -516,6 +527,53 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
         tuned,
         markdown,
     })
+}
+
+/// Removes the checkpoints of the pairs that halving stopped: only a continuation reads them,
+/// and some are large (SABA's on hyper-rep: 2.6 GB written plainly). Their logs and summaries
+/// stay; should a later search continue such a pair, it runs it again from the start.
+fn remove_stopped_checkpoints(
+    options: &TuneOptions,
+    pairs: &[(String, f64, f64, RunConfig)],
+    alive: &[usize],
+) -> anyhow::Result<()> {
+    for (k, (method, lower, upper, _)) in pairs.iter().enumerate() {
+        if alive.contains(&k) {
+            continue;
+        }
+        for &seed in &options.seeds {
+            let dir = point_dir(
+                &options.out,
+                options.base.task,
+                method,
+                *lower,
+                *upper,
+                seed,
+            );
+            let file = dir.join(crate::checkpoint::FILE);
+            if file.is_file() {
+                std::fs::remove_file(&file)
+                    .with_context(|| format!("{}: cannot remove", file.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The iterations of every run the search plans: all pairs to the first budget, then the
+/// survivors of each cut (as many as halving keeps) to the next.
+fn planned_iterations(options: &TuneOptions, budgets: &[usize]) -> u64 {
+    let mut pairs = options.lower_grid.len() * options.upper_grid.len();
+    let mut done = 0;
+    let mut per_method = 0;
+    for &budget in budgets {
+        per_method += pairs * (budget - done);
+        done = budget;
+        if let Some(h) = &options.halving {
+            pairs = h.survivors(pairs);
+        }
+    }
+    (per_method * options.methods.len() * options.seeds.len()) as u64
 }
 
 /// ", successive halving at 50, 150 iterations (the best 1/3 of each method's pairs went on)",

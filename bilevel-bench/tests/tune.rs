@@ -519,6 +519,31 @@ fn halving_continues_the_best_pairs_like_runs_made_whole() {
         .collect();
     assert_eq!(after, before);
 
+    // Halving removed the checkpoints of the pairs it stopped, not the winner's.
+    for p in &report.points {
+        let kept = run_dir(p.lower, p.upper).join("checkpoint.bin").is_file();
+        assert_eq!(kept, p.iterations == 6, "{p:?}");
+    }
+    // A pair to continue whose checkpoint is gone runs again from the start, to the same end:
+    // here the winner, taken on to 8 iterations.
+    std::fs::remove_file(continued.join("checkpoint.bin")).unwrap();
+    let mut longer = options.clone();
+    longer.base.iters = 8;
+    longer.halving = Some(Halving {
+        rungs: vec![2, 4, 6],
+        reduction: 2,
+    });
+    let report8 = tune(&longer, &data_dir).unwrap();
+    let winner8 = report8.points.iter().find(|p| p.iterations == 8).unwrap();
+    assert_eq!((winner8.lower, winner8.upper), (winner.lower, winner.upper));
+    whole.iters = 8;
+    let whole8 = out.join("whole8");
+    bilevel_bench::runner::run(&whole, &data_dir, &whole8, false).unwrap();
+    assert_eq!(
+        evaluations_without_time(&continued),
+        evaluations_without_time(&whole8)
+    );
+
     // Rungs must increase below the budget, and the reduction must cut.
     for (rungs, reduction, says) in [
         (vec![4, 2], 2, "--rungs must increase"),
