@@ -359,8 +359,9 @@ where
                 Some(boxed) => *boxed
                     .downcast::<Tensor<S, E, Cpu>>()
                     .expect("same shape type"),
-                // Declared zero (`finish` checked that every other tensor has a value).
-                None => t.clone() * E::zero(),
+                // Declared zero (`finish` checked that every other tensor has a value): +0.0,
+                // where `t * 0` would be −0.0 for every negative entry of `t`.
+                None => t.device().zeros_like(t),
             };
             self.next += 1;
         }
