@@ -97,6 +97,18 @@ pub enum Outcome {
     Diverged(String),
 }
 
+/// For progress lines: "validation accuracy 0.549, loss 0.7321" or "diverged: <reason>".
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Finished { accuracy, loss } => {
+                write!(f, "validation accuracy {accuracy:.4}, loss {loss:.4}")
+            }
+            Outcome::Diverged(reason) => write!(f, "diverged: {reason}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct GridPoint {
     pub method: String,
@@ -426,7 +438,7 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
                 .with_context(|| format!("{method} at ({lower}, {upper}), seed {}", config.seed));
             let line = match &outcome {
                 Ok(o) => format!(
-                    "{method} lower {lower} upper {upper} seed {}, {budget} iterations: {o:?}",
+                    "{method} lower {lower} upper {upper} seed {}, {budget} iterations: {o}",
                     config.seed
                 ),
                 Err(e) => format!("{e:#}"),
