@@ -97,7 +97,7 @@ pub enum Outcome {
     Diverged(String),
 }
 
-/// For progress lines: "validation accuracy 0.549, loss 0.7321" or "diverged: <reason>".
+/// For progress lines: "validation accuracy 0.5490, loss 0.7321" or "diverged: <reason>".
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
