@@ -207,12 +207,21 @@ const STOPPED_AT: &str = "stopped/iteration";
 /// Each run as if it had stopped at its evaluation with the best validation accuracy (the
 /// earliest of equals; a non-finite value never wins): early stopping chosen without looking at
 /// the test split, as practitioners select an iterate. The chosen iteration is reported as the
-/// metric `stopped/iteration`. `None` unless every evaluation of every run reports the metric.
+/// metric `stopped/iteration`. A run's candidates are the iterations that all runs of its method
+/// evaluated, so that no seed gets more chances than another. `None` unless every candidate
+/// evaluation of every run reports the metric.
 fn stopped_at_best_validation(runs: &[RunSummary]) -> Option<Vec<RunSummary>> {
     runs.iter()
         .map(|r| {
+            let same_method: Vec<&RunSummary> =
+                runs.iter().filter(|o| o.method == r.method).collect();
+            let candidates = common_iterations(&same_method);
             let mut best: Option<(&Evaluation, f64)> = None;
-            for e in &r.evaluations {
+            for e in r
+                .evaluations
+                .iter()
+                .filter(|e| candidates.contains(&e.iteration))
+            {
                 let v = *e.metrics.get(STOPPING_METRIC)?;
                 let better = match best {
                     None => true,
@@ -342,22 +351,7 @@ fn write_plots(
             .iter()
             .map(|method| {
                 let mine: Vec<&RunSummary> = runs.iter().filter(|r| &r.method == method).collect();
-                let points = mine.iter().map(|r| r.evaluations.len()).min().unwrap_or(0);
-                let at = |k: usize, f: &dyn Fn(&crate::runner::Evaluation) -> f64| {
-                    mine.iter()
-                        .map(|r| f(&r.evaluations[k]))
-                        .collect::<Vec<_>>()
-                };
-                let value = |e: &crate::runner::Evaluation| {
-                    e.metrics.get(metric).copied().unwrap_or(f64::NAN)
-                };
-                Series {
-                    name: method.clone(),
-                    x: (0..points).map(|k| quantile(&at(k, &x_of), 0.5)).collect(),
-                    median: (0..points).map(|k| quantile(&at(k, &value), 0.5)).collect(),
-                    low: (0..points).map(|k| quantile(&at(k, &value), 0.2)).collect(),
-                    high: (0..points).map(|k| quantile(&at(k, &value), 0.8)).collect(),
-                }
+                method_series(method, &mine, x_of, metric)
             })
             .collect();
         let title = format!("{}: {metric} (median, 20–80% over seeds)", task.as_str());
@@ -370,6 +364,47 @@ fn write_plots(
         )?;
     }
     Ok(())
+}
+
+/// One method's curve: at each iteration that all its runs evaluated, the median (and 20% and
+/// 80% quantiles) over its runs of `metric`, placed at the median of `x_of`.
+fn method_series(method: &str, runs: &[&RunSummary], x_of: XAxis, metric: &str) -> Series {
+    let iterations = common_iterations(runs);
+    let at = |iteration: usize, f: &dyn Fn(&Evaluation) -> f64| {
+        runs.iter()
+            .filter_map(|r| r.evaluations.iter().find(|e| e.iteration == iteration))
+            .map(f)
+            .collect::<Vec<_>>()
+    };
+    let value = |e: &Evaluation| e.metrics.get(metric).copied().unwrap_or(f64::NAN);
+    let over = |q: f64, f: &dyn Fn(&Evaluation) -> f64| {
+        iterations.iter().map(|&i| quantile(&at(i, f), q)).collect()
+    };
+    Series {
+        name: method.to_string(),
+        x: over(0.5, &x_of),
+        median: over(0.5, &value),
+        low: over(0.2, &value),
+        high: over(0.8, &value),
+    }
+}
+
+/// The iterations at which every one of `runs` evaluated, in order. A method's seeds are compared
+/// at the same iterations even where one run evaluated more often: a seed-0 run reused from
+/// `tune`'s successive halving also evaluated at the rungs.
+fn common_iterations(runs: &[&RunSummary]) -> Vec<usize> {
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    first
+        .evaluations
+        .iter()
+        .map(|e| e.iteration)
+        .filter(|&i| {
+            runs.iter()
+                .all(|r| r.evaluations.iter().any(|e| e.iteration == i))
+        })
+        .collect()
 }
 
 /// Plots of one run's evaluation metrics against iterations (`<run dir>/plots/`): every metric
@@ -479,6 +514,40 @@ mod tests {
         );
         let without = summary(1, &[("test/accuracy", 0.5)]);
         assert!(stopped_at_best_validation(&[run, without]).is_none());
+    }
+
+    /// A seed-0 run reused from tune's successive halving also evaluated at a rung (iteration 5
+    /// here); the curve and early stopping use only the iterations every seed evaluated, so the
+    /// k-th point is never a mix of different iterations.
+    #[test]
+    fn seeds_are_compared_at_the_iterations_they_all_evaluated() {
+        let acc = |v: f64| [("validation/accuracy", v), ("test/accuracy", v)];
+        let with_rung = RunSummary {
+            evaluations: vec![
+                evaluation(0, &acc(0.5)),
+                evaluation(5, &acc(0.9)),
+                evaluation(10, &acc(0.6)),
+                evaluation(20, &acc(0.7)),
+            ],
+            ..summary(0, &[])
+        };
+        let plain = |seed, last| RunSummary {
+            evaluations: vec![
+                evaluation(0, &acc(0.5)),
+                evaluation(10, &acc(0.6)),
+                evaluation(20, &acc(last)),
+            ],
+            ..summary(seed, &[])
+        };
+        let runs = [with_rung, plain(1, 0.8), plain(2, 0.9)];
+        let mine: Vec<&RunSummary> = runs.iter().collect();
+        assert_eq!(common_iterations(&mine), vec![0, 10, 20]);
+        let series = method_series("slip", &mine, |e| e.iteration as f64, "test/accuracy");
+        assert_eq!(series.x, vec![0.0, 10.0, 20.0]);
+        assert_eq!(series.median, vec![0.5, 0.6, 0.8]);
+        assert!((series.low[2] - 0.74).abs() < 1e-12, "{:?}", series.low);
+        let stopped = stopped_at_best_validation(&runs).unwrap();
+        assert_eq!(stopped[0].evaluations[0].iteration, 20);
     }
 
     /// A metric that only some runs report (a run reused from before the task had it) gets a
