@@ -211,11 +211,17 @@ const STOPPED_AT: &str = "stopped/iteration";
 /// evaluated, so that no seed gets more chances than another. `None` unless every candidate
 /// evaluation of every run reports the metric.
 fn stopped_at_best_validation(runs: &[RunSummary]) -> Option<Vec<RunSummary>> {
-    runs.iter()
-        .map(|r| {
+    let mut candidates_of: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for r in runs {
+        candidates_of.entry(&r.method).or_insert_with(|| {
             let same_method: Vec<&RunSummary> =
                 runs.iter().filter(|o| o.method == r.method).collect();
-            let candidates = common_iterations(&same_method);
+            common_iterations(&same_method)
+        });
+    }
+    runs.iter()
+        .map(|r| {
+            let candidates = &candidates_of[r.method.as_str()];
             let mut best: Option<(&Evaluation, f64)> = None;
             for e in r
                 .evaluations
