@@ -211,7 +211,10 @@ where
     let out = oracles.hvp_jvp(&x, &y, &v, &batch).unwrap();
     let in_batch: Vec<usize> = batch.tasks.iter().map(|(i, _)| *i).collect();
     for i in 0..TASKS {
-        let (g, hv) = (out.grad_y.modules[i].norm(), out.hvp.modules[i].norm());
+        let (g, hv) = (
+            out.written_grad_y.modules[i].norm(),
+            out.hvp.modules[i].norm(),
+        );
         assert_eq!(
             in_batch.contains(&i),
             g != 0.0 && hv != 0.0,

@@ -299,7 +299,7 @@ where
         let shared_pass = !c.jvp_with_updated_z && !c.separate_jvp_batch;
         let (hz, mut jz, lower_grad_norm) = if shared_pass {
             let so = oracles.hvp_jvp(x, y, &self.z, &zeta)?;
-            (so.hvp, Some(so.jvp), Some(so.grad_y.norm().f64()))
+            (so.hvp, Some(so.jvp), Some(so.written_grad_y.norm().f64()))
         } else {
             (oracles.hvp(x, y, &self.z, &zeta)?, None, None)
         };

@@ -22,6 +22,11 @@ pub enum BilevelError {
     #[error("written lower gradient ∇_y g is malformed: {0}")]
     WrittenGradient(String),
 
+    /// The problem's written gradient or its products failed [`crate::check`]; every fault is
+    /// listed with its tensor and what it suggests.
+    #[error("the problem failed its check:\n{0}")]
+    ProblemCheck(String),
+
     /// A saved optimizer state does not fit the optimizer or model it is loaded into.
     #[error("cannot load state: {0}")]
     StateMismatch(String),

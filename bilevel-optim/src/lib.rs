@@ -1,4 +1,5 @@
 pub mod borep;
+pub mod check;
 pub mod epoch_sgd;
 pub mod error;
 pub mod linalg;
@@ -7,6 +8,7 @@ pub mod neumann;
 pub mod optimizer;
 pub mod oracles;
 pub mod params;
+pub mod passes;
 pub mod problem;
 pub mod problems;
 pub mod real;

@@ -10,16 +10,16 @@
 
 use std::borrow::Cow;
 
-use dfdx::nn::ZeroGrads;
-use dfdx::prelude::{
-    AsArray, Backward, Cpu, Device, Merge, PutTape, Rank0, SplitTape, Tensor, Trace, ZerosTensor,
-};
+use dfdx::prelude::{AsArray, Backward, Cpu, Device};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::check::{check_at, CheckConfig, CheckReport};
 use crate::error::BilevelError;
 use crate::params::Params;
-use crate::problem::{Batch, BilevelProblem, SampleRng, ShardedProblem, Taped};
+use crate::passes::{anchored, lower_grad_pass, upper_pass, written_second_order_pass};
+pub use crate::passes::{LossGrad, SecondOrder};
+use crate::problem::{Batch, BilevelProblem, SampleRng, ShardedProblem};
 use crate::real::Real;
 use crate::shards::ShardPool;
 use crate::written_grad::WrittenGrad;
@@ -67,25 +67,6 @@ impl OracleCounts {
     }
 }
 
-/// The value of a loss and its two partial gradients from one backward pass.
-#[derive(Debug, Clone)]
-pub struct LossGrad<E, X, Y> {
-    pub value: E,
-    pub dx: X,
-    pub dy: Y,
-}
-
-/// The result of one second-order pass at (x, y) in direction v.
-#[derive(Debug, Clone)]
-pub struct SecondOrder<X, Y> {
-    /// `∇_y G(x, y; ζ)`, the written gradient's value (a by-product of the pass).
-    pub grad_y: Y,
-    /// `∇²_yy G(x, y; ζ)·v`.
-    pub hvp: Y,
-    /// `∇²_xy G(x, y; ζ)·v`.
-    pub jvp: X,
-}
-
 /// What must be saved to continue drawing the same batches after a restart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OracleState {
@@ -105,6 +86,26 @@ where
     counts: OracleCounts,
     /// Set by [`Oracles::sharded`]: every pass is split over batch shards on several threads.
     sharding: Option<Sharding<E, P>>,
+    first_use_check: FirstUseCheck,
+}
+
+/// The check of the problem ([`crate::check`]) that runs at the first second-order call.
+#[derive(Debug, Clone)]
+enum FirstUseCheck {
+    Off,
+    Pending(CheckConfig),
+    Done(CheckReport),
+}
+
+impl FirstUseCheck {
+    /// On in debug builds (so every test checks its problem), off in release unless asked for.
+    fn default_for<E: Real>() -> Self {
+        if cfg!(debug_assertions) {
+            Self::Pending(CheckConfig::for_precision::<E>())
+        } else {
+            Self::Off
+        }
+    }
 }
 
 /// The sharded passes, instantiated by [`Oracles::sharded`] where the problem's thread-safety
@@ -150,6 +151,32 @@ where
             rng: SampleRng::seed_from_u64(seed),
             counts: OracleCounts::default(),
             sharding: None,
+            first_use_check: FirstUseCheck::default_for::<E>(),
+        }
+    }
+
+    /// Whether the first second-order call first checks the problem at its point and batch
+    /// ([`crate::check::check_at`], without the upper loss): on by default in debug builds, off
+    /// in release. A fault makes that call fail with [`BilevelError::ProblemCheck`]; the check
+    /// runs uncounted passes and draws nothing, so it never changes a run's trajectory.
+    pub fn check_on_first_use(&mut self, on: bool) {
+        self.first_use_check = if on {
+            FirstUseCheck::Pending(CheckConfig::for_precision::<E>())
+        } else {
+            FirstUseCheck::Off
+        };
+    }
+
+    /// Like [`Oracles::check_on_first_use`], with the given tolerances.
+    pub fn check_on_first_use_with(&mut self, config: CheckConfig) {
+        self.first_use_check = FirstUseCheck::Pending(config);
+    }
+
+    /// The report of the first-use check, once it has run.
+    pub fn first_use_report(&self) -> Option<&CheckReport> {
+        match &self.first_use_check {
+            FirstUseCheck::Done(report) => Some(report),
+            _ => None,
         }
     }
 
@@ -268,7 +295,7 @@ where
 
     /// `G(x, y; ζ)` and `∇_y G` only (counted as a lower gradient call), from
     /// [`BilevelProblem::lower_loss_in_y`]: for SGD on y, where `∇_x G` would be thrown away.
-    pub fn lower_grad_y(&mut self, x: &P::X, y: &P::Y, batch: &P::LowerBatch) -> (E, P::Y) {
+    pub fn lower_grad_in_y(&mut self, x: &P::X, y: &P::Y, batch: &P::LowerBatch) -> (E, P::Y) {
         self.counts.lower_grad += 1;
         self.counts.lower_samples += batch.size() as u64;
         match self.lower(x, y, batch, LowerPass::GradY) {
@@ -317,7 +344,7 @@ where
     /// The value of the problem's written gradient `∇_y G(x, y; ζ)`, without any backward pass.
     /// Counted as a lower gradient call. Useful to check a written gradient against
     /// [`Oracles::lower_grad`], which differentiates the lower loss with dfdx.
-    pub fn written_grad_y(
+    pub fn written_lower_grad_y(
         &mut self,
         x: &P::X,
         y: &P::Y,
@@ -326,7 +353,7 @@ where
         self.counts.lower_grad += 1;
         self.counts.lower_samples += batch.size() as u64;
         let mut grad = WrittenGrad::new(y, None);
-        self.problem.lower_grad_y(x, y, batch, &mut grad);
+        self.problem.write_lower_grad_y(x, y, batch, &mut grad);
         Ok(grad.finish(y)?.0)
     }
 
@@ -363,6 +390,20 @@ where
         v: &P::Y,
         batch: &P::LowerBatch,
     ) -> Result<SecondOrder<P::X, P::Y>, BilevelError> {
+        if let FirstUseCheck::Pending(config) = &self.first_use_check {
+            let report = check_at(&self.problem, x, y, batch, None, config);
+            let open = report.inconclusive().count();
+            if open > 0 {
+                eprintln!(
+                    "warning: the check of the problem at the first second-order call could not \
+                     judge {open} of its {} comparisons (differences disagree near a kink such as \
+                     max-pooling); bilevel_optim::check::check_problem in f64 checks them tightly",
+                    report.findings.len()
+                );
+            }
+            self.first_use_check = FirstUseCheck::Done(report.clone());
+            report.into_result()?;
+        }
         match self.lower(x, y, batch, LowerPass::SecondOrder(v))? {
             LowerResult::SecondOrder(r) => Ok(r),
             _ => unreachable!("a second-order pass yields ∇_y G, H·v and J·v"),
@@ -413,18 +454,6 @@ struct LossGradY<E, Y> {
     dy: Y,
 }
 
-fn upper_pass<E: Real, P: BilevelProblem<E>>(
-    problem: &P,
-    x: &P::X,
-    y: &P::Y,
-    batch: &P::UpperBatch,
-) -> LossGrad<E, P::X, P::Y>
-where
-    Cpu: Device<E>,
-{
-    loss_and_grads(problem.upper_loss(x, y, batch), x, y)
-}
-
 fn lower_pass<E: Real, P: BilevelProblem<E>>(
     problem: &P,
     x: &P::X,
@@ -436,7 +465,7 @@ where
     Cpu: Device<E>,
 {
     Ok(match pass {
-        LowerPass::Grad => LowerResult::Grad(loss_and_grads(problem.lower_loss(x, y, batch), x, y)),
+        LowerPass::Grad => LowerResult::Grad(lower_grad_pass(problem, x, y, batch)),
         LowerPass::GradY => {
             let loss = problem.lower_loss_in_y(x, y, batch);
             let value = loss.array();
@@ -447,54 +476,9 @@ where
             })
         }
         LowerPass::SecondOrder(v) => {
-            let mut grad = WrittenGrad::new(y, Some(v));
-            problem.lower_grad_y(x, y, batch, &mut grad);
-            let (grad_y, inner) = grad.finish(y)?;
-            let inner = inner.expect("a direction was given");
-            let grads = anchored(inner, x, y).backward();
-            LowerResult::SecondOrder(SecondOrder {
-                grad_y,
-                hvp: y.gradient_from(&grads),
-                jvp: x.gradient_from(&grads),
-            })
+            LowerResult::SecondOrder(written_second_order_pass(problem, x, y, v, batch)?)
         }
     })
-}
-
-/// The value of `loss` and its gradients in x and y from one backward pass.
-fn loss_and_grads<E: Real, X: Params<E>, Y: Params<E>>(
-    loss: Taped<Rank0, E>,
-    x: &X,
-    y: &Y,
-) -> LossGrad<E, X, Y>
-where
-    Cpu: Device<E>,
-{
-    let value = loss.array();
-    let grads = anchored(loss, x, y).backward();
-    LossGrad {
-        value,
-        dx: x.gradient_from(&grads),
-        dy: y.gradient_from(&grads),
-    }
-}
-
-/// Merges a tape holding gradient buffers for every tensor of x and y into `scalar`, so each of
-/// them gets a gradient (zero if the computation does not touch it) and every other buffer is
-/// freed after the backward pass.
-fn anchored<E: Real, X: Params<E>, Y: Params<E>>(
-    scalar: Taped<Rank0, E>,
-    x: &X,
-    y: &Y,
-) -> Taped<Rank0, E>
-where
-    Cpu: Device<E>,
-{
-    let grads = (x.clone(), y.clone()).alloc_grads();
-    let anchor: Tensor<Rank0, E, Cpu, _> = crate::real::device().zeros().traced(grads);
-    let (_, anchor_tape) = anchor.split_tape();
-    let (s, tape) = scalar.split_tape();
-    s.put_tape(tape.merge(anchor_tape))
 }
 
 /// `t` itself on shard 0 (the calling thread), a copy on this worker's device otherwise.
@@ -618,12 +602,13 @@ where
     Cpu: Device<E>,
 {
     fn scale(&mut self, w: f64) {
-        self.grad_y.scale(E::of(w));
+        self.written_grad_y.scale(E::of(w));
         self.hvp.scale(E::of(w));
         self.jvp.scale(E::of(w));
     }
     fn add_scaled(&mut self, w: f64, other: &Self) {
-        self.grad_y.add_scaled(E::of(w), &other.grad_y);
+        self.written_grad_y
+            .add_scaled(E::of(w), &other.written_grad_y);
         self.hvp.add_scaled(E::of(w), &other.hvp);
         self.jvp.add_scaled(E::of(w), &other.jvp);
     }

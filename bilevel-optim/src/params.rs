@@ -157,6 +157,17 @@ where
         v.found
     }
 
+    /// Each trainable tensor's name (as in error messages, e.g. `"0.weight"`) and its range in
+    /// [`Params::to_flat`], in visiting order: for reports and checks that name a tensor.
+    fn tensor_spans(&self) -> Vec<(String, std::ops::Range<usize>)> {
+        let mut v = Spans {
+            out: Vec::new(),
+            next: 0,
+        };
+        walk_named(self, &mut v);
+        v.out
+    }
+
     /// Applies `f` to each trainable tensor's data in place.
     fn map_in_place(&mut self, f: impl FnMut(&mut [E])) {
         let mut v = MapSlices { f, buf: Vec::new() };
@@ -435,6 +446,33 @@ where
             && crate::real::values(t).iter().any(|v| !v.is_finite())
         {
             self.found = Some(tensor_label(name));
+        }
+        Ok(None)
+    }
+}
+
+struct Spans {
+    out: Vec<(String, std::ops::Range<usize>)>,
+    next: usize,
+}
+impl<E: Real> TensorVisitor<E, Cpu> for Spans
+where
+    Cpu: Device<E>,
+{
+    type Viewer = (ViewTensorRef, ViewTensorName);
+    type Err = std::convert::Infallible;
+    type E2 = E;
+    type D2 = Cpu;
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, Cpu>,
+        (t, name): (&Tensor<S, E, Cpu>, String),
+    ) -> Visited<S, E> {
+        if opts.do_gradient_update {
+            let n = t.shape().num_elements();
+            self.out
+                .push((tensor_label(name), self.next..self.next + n));
+            self.next += n;
         }
         Ok(None)
     }

@@ -5,9 +5,18 @@
 //! - samplers for the upper batches ξ and lower batches ζ;
 //! - the losses `F(x, y; ξ)` and `G(x, y; ζ)` as ordinary taped dfdx computations;
 //! - the lower gradient `∇_y G(x, y; ζ)` written as a forward computation in taped ops
-//!   ([`BilevelProblem::lower_grad_y`]). dfdx cannot differentiate its own gradient, so this
+//!   ([`BilevelProblem::write_lower_grad_y`]). dfdx cannot differentiate its own gradient, so this
 //!   written gradient is what makes exact Hessian-vector and cross products possible: one ordinary
 //!   backward over `⟨∇_y G, v⟩` yields `∇²_yy G·v` and `∇²_xy G·v` at once (see [`crate::oracles`]).
+//!
+//! # Which gradient of G is used where
+//! Every y step of every method uses dfdx's autodiff of [`BilevelProblem::lower_loss`] (or of
+//! [`BilevelProblem::lower_loss_in_y`]); the written gradient is used only to form the
+//! second-order products. So the lower problem every method solves is the one `lower_loss`
+//! defines, and a written gradient that disagrees with it can only bias the products, the same
+//! way for every method. [`crate::check::check_problem`] compares the two (and the products with
+//! finite differences); the oracles run that check at their first second-order call in debug
+//! builds ([`crate::oracles::Oracles::check_on_first_use`]).
 //!
 //! # Taping rule
 //! Every tensor of `x`, `y` and every constant is brought into a computation with
@@ -122,7 +131,9 @@ where
     /// `grad.set` (whole), `grad.add` (term by term) or `grad.zero` (untouched by this batch).
     /// The components must carry the tapes of everything they depend on
     /// (x, y, and intermediate values), which is what makes the second-order products exact.
-    fn lower_grad_y(
+    /// It must equal dfdx's gradient of [`BilevelProblem::lower_loss`];
+    /// [`crate::check::check_problem`] verifies that and the products built from it.
+    fn write_lower_grad_y(
         &self,
         x: &Self::X,
         y: &Self::Y,

@@ -69,12 +69,10 @@ where
     let mut last = None;
     for _ in 0..steps {
         let batch = oracles.lower_batch();
-        let (value, dy) = oracles.lower_grad_y(x, y, &batch);
-        site.check_scalar("lower loss g", value.f64())?;
-        site.check("lower gradient ∇_y g", &dy)?;
+        let (value, dy) = lower_grad_in_y_checked(oracles, x, y, &batch, site)?;
         y.add_scaled(-gamma, &dy);
         site.check("lower variable y", y)?;
-        last = Some(value.f64());
+        last = Some(value);
     }
     Ok(last)
 }
@@ -233,6 +231,24 @@ where
     Ok(g)
 }
 
+/// `G` and `∇_y G` on `batch` by dfdx's autodiff ([`Oracles::lower_grad_in_y`]), both checked:
+/// the gradient every y step uses.
+pub fn lower_grad_in_y_checked<E: Real, P: BilevelProblem<E>>(
+    oracles: &mut Oracles<E, P>,
+    x: &P::X,
+    y: &P::Y,
+    batch: &P::LowerBatch,
+    site: Site,
+) -> Result<(f64, P::Y), BilevelError>
+where
+    Cpu: Device<E>,
+{
+    let (value, dy) = oracles.lower_grad_in_y(x, y, batch);
+    site.check_scalar("lower loss g", value.f64())?;
+    site.check("lower gradient ∇_y g", &dy)?;
+    Ok((value.f64(), dy))
+}
+
 /// One second-order pass (∇_y G, H·v, J·v) on `batch`, every part checked.
 pub fn second_order_checked<E: Real, P: BilevelProblem<E>>(
     oracles: &mut Oracles<E, P>,
@@ -246,7 +262,6 @@ where
     Cpu: Device<E>,
 {
     let so = oracles.hvp_jvp(x, y, v, batch)?;
-    site.check("lower gradient ∇_y g", &so.grad_y)?;
     site.check("Hessian-vector product ∇²_yy g·v", &so.hvp)?;
     site.check("cross product ∇²_xy g·v", &so.jvp)?;
     Ok(so)
@@ -262,12 +277,13 @@ where
 }
 
 /// The y and z half of a single-loop iteration of the linear-system family (SOBA, MA-SOBA,
-/// SLIP), everything evaluated at (x_t, y_t, z_t) on a fresh ξ and one second-order pass on a
-/// fresh ζ: `y ← y − a ∇_y G`, `z ← Π_{‖z‖≤ρ}(z − b (H z − ∇_y F))`, and the estimate
-/// `h = ∇_x F − J z_t` the method then uses for its x step.
+/// SLIP), everything evaluated at (x_t, y_t, z_t) on a fresh ξ and, on a fresh ζ, dfdx's
+/// `∇_y G` and one second-order pass: `y ← y − a ∇_y G`, `z ← Π_{‖z‖≤ρ}(z − b (H z − ∇_y F))`,
+/// and the estimate `h = ∇_x F − J z_t` the method then uses for its x step.
 pub struct SingleLoop<X> {
     pub h: X,
     pub upper_loss: f64,
+    pub lower_loss: f64,
     pub lower_grad_norm: f64,
     pub residual: f64,
 }
@@ -289,34 +305,31 @@ where
     let xi = oracles.upper_batch();
     let zeta = oracles.lower_batch();
     let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
+    let (lower_loss, grad_y) = lower_grad_in_y_checked(oracles, x, y, &zeta, site)?;
     let lower = second_order_checked(oracles, x, y, z, &zeta, site)?;
-    y.add_scaled(-y_step, &lower.grad_y);
+    y.add_scaled(-y_step, &grad_y);
     let residual = linear_system_step(z, &lower.hvp, &upper.dy, z_step, z_radius);
     site.check("lower variable y", y)?;
     site.check("linear-system variable z", z)?;
     Ok(SingleLoop {
         h: hypergradient_estimate(&upper.dx, &lower.jvp),
         upper_loss: upper.value.f64(),
-        lower_grad_norm: lower.grad_y.norm().f64(),
+        lower_loss,
+        lower_grad_norm: grad_y.norm().f64(),
         residual: residual.f64(),
     })
 }
 
 impl<X> SingleLoop<X> {
     /// The report of the iteration, given the x step the method took.
-    pub fn outcome<E: Real>(
-        &self,
-        lower_loss: Option<f64>,
-        step_size: f64,
-        x_step_norm: f64,
-    ) -> Outcome
+    pub fn outcome<E: Real>(&self, step_size: f64, x_step_norm: f64) -> Outcome
     where
         Cpu: Device<E>,
         X: Params<E>,
     {
         Outcome {
             upper_loss: Some(self.upper_loss),
-            lower_loss,
+            lower_loss: Some(self.lower_loss),
             hypergrad_norm: self.h.norm().f64(),
             lower_grad_norm: Some(self.lower_grad_norm),
             linear_system_residual: Some(self.residual),

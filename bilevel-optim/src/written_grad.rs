@@ -187,6 +187,21 @@ where
         Ok(self.finish(y)?.0)
     }
 
+    /// The tensors of `y` that have no component yet (neither given nor declared zero), by name.
+    pub(crate) fn missing_components(&self) -> Vec<String> {
+        self.given
+            .iter()
+            .zip(&self.names)
+            .filter(|(g, _)| **g == Given::Nothing)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    /// What was given wrongly so far (a tensor set twice, a tensor not in `y`, ...).
+    pub(crate) fn misuses(&self) -> &[String] {
+        &self.problems
+    }
+
     /// Checks that every tensor of `y` got exactly one component and returns the gradient's value
     /// and, when a direction was given, the taped scalar `⟨∇_y G, v⟩`.
     pub(crate) fn finish<Y: Params<E>>(

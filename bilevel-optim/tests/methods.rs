@@ -387,15 +387,16 @@ fn oracle_costs_match_the_documented_table() {
             }
             ("alset", _) => [1, 2, q, 1],
             ("amigo", _) => [1, 2, 2, 1],
-            ("soba" | "saba" | "ma-soba", _) => [1, 0, 1, 1],
+            // y steps use dfdx's ∇_y G (one lower gradient call), never the pass's by-product.
+            ("soba" | "saba" | "ma-soba", _) => [1, 1, 1, 1],
             ("f2sa", _) => [1, 2, 0, 0],
             ("mrbo", 0) => [1, 1, q, 1],
             ("mrbo", _) => [2, 2, 2 * q, 2],
             // period 2, 2 corrections, 1 anchor batch
             ("vrbo", t) if t % 2 == 0 => [5, 5, 5 * q, 5],
             ("vrbo", _) => [4, 4, 4 * q, 4],
-            ("slip", 0) => [1, 2, 1, 1],
-            ("slip", _) => [1, 0, 1, 1],
+            ("slip", 0) => [1, 3, 1, 1],
+            ("slip", _) => [1, 1, 1, 1],
             ("accbo", 0) => [1, 3, q, 1],
             ("accbo", _) => [2, 1, 2 * q, 2],
             ("adambo", 0) => [1, 3, q, 1],

@@ -37,7 +37,7 @@ fn check_oracles<P: ClosedForm<f64>>(o: &mut Oracles<f64, P>, x: &P::X, y: &P::Y
     );
     assert!(rel_err(&as_f64(&low.dy), &gy) < TOL, "∇_y G");
 
-    let written = o.written_grad_y(x, y, &lb).unwrap();
+    let written = o.written_lower_grad_y(x, y, &lb).unwrap();
     assert!(
         rel_err(&as_f64(&written), &gy) < TOL,
         "written ∇_y G vs closed form"
@@ -50,7 +50,10 @@ fn check_oracles<P: ClosedForm<f64>>(o: &mut Oracles<f64, P>, x: &P::X, y: &P::Y
     let so = o.hvp_jvp(x, y, v, &lb).unwrap();
     let hv = o.problem().exact_hvp(&xf, &yf, &vf, &lb);
     let jv = o.problem().exact_jvp(&xf, &yf, &vf, &lb);
-    assert!(rel_err(&as_f64(&so.grad_y), &gy) < TOL, "∇_y G by-product");
+    assert!(
+        rel_err(&as_f64(&so.written_grad_y), &gy) < TOL,
+        "∇_y G by-product"
+    );
     assert!(
         rel_err(&as_f64(&so.hvp), &hv) < TOL,
         "HVP: {}",
@@ -115,7 +118,7 @@ fn check_oracles<P: ClosedForm<f64>>(o: &mut Oracles<f64, P>, x: &P::X, y: &P::Y
     let moved = |o: &mut Oracles<f64, P>, s: f64| {
         let mut xs = x.clone();
         xs.add_scaled(s, &w);
-        o.written_grad_y(&xs, y, &lb).unwrap()
+        o.written_lower_grad_y(&xs, y, &lb).unwrap()
     };
     let (gp, gm) = (moved(o, eps_x), moved(o, -eps_x));
     let directional = fd(&as_f64(&gp), &as_f64(&gm), eps_x);
@@ -273,14 +276,17 @@ fn sharded_oracles_match_closed_forms_and_the_unsharded_ones() {
         );
         assert!(close(&as_f64(&a.dx), &as_f64(&b.dx)) && close(&as_f64(&a.dy), &as_f64(&b.dy)));
         let (a, b) = (
-            sharded.lower_grad_y(&x, &y, &lb),
-            serial.lower_grad_y(&x, &y, &lb),
+            sharded.lower_grad_in_y(&x, &y, &lb),
+            serial.lower_grad_in_y(&x, &y, &lb),
         );
         assert!(scalar_rel_err(a.0, b.0) < 1e-14 && close(&as_f64(&a.1), &as_f64(&b.1)));
         let a = sharded.hvp_jvp(&x, &y, &v, &lb).unwrap();
         let b = serial.hvp_jvp(&x, &y, &v, &lb).unwrap();
         assert!(close(&as_f64(&a.hvp), &as_f64(&b.hvp)) && close(&as_f64(&a.jvp), &as_f64(&b.jvp)));
-        assert!(close(&as_f64(&a.grad_y), &as_f64(&b.grad_y)));
+        assert!(close(
+            &as_f64(&a.written_grad_y),
+            &as_f64(&b.written_grad_y)
+        ));
         assert_eq!(sharded.counts(), serial.counts());
     }
 

@@ -130,7 +130,7 @@ where
         loss(y, batch.sequence(), &batch.targets(), weights) + l2_penalty(&FixedL2(self.mu), y)
     }
 
-    fn lower_grad_y(
+    fn write_lower_grad_y(
         &self,
         x: &Self::X,
         y: &M,

@@ -122,7 +122,13 @@ where
         loss(y, batch.sequence(), &batch.targets(), None) + l2_penalty(x, y)
     }
 
-    fn lower_grad_y(&self, x: &X, y: &M, batch: &TextBatch<E, EMB>, grads: &mut WrittenGrad<E>) {
+    fn write_lower_grad_y(
+        &self,
+        x: &X,
+        y: &M,
+        batch: &TextBatch<E, EMB>,
+        grads: &mut WrittenGrad<E>,
+    ) {
         add_loss_gradient(y, batch.sequence(), &batch.targets(), None, grads);
         add_l2_gradient(x, y, grads);
     }

@@ -225,7 +225,7 @@ where
         self.support_loss(x, y, batch, |features| taped(&hold(&features)))
     }
 
-    fn lower_grad_y(
+    fn write_lower_grad_y(
         &self,
         x: &Enc,
         y: &Self::Y,

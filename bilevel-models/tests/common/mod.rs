@@ -153,9 +153,9 @@ pub fn check_second_order_with_step<P: BilevelProblem<f64>>(
     };
     let (u, v) = (unit(11), unit(12));
     let autodiff = oracles.lower_grad(x, y, &batch);
-    let (_, in_y) = oracles.lower_grad_y(x, y, &batch);
+    let (_, in_y) = oracles.lower_grad_in_y(x, y, &batch);
     let written = oracles
-        .written_grad_y(x, y, &batch)
+        .written_lower_grad_y(x, y, &batch)
         .expect("well-formed written gradient");
     let second = oracles
         .hvp_jvp(x, y, &v, &batch)
@@ -219,14 +219,18 @@ where
     close(&flat(&p.dx), &flat(&q.dx), "∇_x G");
     close(&flat(&p.dy), &flat(&q.dy), "∇_y G");
     let (p, q) = (
-        a.lower_grad_y(x, y, &lower_a),
-        b.lower_grad_y(x, y, &lower_b),
+        a.lower_grad_in_y(x, y, &lower_a),
+        b.lower_grad_in_y(x, y, &lower_b),
     );
     close(&[p.0], &[q.0], "G (y only)");
     close(&flat(&p.1), &flat(&q.1), "∇_y G (y only)");
     let p = a.hvp_jvp(x, y, &v, &lower_a).expect("second-order pass");
     let q = b.hvp_jvp(x, y, &v, &lower_b).expect("second-order pass");
-    close(&flat(&p.grad_y), &flat(&q.grad_y), "written ∇_y G");
+    close(
+        &flat(&p.written_grad_y),
+        &flat(&q.written_grad_y),
+        "written ∇_y G",
+    );
     close(&flat(&p.hvp), &flat(&q.hvp), "H·v");
     close(&flat(&p.jvp), &flat(&q.jvp), "J·v");
     assert_eq!(a.counts(), b.counts(), "{what}: oracle counts");
@@ -291,7 +295,13 @@ where
         let w = x.1.retaped::<Tp<f64>>().gather(b.ids.clone()).sigmoid();
         loss(y, b.input.retaped::<Tp<f64>>(), &b.targets, Some(w)) + l2_penalty(&x.0, y)
     }
-    fn lower_grad_y(&self, x: &Self::X, y: &M, b: &DenseBatch<F, C>, grads: &mut WrittenGrad<f64>) {
+    fn write_lower_grad_y(
+        &self,
+        x: &Self::X,
+        y: &M,
+        b: &DenseBatch<F, C>,
+        grads: &mut WrittenGrad<f64>,
+    ) {
         let w = x.1.retaped::<Tp<f64>>().gather(b.ids.clone()).sigmoid();
         add_loss_gradient(y, b.input.retaped::<Tp<f64>>(), &b.targets, Some(w), grads);
         add_l2_gradient(&x.0, y, grads);

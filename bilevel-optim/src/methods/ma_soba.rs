@@ -121,7 +121,7 @@ where
         let (step_size, x_step_norm) = plain_step(x, &self.m, E::of(c.alpha.at(self.t)));
         scope.site.check("upper variable x", x)?;
         self.t += 1;
-        Ok(scope.report(oracles, it.outcome(None, step_size, x_step_norm)))
+        Ok(scope.report(oracles, it.outcome(step_size, x_step_norm)))
     }
 
     fn state(&self) -> MethodState {

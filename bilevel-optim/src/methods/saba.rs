@@ -19,8 +19,8 @@ use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::steps::{
-    hypergradient_estimate, plain_step, second_order_checked, upper_grad_checked, IterationScope,
-    Outcome,
+    hypergradient_estimate, lower_grad_in_y_checked, plain_step, second_order_checked,
+    upper_grad_checked, IterationScope, Outcome,
 };
 use crate::validate;
 use crate::variance::SagaMemory;
@@ -128,9 +128,10 @@ where
         let (i, zeta) = oracles.indexed_lower_batch()?;
         let (j, xi) = oracles.indexed_upper_batch()?;
         let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
+        let (lower_loss, grad_y) = lower_grad_in_y_checked(oracles, x, y, &zeta, site)?;
         let lower = second_order_checked(oracles, x, y, &self.z, &zeta, site)?;
         let mem = &mut self.memories;
-        let d_y = mem.grad_y_g.estimate(i, &lower.grad_y);
+        let d_y = mem.grad_y_g.estimate(i, &grad_y);
         let mut d_z = mem.hz.estimate(i, &lower.hvp);
         d_z.add_scaled(-E::one(), &mem.grad_y_f.estimate(j, &upper.dy));
         let d_x = hypergradient_estimate(
@@ -150,9 +151,9 @@ where
             oracles,
             Outcome {
                 upper_loss: Some(upper.value.f64()),
-                lower_loss: None,
+                lower_loss: Some(lower_loss),
                 hypergrad_norm: d_x.norm().f64(),
-                lower_grad_norm: Some(lower.grad_y.norm().f64()),
+                lower_grad_norm: Some(grad_y.norm().f64()),
                 linear_system_residual: Some(d_z.norm().f64()),
                 step_size,
                 x_step_norm,

@@ -112,11 +112,9 @@ where
         let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
         let c = &self.config;
         let gamma = E::of(c.gamma);
-        let lower_loss = if self.t == 0 {
-            sgd_on_lower(oracles, x, y, gamma, c.warm_start, scope.site)?
-        } else {
-            None
-        };
+        if self.t == 0 {
+            sgd_on_lower(oracles, x, y, gamma, c.warm_start, scope.site)?;
+        }
         let it = single_loop_lower_and_z(
             oracles,
             x,
@@ -132,10 +130,7 @@ where
         scope.site.check("upper variable x", x)?;
         self.t += 1;
         let x_step_norm = (step_size * self.m.norm()).f64();
-        Ok(scope.report(
-            oracles,
-            it.outcome(lower_loss, step_size.f64(), x_step_norm),
-        ))
+        Ok(scope.report(oracles, it.outcome(step_size.f64(), x_step_norm)))
     }
 
     fn state(&self) -> MethodState {

@@ -104,7 +104,7 @@ where
         let (step_size, x_step_norm) = plain_step(x, &it.h, gamma);
         scope.site.check("upper variable x", x)?;
         self.t += 1;
-        Ok(scope.report(oracles, it.outcome(None, step_size, x_step_norm)))
+        Ok(scope.report(oracles, it.outcome(step_size, x_step_norm)))
     }
 
     fn state(&self) -> MethodState {

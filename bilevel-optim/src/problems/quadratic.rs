@@ -266,7 +266,7 @@ where
             + (yt() * batch.b_t.clone()).sum()
     }
 
-    fn lower_grad_y(
+    fn write_lower_grad_y(
         &self,
         x: &Self::X,
         y: &Self::Y,

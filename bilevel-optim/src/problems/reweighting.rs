@@ -238,7 +238,7 @@ where
         weighted + y.retaped::<Tp<E>>().square().sum() * E::of(0.5 * self.mu)
     }
 
-    fn lower_grad_y(
+    fn write_lower_grad_y(
         &self,
         x: &Self::X,
         y: &Self::Y,

@@ -272,7 +272,7 @@ where
         Self::squared_loss(y, batch) + reg
     }
 
-    fn lower_grad_y(
+    fn write_lower_grad_y(
         &self,
         x: &X,
         y: &Self::Y,
