@@ -328,6 +328,7 @@ where
         let h = hypergradient_estimate(&upper.dx, &jz);
         momentum_update(&mut self.m, &h, E::of(c.beta));
         let step_size = normalized_step(x, &self.m, E::of(c.eta_schedule().at(self.t)));
+        oracles.project_x(x);
         site.check("upper variable x", x)?;
 
         let after = oracles.counts();

@@ -1,5 +1,6 @@
 pub mod borep;
 pub mod check;
+pub mod constraint;
 pub mod epoch_sgd;
 pub mod error;
 pub mod linalg;

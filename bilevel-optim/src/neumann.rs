@@ -205,12 +205,13 @@ where
     Ok((lower_loss, est))
 }
 
-/// The plain step `x ← x − η h` of an estimate, as a report.
-pub fn plain_step_outcome<E: Real, X: Params<E>>(
-    x: &mut X,
-    direction: &X,
+/// The plain step `x ← Π(x − η d)` along a direction built from an estimate, as a report.
+pub fn plain_step_outcome<E: Real, P: BilevelProblem<E>>(
+    oracles: &Oracles<E, P>,
+    x: &mut P::X,
+    direction: &P::X,
     eta: f64,
-    estimate: &NeumannEstimate<X>,
+    estimate: &NeumannEstimate<P::X>,
     lower_loss: Option<f64>,
     site: Site,
 ) -> Result<Outcome, BilevelError>
@@ -218,6 +219,7 @@ where
     Cpu: Device<E>,
 {
     let (step_size, x_step_norm) = plain_step(x, direction, E::of(eta));
+    oracles.project_x(x);
     site.check("upper variable x", x)?;
     Ok(Outcome {
         upper_loss: Some(estimate.upper_loss),
@@ -246,5 +248,5 @@ where
     Cpu: Device<E>,
 {
     let (lower_loss, est) = sgd_then_estimate(oracles, x, y, inner_steps, gamma, neumann, site)?;
-    plain_step_outcome(x, &est.h, eta, &est, lower_loss, site)
+    plain_step_outcome(oracles, x, &est.h, eta, &est, lower_loss, site)
 }

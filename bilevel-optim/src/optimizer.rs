@@ -55,7 +55,8 @@ pub struct StepReport {
     pub linear_system_residual: Option<f64>,
     /// Multiplier applied to the update direction of x (for a normalized method, `η/‖m‖`).
     pub step_size: f64,
-    /// Euclidean length of the step taken by x.
+    /// Euclidean length of the step the rule takes on x (before the problem's projection, if
+    /// any).
     pub x_step_norm: f64,
     /// Oracle calls made during this iteration.
     pub oracle_calls: OracleCounts,

@@ -219,6 +219,12 @@ where
         &mut self.problem
     }
 
+    /// Applies the problem's constraint on x ([`BilevelProblem::project_x`]): every method calls
+    /// this right after its x step.
+    pub fn project_x(&self, x: &mut P::X) {
+        self.problem.project_x(x);
+    }
+
     /// Cumulative oracle counts.
     pub fn counts(&self) -> OracleCounts {
         self.counts

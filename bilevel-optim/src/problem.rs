@@ -88,6 +88,11 @@ where
         self.lower_loss(x, y, batch)
     }
 
+    /// Projects x onto its feasible set. Every method calls it right after each x step, so its
+    /// rule becomes the projected rule `x ← Π(x − step)`. The default leaves x unconstrained;
+    /// [`crate::constraint::Constraint`] projects a tensor onto a box or a ball.
+    fn project_x(&self, _x: &mut Self::X) {}
+
     /// For methods that keep one memory per batch (SABA): the number of fixed lower batches the
     /// lower data splits into, or `None` when the problem has no finite split (the default).
     fn lower_parts(&self) -> Option<usize> {

@@ -155,6 +155,7 @@ where
         }
         (self.x_prev, self.y_avg_prev) = (x.duplicate(), y.duplicate());
         let step_size = normalized_step(x, &self.m, E::of(c.eta.at(self.t)));
+        oracles.project_x(x);
         site.check("upper variable x", x)?;
         self.t += 1;
         Ok(scope.report(

@@ -155,7 +155,15 @@ where
         let direction = self
             .moments
             .update(&est.h, self.t, c.beta1, c.beta2, c.epsilon);
-        let outcome = plain_step_outcome(x, &direction, c.eta.at(self.t), &est, lower_loss, site)?;
+        let outcome = plain_step_outcome(
+            oracles,
+            x,
+            &direction,
+            c.eta.at(self.t),
+            &est,
+            lower_loss,
+            site,
+        )?;
         self.t += 1;
         Ok(scope.report(oracles, outcome))
     }

@@ -116,6 +116,7 @@ where
         site.check("cross product ∇²_xy g·z", &jz)?;
         let h = hypergradient_estimate(&upper.dx, &jz);
         let (step_size, x_step_norm) = plain_step(x, &h, E::of(c.alpha.at(self.t)));
+        oracles.project_x(x);
         site.check("upper variable x", x)?;
         self.t += 1;
         Ok(scope.report(

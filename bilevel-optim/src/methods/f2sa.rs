@@ -132,6 +132,7 @@ where
         dx.add_scaled(-lambda, &at_z.dx);
         let (step_size, x_step_norm) =
             plain_step(x, &dx, E::of(c.eta.at(self.t) / self.lambda.max(1.0)));
+        oracles.project_x(x);
         site.check("lower variable y", y)?;
         site.check("lower copy z", &self.z)?;
         site.check("upper variable x", x)?;

@@ -119,6 +119,7 @@ where
         )?;
         momentum_update(&mut self.m, &it.h, E::one() - E::of(c.theta));
         let (step_size, x_step_norm) = plain_step(x, &self.m, E::of(c.alpha.at(self.t)));
+        oracles.project_x(x);
         scope.site.check("upper variable x", x)?;
         self.t += 1;
         Ok(scope.report(oracles, it.outcome(step_size, x_step_norm)))

@@ -184,6 +184,7 @@ impl<X, Y> MetaLearner<X, Y> {
             .check("meta-learned initialization θ₀", &self.init)?;
         if self.learn_upper {
             x_step_norm = plain_step(x, &d_upper, eta).1;
+            oracles.project_x(x);
             scope.site.check("upper variable x", x)?;
         }
         let mut hypergrad = d_init.norm_sq().f64();

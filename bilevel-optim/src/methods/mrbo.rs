@@ -146,6 +146,7 @@ where
         let eta = c.eta(self.t);
         y.add_scaled(-E::of(c.y_scale * eta), &self.u);
         let (step_size, x_step_norm) = plain_step(x, &self.v, E::of(c.x_scale * eta));
+        oracles.project_x(x);
         site.check("lower variable y", y)?;
         site.check("upper variable x", x)?;
         self.t += 1;

@@ -143,6 +143,7 @@ where
         y.add_scaled(-rho, &d_y);
         self.z.add_scaled(-rho, &d_z);
         let (step_size, x_step_norm) = plain_step(x, &d_x, E::of(self.config.gamma));
+        oracles.project_x(x);
         site.check("lower variable y", y)?;
         site.check("linear-system variable z", &self.z)?;
         site.check("upper variable x", x)?;

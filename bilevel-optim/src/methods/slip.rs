@@ -127,6 +127,7 @@ where
         )?;
         momentum_update(&mut self.m, &it.h, E::of(c.beta));
         let step_size = normalized_step(x, &self.m, E::of(c.eta.at(self.t)));
+        oracles.project_x(x);
         scope.site.check("upper variable x", x)?;
         self.t += 1;
         let x_step_norm = (step_size * self.m.norm()).f64();

@@ -102,6 +102,7 @@ where
         );
         let it = single_loop_lower_and_z(oracles, x, y, &mut self.z, rho, rho, None, scope.site)?;
         let (step_size, x_step_norm) = plain_step(x, &it.h, gamma);
+        oracles.project_x(x);
         scope.site.check("upper variable x", x)?;
         self.t += 1;
         Ok(scope.report(oracles, it.outcome(step_size, x_step_norm)))

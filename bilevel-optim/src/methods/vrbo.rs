@@ -129,6 +129,7 @@ where
         let hypergrad_norm = self.v.norm().f64();
         let (mut x_prev, mut y_prev) = (x.duplicate(), y.duplicate());
         let (step_size, x_step_norm) = plain_step(x, &self.v, E::of(c.alpha));
+        oracles.project_x(x);
         site.check("upper variable x", x)?;
         let mut lower_loss = None;
         for _ in 0..c.inner_steps {

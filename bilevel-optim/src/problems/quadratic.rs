@@ -16,6 +16,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::{matrix, vector, ClosedForm};
+use crate::constraint::Constraint;
 use crate::linalg::{add_scaled, dot, Matrix};
 use crate::problem::{Batch, BilevelProblem, SampleRng, Taped, Tp};
 use crate::real::Real;
@@ -38,6 +39,10 @@ pub struct QuadraticConfig {
     pub batch_size: usize,
     /// Seed of the matrices.
     pub seed: u64,
+    /// A constraint on x, applied after every x step (none by default), to test the projected
+    /// rules on an optimum on the boundary.
+    #[serde(default)]
+    pub x_constraint: Option<Constraint>,
 }
 
 impl Default for QuadraticConfig {
@@ -50,6 +55,7 @@ impl Default for QuadraticConfig {
             upper_noise: 0.0,
             batch_size: 1,
             seed: 0,
+            x_constraint: None,
         }
     }
 }
@@ -264,6 +270,12 @@ where
         (yt().matmul(batch.h_t.clone()) * yt()).sum() * E::of(0.5)
             + (x.retaped::<Tp<E>>().matmul(batch.ct_t.clone()) * yt()).sum()
             + (yt() * batch.b_t.clone()).sum()
+    }
+
+    fn project_x(&self, x: &mut Self::X) {
+        if let Some(c) = &self.config.x_constraint {
+            c.project(x);
+        }
     }
 
     fn write_lower_grad_y(
