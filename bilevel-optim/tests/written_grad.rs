@@ -96,8 +96,12 @@ fn setup(mode: &'static str) -> (Oracles<f64, Malformed>, X, Y) {
         mode,
         stranger: dev.sample_normal(),
     };
+    // These gradients are malformed (or disagree with the loss) on purpose, to test the builder's
+    // own errors: the first-use check would refuse them first (tests/check.rs covers that).
+    let mut oracles = Oracles::new(p, 0);
+    oracles.check_on_first_use(false);
     (
-        Oracles::new(p, 0),
+        oracles,
         dev.tensor(0.3),
         (dev.sample_normal(), dev.sample_normal()),
     )
