@@ -9,6 +9,7 @@ pub mod logging;
 pub mod parallel;
 pub mod perf;
 pub mod plot;
+pub mod problem_check;
 pub mod runner;
 pub mod synthetic;
 pub mod tasks;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use bilevel_bench::compare::{compare, plot_run, CompareOptions, StepPair};
 use bilevel_bench::config::{RunConfig, TaskName};
+use bilevel_bench::problem_check::check_task;
 use bilevel_bench::runner::{run, run_dir};
 use bilevel_bench::tasks::resolve_data_dir;
 use bilevel_bench::tune::{tune, Halving, TuneOptions, Tuned};
@@ -147,6 +148,25 @@ enum Command {
         /// A TOML file whose task tables change the sizes (batch, T, ...); its method is ignored.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The data directory (default: ../shared/data next to the checkout, or BILEVEL_DATA_DIR).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Checks a task's problem at its starting point (bilevel_optim::check): its written lower
+    /// gradient against dfdx's autodiff per tensor, its H·v and J·v against central differences,
+    /// the symmetry of H, and its losses' gradients against differences of their values. Prints
+    /// every comparison and exits non-zero on a fault. In f32 (the tasks' precision) the
+    /// differences only judge gross faults such as a dropped tape; see docs/guide.md.
+    Check {
+        /// The task.
+        #[arg(long, value_enum)]
+        task: Option<TaskName>,
+        /// A TOML file whose task tables change the sizes; its method is ignored.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The seed of the data split, the batches and the random directions.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         /// The data directory (default: ../shared/data next to the checkout, or BILEVEL_DATA_DIR).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -382,6 +402,34 @@ fn main() -> Result<()> {
                 perf::print_iterations(task, threads, &figures);
             }
             Ok(())
+        }
+        Command::Check {
+            task,
+            config,
+            seed,
+            data_dir,
+        } => {
+            let mut run_config = match &config {
+                Some(path) => RunConfig::from_file(path)?,
+                None => RunConfig::default(),
+            };
+            if let Some(task) = task {
+                run_config.task = task;
+            }
+            run_config.seed = seed;
+            let data_dir = resolve_data_dir(data_dir.as_deref())?;
+            let (model, report) = check_task(&run_config, &data_dir)?;
+            println!("{} ({model}), seed {seed}:", run_config.task.as_str());
+            println!("{report}");
+            if report.passed() {
+                println!("check passed");
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "the problem failed its check ({} faults above)",
+                    report.faults().count()
+                )
+            }
         }
         Command::Synthetic { method, iters } => {
             if iters == 0 {

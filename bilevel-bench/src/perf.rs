@@ -13,6 +13,7 @@ use dfdx::prelude::*;
 
 use crate::config::{RunConfig, TaskName};
 use crate::runner::AllocationCaches;
+use crate::tasks::common::E;
 use crate::tasks::dispatch::{with_task, TaskProblem, TaskVisitor};
 use crate::tasks::Metrics;
 
@@ -116,10 +117,10 @@ struct Iterations<'a> {
     caches: &'a AllocationCaches,
 }
 
-impl TaskVisitor for Iterations<'_> {
+impl TaskVisitor<E> for Iterations<'_> {
     type Output = IterationFigures;
 
-    fn visit<P: TaskProblem>(
+    fn visit<P: TaskProblem<E>>(
         self,
         _model: &str,
         problem: P,
@@ -173,10 +174,10 @@ struct OracleTimes<'a> {
     caches: &'a AllocationCaches,
 }
 
-impl TaskVisitor for OracleTimes<'_> {
+impl TaskVisitor<E> for OracleTimes<'_> {
     type Output = OracleFigures;
 
-    fn visit<P: TaskProblem>(
+    fn visit<P: TaskProblem<E>>(
         self,
         _model: &str,
         problem: P,

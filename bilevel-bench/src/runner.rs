@@ -170,7 +170,7 @@ impl AllocationCaches {
 
     /// The oracles of `problem` with `threads` batch shards, whose worker devices' caches are
     /// managed with the others.
-    pub(crate) fn sharded<P: TaskProblem>(
+    pub(crate) fn sharded<P: TaskProblem<E>>(
         &self,
         problem: P,
         seed: u64,
@@ -206,14 +206,14 @@ struct Loop<'a> {
     dir: &'a Path,
 }
 
-impl TaskVisitor for Loop<'_> {
+impl TaskVisitor<E> for Loop<'_> {
     type Output = Vec<Evaluation>;
 
     /// The loop: `iters` steps of the method, evaluations at 0, every `eval_every` and at the
     /// end, checkpoints at 0, every `checkpoint_every` and at the end. A resumed run starts from
     /// its checkpoint. On a non-finite value the run stops, or with `on_divergence = "rollback"`
     /// goes back to the last checkpoint with halved step sizes.
-    fn visit<P: TaskProblem>(
+    fn visit<P: TaskProblem<E>>(
         self,
         model: &str,
         problem: P,

@@ -38,10 +38,10 @@ struct EveryMethod {
     config: RunConfig,
 }
 
-impl TaskVisitor for EveryMethod {
+impl TaskVisitor<f32> for EveryMethod {
     type Output = Vec<String>;
 
-    fn visit<P: TaskProblem>(
+    fn visit<P: TaskProblem<f32>>(
         self,
         _model: &str,
         problem: P,

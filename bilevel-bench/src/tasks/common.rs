@@ -8,13 +8,15 @@ use bilevel_models::layer::WrittenLayer;
 use bilevel_models::loss::{accuracy, cross_entropy};
 use bilevel_models::sequence::{Activations, Sequence};
 use bilevel_models::text::EmbeddedTexts;
+use bilevel_optim::real::Real;
 use dfdx::prelude::*;
 
 use crate::data::glove::WordVectors;
 use crate::data::tokenize::tokenize;
 use crate::data::LabelledText;
 
-/// The element type of every run: f32, as the reference implementations.
+/// The element type of every run: f32, as the reference implementations. The task builders are
+/// generic over the precision so that `bilevel-bench check` can check them in f64.
 pub type E = f32;
 pub const EMB: usize = cpu::EMBEDDING;
 pub const C: usize = cpu::CLASSES;
@@ -88,19 +90,25 @@ pub fn embed(
 }
 
 /// Mean cross-entropy and accuracy of `model` over every text of `texts`, in batches.
-pub fn measure<M, const IN: usize>(model: &M, texts: &EmbeddedTexts, max_len: usize) -> (f64, f64)
+pub fn measure<F: Real, M, const IN: usize>(
+    model: &M,
+    texts: &EmbeddedTexts,
+    max_len: usize,
+) -> (f64, f64)
 where
-    M: WrittenLayer<E, Sequence<E, IN>, Output = Activations<E, C>>,
+    Cpu: Device<F>,
+    M: WrittenLayer<F, Sequence<F, IN>, Output = Activations<F, C>>,
 {
     let batch = 512;
     let (mut loss, mut correct, mut n) = (0.0, 0.0, 0usize);
     let ids: Vec<usize> = (0..texts.len()).collect();
     for chunk in ids.chunks(batch) {
-        let b = texts.batch::<E, IN>(chunk, max_len);
+        let b = texts.batch::<F, IN>(chunk, max_len);
         let logits = model.forward(b.sequence()).0;
         let held = logits.retaped::<NoneTape>();
-        loss += cross_entropy(logits, &b.targets::<C>(), None).array() as f64 * chunk.len() as f64;
-        correct += accuracy::<E, C>(&held, &b.labels) * chunk.len() as f64;
+        let batch_loss = cross_entropy(logits, &b.targets::<C>(), None).array().f64();
+        loss += batch_loss * chunk.len() as f64;
+        correct += accuracy::<F, C>(&held, &b.labels) * chunk.len() as f64;
         n += chunk.len();
     }
     (loss / n.max(1) as f64, correct / n.max(1) as f64)

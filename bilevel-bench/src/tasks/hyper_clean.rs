@@ -8,12 +8,13 @@ use anyhow::{bail, Context};
 use bilevel_models::classifier::cpu;
 use bilevel_models::forms::{BatchConfig, HyperClean};
 use bilevel_models::text::EmbeddedTexts;
+use bilevel_optim::real::Real;
 use dfdx::prelude::*;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::common::{embed, measure, Vocabulary, C, E, EMB};
+use super::common::{embed, measure, Vocabulary, C, EMB};
 use super::{load_word_vectors, Metrics};
 use crate::data::tweets::{load_lines, load_sentiment140_csv};
 use crate::data::LabelledText;
@@ -184,13 +185,16 @@ pub fn load(
     })
 }
 
-/// The bilevel problem with `N` training tweets.
-pub type Problem<const N: usize> = HyperClean<E, cpu::Classifier<E>, N, EMB, C>;
+/// The bilevel problem with `N` training tweets, in precision `F`.
+pub type Problem<F, const N: usize> = HyperClean<F, cpu::Classifier<F>, N, EMB, C>;
 
-pub fn problem<const N: usize>(
+pub fn problem<F: Real, const N: usize>(
     data: &HyperCleanData,
     config: &HyperCleanConfig,
-) -> anyhow::Result<Problem<N>> {
+) -> anyhow::Result<Problem<F, N>>
+where
+    Cpu: Device<F>,
+{
     let batches = BatchConfig {
         lower_batch: config.batch,
         upper_batch: config.batch,
@@ -206,17 +210,25 @@ pub fn problem<const N: usize>(
 }
 
 /// λ initialised to `weight_logit_init` for every tweet.
-pub fn initial_weights<const N: usize>(config: &HyperCleanConfig) -> Tensor<Rank1<N>, E, Cpu> {
-    bilevel_optim::real::device().ones::<Rank1<N>>() * config.weight_logit_init as E
+pub fn initial_weights<F: Real, const N: usize>(
+    config: &HyperCleanConfig,
+) -> Tensor<Rank1<N>, F, Cpu>
+where
+    Cpu: Device<F>,
+{
+    bilevel_optim::real::device().ones::<Rank1<N>>() * F::of(config.weight_logit_init)
 }
 
 /// Loss and accuracy on every split, and how well small weights find the flipped labels.
-pub fn evaluate<const N: usize>(
+pub fn evaluate<F: Real, const N: usize>(
     data: &HyperCleanData,
     config: &HyperCleanConfig,
-    x: &Tensor<Rank1<N>, E, Cpu>,
-    y: &cpu::Classifier<E>,
-) -> Metrics {
+    x: &Tensor<Rank1<N>, F, Cpu>,
+    y: &cpu::Classifier<F>,
+) -> Metrics
+where
+    Cpu: Device<F>,
+{
     let mut m = Metrics::new();
     let n_train = config.train_eval_size.min(data.train.len());
     let train_subset = data.train.subset(&(0..n_train).collect::<Vec<_>>());
@@ -226,14 +238,14 @@ pub fn evaluate<const N: usize>(
         ("test", &data.test),
         ("manual_test", &data.manual_test),
     ] {
-        let (loss, acc) = measure::<_, EMB>(y, set, data.max_len);
+        let (loss, acc) = measure::<F, _, EMB>(y, set, data.max_len);
         m.insert(format!("{name}/loss"), loss);
         m.insert(format!("{name}/accuracy"), acc);
     }
     let weights: Vec<f64> = x
         .as_vec()
         .iter()
-        .map(|&l| 1.0 / (1.0 + (-(l as f64)).exp()))
+        .map(|&l| 1.0 / (1.0 + (-l.f64()).exp()))
         .collect();
     let mean = |pick: bool| {
         let (s, n) = weights

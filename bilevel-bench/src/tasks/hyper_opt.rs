@@ -8,12 +8,13 @@ use bilevel_models::classifier::cpu;
 use bilevel_models::forms::{BatchConfig, HyperOpt};
 use bilevel_models::text::EmbeddedTexts;
 use bilevel_optim::params::Params;
+use bilevel_optim::real::Real;
 use dfdx::prelude::*;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::common::{embed, measure, Vocabulary, C, E, EMB};
+use super::common::{embed, measure, Vocabulary, C, EMB};
 use super::{load_word_vectors, Metrics};
 use crate::data::reviews::load_fdu_mtl;
 
@@ -142,18 +143,21 @@ pub fn load(data_dir: &Path, config: &HyperOptConfig, seed: u64) -> anyhow::Resu
 }
 
 /// x: one log-coefficient per tensor of the classifier.
-pub type PerTensor = Tensor<Rank1<{ cpu::CLASSIFIER_TENSORS }>, E, Cpu>;
+pub type PerTensor<F> = Tensor<Rank1<{ cpu::CLASSIFIER_TENSORS }>, F, Cpu>;
 /// x: one shared log-coefficient.
-pub type Shared = Tensor<Rank0, E, Cpu>;
+pub type Shared<F> = Tensor<Rank0, F, Cpu>;
 
-pub type Problem<X> = HyperOpt<E, cpu::Classifier<E>, X, EMB, C>;
+pub type Problem<F, X> = HyperOpt<F, cpu::Classifier<F>, X, EMB, C>;
 
-pub fn problem<X: Params<E> + bilevel_models::penalty::L2Coefficients<E>>(
+pub fn problem<F: Real, X: Params<F> + bilevel_models::penalty::L2Coefficients<F>>(
     data: &HyperOptData,
     config: &HyperOptConfig,
-    y: &cpu::Classifier<E>,
+    y: &cpu::Classifier<F>,
     x: &X,
-) -> anyhow::Result<Problem<X>> {
+) -> anyhow::Result<Problem<F, X>>
+where
+    Cpu: Device<F>,
+{
     let batches = BatchConfig {
         lower_batch: config.batch,
         upper_batch: config.batch,
@@ -164,21 +168,27 @@ pub fn problem<X: Params<E> + bilevel_models::penalty::L2Coefficients<E>>(
 }
 
 /// x filled with `log_coefficient_init`.
-pub fn initial_coefficients<X: Params<E>>(like: &X, config: &HyperOptConfig) -> X {
+pub fn initial_coefficients<F: Real, X: Params<F>>(like: &X, config: &HyperOptConfig) -> X
+where
+    Cpu: Device<F>,
+{
     let mut x = like.zeros_like();
     x.map_in_place(|s| {
         s.iter_mut()
-            .for_each(|v| *v = config.log_coefficient_init as E)
+            .for_each(|v| *v = F::of(config.log_coefficient_init))
     });
     x
 }
 
-pub fn evaluate<X: Params<E>>(
+pub fn evaluate<F: Real, X: Params<F>>(
     data: &HyperOptData,
     config: &HyperOptConfig,
     x: &X,
-    y: &cpu::Classifier<E>,
-) -> Metrics {
+    y: &cpu::Classifier<F>,
+) -> Metrics
+where
+    Cpu: Device<F>,
+{
     let mut m = Metrics::new();
     for (name, set) in [
         ("train", &data.train),
@@ -187,13 +197,13 @@ pub fn evaluate<X: Params<E>>(
     ] {
         let n = config.eval_size.min(set.len());
         let subset = set.subset(&(0..n).collect::<Vec<_>>());
-        let (loss, acc) = measure::<_, EMB>(y, &subset, data.max_len);
+        let (loss, acc) = measure::<F, _, EMB>(y, &subset, data.max_len);
         m.insert(format!("{name}/loss"), loss);
         m.insert(format!("{name}/accuracy"), acc);
     }
     let coefficients = x.to_flat();
     let mean =
-        coefficients.iter().map(|&c| c as f64).sum::<f64>() / coefficients.len().max(1) as f64;
+        coefficients.iter().map(|&c| c.f64()).sum::<f64>() / coefficients.len().max(1) as f64;
     m.insert("coefficients/mean_log".into(), mean);
     m
 }

@@ -12,13 +12,14 @@ use bilevel_models::penalty::{add_l2_gradient, FixedL2};
 use bilevel_models::text::EmbeddedTexts;
 use bilevel_optim::params::Params;
 use bilevel_optim::problem::Tp;
+use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::prelude::*;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::common::{embed, Vocabulary, C, E, EMB};
+use super::common::{embed, Vocabulary, C, EMB};
 use super::{load_word_vectors, Metrics};
 use crate::data::reviews::load_arsc;
 use crate::data::LabelledText;
@@ -224,12 +225,15 @@ pub fn load(data_dir: &Path, config: &HyperRepConfig, seed: u64) -> anyhow::Resu
     })
 }
 
-pub type Problem<const NT: usize> = HyperRep<E, cpu::Encoder<E>, cpu::Head<E>, NT, EMB, C>;
+pub type Problem<F, const NT: usize> = HyperRep<F, cpu::Encoder<F>, cpu::Head<F>, NT, EMB, C>;
 
-pub fn problem<const NT: usize>(
+pub fn problem<F: Real, const NT: usize>(
     data: &HyperRepData,
     config: &HyperRepConfig,
-) -> anyhow::Result<Problem<NT>> {
+) -> anyhow::Result<Problem<F, NT>>
+where
+    Cpu: Device<F>,
+{
     HyperRep::new(
         data.texts.clone(),
         data.train_tasks.clone(),
@@ -240,16 +244,19 @@ pub fn problem<const NT: usize>(
     .map_err(anyhow::Error::msg)
 }
 
-type Features = Tensor<(usize, Const<{ cpu::HIDDEN }>), E, Cpu>;
+type Features<F> = Tensor<(usize, Const<{ cpu::HIDDEN }>), F, Cpu>;
 
 /// The encoder's features of `ids` (no tape).
-fn features(
-    x: &cpu::Encoder<E>,
+fn features<F: Real>(
+    x: &cpu::Encoder<F>,
     texts: &EmbeddedTexts,
     ids: &[usize],
     max_len: usize,
-) -> (Features, Vec<usize>) {
-    let batch = texts.batch::<E, EMB>(ids, max_len);
+) -> (Features<F>, Vec<usize>)
+where
+    Cpu: Device<F>,
+{
+    let batch = texts.batch::<F, EMB>(ids, max_len);
     (
         x.forward(batch.sequence()).0.retaped::<NoneTape>(),
         batch.labels,
@@ -258,19 +265,22 @@ fn features(
 
 /// Fits a head from `init` on the support features by full-batch gradient descent on
 /// `CE + (μ/2)‖θ‖²`, with the head's written gradient.
-fn fit_head(
-    init: &cpu::Head<E>,
-    support: &Features,
+fn fit_head<F: Real>(
+    init: &cpu::Head<F>,
+    support: &Features<F>,
     labels: &[usize],
     config: &HyperRepConfig,
-) -> cpu::Head<E> {
+) -> cpu::Head<F>
+where
+    Cpu: Device<F>,
+{
     let mut head = init.duplicate();
-    let targets = bilevel_models::loss::one_hot::<E, C>(labels);
+    let targets = bilevel_models::loss::one_hot::<F, C>(labels);
     for _ in 0..config.test_steps {
         let mut grads = WrittenGrad::new(&head, None);
         add_loss_gradient(
             &head,
-            support.retaped::<Tp<E>>(),
+            support.retaped::<Tp<F>>(),
             &targets,
             None,
             &mut grads,
@@ -279,48 +289,55 @@ fn fit_head(
         let g = grads
             .into_value(&head)
             .expect("every head tensor has a component");
-        head.add_scaled(-(config.test_step as E), &g);
+        head.add_scaled(-F::of(config.test_step), &g);
     }
     head
 }
 
 /// Mean query loss and accuracy over `tasks` after fitting a fresh head per task, the heads
 /// drawn from a device seeded with `head_seed` (the same heads at every evaluation).
-fn adapt_and_score(
+fn adapt_and_score<F: Real>(
     data: &HyperRepData,
     config: &HyperRepConfig,
-    x: &cpu::Encoder<E>,
+    x: &cpu::Encoder<F>,
     tasks: &[Task],
     head_seed: u64,
-) -> (f64, f64) {
+) -> (f64, f64)
+where
+    Cpu: Device<F>,
+{
     let dev = Cpu::seed_from_u64(head_seed);
     let (mut loss, mut acc) = (0.0, 0.0);
     for task in tasks {
-        let init = cpu::Head::<E>::build(&dev);
+        let init = cpu::Head::<F>::build(&dev);
         let (support, support_labels) = features(x, &data.texts, &task.support, data.max_len);
         let head = fit_head(&init, &support, &support_labels, config);
         let (query, query_labels) = features(x, &data.texts, &task.query, data.max_len);
-        let out = logits(&head, query.retaped::<Tp<E>>());
+        let out = logits(&head, query.retaped::<Tp<F>>());
         let held = out.retaped::<NoneTape>();
         loss += cross_entropy(
             out,
-            &bilevel_models::loss::one_hot::<E, C>(&query_labels),
+            &bilevel_models::loss::one_hot::<F, C>(&query_labels),
             None,
         )
-        .array() as f64;
-        acc += accuracy::<E, C>(&held, &query_labels);
+        .array()
+        .f64();
+        acc += accuracy::<F, C>(&held, &query_labels);
     }
     let n = tasks.len().max(1) as f64;
     (loss / n, acc / n)
 }
 
 /// Mean query loss and accuracy over the test tasks and, if there are any, the validation tasks.
-pub fn evaluate(
+pub fn evaluate<F: Real>(
     data: &HyperRepData,
     config: &HyperRepConfig,
-    x: &cpu::Encoder<E>,
+    x: &cpu::Encoder<F>,
     seed: u64,
-) -> Metrics {
+) -> Metrics
+where
+    Cpu: Device<F>,
+{
     let mut metrics = Metrics::new();
     let splits = [
         ("test", &data.test_tasks, seed ^ 0x7e57),

@@ -1,0 +1,73 @@
+//! `bilevel-bench check` passes on the three tasks (tiny sizes, real data, in f64), and the
+//! command prints its comparisons and says so.
+
+use bilevel_bench::config::RunConfig;
+use bilevel_bench::problem_check::check_task;
+use bilevel_bench::tasks::resolve_data_dir;
+use bilevel_optim::check::Quantity;
+
+fn tiny(task: &str) -> RunConfig {
+    toml::from_str(&format!(
+        r#"
+        task = "{task}"
+        [hyper_rep]
+        train_tasks = 40
+        shots = 2
+        tasks_per_batch = 4
+        max_len = 4
+        [hyper_opt]
+        batch = 8
+        max_len = 4
+        [hyper_clean]
+        train_size = 2000
+        batch = 16
+        max_len = 4
+        "#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn every_task_passes_its_check() {
+    let data = resolve_data_dir(None).unwrap();
+    for task in ["hyper-clean", "hyper-opt", "hyper-rep"] {
+        let (model, report) = check_task(&tiny(task), &data).unwrap();
+        println!("{task} ({model}):\n{report}");
+        assert!(report.passed(), "{task}:\n{report}");
+        for q in [Quantity::WrittenGradient, Quantity::Hvp, Quantity::Jvp] {
+            let judged = report
+                .findings
+                .iter()
+                .filter(|f| f.quantity == q && f.verdict == bilevel_optim::check::Verdict::Passed)
+                .count();
+            assert!(judged > 0, "{task}: no {q} comparison passed:\n{report}");
+        }
+    }
+}
+
+#[test]
+fn the_command_prints_the_comparisons_and_passes() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bilevel-bench"))
+        .args(["check", "--config"])
+        .arg(write_config("hyper-opt"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("written ∇_y G") && stdout.contains("check passed"),
+        "{stdout}"
+    );
+}
+
+fn write_config(task: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("bilevel-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{task}.toml"));
+    std::fs::write(&path, toml::to_string(&tiny(task)).unwrap()).unwrap();
+    path
+}
