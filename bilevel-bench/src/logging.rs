@@ -11,7 +11,8 @@ use tensorboard_rs::summary_writer::SummaryWriter;
 
 use crate::tasks::Metrics;
 
-/// The TensorBoard tags of the per-iteration quantities, in the order of `steps.csv`.
+/// The TensorBoard tags of the per-iteration quantities, in the order of `steps.csv`: the
+/// report's own ([`StepReport::scalars`]) and the training time.
 pub const STEP_TAGS: [&str; 12] = [
     "train/upper_loss",
     "train/lower_loss",
@@ -141,21 +142,11 @@ impl RunLogger {
     /// iterations done) and a `steps.csv` row. Values a method does not compute are skipped in
     /// TensorBoard and empty in the CSV.
     pub fn step(&mut self, report: &StepReport, train_seconds: f64) -> anyhow::Result<()> {
-        let t = &report.oracle_totals;
-        let values: [Option<f64>; 12] = [
-            report.upper_loss,
-            report.lower_loss,
-            Some(report.hypergrad_norm),
-            report.lower_grad_norm,
-            report.linear_system_residual,
-            Some(report.step_size),
-            Some(t.upper_grad as f64),
-            Some(t.lower_grad as f64),
-            Some(t.hvp as f64),
-            Some(t.jvp as f64),
-            Some((t.upper_grad + t.lower_grad + t.hvp + t.jvp) as f64),
-            Some(train_seconds),
-        ];
+        let scalars = report.scalars();
+        let values = scalars
+            .iter()
+            .map(|(_, v)| *v)
+            .chain(std::iter::once(Some(train_seconds)));
         let step = report.iteration as usize + 1;
         let mut row = format!("{step}");
         for (tag, v) in STEP_TAGS.iter().zip(values) {
@@ -214,5 +205,31 @@ impl RunLogger {
             w.flush()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::STEP_TAGS;
+    use bilevel_optim::optimizer::StepReport;
+
+    /// `steps.csv` and the library's TensorBoard logger use the same tags, in the same order.
+    #[test]
+    fn the_step_tags_are_the_reports_and_the_time() {
+        let report = StepReport {
+            iteration: 0,
+            upper_loss: None,
+            lower_loss: None,
+            hypergrad_norm: 0.0,
+            lower_grad_norm: None,
+            linear_system_residual: None,
+            step_size: 0.0,
+            x_step_norm: 0.0,
+            oracle_calls: Default::default(),
+            oracle_totals: Default::default(),
+        };
+        let tags: Vec<&str> = report.scalars().iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, STEP_TAGS[..11]);
+        assert_eq!(STEP_TAGS[11], "time/train_seconds");
     }
 }

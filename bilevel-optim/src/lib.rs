@@ -16,6 +16,8 @@ pub mod real;
 pub mod schedule;
 pub mod shards;
 pub mod steps;
+#[cfg(feature = "tensorboard")]
+pub mod tensorboard;
 pub mod validate;
 pub mod variance;
 pub mod written_grad;

@@ -64,6 +64,31 @@ pub struct StepReport {
     pub oracle_totals: OracleCounts,
 }
 
+impl StepReport {
+    /// The report's per-iteration scalars under their TensorBoard tags (the bench's `steps.csv`
+    /// columns), `None` where the method did not compute the value. Oracle counts are the
+    /// cumulative totals.
+    pub fn scalars(&self) -> [(&'static str, Option<f64>); 11] {
+        let t = &self.oracle_totals;
+        [
+            ("train/upper_loss", self.upper_loss),
+            ("train/lower_loss", self.lower_loss),
+            ("train/hypergradient_norm", Some(self.hypergrad_norm)),
+            ("train/lower_grad_norm", self.lower_grad_norm),
+            ("train/linear_system_residual", self.linear_system_residual),
+            ("train/step_size", Some(self.step_size)),
+            ("oracle/upper_grad", Some(t.upper_grad as f64)),
+            ("oracle/lower_grad", Some(t.lower_grad as f64)),
+            ("oracle/hvp", Some(t.hvp as f64)),
+            ("oracle/jvp", Some(t.jvp as f64)),
+            (
+                "oracle/total",
+                Some((t.upper_grad + t.lower_grad + t.hvp + t.jvp) as f64),
+            ),
+        ]
+    }
+}
+
 /// A method's savable state: named flat vectors and scalars, with the method's name so a state
 /// is never loaded into another method.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

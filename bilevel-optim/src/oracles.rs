@@ -97,10 +97,20 @@ enum FirstUseCheck {
     Done(CheckReport),
 }
 
+/// The environment variable that turns the first-use check on (`1`) or off (`0`) whatever the
+/// build, e.g. `BILEVEL_CHECK=1 cargo run --release ...` to check a release run.
+pub const CHECK_ENV: &str = "BILEVEL_CHECK";
+
 impl FirstUseCheck {
-    /// On in debug builds (so every test checks its problem), off in release unless asked for.
+    /// On in debug builds (so every test checks its problem), off in release; [`CHECK_ENV`]
+    /// overrides both.
     fn default_for<E: Real>() -> Self {
-        if cfg!(debug_assertions) {
+        let on = match std::env::var(CHECK_ENV).as_deref() {
+            Ok("1") => true,
+            Ok("0") => false,
+            _ => cfg!(debug_assertions),
+        };
+        if on {
             Self::Pending(CheckConfig::for_precision::<E>())
         } else {
             Self::Off
@@ -157,8 +167,9 @@ where
 
     /// Whether the first second-order call first checks the problem at its point and batch
     /// ([`crate::check::check_at`], without the upper loss): on by default in debug builds, off
-    /// in release. A fault makes that call fail with [`BilevelError::ProblemCheck`]; the check
-    /// runs uncounted passes and draws nothing, so it never changes a run's trajectory.
+    /// in release, and as [`CHECK_ENV`] says when it is set. A fault makes that call fail with
+    /// [`BilevelError::ProblemCheck`]; the check runs uncounted passes and draws nothing, so it
+    /// never changes a run's trajectory.
     pub fn check_on_first_use(&mut self, on: bool) {
         self.first_use_check = if on {
             FirstUseCheck::Pending(CheckConfig::for_precision::<E>())
