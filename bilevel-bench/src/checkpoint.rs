@@ -24,34 +24,45 @@ use serde::{Deserialize, Serialize};
 
 use crate::runner::Evaluation;
 
+/// The format written: vectors as runs of (zeros, values).
 pub const VERSION: u32 = 2;
 /// The format without zero runs, still read.
 const PLAIN_VERSION: u32 = 1;
 /// Zeros in a row below this are written as values: a run costs two counts (16 bytes).
 const MIN_ZERO_RUN: usize = 4;
 const MAGIC: &[u8; 8] = b"BLVLCKPT";
+/// The checkpoint's file name in a run directory.
 pub const FILE: &str = "checkpoint.bin";
 
 /// Everything but the large vectors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Header {
+    /// The task's name; a checkpoint of another task is refused.
     pub task: String,
+    /// The method's name; a checkpoint of another method is refused.
     pub method: String,
     /// The compiled sizes the vectors belong to (e.g. "hyper-clean, 2000 training tweets").
     pub model: String,
     /// Iterations done.
     pub iteration: usize,
+    /// Training time so far, without evaluations.
     pub train_seconds: f64,
+    /// The method's scalar state (counters, λ, ...).
     pub method_scalars: BTreeMap<String, f64>,
+    /// The oracles' counters and batch generator position.
     pub oracles: OracleState,
+    /// The problem's own sampler state.
     pub sampler: Vec<u64>,
+    /// Every evaluation so far.
     pub evaluations: Vec<Evaluation>,
 }
 
 /// A checkpoint: the header and the named vectors (`x`, `y`, `method.<name>`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
+    /// Everything but the large vectors.
     pub header: Header,
+    /// x, y and the method's vector state, flattened.
     pub vectors: BTreeMap<String, Vec<f64>>,
 }
 

@@ -14,11 +14,17 @@ use crate::runner::{run, run_dir, Evaluation, RunSummary};
 use crate::task_config;
 use crate::tune::Tuned;
 
+/// What `compare` runs and where.
 pub struct CompareOptions {
+    /// Task, budget and the starting configuration of each method.
     pub base: RunConfig,
+    /// The methods, by name.
     pub methods: Vec<String>,
+    /// Every method runs with each of these seeds.
     pub seeds: Vec<u64>,
+    /// The directory the runs and the results go to.
     pub out: PathBuf,
+    /// Whether to show a progress bar.
     pub progress: bool,
     /// Configurations chosen by `tune`; a method found here runs with them.
     pub tuned: Option<Tuned>,
@@ -32,8 +38,11 @@ pub struct CompareOptions {
 /// A method's (lower, upper) step sizes in the sense of `MethodConfig::level_steps`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepPair {
+    /// The method's name.
     pub method: String,
+    /// The step of y.
     pub lower: f64,
+    /// The step of x.
     pub upper: f64,
 }
 
@@ -61,9 +70,13 @@ impl std::str::FromStr for StepPair {
     }
 }
 
+/// What `compare` wrote.
 pub struct CompareReport {
+    /// The results directory (tables and plots).
     pub dir: PathBuf,
+    /// The results table, as printed.
     pub markdown: String,
+    /// Every run, method by method and seed by seed.
     pub runs: Vec<RunSummary>,
 }
 
@@ -100,6 +113,7 @@ pub fn ensure_distinct<T: PartialEq + std::fmt::Display>(
     Ok(())
 }
 
+/// Runs (or reuses) every method × seed and writes the tables and plots.
 pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<CompareReport> {
     if options.jobs == 0 {
         anyhow::bail!("--jobs must be at least 1");

@@ -12,15 +12,20 @@ use crate::tasks::hyper_clean::HyperCleanConfig;
 use crate::tasks::hyper_opt::HyperOptConfig;
 use crate::tasks::hyper_rep::HyperRepConfig;
 
+/// The three text tasks of `tasks.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum TaskName {
+    /// Hyper-representation (meta-learning) on Amazon reviews.
     HyperRep,
+    /// Hyperparameter optimization (L2 coefficients) on Amazon reviews.
     HyperOpt,
+    /// Data hyper-cleaning on Sentiment140.
     HyperClean,
 }
 
 impl TaskName {
+    /// The task's name as in configurations and directories.
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::HyperRep => "hyper-rep",
@@ -56,7 +61,9 @@ pub enum OnDivergence {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
+    /// The task.
     pub task: TaskName,
+    /// The seed of the data split, the initialization and the batches.
     pub seed: u64,
     /// Outer iterations.
     pub iters: usize,
@@ -73,8 +80,11 @@ pub struct RunConfig {
     pub threads: usize,
     /// The method; absent = BO-REP with the task's official values.
     pub method: Option<MethodConfig>,
+    /// Hyper-representation's sizes.
     pub hyper_rep: HyperRepConfig,
+    /// Hyperparameter optimization's sizes.
     pub hyper_opt: HyperOptConfig,
+    /// Data hyper-cleaning's sizes.
     pub hyper_clean: HyperCleanConfig,
 }
 

@@ -1,5 +1,16 @@
 //! bilevel-bench as a library: data loaders, the three text tasks, run configuration, logging
 //! and comparison, used by the `bilevel-bench` command and by its tests.
+//!
+//! - [`config::RunConfig`]: one run's settings (TOML); [`runner::run`] runs it into a directory
+//!   with [`logging::RunLogger`] (TensorBoard and CSV) and [`checkpoint`]s, [`runner::resume`]
+//!   continues it.
+//! - [`compare::compare`] and [`tune::tune`]: methods × seeds, and step-size grids.
+//! - [`tasks`]: the three text tasks on real data; [`tasks::dispatch::with_task`] hands a
+//!   configured task's problem to a [`tasks::dispatch::TaskVisitor`].
+//! - [`problem_check::check_task`]: `bilevel_optim::check` on a task, in f64.
+//! - [`data`]: loaders for the review and tweet formats and GloVe, with errors naming file and
+//!   line.
+#![warn(missing_docs)]
 
 pub mod checkpoint;
 pub mod compare;

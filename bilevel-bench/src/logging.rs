@@ -28,6 +28,7 @@ pub const STEP_TAGS: [&str; 12] = [
     "time/train_seconds",
 ];
 
+/// The writer of a run's logs: TensorBoard events, `steps.csv` and `evaluations.csv`.
 pub struct RunLogger {
     dir: PathBuf,
     tensorboard: SummaryWriter,
@@ -134,6 +135,7 @@ impl RunLogger {
         })
     }
 
+    /// The run directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

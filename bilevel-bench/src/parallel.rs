@@ -16,6 +16,7 @@ pub struct JobProgress {
 }
 
 impl JobProgress {
+    /// A bar for `iterations` iterations of `what`, hidden unless `visible`.
     pub fn new(what: &str, iterations: u64, visible: bool) -> Self {
         let bar = if visible {
             ProgressBar::new(iterations)
@@ -45,6 +46,7 @@ impl JobProgress {
         self.bar.inc(iterations);
     }
 
+    /// Closes the bar.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }

@@ -20,9 +20,11 @@ use crate::tasks::Metrics;
 /// What `perf` measures.
 #[derive(Debug, Clone)]
 pub struct PerfOptions {
+    /// The task measured.
     pub task: TaskName,
     /// Measured iterations (after the excluded first one).
     pub iters: usize,
+    /// The seed of the data and the batches.
     pub seed: u64,
     /// Repetitions of each oracle in `--oracle` mode.
     pub oracle_reps: usize,
@@ -57,6 +59,7 @@ pub struct IterationFigures {
     pub calls_per_iter: [f64; 4],
     /// Peak resident memory while iterating (after data loading), and of the whole process.
     pub peak_iterating_mib: Option<f64>,
+    /// Peak resident memory of the whole process (where the system reports it).
     pub peak_process_mib: Option<f64>,
 }
 
@@ -67,6 +70,7 @@ pub struct OracleFigures {
     pub plain_ms: f64,
     /// Median of one second-order pass (∇_y g, H·v and J·v together) on the same batch.
     pub second_order_ms: f64,
+    /// The size of the batch timed.
     pub batch_size: usize,
 }
 

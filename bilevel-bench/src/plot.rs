@@ -8,10 +8,15 @@ use plotters::prelude::*;
 
 /// One method's curve.
 pub struct Series {
+    /// The legend's name.
     pub name: String,
+    /// The abscissae.
     pub x: Vec<f64>,
+    /// The median over seeds at each abscissa.
     pub median: Vec<f64>,
+    /// The band's lower edge (20th percentile).
     pub low: Vec<f64>,
+    /// The band's upper edge (80th percentile).
     pub high: Vec<f64>,
 }
 

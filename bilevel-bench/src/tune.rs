@@ -30,15 +30,20 @@ use crate::runner::{resume, run, RunSummary};
 use crate::task_config;
 use crate::tasks::Metrics;
 
+/// What `tune` runs and where.
 #[derive(Clone)]
 pub struct TuneOptions {
     /// Task, budget and the starting configuration of each method (its other hyperparameters).
     pub base: RunConfig,
+    /// The methods, by name.
     pub methods: Vec<String>,
+    /// The steps of y tried.
     pub lower_grid: Vec<f64>,
+    /// The steps of x tried.
     pub upper_grid: Vec<f64>,
     /// Every pair runs with each of these seeds.
     pub seeds: Vec<u64>,
+    /// The directory the runs and the tables go to.
     pub out: PathBuf,
     /// Runs (grid pair × seed) at once, each on its own thread.
     pub jobs: usize,
@@ -92,12 +97,17 @@ impl Halving {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The final validation accuracy and loss.
-    Finished { accuracy: f64, loss: f64 },
+    Finished {
+        /// The selection metric's accuracy.
+        accuracy: f64,
+        /// The matching loss (the tie-breaker).
+        loss: f64,
+    },
     /// A non-finite value stopped the run (the first line of what the method reported).
     Diverged(String),
 }
 
-/// For progress lines: "validation accuracy 0.5490, loss 0.7321" or "diverged: <reason>".
+/// For progress lines: "validation accuracy 0.5490, loss 0.7321" or `diverged: <reason>`.
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -109,10 +119,14 @@ impl std::fmt::Display for Outcome {
     }
 }
 
+/// One run of the grid and how it ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GridPoint {
+    /// The method's name.
     pub method: String,
+    /// The step of y.
     pub lower: f64,
+    /// The step of x.
     pub upper: f64,
     /// The iterations the pair ran: the budget, or with [`Halving`] the rung it stopped at.
     pub iterations: usize,
@@ -126,11 +140,14 @@ pub struct GridPoint {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tuned {
+    /// The task the values were chosen on.
     pub task: TaskName,
+    /// Each method's configuration with its chosen steps.
     pub method: Vec<MethodConfig>,
 }
 
 impl Tuned {
+    /// Reads a `tuned.toml`, naming the file in errors.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read the tuned configurations", path.display()))?;
@@ -143,10 +160,15 @@ impl Tuned {
     }
 }
 
+/// What `tune` wrote.
 pub struct TuneReport {
+    /// The directory of grid.md, grid.csv and tuned.toml.
     pub dir: PathBuf,
+    /// Every run of the grid.
     pub points: Vec<GridPoint>,
+    /// The chosen values.
     pub tuned: Tuned,
+    /// The grid tables, as printed.
     pub markdown: String,
 }
 
@@ -364,6 +386,7 @@ fn best<'a>(points: impl Iterator<Item = &'a GridPoint>) -> Option<&'a GridPoint
         .min_by(|p, q| ranking(p, q))
 }
 
+/// Runs (or reuses) the grid, with successive halving when asked, and writes the choice.
 pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport> {
     let task = options.base.task;
     let iters = options.base.iters;

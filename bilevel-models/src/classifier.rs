@@ -53,14 +53,22 @@ pub mod cpu {
 
     /// GloVe 6B 50-d word vectors.
     pub const EMBEDDING: usize = 50;
+    /// Hidden units of each recurrent layer.
     pub const HIDDEN: usize = 128;
+    /// Hidden units of the MLP head.
     pub const HEAD: usize = 64;
+    /// Sentiment classes.
     pub const CLASSES: usize = 2;
 
+    /// Two Elman layers and max-pooling over time.
     pub type Encoder<E> = ElmanEncoder<EMBEDDING, HIDDEN, E>;
+    /// Two LSTM layers and max-pooling over time.
     pub type Lstm<E> = LstmEncoder<EMBEDDING, HIDDEN, E>;
+    /// The MLP head on the pooled features.
     pub type Head<E> = MlpHead<HIDDEN, HEAD, CLASSES, E>;
+    /// The Elman classifier the tasks run.
     pub type Classifier<E> = TextClassifier<Encoder<E>, Head<E>>;
+    /// The LSTM classifier.
     pub type LstmClassifier<E> = TextClassifier<Lstm<E>, Head<E>>;
     /// Trainable tensors of [`Classifier`] (8 in the encoder, 6 in the head): the length of
     /// hyper-opt's per-tensor log-coefficients.
@@ -73,17 +81,26 @@ pub mod cpu {
 pub mod paper {
     use super::*;
 
+    /// GloVe 840B 300-d word vectors.
     pub const EMBEDDING: usize = 300;
+    /// Hidden units of each recurrent layer.
     pub const HIDDEN: usize = 4096;
+    /// Hidden units of the MLP head.
     pub const HEAD: usize = 1024;
     /// Hyper-opt uses a smaller network in the paper.
     pub const HYPER_OPT_HIDDEN: usize = 2048;
+    /// Hidden units of hyper-opt's head.
     pub const HYPER_OPT_HEAD: usize = 512;
+    /// Sentiment classes.
     pub const CLASSES: usize = 2;
 
+    /// Two Elman layers and max-pooling over time.
     pub type Encoder<E> = ElmanEncoder<EMBEDDING, HIDDEN, E>;
+    /// The MLP head on the pooled features.
     pub type Head<E> = MlpHead<HIDDEN, HEAD, CLASSES, E>;
+    /// The paper's classifier for hyper-representation and hyper-cleaning.
     pub type Classifier<E> = TextClassifier<Encoder<E>, Head<E>>;
+    /// The paper's smaller classifier for hyperparameter optimization.
     pub type HyperOptClassifier<E> = TextClassifier<
         ElmanEncoder<EMBEDDING, HYPER_OPT_HIDDEN, E>,
         MlpHead<HYPER_OPT_HIDDEN, HYPER_OPT_HEAD, CLASSES, E>,

@@ -22,6 +22,7 @@ use crate::tape::{hold, taped, Held};
 /// One Elman RNN layer from `I` to `H` features.
 #[derive(Debug, Clone)]
 pub struct ElmanLayer<const I: usize, const H: usize, E: Dtype, D: Storage<E>> {
+    /// The pre-activation `x W_ihᵀ + b_ih + h W_hhᵀ + b_hh`.
     pub affine: RecurrentAffine<I, H, E, D>,
 }
 

@@ -9,6 +9,24 @@
 //! - [`penalty`]: L2 penalties with a fixed, a per-tensor learnable or a scalar learnable coefficient.
 //! - [`classifier`]: the text classifier of the tasks and its size presets.
 //! - [`text`]: embedded text batches; [`forms`]: the three lower-level forms as bilevel problems.
+//!
+//! A model built from these layers, e.g. dfdx's `(Linear<20, 16>, Tanh, Linear<16, 2>)`, needs
+//! no calculus from its user: [`classifier::loss`] is the taped loss for `lower_loss`, and
+//! [`classifier::add_loss_gradient`] writes its exact gradient into the problem's
+//! [`bilevel_optim::written_grad::WrittenGrad`]; add the gradients of your own penalty terms
+//! (e.g. [`penalty::add_l2_gradient`]) and the problem has exact `H·v` and `J·v`:
+//!
+//! ```ignore
+//! fn write_lower_grad_y(&self, x: &X, y: &Mlp, b: &Data, grad: &mut WrittenGrad<f64>) {
+//!     add_loss_gradient(y, b.input.retaped::<Tp<f64>>(), &one_hot(&b.labels), None, grad);
+//!     grad.add(&y.0.weight, y.0.weight.retaped::<Tp<f64>>() * coefficients(x));
+//! }
+//! ```
+//!
+//! The whole problem, checked and solved by three methods, is the example `feature_l2`
+//! (`cargo run --release -p bilevel-models --example feature_l2`); `docs/guide.md` explains each
+//! step.
+#![warn(missing_docs)]
 
 pub mod classifier;
 pub mod dense;

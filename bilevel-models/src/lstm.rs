@@ -26,9 +26,13 @@ use crate::tape::{hold, taped, Held};
 /// One LSTM layer from `I` to `H` features: four gates, each a [`RecurrentAffine`].
 #[derive(Debug, Clone)]
 pub struct LstmLayer<const I: usize, const H: usize, E: Dtype, D: Storage<E>> {
+    /// i_t's affine map.
     pub input_gate: RecurrentAffine<I, H, E, D>,
+    /// f_t's affine map.
     pub forget_gate: RecurrentAffine<I, H, E, D>,
+    /// g_t's (the candidate cell's) affine map.
     pub cell_gate: RecurrentAffine<I, H, E, D>,
+    /// o_t's affine map.
     pub output_gate: RecurrentAffine<I, H, E, D>,
 }
 

@@ -21,7 +21,9 @@ pub enum Coefficient<E: Real>
 where
     Cpu: Device<E>,
 {
+    /// A constant.
     Fixed(E),
+    /// A taped function of x (so the cross product sees it).
     Learned(Taped<Rank0, E>),
 }
 

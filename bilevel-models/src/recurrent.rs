@@ -16,7 +16,9 @@ use crate::tape::{hold, taped, Held};
 /// its own bias (PyTorch's convention; both initialised uniform in ±1/√fan_in).
 #[derive(Debug, Clone)]
 pub struct RecurrentAffine<const I: usize, const H: usize, E: Dtype, D: Storage<E>> {
+    /// The input projection `x W_ihᵀ + b_ih`.
     pub input: Linear<I, H, E, D>,
+    /// The recurrent projection `h W_hhᵀ + b_hh`.
     pub recurrent: Linear<H, H, E, D>,
 }
 

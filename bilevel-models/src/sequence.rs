@@ -58,6 +58,7 @@ impl SequenceMask {
         self.active.len()
     }
 
+    /// The number of sequences.
     pub fn batch_size(&self) -> usize {
         self.lengths.len()
     }
@@ -84,6 +85,8 @@ pub struct Sequence<E: Real, const N: usize>
 where
     Cpu: Device<E>,
 {
+    /// Step t holds the rows of the sequences still running at t.
     pub steps: Vec<Activations<E, N>>,
+    /// The layout: lengths and order.
     pub mask: Arc<SequenceMask>,
 }

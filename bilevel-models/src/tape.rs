@@ -41,6 +41,7 @@ impl<S: Shape, E: Real> TapedSum<S, E>
 where
     Cpu: Device<E>,
 {
+    /// Adds a term, merging its tape.
     pub fn push(&mut self, term: Taped<S, E>) {
         self.0 = Some(match self.0.take() {
             None => term,

@@ -55,14 +55,17 @@ impl EmbeddedTexts {
         })
     }
 
+    /// The number of texts.
     pub fn len(&self) -> usize {
         self.texts.len()
     }
 
+    /// Whether there is no text.
     pub fn is_empty(&self) -> bool {
         self.texts.is_empty()
     }
 
+    /// The word vectors' dimension.
     pub fn dim(&self) -> usize {
         self.dim
     }
@@ -72,6 +75,7 @@ impl EmbeddedTexts {
         &self.texts[i]
     }
 
+    /// Each text's label.
     pub fn labels(&self) -> &[usize] {
         &self.labels
     }
@@ -146,7 +150,9 @@ where
 {
     /// One (`mask.active(t)`, EMB) tensor per time step, rows in packed order.
     pub steps: Vec<Tensor<(usize, Const<EMB>), E, Cpu>>,
+    /// The packing of the batch.
     pub mask: Arc<SequenceMask>,
+    /// The labels, in the caller's order.
     pub labels: Vec<usize>,
     /// Index of each text in its collection (which sample weight applies, for instance).
     pub ids: Vec<usize>,

@@ -51,7 +51,10 @@ pub enum InitRefinement {
     /// Start from the given y.
     None,
     /// `steps` plain SGD steps with the lower step γ: what the official code's update at t = 0 does.
-    Sgd { steps: usize },
+    Sgd {
+        /// How many steps.
+        steps: usize,
+    },
     /// Epoch-SGD, Algorithm 3 of the paper.
     EpochSgd(EpochSgdConfig),
 }
@@ -217,6 +220,7 @@ where
         })
     }
 
+    /// The configuration the method runs with.
     pub fn config(&self) -> &BoRepConfig {
         &self.config
     }

@@ -146,7 +146,9 @@ pub enum Fault {
 /// The outcome of one comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// The exact and the independent values agree within the tolerance.
     Passed,
+    /// They disagree, and the differences are stable enough to say so: a fault of this kind.
     Fault(Fault),
     /// The differences are unstable here (a kink such as ReLU or max): nothing can be concluded.
     Inconclusive,
@@ -155,13 +157,16 @@ pub enum Verdict {
 /// One comparison of the check.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
+    /// What was compared.
     pub quantity: Quantity,
     /// The tensor compared: `x` or `y` followed by dfdx's name of the tensor (`"y.0.weight"`;
     /// `"x"` alone when x is a single tensor).
     pub tensor: String,
     /// The relative error measured (NaN where none could be computed).
     pub error: f64,
+    /// The largest relative error that passes.
     pub tolerance: f64,
+    /// Passed, a fault, or inconclusive.
     pub verdict: Verdict,
     /// What the numbers suggest, for a fault or an inconclusive comparison.
     pub diagnosis: String,
@@ -170,6 +175,7 @@ pub struct Finding {
 /// Every comparison of a check, in the order they were made.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CheckReport {
+    /// One finding per comparison, in the order they were made.
     pub findings: Vec<Finding>,
 }
 

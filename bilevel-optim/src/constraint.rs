@@ -17,9 +17,17 @@ use crate::real::Real;
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Constraint {
     /// Every entry in `[lower, upper]`.
-    Box { lower: f64, upper: f64 },
+    Box {
+        /// The smallest value an entry may take.
+        lower: f64,
+        /// The largest value an entry may take.
+        upper: f64,
+    },
     /// Euclidean norm at most `radius` (the ball around 0).
-    Ball { radius: f64 },
+    Ball {
+        /// The largest Euclidean norm.
+        radius: f64,
+    },
 }
 
 impl Constraint {

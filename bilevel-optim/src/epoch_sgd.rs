@@ -46,6 +46,7 @@ impl EpochSgdConfig {
         (1..=self.epochs).map(|k| self.epoch(k).length).sum()
     }
 
+    /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> Result<(), BilevelError> {
         let bad = |field, reason: &str| {
             Err(BilevelError::InvalidConfig {
@@ -72,9 +73,13 @@ impl EpochSgdConfig {
 /// One epoch's parameters, as run.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EpochSchedule {
+    /// The epoch's index k, from 1.
     pub epoch: usize,
+    /// The SGD step of the epoch.
     pub step: f64,
+    /// The number of SGD steps in the epoch.
     pub length: usize,
+    /// The radius of the ball around the epoch's start that the iterates stay in.
     pub radius: f64,
 }
 

@@ -5,16 +5,25 @@
 pub enum BilevelError {
     /// A configuration value is out of its valid range.
     #[error("invalid configuration: `{field}` {reason}")]
-    InvalidConfig { field: &'static str, reason: String },
+    InvalidConfig {
+        /// The configuration key.
+        field: &'static str,
+        /// What the value must be.
+        reason: String,
+    },
 
     /// A loss, gradient or parameter became NaN or infinite.
     #[error(
         "{method}: {quantity} is not finite at iteration {iteration}; lower the step sizes ({hint})"
     )]
     NonFinite {
+        /// The method's name.
         method: &'static str,
+        /// What became non-finite, with the tensor's name.
         quantity: String,
+        /// The iteration at which it happened.
         iteration: u64,
+        /// The step sizes to lower, named as in the method's configuration.
         hint: &'static str,
     },
 

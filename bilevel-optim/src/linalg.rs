@@ -6,12 +6,16 @@ use rand_distr::{Distribution, StandardNormal};
 /// A row-major dense matrix.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Matrix {
+    /// Number of rows.
     pub rows: usize,
+    /// Number of columns.
     pub cols: usize,
+    /// The entries, row after row.
     pub data: Vec<f64>,
 }
 
 impl Matrix {
+    /// A `rows × cols` matrix of zeros.
     pub fn zeros(rows: usize, cols: usize) -> Self {
         Self {
             rows,
@@ -20,6 +24,7 @@ impl Matrix {
         }
     }
 
+    /// The matrix whose entry (i, j) is `f(i, j)`.
     pub fn from_fn(rows: usize, cols: usize, mut f: impl FnMut(usize, usize) -> f64) -> Self {
         let mut m = Self::zeros(rows, cols);
         for i in 0..rows {
@@ -54,14 +59,17 @@ impl Matrix {
         })
     }
 
+    /// The entry (i, j).
     pub fn at(&self, i: usize, j: usize) -> f64 {
         self.data[i * self.cols + j]
     }
 
+    /// Row i.
     pub fn row(&self, i: usize) -> &[f64] {
         &self.data[i * self.cols..(i + 1) * self.cols]
     }
 
+    /// The transpose.
     pub fn transpose(&self) -> Matrix {
         Matrix::from_fn(self.cols, self.rows, |i, j| self.at(j, i))
     }
@@ -168,10 +176,12 @@ fn orthonormal_columns(a: &Matrix) -> Matrix {
     Matrix::from_fn(n, a.cols, |i, j| cols[j][i])
 }
 
+/// The inner product of two vectors of the same length.
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// The Euclidean norm.
 pub fn norm(a: &[f64]) -> f64 {
     dot(a, a).sqrt()
 }
@@ -181,6 +191,7 @@ pub fn add_scaled(a: &[f64], s: f64, b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(x, y)| x + s * y).collect()
 }
 
+/// The logistic function `1/(1 + e^{-u})`.
 pub fn sigmoid(u: f64) -> f64 {
     1.0 / (1.0 + (-u).exp())
 }

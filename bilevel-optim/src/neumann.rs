@@ -25,7 +25,9 @@ use crate::steps::{plain_step, sgd_on_lower, upper_grad_checked, Outcome, Site};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Truncation {
+    /// Every term of the series: Q H·v per estimate.
     Deterministic,
+    /// One term, at a uniformly drawn depth q < Q, scaled by Q: an unbiased estimate.
     Randomized,
 }
 
@@ -33,6 +35,7 @@ pub enum Truncation {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NeumannConfig {
+    /// Deterministic or randomized truncation.
     pub truncation: Truncation,
     /// Q: the number of terms (deterministic: Q HVPs; randomized: q < Q HVPs).
     pub terms: usize,
@@ -41,6 +44,7 @@ pub struct NeumannConfig {
 }
 
 impl NeumannConfig {
+    /// The deterministic series of `terms` terms at scale α.
     pub fn deterministic(terms: usize, scale: f64) -> Self {
         Self {
             truncation: Truncation::Deterministic,
@@ -49,6 +53,7 @@ impl NeumannConfig {
         }
     }
 
+    /// The randomized series of at most `terms` terms at scale α.
     pub fn randomized(terms: usize, scale: f64) -> Self {
         Self {
             truncation: Truncation::Randomized,
@@ -57,6 +62,7 @@ impl NeumannConfig {
         }
     }
 
+    /// Checks every value; errors name `field`, the series' key in its method's configuration.
     pub fn validate(&self, field: &'static str) -> Result<(), BilevelError> {
         if !(self.scale > 0.0 && self.scale.is_finite()) {
             return Err(BilevelError::InvalidConfig {
@@ -173,14 +179,19 @@ pub struct NeumannSamples<E: Real, P: BilevelProblem<E>>
 where
     Cpu: Device<E>,
 {
+    /// ξ, for ∇F.
     pub upper: P::UpperBatch,
+    /// One lower batch per H·v of the series.
     pub hessian: Vec<P::LowerBatch>,
+    /// The lower batch of the cross product J·v.
     pub cross: P::LowerBatch,
 }
 
 /// A hypergradient estimate and the upper loss seen on its batch.
 pub struct NeumannEstimate<X> {
+    /// The estimate `∇_x F − J v` of the hypergradient.
     pub h: X,
+    /// F on the estimate's upper batch.
     pub upper_loss: f64,
 }
 

@@ -93,12 +93,16 @@ impl StepReport {
 /// is never loaded into another method.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MethodState {
+    /// The name of the method that saved the state.
     pub method: String,
+    /// Parameter-shaped memories (z, momenta, tables), flattened.
     pub vectors: BTreeMap<String, Vec<f64>>,
+    /// Counters and scalar memories (t, λ, ...).
     pub scalars: BTreeMap<String, f64>,
 }
 
 impl MethodState {
+    /// An empty state of `method`.
     pub fn new(method: &str) -> Self {
         Self {
             method: method.to_string(),
@@ -130,6 +134,7 @@ impl MethodState {
         Ok(self.scalar("t")? as u64)
     }
 
+    /// Records a scalar.
     pub fn put_scalar(&mut self, name: &str, value: f64) {
         self.scalars.insert(name.into(), value);
     }
@@ -175,6 +180,7 @@ impl MethodState {
         Ok(())
     }
 
+    /// The scalar `name`, or an error naming it when it is missing.
     pub fn scalar(&self, name: &str) -> Result<f64, BilevelError> {
         self.scalars
             .get(name)

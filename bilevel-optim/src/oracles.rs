@@ -70,9 +70,13 @@ impl OracleCounts {
 /// What must be saved to continue drawing the same batches after a restart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OracleState {
+    /// The counters at the time of saving.
     pub counts: OracleCounts,
+    /// The batch generator's seed.
     pub seed: [u8; 32],
+    /// The generator's stream.
     pub stream: u64,
+    /// The generator's position in its stream.
     pub word_pos: u128,
 }
 
@@ -222,10 +226,12 @@ where
             .map_or_else(Vec::new, |s| s.pool.worker_devices())
     }
 
+    /// The wrapped problem.
     pub fn problem(&self) -> &P {
         &self.problem
     }
 
+    /// The wrapped problem, mutably (its sampler state, for checkpoints).
     pub fn problem_mut(&mut self) -> &mut P {
         &mut self.problem
     }

@@ -239,7 +239,9 @@ pub(crate) fn tensor_label(path: String) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("parameter vector has {found} values, the model has {expected}")]
 pub struct ParamLengthMismatch {
+    /// The collection's number of trainable scalars.
     pub expected: usize,
+    /// The vector's length.
     pub found: usize,
 }
 

@@ -16,8 +16,11 @@ use crate::written_grad::WrittenGrad;
 /// The value of a loss and its two partial gradients from one backward pass.
 #[derive(Debug, Clone)]
 pub struct LossGrad<E, X, Y> {
+    /// The loss.
     pub value: E,
+    /// Its gradient in x.
     pub dx: X,
+    /// Its gradient in y.
     pub dy: Y,
 }
 

@@ -46,6 +46,7 @@ pub type SampleRng = rand_chacha::ChaCha8Rng;
 
 /// A batch of samples; its size is what the oracle counters report as "samples touched".
 pub trait Batch {
+    /// The number of samples in the batch.
     fn size(&self) -> usize;
 }
 

@@ -14,6 +14,7 @@ pub struct PowerSchedule {
 }
 
 impl PowerSchedule {
+    /// The constant step `step`.
     pub fn constant(step: f64) -> Self {
         Self {
             initial: step,
@@ -21,6 +22,7 @@ impl PowerSchedule {
         }
     }
 
+    /// The step at iteration t: `initial/(t+1)^exponent`.
     pub fn at(&self, t: u64) -> f64 {
         if self.exponent == 0.0 {
             self.initial

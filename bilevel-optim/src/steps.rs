@@ -12,7 +12,9 @@ use crate::real::Real;
 /// Where a check happens, so a non-finite value is reported with the method and iteration.
 #[derive(Debug, Clone, Copy)]
 pub struct Site {
+    /// The method's name.
     pub method: &'static str,
+    /// The iteration being run.
     pub iteration: u64,
     /// The step sizes a user should lower, named as in the method's configuration.
     pub hint: &'static str,
@@ -135,6 +137,7 @@ where
 /// The bookkeeping every iteration shares: the site for non-finite checks and the oracle counts
 /// before the iteration, turned into a [`StepReport`] at the end.
 pub struct IterationScope {
+    /// Where non-finite values are reported.
     pub site: Site,
     before: OracleCounts,
 }
@@ -142,16 +145,24 @@ pub struct IterationScope {
 /// What an iteration measured: the fields of [`StepReport`] a method fills in.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
+    /// See [`StepReport::upper_loss`].
     pub upper_loss: Option<f64>,
+    /// See [`StepReport::lower_loss`].
     pub lower_loss: Option<f64>,
+    /// See [`StepReport::hypergrad_norm`].
     pub hypergrad_norm: f64,
+    /// See [`StepReport::lower_grad_norm`].
     pub lower_grad_norm: Option<f64>,
+    /// See [`StepReport::linear_system_residual`].
     pub linear_system_residual: Option<f64>,
+    /// See [`StepReport::step_size`].
     pub step_size: f64,
+    /// See [`StepReport::x_step_norm`].
     pub x_step_norm: f64,
 }
 
 impl IterationScope {
+    /// Starts iteration `iteration` of `method`, remembering the counts so far.
     pub fn begin<E: Real, P: BilevelProblem<E>>(
         method: &'static str,
         hint: &'static str,
@@ -171,6 +182,7 @@ impl IterationScope {
         }
     }
 
+    /// The iteration's report: `outcome` with the oracle calls made since [`IterationScope::begin`].
     pub fn report<E: Real, P: BilevelProblem<E>>(
         &self,
         oracles: &Oracles<E, P>,
@@ -281,13 +293,19 @@ where
 /// `∇_y G` and one second-order pass: `y ← y − a ∇_y G`, `z ← Π_{‖z‖≤ρ}(z − b (H z − ∇_y F))`,
 /// and the estimate `h = ∇_x F − J z_t` the method then uses for its x step.
 pub struct SingleLoop<X> {
+    /// The hypergradient estimate `∇_x F − J z_t`.
     pub h: X,
+    /// F on ξ.
     pub upper_loss: f64,
+    /// G on ζ.
     pub lower_loss: f64,
+    /// ‖∇_y G‖ on ζ.
     pub lower_grad_norm: f64,
+    /// The linear system's residual `‖H z − ∇_y F‖` before the z step.
     pub residual: f64,
 }
 
+/// Runs the y and z half of the iteration; see [`SingleLoop`].
 #[allow(clippy::too_many_arguments)]
 pub fn single_loop_lower_and_z<E: Real, P: BilevelProblem<E>>(
     oracles: &mut Oracles<E, P>,

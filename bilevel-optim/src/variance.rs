@@ -53,10 +53,12 @@ impl<T> SagaMemory<T> {
         }
     }
 
+    /// The number of memories (one per fixed batch).
     pub fn len(&self) -> usize {
         self.table.len()
     }
 
+    /// Whether there is no memory.
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }

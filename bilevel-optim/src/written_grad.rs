@@ -181,7 +181,7 @@ where
     }
 
     /// The written gradient's value alone (no second-order products), after the same checks as
-    /// [`WrittenGrad::finish`]: for using a model's written gradient directly, e.g. to train a
+    /// the second-order pass makes: for using a model's written gradient directly, e.g. to train a
     /// head by gradient descent.
     pub fn into_value<Y: Params<E>>(self, y: &Y) -> Result<Y, BilevelError> {
         Ok(self.finish(y)?.0)

@@ -3,15 +3,19 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// A data file that cannot be used, with where and why.
 #[derive(Debug)]
 pub struct DataError {
+    /// The file.
     pub path: PathBuf,
     /// 1-based line (or record) number, when the problem is in one line.
     pub line: Option<usize>,
+    /// What is wrong.
     pub message: String,
 }
 
 impl DataError {
+    /// An error at line `line` (1-based) of `path`.
     pub fn at(path: &Path, line: usize, message: impl Into<String>) -> Self {
         Self {
             path: path.to_path_buf(),
@@ -20,6 +24,7 @@ impl DataError {
         }
     }
 
+    /// An error about `path` as a whole.
     pub fn file(path: &Path, message: impl Into<String>) -> Self {
         Self {
             path: path.to_path_buf(),
@@ -28,6 +33,7 @@ impl DataError {
         }
     }
 
+    /// `path` could not be read.
     pub fn io(path: &Path, e: std::io::Error) -> Self {
         let message = match e.kind() {
             std::io::ErrorKind::NotFound => "file not found".to_string(),

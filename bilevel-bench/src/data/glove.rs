@@ -11,16 +11,21 @@ use super::DataError;
 /// Word vectors: a row-major table and the row of each word.
 #[derive(Debug, Clone)]
 pub struct WordVectors {
+    /// The vectors' dimension.
     pub dim: usize,
+    /// Every vector, row after row.
     pub vectors: Vec<f32>,
+    /// Each word's row.
     pub index: HashMap<String, u32>,
 }
 
 impl WordVectors {
+    /// The number of words.
     pub fn len(&self) -> usize {
         self.index.len()
     }
 
+    /// Whether there is no word.
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }

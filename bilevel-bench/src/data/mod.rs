@@ -23,6 +23,7 @@ pub use error::DataError;
 /// One labelled text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelledText {
+    /// The raw text.
     pub text: String,
     /// 0 = negative, 1 = positive.
     pub label: usize,

@@ -18,7 +18,9 @@ use crate::data::LabelledText;
 /// The element type of every run: f32, as the reference implementations. The task builders are
 /// generic over the precision so that `bilevel-bench check` can check them in f64.
 pub type E = f32;
+/// The word vectors' dimension.
 pub const EMB: usize = cpu::EMBEDDING;
+/// The number of classes.
 pub const C: usize = cpu::CLASSES;
 
 /// Token ids over the words that actually occur, and their vectors (the full GloVe table is

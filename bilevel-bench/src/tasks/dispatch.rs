@@ -21,8 +21,10 @@ pub trait TaskVisitor<F: Real>
 where
     Cpu: Device<F>,
 {
+    /// What the visitor returns.
     type Output;
 
+    /// Receives the task's problem, its starting point and its evaluation.
     fn visit<P: TaskProblem<F>>(
         self,
         model: &str,
@@ -49,9 +51,13 @@ pub trait TaskProblem<F: Real>:
 where
     Cpu: Device<F>,
 {
+    /// x.
     type UpperVariable: Params<F> + Send + Sync + 'static;
+    /// y.
     type LowerVariable: Params<F> + Send + Sync + 'static;
+    /// ξ.
     type UpperSamples: Batch + Sync;
+    /// ζ.
     type LowerSamples: Batch + Sync;
 }
 

@@ -23,6 +23,7 @@ use crate::data::LabelledText;
 /// length is part of its type): the default of `tasks.md`, and a small one for quick runs.
 pub const SIZES: [usize; 2] = [20_000, 2_000];
 
+/// Data hyper-cleaning's settings (the `[hyper_clean]` table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HyperCleanConfig {
@@ -63,6 +64,7 @@ impl Default for HyperCleanConfig {
 }
 
 impl HyperCleanConfig {
+    /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> anyhow::Result<()> {
         if !SIZES.contains(&self.train_size) {
             bail!("hyper_clean.train_size must be one of {SIZES:?} (the weights' length is compiled in), got {}", self.train_size);
@@ -92,13 +94,17 @@ impl HyperCleanConfig {
 
 /// The splits of one seed.
 pub struct HyperCleanData {
+    /// The training tweets, some labels flipped.
     pub train: EmbeddedTexts,
     /// Which training labels were flipped.
     pub corrupted: Vec<bool>,
+    /// The clean validation tweets.
     pub validation: EmbeddedTexts,
+    /// The clean test tweets.
     pub test: EmbeddedTexts,
     /// The hand-labelled test file (positive and negative rows).
     pub manual_test: EmbeddedTexts,
+    /// Tokens kept per tweet.
     pub max_len: usize,
 }
 
@@ -188,6 +194,7 @@ pub fn load(
 /// The bilevel problem with `N` training tweets, in precision `F`.
 pub type Problem<F, const N: usize> = HyperClean<F, cpu::Classifier<F>, N, EMB, C>;
 
+/// The bilevel problem over `data`'s training and validation splits.
 pub fn problem<F: Real, const N: usize>(
     data: &HyperCleanData,
     config: &HyperCleanConfig,

@@ -36,6 +36,7 @@ pub const DOMAINS: [&str; 14] = [
     "video",
 ];
 
+/// Hyperparameter optimization's settings (the `[hyper_opt]` table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HyperOptConfig {
@@ -68,6 +69,7 @@ impl Default for HyperOptConfig {
 }
 
 impl HyperOptConfig {
+    /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> anyhow::Result<()> {
         if !(self.train_fraction > 0.0 && self.train_fraction < 1.0) {
             bail!(
@@ -85,13 +87,19 @@ impl HyperOptConfig {
     }
 }
 
+/// The splits of one seed.
 pub struct HyperOptData {
+    /// The training reviews (the lower level).
     pub train: EmbeddedTexts,
+    /// The validation reviews (the upper level).
     pub validation: EmbeddedTexts,
+    /// The test reviews.
     pub test: EmbeddedTexts,
+    /// Tokens kept per review.
     pub max_len: usize,
 }
 
+/// Loads the reviews and GloVe from `data_dir` and splits them with `seed`.
 pub fn load(data_dir: &Path, config: &HyperOptConfig, seed: u64) -> anyhow::Result<HyperOptData> {
     config.validate()?;
     let dir = data_dir.join("amazon_fdu_mtl");
@@ -147,8 +155,10 @@ pub type PerTensor<F> = Tensor<Rank1<{ cpu::CLASSIFIER_TENSORS }>, F, Cpu>;
 /// x: one shared log-coefficient.
 pub type Shared<F> = Tensor<Rank0, F, Cpu>;
 
+/// The bilevel problem with coefficients `X`, in precision `F`.
 pub type Problem<F, X> = HyperOpt<F, cpu::Classifier<F>, X, EMB, C>;
 
+/// The bilevel problem over `data`'s training and validation splits.
 pub fn problem<F: Real, X: Params<F> + bilevel_models::penalty::L2Coefficients<F>>(
     data: &HyperOptData,
     config: &HyperOptConfig,
@@ -180,6 +190,7 @@ where
     x
 }
 
+/// Loss and accuracy on every split, and the mean log-coefficient.
 pub fn evaluate<F: Real, X: Params<F>>(
     data: &HyperOptData,
     config: &HyperOptConfig,

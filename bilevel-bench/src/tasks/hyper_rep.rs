@@ -31,11 +31,13 @@ pub const TASK_COUNTS: [usize; 2] = [400, 40];
 /// The test domains of the BO-REP setup; every other listed domain is a training domain.
 pub const TEST_DOMAINS: [&str; 3] = ["office_products", "automotive", "computer_video_games"];
 
+/// Hyper-representation's settings (the `[hyper_rep]` table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HyperRepConfig {
     /// Training tasks, one head each (one of [`TASK_COUNTS`]).
     pub train_tasks: usize,
+    /// Test tasks, from the test domains.
     pub test_tasks: usize,
     /// Validation tasks: new tasks from the training domains, scored like the test tasks (a
     /// fresh head fitted per task), so that `tune` can choose steps without seeing the test
@@ -52,6 +54,7 @@ pub struct HyperRepConfig {
     pub mu: f64,
     /// Test-time adaptation: full-batch gradient steps on a fresh head, and their step.
     pub test_steps: usize,
+    /// The step of the gradient descent that fits a test task's head.
     pub test_step: f64,
 }
 
@@ -72,6 +75,7 @@ impl Default for HyperRepConfig {
 }
 
 impl HyperRepConfig {
+    /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> anyhow::Result<()> {
         if !TASK_COUNTS.contains(&self.train_tasks) {
             bail!("hyper_rep.train_tasks must be one of {TASK_COUNTS:?} (the heads are compiled in), got {}", self.train_tasks);
@@ -94,12 +98,17 @@ impl HyperRepConfig {
     }
 }
 
+/// The texts and tasks of one seed.
 pub struct HyperRepData {
     /// Every review any task uses.
     pub texts: EmbeddedTexts,
+    /// The training tasks (one head of y each).
     pub train_tasks: Vec<Task>,
+    /// The test tasks.
     pub test_tasks: Vec<Task>,
+    /// The validation tasks (training domains, unseen tasks).
     pub validation_tasks: Vec<Task>,
+    /// Tokens kept per review.
     pub max_len: usize,
 }
 
@@ -169,6 +178,7 @@ fn draw_tasks(
         .collect()
 }
 
+/// Loads the ARSC reviews and GloVe from `data_dir` and draws the tasks with `seed`.
 pub fn load(data_dir: &Path, config: &HyperRepConfig, seed: u64) -> anyhow::Result<HyperRepData> {
     config.validate()?;
     let dir = data_dir.join("amazon_arsc_yu2018");
@@ -225,8 +235,10 @@ pub fn load(data_dir: &Path, config: &HyperRepConfig, seed: u64) -> anyhow::Resu
     })
 }
 
+/// The bilevel problem with `NT` training tasks, in precision `F`.
 pub type Problem<F, const NT: usize> = HyperRep<F, cpu::Encoder<F>, cpu::Head<F>, NT, EMB, C>;
 
+/// The bilevel problem over `data`'s texts and training tasks.
 pub fn problem<F: Real, const NT: usize>(
     data: &HyperRepData,
     config: &HyperRepConfig,

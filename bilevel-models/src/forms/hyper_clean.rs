@@ -64,10 +64,12 @@ where
         })
     }
 
+    /// The (noisy) training texts, one weight each.
     pub fn train(&self) -> &EmbeddedTexts {
         &self.train
     }
 
+    /// The clean validation texts.
     pub fn validation(&self) -> &EmbeddedTexts {
         &self.validation
     }

@@ -61,10 +61,12 @@ where
         })
     }
 
+    /// The training texts (the lower level).
     pub fn train(&self) -> &EmbeddedTexts {
         &self.train
     }
 
+    /// The validation texts (the upper level).
     pub fn validation(&self) -> &EmbeddedTexts {
         &self.validation
     }

@@ -26,7 +26,9 @@ use crate::text::{EmbeddedTexts, TextBatch};
 /// One few-shot task: indices of its support (lower level) and query (upper level) texts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
+    /// The texts the task's head is trained on (the lower level).
     pub support: Vec<usize>,
+    /// The texts the adapted head is scored on (the upper level).
     pub query: Vec<usize>,
 }
 
@@ -38,7 +40,9 @@ pub struct TaskBatch<E: Real, const EMB: usize>
 where
     Cpu: Device<E>,
 {
+    /// Every text of the batch's tasks, embedded and packed.
     pub texts: TextBatch<E, EMB>,
+    /// Each task of the batch: its index (which head) and its rows in `texts`.
     pub tasks: Vec<(usize, Range<usize>)>,
 }
 
@@ -73,6 +77,7 @@ impl<E: Real, Enc, Head, const NT: usize, const EMB: usize, const C: usize>
 where
     Cpu: Device<E>,
 {
+    /// The form over `texts` and the training `tasks`, drawing `tasks_per_batch` tasks per batch; fails when a task refers to a text that does not exist.
     pub fn new(
         texts: EmbeddedTexts,
         tasks: Vec<Task>,
@@ -119,10 +124,12 @@ where
         })
     }
 
+    /// Every text the tasks refer to.
     pub fn texts(&self) -> &EmbeddedTexts {
         &self.texts
     }
 
+    /// The training tasks, one head of y each.
     pub fn tasks(&self) -> &[Task] {
         &self.tasks
     }

@@ -28,6 +28,7 @@ use crate::variance::storm_update;
 const NAME: &str = "accbo";
 const HINT: &str = "eta for x, gamma for y";
 
+/// The knobs of AccBO (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccBoConfig {
@@ -43,6 +44,7 @@ pub struct AccBoConfig {
     pub averaging: f64,
     /// T₀: warm-start SGD steps on y.
     pub warm_start: usize,
+    /// The Neumann series of the hypergradient estimate.
     pub neumann: NeumannConfig,
 }
 
@@ -61,6 +63,7 @@ impl Default for AccBoConfig {
 }
 
 impl AccBoConfig {
+    /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
         validate::momentum("beta", self.beta)?;
@@ -71,6 +74,7 @@ impl AccBoConfig {
     }
 }
 
+/// AccBO: Nesterov-accelerated y, normalized recursive momentum on x.
 pub struct AccBo<X, Y> {
     config: AccBoConfig,
     /// The Nesterov iterates y_t and y_{t−1}.
@@ -84,6 +88,7 @@ pub struct AccBo<X, Y> {
 }
 
 impl<X, Y> AccBo<X, Y> {
+    /// A fresh method at (x, y), after validating `config`.
     pub fn new<E: Real>(config: AccBoConfig, x: &X, y: &Y) -> Result<Self, BilevelError>
     where
         Cpu: Device<E>,

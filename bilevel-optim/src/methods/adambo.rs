@@ -27,12 +27,15 @@ use crate::validate;
 const NAME: &str = "adambo";
 const HINT: &str = "eta for x, gamma for y";
 
+/// The knobs of AdamBO (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdamBoConfig {
     /// η_t: the Adam step.
     pub eta: PowerSchedule,
+    /// β₁: the weight of the first-moment average.
     pub beta1: f64,
+    /// β₂: the weight of the second-moment average.
     pub beta2: f64,
     /// ε in the denominator.
     pub epsilon: f64,
@@ -40,6 +43,7 @@ pub struct AdamBoConfig {
     pub gamma: f64,
     /// T₀: warm-start SGD steps on y.
     pub warm_start: usize,
+    /// The Neumann series of the hypergradient estimate.
     pub neumann: NeumannConfig,
 }
 
@@ -58,6 +62,7 @@ impl Default for AdamBoConfig {
 }
 
 impl AdamBoConfig {
+    /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
         validate::momentum("beta1", self.beta1)?;
@@ -75,6 +80,7 @@ pub struct AdamMoments<X> {
 }
 
 impl<X> AdamMoments<X> {
+    /// Zero moments shaped like `like`.
     pub fn new<E: Real>(like: &X) -> Self
     where
         Cpu: Device<E>,
@@ -110,6 +116,7 @@ impl<X> AdamMoments<X> {
     }
 }
 
+/// AdamBO: Adam on the Neumann hypergradient, y by SGD.
 pub struct AdamBo<X> {
     config: AdamBoConfig,
     moments: AdamMoments<X>,
@@ -117,6 +124,7 @@ pub struct AdamBo<X> {
 }
 
 impl<X> AdamBo<X> {
+    /// A fresh method for x shaped like `x`, after validating `config`.
     pub fn new<E: Real>(config: AdamBoConfig, x: &X) -> Result<Self, BilevelError>
     where
         Cpu: Device<E>,

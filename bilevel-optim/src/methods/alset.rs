@@ -15,6 +15,7 @@ use crate::neumann::NeumannConfig;
 use crate::schedule::PowerSchedule;
 use crate::validate;
 
+/// The knobs of ALSET (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlsetConfig {
@@ -24,6 +25,7 @@ pub struct AlsetConfig {
     pub beta: f64,
     /// T ≥ 1: y steps per iteration.
     pub inner_steps: usize,
+    /// The Neumann series of the hypergradient estimate.
     pub neumann: NeumannConfig,
 }
 

@@ -26,6 +26,7 @@ use crate::validate;
 const NAME: &str = "amigo";
 const HINT: &str = "alpha for x, gamma for y, rho for z";
 
+/// The knobs of AmIGO (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AmigoConfig {
@@ -54,6 +55,7 @@ impl Default for AmigoConfig {
 }
 
 impl AmigoConfig {
+    /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> Result<(), BilevelError> {
         self.alpha.validate("alpha")?;
         validate::positive("gamma", self.gamma)?;
@@ -62,6 +64,7 @@ impl AmigoConfig {
     }
 }
 
+/// AmIGO: warm-started SGD on y and on the linear system for z, then a plain x step.
 pub struct Amigo<Y> {
     config: AmigoConfig,
     z: Y,
@@ -69,6 +72,7 @@ pub struct Amigo<Y> {
 }
 
 impl<Y> Amigo<Y> {
+    /// A fresh method with z shaped like `y`, after validating `config`.
     pub fn new<E: Real>(config: AmigoConfig, y: &Y) -> Result<Self, BilevelError>
     where
         Cpu: Device<E>,

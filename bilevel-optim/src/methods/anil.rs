@@ -13,6 +13,7 @@ use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 
+/// ANIL: MAML that also learns the shared body x through the adaptation.
 pub struct Anil<X, Y>(pub MetaLearner<X, Y>);
 
 impl<X, Y> Anil<X, Y> {

@@ -15,6 +15,7 @@ use crate::neumann::NeumannConfig;
 use crate::schedule::PowerSchedule;
 use crate::validate;
 
+/// The knobs of BSA (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BsaConfig {

@@ -29,6 +29,7 @@ use crate::validate;
 const NAME: &str = "f2sa";
 const HINT: &str = "eta for x, gamma_y for y, gamma_z for z, or a slower lambda_increment";
 
+/// The knobs of F2SA (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct F2saConfig {
@@ -61,6 +62,7 @@ impl Default for F2saConfig {
 }
 
 impl F2saConfig {
+    /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
         validate::positive("gamma_y", self.gamma_y)?;
@@ -71,6 +73,7 @@ impl F2saConfig {
     }
 }
 
+/// F2SA: the fully first-order penalty method with an increasing λ.
 pub struct F2sa<Y> {
     config: F2saConfig,
     /// z ≈ argmin_y g(x, y).
@@ -95,6 +98,7 @@ impl<Y> F2sa<Y> {
         })
     }
 
+    /// The current penalty weight λ.
     pub fn lambda(&self) -> f64 {
         self.lambda
     }

@@ -25,6 +25,7 @@ use crate::validate;
 const NAME: &str = "ma-soba";
 const HINT: &str = "alpha for x, beta for y, gamma for z";
 
+/// The knobs of MA-SOBA (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MaSobaConfig {
@@ -54,6 +55,7 @@ impl Default for MaSobaConfig {
 }
 
 impl MaSobaConfig {
+    /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> Result<(), BilevelError> {
         self.alpha.validate("alpha")?;
         self.beta.validate("beta")?;
@@ -66,6 +68,7 @@ impl MaSobaConfig {
     }
 }
 
+/// MA-SOBA: SOBA with a moving average of the hypergradient estimate.
 pub struct MaSoba<X, Y> {
     config: MaSobaConfig,
     z: Y,
@@ -74,6 +77,7 @@ pub struct MaSoba<X, Y> {
 }
 
 impl<X, Y> MaSoba<X, Y> {
+    /// A fresh method at (x, y), after validating `config`.
     pub fn new<E: Real>(config: MaSobaConfig, x: &X, y: &Y) -> Result<Self, BilevelError>
     where
         Cpu: Device<E>,

@@ -12,6 +12,7 @@ use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 
+/// MAML: meta-learns y's initialization; x is left as it is.
 pub struct Maml<X, Y>(pub MetaLearner<X, Y>);
 
 impl<X, Y> Maml<X, Y> {

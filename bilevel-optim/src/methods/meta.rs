@@ -54,6 +54,7 @@ impl Default for MetaConfig {
 }
 
 impl MetaConfig {
+    /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> Result<(), BilevelError> {
         validate::positive("inner_step", self.inner_step)?;
         self.outer_step.validate("outer_step")?;
@@ -69,7 +70,9 @@ pub struct MetaGradient<X, Y> {
     pub upper: X,
     /// The adapted y_K.
     pub adapted: Y,
+    /// The query (upper) loss at the adapted y.
     pub query_loss: f64,
+    /// The support (lower) loss at the last adaptation step, if any step ran.
     pub support_loss: Option<f64>,
 }
 

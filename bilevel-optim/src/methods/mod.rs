@@ -63,22 +63,39 @@ pub const METHODS: [&str; 17] = [
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "kebab-case")]
 pub enum MethodConfig {
+    /// `bo-rep`: [`crate::borep`].
     BoRep(BoRepConfig),
+    /// `stocbio`: [`stocbio`].
     Stocbio(StocBioConfig),
+    /// `ttsa`: [`ttsa`].
     Ttsa(TtsaConfig),
+    /// `bsa`: [`bsa`].
     Bsa(BsaConfig),
+    /// `alset`: [`alset`].
     Alset(AlsetConfig),
+    /// `amigo`: [`amigo`].
     Amigo(AmigoConfig),
+    /// `soba`: [`soba`].
     Soba(SobaConfig),
+    /// `saba`: [`saba`].
     Saba(SabaConfig),
+    /// `ma-soba`: [`ma_soba`].
     MaSoba(MaSobaConfig),
+    /// `f2sa`: [`f2sa`].
     F2sa(F2saConfig),
+    /// `mrbo`: [`mrbo`].
     Mrbo(MrboConfig),
+    /// `vrbo`: [`vrbo`].
     Vrbo(VrboConfig),
+    /// `slip`: [`slip`].
     Slip(SlipConfig),
+    /// `accbo`: [`accbo`].
     Accbo(AccBoConfig),
+    /// `adambo`: [`adambo`].
     Adambo(AdamBoConfig),
+    /// `maml`: [`maml`].
     Maml(MetaConfig),
+    /// `anil`: [`anil`].
     Anil(MetaConfig),
 }
 

@@ -27,6 +27,7 @@ use crate::variance::storm_update;
 const NAME: &str = "mrbo";
 const HINT: &str = "step_scale (η_k), x_scale (λ), y_scale (γ)";
 
+/// The knobs of MRBO (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MrboConfig {
@@ -42,6 +43,7 @@ pub struct MrboConfig {
     pub x_momentum: f64,
     /// c₂: the y momentum weight is c₂ η².
     pub y_momentum: f64,
+    /// The Neumann series of the hypergradient estimate.
     pub neumann: NeumannConfig,
 }
 
@@ -60,6 +62,7 @@ impl Default for MrboConfig {
 }
 
 impl MrboConfig {
+    /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> Result<(), BilevelError> {
         validate::positive("step_scale", self.step_scale)?;
         validate::positive("offset", self.offset)?;
@@ -76,6 +79,7 @@ impl MrboConfig {
     }
 }
 
+/// MRBO: STORM-style recursive momentum on both levels.
 pub struct Mrbo<X, Y> {
     config: MrboConfig,
     u: Y,
@@ -86,6 +90,7 @@ pub struct Mrbo<X, Y> {
 }
 
 impl<X, Y> Mrbo<X, Y> {
+    /// A fresh method at (x, y), after validating `config`.
     pub fn new<E: Real>(config: MrboConfig, x: &X, y: &Y) -> Result<Self, BilevelError>
     where
         Cpu: Device<E>,

@@ -18,9 +18,11 @@ use crate::steps::IterationScope;
 
 /// What one iteration does.
 pub struct NeumannIteration<'a> {
+    /// SGD steps on y before the estimate.
     pub inner_steps: usize,
     /// γ_t, the y step.
     pub gamma: f64,
+    /// The series of the estimate.
     pub neumann: &'a NeumannConfig,
     /// η_t, the x step.
     pub eta: f64,
@@ -28,10 +30,13 @@ pub struct NeumannIteration<'a> {
 
 /// A Neumann-family method's configuration, which says what iteration t does.
 pub trait NeumannRule {
+    /// The method's name as users select it.
     const NAME: &'static str;
     /// The step sizes to lower after a divergence, named as in the configuration.
     const HINT: &'static str;
+    /// Checks every value, naming the first one out of range.
     fn validate(&self) -> Result<(), BilevelError>;
+    /// What iteration t does.
     fn plan(&self, t: u64) -> NeumannIteration<'_>;
 }
 
@@ -42,6 +47,7 @@ pub struct NeumannMethod<C> {
 }
 
 impl<C: NeumannRule> NeumannMethod<C> {
+    /// A fresh method, after validating `config`.
     pub fn new(config: C) -> Result<Self, BilevelError> {
         config.validate()?;
         Ok(Self { config, t: 0 })

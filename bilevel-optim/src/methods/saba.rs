@@ -28,6 +28,7 @@ use crate::variance::SagaMemory;
 const NAME: &str = "saba";
 const HINT: &str = "gamma for x, rho for y and z";
 
+/// The knobs of SABA (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SabaConfig {
@@ -48,6 +49,7 @@ impl Default for SabaConfig {
 }
 
 impl SabaConfig {
+    /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> Result<(), BilevelError> {
         validate::positive("rho", self.rho)?;
         validate::positive("gamma", self.gamma)
@@ -63,6 +65,7 @@ struct Memories<X, Y> {
     grad_x_f: SagaMemory<X>,
 }
 
+/// SABA: SOBA with SAGA estimates over the problem's fixed batches.
 pub struct Saba<X, Y> {
     config: SabaConfig,
     z: Y,

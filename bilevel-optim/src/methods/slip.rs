@@ -27,6 +27,7 @@ use crate::validate;
 const NAME: &str = "slip";
 const HINT: &str = "eta for x, gamma for y, nu for z";
 
+/// The knobs of SLIP (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SlipConfig {
@@ -59,6 +60,7 @@ impl Default for SlipConfig {
 }
 
 impl SlipConfig {
+    /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
         validate::momentum("beta", self.beta)?;
@@ -71,6 +73,7 @@ impl SlipConfig {
     }
 }
 
+/// SLIP: single-loop updates of y and z with a normalized momentum step on x.
 pub struct Slip<X, Y> {
     config: SlipConfig,
     z: Y,
@@ -79,6 +82,7 @@ pub struct Slip<X, Y> {
 }
 
 impl<X, Y> Slip<X, Y> {
+    /// A fresh method at (x, y), after validating `config`.
     pub fn new<E: Real>(config: SlipConfig, x: &X, y: &Y) -> Result<Self, BilevelError>
     where
         Cpu: Device<E>,

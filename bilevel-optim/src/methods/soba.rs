@@ -24,6 +24,7 @@ use crate::steps::{plain_step, single_loop_lower_and_z, IterationScope};
 const NAME: &str = "soba";
 const HINT: &str = "gamma for x, rho for y and z";
 
+/// The knobs of SOBA (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SobaConfig {
@@ -50,12 +51,14 @@ impl Default for SobaConfig {
 }
 
 impl SobaConfig {
+    /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> Result<(), BilevelError> {
         self.rho.validate("rho")?;
         self.gamma.validate("gamma")
     }
 }
 
+/// SOBA: one step each on y, on the linear system for z, and on x per iteration.
 pub struct Soba<Y> {
     config: SobaConfig,
     z: Y,
@@ -63,6 +66,7 @@ pub struct Soba<Y> {
 }
 
 impl<Y> Soba<Y> {
+    /// A fresh method with z shaped like `y`, after validating `config`.
     pub fn new<E: Real>(config: SobaConfig, y: &Y) -> Result<Self, BilevelError>
     where
         Cpu: Device<E>,
@@ -76,6 +80,7 @@ impl<Y> Soba<Y> {
         })
     }
 
+    /// The linear-system variable z.
     pub fn z(&self) -> &Y {
         &self.z
     }

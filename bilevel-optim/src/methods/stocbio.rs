@@ -17,6 +17,7 @@ use crate::neumann::NeumannConfig;
 use crate::schedule::PowerSchedule;
 use crate::validate;
 
+/// The knobs of StocBio (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StocBioConfig {

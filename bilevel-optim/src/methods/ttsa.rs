@@ -13,6 +13,7 @@ use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
 use crate::schedule::PowerSchedule;
 
+/// The knobs of TTSA (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TtsaConfig {

@@ -30,6 +30,7 @@ use crate::variance::spider_update;
 const NAME: &str = "vrbo";
 const HINT: &str = "alpha for x, beta for y";
 
+/// The knobs of VRBO (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VrboConfig {
@@ -43,6 +44,7 @@ pub struct VrboConfig {
     pub inner_steps: usize,
     /// Batches averaged into the large batch S₁.
     pub anchor_batches: usize,
+    /// The Neumann series of the hypergradient estimate.
     pub neumann: NeumannConfig,
 }
 
@@ -61,6 +63,7 @@ impl Default for VrboConfig {
 }
 
 impl VrboConfig {
+    /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> Result<(), BilevelError> {
         validate::positive("alpha", self.alpha)?;
         validate::positive("beta", self.beta)?;
@@ -70,6 +73,7 @@ impl VrboConfig {
     }
 }
 
+/// VRBO: SPIDER estimates of both levels, refreshed on anchor batches.
 pub struct Vrbo<X, Y> {
     config: VrboConfig,
     v: X,
@@ -78,6 +82,7 @@ pub struct Vrbo<X, Y> {
 }
 
 impl<X, Y> Vrbo<X, Y> {
+    /// A fresh method at (x, y), after validating `config`.
     pub fn new<E: Real>(config: VrboConfig, x: &X, y: &Y) -> Result<Self, BilevelError>
     where
         Cpu: Device<E>,

@@ -65,14 +65,23 @@ pub struct Quadratic<E: Real, const DX: usize, const DY: usize>
 where
     Cpu: Device<E>,
 {
+    /// What the problem was built from.
     pub config: QuadraticConfig,
+    /// H: the lower Hessian (SPD).
     pub h: Matrix,
+    /// C: the coupling of y and x in g.
     pub c: Matrix,
+    /// b: the linear term of g.
     pub b: Vec<f64>,
+    /// P: the quadratic term of f in y.
     pub p: Matrix,
+    /// R: the coupling of x and y in f.
     pub r: Matrix,
+    /// Q: the quadratic term of f in x.
     pub q: Matrix,
+    /// p: the linear term of f in y.
     pub pv: Vec<f64>,
+    /// q: the linear term of f in x.
     pub qv: Vec<f64>,
     dev: Cpu,
     p_t: Tensor<Rank2<DY, DY>, E, Cpu>,
@@ -84,9 +93,13 @@ where
 
 /// A lower batch: the perturbed H, C and b it defines (f64 for the closed forms, E for dfdx).
 pub struct QuadLowerBatch<E: Real, const DX: usize, const DY: usize> {
+    /// The number of samples the batch averages.
     pub size: usize,
+    /// H of this batch (perturbed).
     pub h: Matrix,
+    /// C of this batch (perturbed).
     pub c: Matrix,
+    /// b of this batch (perturbed).
     pub b: Vec<f64>,
     h_t: Tensor<Rank2<DY, DY>, E, Cpu>,
     /// Cᵀ, so that `x·Cᵀ = (Cx)ᵀ` keeps the taped x on the left.
@@ -96,8 +109,11 @@ pub struct QuadLowerBatch<E: Real, const DX: usize, const DY: usize> {
 
 /// An upper batch: the noise added to ∇_x F and ∇_y F.
 pub struct QuadUpperBatch<E: Real, const DX: usize, const DY: usize> {
+    /// The number of samples the batch averages.
     pub size: usize,
+    /// The noise added to ∇_x F.
     pub noise_x: Vec<f64>,
+    /// The noise added to ∇_y F.
     pub noise_y: Vec<f64>,
     nx_t: Tensor<Rank1<DX>, E, Cpu>,
     ny_t: Tensor<Rank1<DY>, E, Cpu>,
@@ -118,6 +134,7 @@ impl<E: Real, const DX: usize, const DY: usize> Quadratic<E, DX, DY>
 where
     Cpu: Device<E>,
 {
+    /// Draws the matrices from `config.seed`.
     pub fn new(config: QuadraticConfig) -> Self {
         assert!(config.batch_size >= 1, "batch_size must be at least 1");
         let mut rng = SampleRng::seed_from_u64(config.seed);
@@ -150,13 +167,13 @@ where
         }
     }
 
-    /// The batch with no noise: the exact lower objective.
     /// Whether every oracle is exact (no noise at either level).
     pub fn is_deterministic(&self) -> bool {
         let c = &self.config;
         c.grad_noise == 0.0 && c.hessian_noise == 0.0 && c.upper_noise == 0.0
     }
 
+    /// The batch with no noise: the exact lower objective.
     pub fn full_lower_batch(&self) -> QuadLowerBatch<E, DX, DY> {
         self.lower_batch_from(self.h.clone(), self.c.clone(), self.b.clone())
     }

@@ -23,6 +23,7 @@ use crate::written_grad::WrittenGrad;
 /// Construction parameters of a synthetic [`LogisticReweighting`] problem.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReweightingConfig {
+    /// Rows of the (clean) validation set.
     pub val_rows: usize,
     /// Fraction of training labels flipped (the corrupted samples).
     pub corruption: f64,
@@ -32,6 +33,7 @@ pub struct ReweightingConfig {
     pub lower_batch: Option<usize>,
     /// Rows per upper batch; `None` = all validation rows (deterministic).
     pub upper_batch: Option<usize>,
+    /// Seed of the data.
     pub seed: u64,
 }
 
@@ -53,12 +55,17 @@ pub struct LogisticReweighting<E: Real, const N: usize, const D: usize>
 where
     Cpu: Device<E>,
 {
+    /// Training features, one row per sample.
     pub train_a: Matrix,
+    /// Training labels in {0, 1}.
     pub train_t: Vec<f64>,
     /// Which training labels were flipped.
     pub corrupted: Vec<bool>,
+    /// Validation features.
     pub val_a: Matrix,
+    /// Validation labels in {0, 1}.
     pub val_t: Vec<f64>,
+    /// μ: the L2 weight that makes g strongly convex.
     pub mu: f64,
     lower_batch: Option<usize>,
     upper_batch: Option<usize>,

@@ -67,7 +67,9 @@ where
 /// Construction parameters of a synthetic [`Ridge`] problem.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RidgeConfig {
+    /// Rows of the training set (the lower level).
     pub train_rows: usize,
+    /// Rows of the validation set (the upper level).
     pub val_rows: usize,
     /// Standard deviation of the target noise.
     pub noise: f64,
@@ -75,6 +77,7 @@ pub struct RidgeConfig {
     pub lower_batch: Option<usize>,
     /// Rows per upper batch; `None` = all validation rows (deterministic).
     pub upper_batch: Option<usize>,
+    /// Seed of the data.
     pub seed: u64,
 }
 
@@ -96,9 +99,13 @@ pub struct Ridge<E: Real, X: LogRegularization<E, D>, const D: usize>
 where
     Cpu: Device<E>,
 {
+    /// Training features, one row per sample.
     pub train_a: Matrix,
+    /// Training targets.
     pub train_b: Vec<f64>,
+    /// Validation features.
     pub val_a: Matrix,
+    /// Validation targets.
     pub val_b: Vec<f64>,
     lower_batch: Option<usize>,
     upper_batch: Option<usize>,

@@ -9,9 +9,11 @@ use crate::real::Real;
 
 /// Rows `A_B` of a design matrix with targets `t_B`, and the row indices they came from.
 pub struct Rows<E: Real, const D: usize> {
+    /// The rows of the data set in the batch.
     pub indices: Vec<usize>,
     /// `A_B` as f64, for the closed forms.
     pub a: Matrix,
+    /// Their targets.
     pub targets: Vec<f64>,
     pub(crate) a_t: Tensor<(usize, Const<D>), E, Cpu>,
     /// `A_Bᵀ`, so that `y·A_Bᵀ` keeps the taped y on the left.
@@ -109,10 +111,12 @@ where
         }
     }
 
+    /// The number of rows.
     pub fn len(&self) -> usize {
         self.indices.len()
     }
 
+    /// Whether the batch has no row.
     pub fn is_empty(&self) -> bool {
         self.indices.is_empty()
     }
