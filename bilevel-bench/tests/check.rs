@@ -1,31 +1,12 @@
 //! `bilevel-bench check` passes on the three tasks (tiny sizes, real data, in f64), and the
 //! command prints its comparisons and says so.
 
-use bilevel_bench::config::RunConfig;
 use bilevel_bench::problem_check::check_task;
 use bilevel_bench::tasks::resolve_data_dir;
 use bilevel_optim::check::Quantity;
+use common::tiny;
 
-fn tiny(task: &str) -> RunConfig {
-    toml::from_str(&format!(
-        r#"
-        task = "{task}"
-        [hyper_rep]
-        train_tasks = 40
-        shots = 2
-        tasks_per_batch = 4
-        max_len = 4
-        [hyper_opt]
-        batch = 8
-        max_len = 4
-        [hyper_clean]
-        train_size = 2000
-        batch = 16
-        max_len = 4
-        "#
-    ))
-    .unwrap()
-}
+mod common;
 
 #[test]
 fn every_task_passes_its_check() {

@@ -3,6 +3,8 @@
 //! tasks' fixed batches, and no method needs anything a task does not provide. (One data load
 //! per task; `bilevel-bench run --method M` goes through the same construction.)
 
+mod common;
+
 use bilevel_bench::config::RunConfig;
 use bilevel_bench::task_config;
 use bilevel_bench::tasks::dispatch::{with_task, TaskProblem, TaskVisitor};
@@ -10,28 +12,8 @@ use bilevel_bench::tasks::{resolve_data_dir, Metrics};
 use bilevel_optim::methods::METHODS;
 use bilevel_optim::oracles::Oracles;
 use bilevel_optim::params::Params;
+use common::tiny;
 use dfdx::prelude::*;
-
-fn tiny(task: &str) -> RunConfig {
-    toml::from_str(&format!(
-        r#"
-        task = "{task}"
-        [hyper_rep]
-        train_tasks = 40
-        shots = 2
-        tasks_per_batch = 4
-        max_len = 4
-        [hyper_opt]
-        batch = 8
-        max_len = 4
-        [hyper_clean]
-        train_size = 2000
-        batch = 16
-        max_len = 4
-        "#
-    ))
-    .unwrap()
-}
 
 /// Two iterations of every method from the task's starting point; the failures, by method.
 struct EveryMethod {

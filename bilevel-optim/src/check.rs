@@ -359,25 +359,19 @@ where
         self.symmetry(&flat(&v), &hv, &flat(&u), &hu);
         let value = autodiff.value.f64();
         self.cross_products(&v, &jv, &flat(&autodiff.dx), norm(&grad_y), value);
-        self.loss_in_y(Quantity::LowerLoss, &grad_y, value, &|y| {
-            self.problem.lower_loss(self.x, y, self.lower).array().f64()
-        });
+        let (problem, x, y, lower) = (self.problem, self.x, self.y, self.lower);
+        let lower_value = |y: &P::Y| problem.lower_loss(x, y, lower).array().f64();
+        self.loss_along(Quantity::LowerLoss, "y", y, &grad_y, value, &lower_value);
         if let Some(upper) = upper {
-            let up = upper_pass(self.problem, self.x, self.y, upper);
-            if !self.finite(
-                "upper_loss",
-                up.value.f64(),
-                &[&flat(&up.dx), &flat(&up.dy)],
-            ) {
+            let up = upper_pass(problem, x, y, upper);
+            let (dx, dy) = (flat(&up.dx), flat(&up.dy));
+            if !self.finite("upper_loss", up.value.f64(), &[&dx, &dy]) {
                 return;
             }
-            let value = |x: &P::X, y: &P::Y| self.problem.upper_loss(x, y, upper).array().f64();
-            self.loss_in_y(Quantity::UpperLoss, &flat(&up.dy), up.value.f64(), &|y| {
-                value(self.x, y)
-            });
-            self.loss_in_x(Quantity::UpperLoss, &flat(&up.dx), up.value.f64(), &|x| {
-                value(x, self.y)
-            });
+            let upper_value = |x: &P::X, y: &P::Y| problem.upper_loss(x, y, upper).array().f64();
+            let f = up.value.f64();
+            self.loss_along(Quantity::UpperLoss, "y", y, &dy, f, &|y| upper_value(x, y));
+            self.loss_along(Quantity::UpperLoss, "x", x, &dx, f, &|x| upper_value(x, y));
         }
     }
 
@@ -582,40 +576,24 @@ where
         }
     }
 
-    /// Per tensor of y: dfdx's gradient of a loss along a direction against differences of the
-    /// loss's values.
-    fn loss_in_y(
+    /// Per tensor of `at` (x or y, named `variable`): dfdx's gradient of a loss along a direction
+    /// against differences of the loss's values.
+    fn loss_along<T: Params<E>>(
         &mut self,
         quantity: Quantity,
+        variable: &str,
+        at: &T,
         grad: &[f64],
         value: f64,
-        loss: &dyn Fn(&P::Y) -> f64,
+        loss: &dyn Fn(&T) -> f64,
     ) {
-        let y0 = flat(self.y);
-        for (name, span) in self.loss_directions("y", self.y) {
-            let u = self.direction_on(&y0, span.clone(), &[&grad[span]]);
-            let h = self.config.step * norm_on(&y0, &u).max(1.0);
-            let d = differences(h, |s| vec![loss(&with_flat(self.y, &axpy(&y0, s, &u)))]);
+        let t0 = flat(at);
+        for (name, span) in self.loss_directions(variable, at) {
+            let u = self.direction_on(&t0, span.clone(), &[&grad[span]]);
+            let h = self.config.step * norm_on(&t0, &u).max(1.0);
+            let d = differences(h, |s| vec![loss(&with_flat(at, &axpy(&t0, s, &u)))]);
             let floor = self.rounding_floor(value.abs(), h);
-            self.loss_comparison(quantity, &name, "y", dot(&u, grad), &d, floor);
-        }
-    }
-
-    /// Per tensor of x, like [`Checker::loss_in_y`].
-    fn loss_in_x(
-        &mut self,
-        quantity: Quantity,
-        grad: &[f64],
-        value: f64,
-        loss: &dyn Fn(&P::X) -> f64,
-    ) {
-        let x0 = flat(self.x);
-        for (name, span) in self.loss_directions("x", self.x) {
-            let u = self.direction_on(&x0, span.clone(), &[&grad[span]]);
-            let h = self.config.step * norm_on(&x0, &u).max(1.0);
-            let d = differences(h, |s| vec![loss(&with_flat(self.x, &axpy(&x0, s, &u)))]);
-            let floor = self.rounding_floor(value.abs(), h);
-            self.loss_comparison(quantity, &name, "x", dot(&u, grad), &d, floor);
+            self.loss_comparison(quantity, &name, variable, dot(&u, grad), &d, floor);
         }
     }
 

@@ -152,20 +152,31 @@ where
 
     /// The name of the first tensor holding a NaN or an infinity, if any.
     fn first_non_finite(&self) -> Option<String> {
-        let mut v = FirstNonFinite { found: None };
-        walk_named(self, &mut v);
-        v.found
+        let mut found = None;
+        self.for_each_named_slice(|name, a| {
+            if found.is_none() && a.iter().any(|v| !v.is_finite()) {
+                found = Some(name.to_string());
+            }
+        });
+        found
     }
 
     /// Each trainable tensor's name (as in error messages, e.g. `"0.weight"`) and its range in
     /// [`Params::to_flat`], in visiting order: for reports and checks that name a tensor.
     fn tensor_spans(&self) -> Vec<(String, std::ops::Range<usize>)> {
-        let mut v = Spans {
-            out: Vec::new(),
-            next: 0,
-        };
+        let mut out = Vec::new();
+        let mut next = 0;
+        self.for_each_named_slice(|name, a| {
+            out.push((name.to_string(), next..next + a.len()));
+            next += a.len();
+        });
+        out
+    }
+
+    /// Visits each trainable tensor's name (as in [`Params::tensor_spans`]) and data.
+    fn for_each_named_slice(&self, f: impl FnMut(&str, &[E])) {
+        let mut v = EachNamedSlice { f, buf: Vec::new() };
         walk_named(self, &mut v);
-        v.out
     }
 
     /// Applies `f` to each trainable tensor's data in place.
@@ -427,37 +438,11 @@ where
     }
 }
 
-struct FirstNonFinite {
-    found: Option<String>,
+struct EachNamedSlice<F, E> {
+    f: F,
+    buf: Vec<E>,
 }
-impl<E: Real> TensorVisitor<E, Cpu> for FirstNonFinite
-where
-    Cpu: Device<E>,
-{
-    type Viewer = (ViewTensorRef, ViewTensorName);
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        (t, name): (&Tensor<S, E, Cpu>, String),
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update
-            && self.found.is_none()
-            && crate::real::values(t).iter().any(|v| !v.is_finite())
-        {
-            self.found = Some(tensor_label(name));
-        }
-        Ok(None)
-    }
-}
-
-struct Spans {
-    out: Vec<(String, std::ops::Range<usize>)>,
-    next: usize,
-}
-impl<E: Real> TensorVisitor<E, Cpu> for Spans
+impl<E: Real, F: FnMut(&str, &[E])> TensorVisitor<E, Cpu> for EachNamedSlice<F, E>
 where
     Cpu: Device<E>,
 {
@@ -471,10 +456,9 @@ where
         (t, name): (&Tensor<S, E, Cpu>, String),
     ) -> Visited<S, E> {
         if opts.do_gradient_update {
-            let n = t.shape().num_elements();
-            self.out
-                .push((tensor_label(name), self.next..self.next + n));
-            self.next += n;
+            self.buf.resize(t.shape().num_elements(), E::zero());
+            t.copy_into(&mut self.buf);
+            (self.f)(&tensor_label(name), &self.buf);
         }
         Ok(None)
     }
