@@ -734,3 +734,36 @@ fn every_method_keeps_x_in_a_box_and_reaches_the_optimum_on_its_boundary() {
         "not below 1e-3 of the start: {failures:?}"
     );
 }
+
+/// VRBO with no inner step would never move y: refused, naming the field.
+#[test]
+fn vrbo_refuses_zero_inner_steps() {
+    let config = VrboConfig {
+        inner_steps: 0,
+        ..Default::default()
+    };
+    let err = config.validate().expect_err("refused").to_string();
+    assert!(err.contains("`inner_steps`"), "{err}");
+}
+
+/// Halving MRBO's steps halves its x and y steps (λη_k, γη_k) and leaves η_k itself, which also
+/// sets the momentum weights c·η_k²: momenta are not step sizes (`halve_step_sizes`).
+#[test]
+fn mrbo_halving_halves_the_steps_not_the_momentum_weights() {
+    let before = MrboConfig::default();
+    let mut config = MethodConfig::Mrbo(before.clone());
+    config.halve_step_sizes();
+    let MethodConfig::Mrbo(after) = config else {
+        unreachable!()
+    };
+    assert_eq!(
+        after.step_scale, before.step_scale,
+        "η_k and c·η_k² unchanged"
+    );
+    assert_eq!(after.x_scale, before.x_scale / 2.0);
+    assert_eq!(after.y_scale, before.y_scale / 2.0);
+    assert_eq!(
+        (after.x_momentum, after.y_momentum),
+        (before.x_momentum, before.y_momentum)
+    );
+}

@@ -206,7 +206,11 @@ impl MethodConfig {
                 c.gamma_y /= 2.0;
                 c.gamma_z /= 2.0;
             }
-            Self::Mrbo(c) => c.step_scale /= 2.0,
+            // Not `step_scale`: η_k also sets the momentum weights c·η_k².
+            Self::Mrbo(c) => {
+                c.x_scale /= 2.0;
+                c.y_scale /= 2.0;
+            }
             Self::Vrbo(c) => {
                 c.alpha /= 2.0;
                 c.beta /= 2.0;

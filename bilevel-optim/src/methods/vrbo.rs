@@ -68,6 +68,8 @@ impl VrboConfig {
         validate::positive("alpha", self.alpha)?;
         validate::positive("beta", self.beta)?;
         validate::at_least_one("period", self.period)?;
+        // With no inner step y never moves.
+        validate::at_least_one("inner_steps", self.inner_steps)?;
         validate::at_least_one("anchor_batches", self.anchor_batches)?;
         self.neumann.validate("neumann")
     }
