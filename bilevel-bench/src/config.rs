@@ -138,6 +138,14 @@ impl RunConfig {
         if self.threads == 0 {
             bail!("threads must be at least 1");
         }
+        if self.task == TaskName::HyperRep && self.method().name() == "maml" {
+            bail!(
+                "method maml on hyper-rep: MAML meta-learns y's initialization and never steps x \
+                 (the encoder), while hyper-rep's metric fits fresh heads on x alone, so every \
+                 evaluation would score the random encoder; use anil, which learns the encoder \
+                 through the adaptation"
+            );
+        }
         match self.task {
             TaskName::HyperRep => self.hyper_rep.validate(),
             TaskName::HyperOpt => self.hyper_opt.validate(),

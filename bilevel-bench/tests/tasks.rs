@@ -183,6 +183,11 @@ fn bad_configurations_are_rejected_with_the_field() {
     );
     check("iters = \"many\"", "invalid type");
     check("threads = 0", "threads must be at least 1");
+    // MAML never steps x, and hyper-rep's metric reads x alone: refused, naming the alternative.
+    check(
+        "task = \"hyper-rep\"\n[method]\nmethod = \"maml\"",
+        "use anil",
+    );
 }
 
 #[test]
