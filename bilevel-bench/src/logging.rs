@@ -68,13 +68,24 @@ impl RunLogger {
             let header = lines
                 .next()
                 .with_context(|| format!("{}: empty", path.display()))?;
+            let columns = header.split(',').count();
             let mut out = vec![header.to_string()];
-            for line in lines {
+            for (k, line) in lines.enumerate() {
+                let number = k + 2;
+                let fields = line.split(',').count();
+                if fields != columns {
+                    anyhow::bail!(
+                        "{}: line {number} has {fields} fields, the header {columns}",
+                        path.display()
+                    );
+                }
                 let step: usize = line
                     .split(',')
                     .next()
                     .and_then(|s| s.parse().ok())
-                    .with_context(|| format!("{}: malformed row '{line}'", path.display()))?;
+                    .with_context(|| {
+                        format!("{}: line {number}: malformed row '{line}'", path.display())
+                    })?;
                 if step <= iteration {
                     out.push(line.to_string());
                 }
@@ -212,8 +223,24 @@ impl RunLogger {
 
 #[cfg(test)]
 mod tests {
-    use super::STEP_TAGS;
+    use super::{RunLogger, STEP_TAGS};
     use bilevel_optim::optimizer::StepReport;
+
+    /// A resumed run's logs with a row wider than its header (a torn or edited file) are an error
+    /// naming the file and the line, not an index out of bounds.
+    #[test]
+    fn a_row_wider_than_its_header_is_refused_with_its_line() {
+        let dir = std::env::temp_dir().join(format!("bilevel-logging-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("steps.csv"), "iteration,a,b\n1,0.5,0.25\n2,0.5,0.25,7\n").unwrap();
+        std::fs::write(dir.join("evaluations.csv"), "iteration,oracle_calls,train_seconds\n").unwrap();
+        let err = RunLogger::resume(&dir, 2).err().expect("refused").to_string();
+        assert!(
+            err.contains("steps.csv") && err.contains("line 3 has 4 fields, the header 3"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// `steps.csv` and the library's TensorBoard logger use the same tags, in the same order.
     #[test]
