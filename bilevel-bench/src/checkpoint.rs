@@ -124,6 +124,15 @@ impl Checkpoint {
     /// Reads `dir/checkpoint.bin` (a leftover `.tmp` from an interrupted write is ignored).
     pub fn read(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(FILE);
+        let tmp = dir.join(format!("{FILE}.tmp"));
+        if !path.exists() && tmp.exists() {
+            bail!(
+                "{}: no checkpoint to resume from: the run stopped while writing its first one \
+                 ({} may be incomplete and is never loaded); nothing was lost, start the run again",
+                dir.display(),
+                tmp.display()
+            );
+        }
         let mut bytes = Vec::new();
         std::fs::File::open(&path)
             .and_then(|mut f| f.read_to_end(&mut bytes))

@@ -232,9 +232,20 @@ mod tests {
     fn a_row_wider_than_its_header_is_refused_with_its_line() {
         let dir = std::env::temp_dir().join(format!("bilevel-logging-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("steps.csv"), "iteration,a,b\n1,0.5,0.25\n2,0.5,0.25,7\n").unwrap();
-        std::fs::write(dir.join("evaluations.csv"), "iteration,oracle_calls,train_seconds\n").unwrap();
-        let err = RunLogger::resume(&dir, 2).err().expect("refused").to_string();
+        std::fs::write(
+            dir.join("steps.csv"),
+            "iteration,a,b\n1,0.5,0.25\n2,0.5,0.25,7\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("evaluations.csv"),
+            "iteration,oracle_calls,train_seconds\n",
+        )
+        .unwrap();
+        let err = RunLogger::resume(&dir, 2)
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(
             err.contains("steps.csv") && err.contains("line 3 has 4 fields, the header 3"),
             "{err}"

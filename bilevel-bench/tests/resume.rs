@@ -174,6 +174,14 @@ fn an_interrupted_checkpoint_write_leaves_the_previous_one() {
     std::fs::write(torn.join(FILE), &bytes[..bytes.len() - 3]).unwrap();
     let err = format!("{:#}", Checkpoint::read(&torn).unwrap_err());
     assert!(err.contains("truncated checkpoint"), "{err}");
+    // Killed during the first checkpoint: only the temporary file exists, and the error says so.
+    let first = scratch("torn-first");
+    std::fs::write(first.join(format!("{FILE}.tmp")), &bytes[..bytes.len() / 2]).unwrap();
+    let err = format!("{:#}", Checkpoint::read(&first).unwrap_err());
+    assert!(
+        err.contains("stopped while writing its first one") && err.contains("start the run again"),
+        "{err}"
+    );
 }
 
 #[test]
