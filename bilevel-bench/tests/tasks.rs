@@ -183,6 +183,10 @@ fn bad_configurations_are_rejected_with_the_field() {
     );
     check("iters = \"many\"", "invalid type");
     check("threads = 0", "threads must be at least 1");
+    check(
+        "[hyper_clean]\ntrain_eval_size = 0",
+        "hyper_clean.train_eval_size must be at least 1",
+    );
     // MAML never steps x, and hyper-rep's metric reads x alone: refused, naming the alternative.
     check(
         "task = \"hyper-rep\"\n[method]\nmethod = \"maml\"",
@@ -250,4 +254,20 @@ fn a_run_on_two_threads_matches_one_thread() {
         }
     }
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// An empty evaluation set (an empty hand-labelled file) has no accuracy and no loss: it is not
+/// evaluated, never scored 0.
+#[test]
+fn an_empty_evaluation_set_is_not_scored() {
+    use bilevel_bench::tasks::common::{measure, EMB};
+    use bilevel_models::classifier::cpu;
+    use bilevel_models::text::EmbeddedTexts;
+    use dfdx::prelude::*;
+    let model = cpu::Classifier::<f32>::build(&Cpu::default());
+    let empty = EmbeddedTexts::new(EMB, vec![0.0; EMB], vec![], vec![]).unwrap();
+    assert_eq!(measure::<f32, _, EMB>(&model, &empty, 4), None);
+    let one = EmbeddedTexts::new(EMB, vec![0.0; EMB], vec![vec![0]], vec![1]).unwrap();
+    let (loss, accuracy) = measure::<f32, _, EMB>(&model, &one, 4).expect("one text");
+    assert!(loss > 0.0 && (accuracy == 0.0 || accuracy == 1.0));
 }

@@ -91,12 +91,13 @@ pub fn embed(
         .unzip()
 }
 
-/// Mean cross-entropy and accuracy of `model` over every text of `texts`, in batches.
+/// Mean cross-entropy and accuracy of `model` over every text of `texts`, in batches; `None` for
+/// an empty collection, which has neither (never a silent 0).
 pub fn measure<F: Real, M, const IN: usize>(
     model: &M,
     texts: &EmbeddedTexts,
     max_len: usize,
-) -> (f64, f64)
+) -> Option<(f64, f64)>
 where
     Cpu: Device<F>,
     M: WrittenLayer<F, Sequence<F, IN>, Output = Activations<F, C>>,
@@ -113,5 +114,5 @@ where
         correct += accuracy::<F, C>(&held, &b.labels) * chunk.len() as f64;
         n += chunk.len();
     }
-    (loss / n.max(1) as f64, correct / n.max(1) as f64)
+    (n > 0).then(|| (loss / n as f64, correct / n as f64))
 }

@@ -80,6 +80,8 @@ impl HyperCleanConfig {
             ("max_len", self.max_len),
             ("validation_size", self.validation_size),
             ("test_size", self.test_size),
+            // Zero would report the training accuracy and loss as 0.
+            ("train_eval_size", self.train_eval_size),
         ] {
             if v == 0 {
                 bail!("hyper_clean.{field} must be at least 1");
@@ -245,9 +247,11 @@ where
         ("test", &data.test),
         ("manual_test", &data.manual_test),
     ] {
-        let (loss, acc) = measure::<F, _, EMB>(y, set, data.max_len);
-        m.insert(format!("{name}/loss"), loss);
-        m.insert(format!("{name}/accuracy"), acc);
+        // An empty set (an empty hand-labelled file) is not evaluated rather than scored 0.
+        if let Some((loss, acc)) = measure::<F, _, EMB>(y, set, data.max_len) {
+            m.insert(format!("{name}/loss"), loss);
+            m.insert(format!("{name}/accuracy"), acc);
+        }
     }
     let weights: Vec<f64> = x
         .as_vec()

@@ -208,9 +208,10 @@ where
     ] {
         let n = config.eval_size.min(set.len());
         let subset = set.subset(&(0..n).collect::<Vec<_>>());
-        let (loss, acc) = measure::<F, _, EMB>(y, &subset, data.max_len);
-        m.insert(format!("{name}/loss"), loss);
-        m.insert(format!("{name}/accuracy"), acc);
+        if let Some((loss, acc)) = measure::<F, _, EMB>(y, &subset, data.max_len) {
+            m.insert(format!("{name}/loss"), loss);
+            m.insert(format!("{name}/accuracy"), acc);
+        }
     }
     let coefficients = x.to_flat();
     let mean =
