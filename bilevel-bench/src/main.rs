@@ -243,6 +243,36 @@ fn check_methods(methods: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A resumed run continues as its directory's config.toml says: a flag that would change the
+/// run is refused, not silently ignored.
+fn refuse_flags_a_resume_ignores(
+    common: &Common,
+    method: Option<&str>,
+    seed: Option<u64>,
+) -> Result<()> {
+    let given: Vec<&str> = [
+        ("--task", common.task.is_some()),
+        ("--config", common.config.is_some()),
+        ("--iters", common.iters.is_some()),
+        ("--eval-every", common.eval_every.is_some()),
+        ("--threads", common.threads.is_some()),
+        ("--method", method.is_some()),
+        ("--seed", seed.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, set)| set.then_some(flag))
+    .collect();
+    if given.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "--resume continues the run as its config.toml says; {} would change it: \
+             start a new run instead",
+            given.join(", ")
+        )
+    }
+}
+
 fn main() -> Result<()> {
     let command = Cli::parse().command;
     // dfdx's matrix products split over the global rayon pool; at this library's shapes that
@@ -258,6 +288,9 @@ fn main() -> Result<()> {
             seed,
             resume,
         } => {
+            if resume.is_some() {
+                refuse_flags_a_resume_ignores(&common, method.as_deref(), seed)?;
+            }
             let data_dir = resolve_data_dir(common.data_dir.as_deref())?;
             let (summary, dir) = match resume {
                 Some(dir) => (

@@ -327,3 +327,25 @@ fn rollback_halves_the_steps_and_finishes_with_clean_logs() {
     );
     assert_eq!(Checkpoint::read(&dir).unwrap().header.iteration, 12);
 }
+
+/// A flag that would change a resumed run (its budget, method, task, seed) is refused with the
+/// flag named, not silently ignored; nothing in the directory is touched.
+#[test]
+fn flags_a_resume_would_ignore_are_refused() {
+    let base = scratch("resume-flags");
+    for extra in [
+        &["--iters", "10"][..],
+        &["--method", "soba"],
+        &["--task", "hyper-rep"],
+    ] {
+        let mut args = vec!["run", "--resume", base.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = bench(&args).output().unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(extra[0]) && stderr.contains("would change it"),
+            "{extra:?}: {stderr}"
+        );
+    }
+}

@@ -187,6 +187,10 @@ fn bad_configurations_are_rejected_with_the_field() {
         "[hyper_clean]\ntrain_eval_size = 0",
         "hyper_clean.train_eval_size must be at least 1",
     );
+    check(
+        "[hyper_clean]\nweight_logit_init = nan",
+        "hyper_clean.weight_logit_init must be a finite number",
+    );
     // MAML never steps x, and hyper-rep's metric reads x alone: refused, naming the alternative.
     check(
         "task = \"hyper-rep\"\n[method]\nmethod = \"maml\"",

@@ -90,6 +90,13 @@ impl HyperCleanConfig {
         if !(self.mu > 0.0 && self.mu.is_finite()) {
             bail!("hyper_clean.mu must be a positive number, got {}", self.mu);
         }
+        // NaN or infinite weights would surface only later, as a divergence.
+        if !self.weight_logit_init.is_finite() {
+            bail!(
+                "hyper_clean.weight_logit_init must be a finite number, got {}",
+                self.weight_logit_init
+            );
+        }
         Ok(())
     }
 }
