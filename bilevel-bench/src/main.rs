@@ -47,10 +47,14 @@ enum Command {
         method: Option<String>,
         #[arg(long)]
         seed: Option<u64>,
-        /// Continue the run in this directory from its last checkpoint (its config.toml is used;
-        /// other settings are ignored).
+        /// Continue the run in this directory from its last checkpoint, as its config.toml says
+        /// (flags that would change the run are refused).
         #[arg(long)]
         resume: Option<PathBuf>,
+        /// Start anew in a run directory that already holds a run: the old run is first moved
+        /// aside, whole, to <dir>.old-N (without this flag such a run is refused).
+        #[arg(long, conflicts_with = "resume")]
+        overwrite: bool,
     },
     /// Runs several methods over several seeds and writes a results table (CSV and Markdown),
     /// the same table with each run stopped at its best validation accuracy, and plots (PNG and
@@ -243,6 +247,40 @@ fn check_methods(methods: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A run directory that holds a run (finished, or with a checkpoint to resume) is never
+/// overwritten silently: refused, or with `--overwrite` moved aside whole to `<dir>.old-N`.
+fn keep_earlier_run(dir: &std::path::Path, overwrite: bool) -> Result<()> {
+    let finished = dir.join("summary.json").exists();
+    let started = dir.join(bilevel_bench::checkpoint::FILE).exists();
+    if !finished && !started {
+        return Ok(());
+    }
+    if !overwrite {
+        let what = if finished {
+            "a finished run"
+        } else {
+            "an interrupted run (continue it with --resume)"
+        };
+        anyhow::bail!(
+            "{} holds {what}: pass --overwrite to move it aside and start anew",
+            dir.display()
+        );
+    }
+    let aside = (1..)
+        .map(|n| std::path::PathBuf::from(format!("{}.old-{n}", dir.display())))
+        .find(|p| !p.exists())
+        .expect("a free name");
+    std::fs::rename(dir, &aside).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot move the earlier run aside to {}: {e}",
+            dir.display(),
+            aside.display()
+        )
+    })?;
+    eprintln!("moved the earlier run aside to {}", aside.display());
+    Ok(())
+}
+
 /// A resumed run continues as its directory's config.toml says: a flag that would change the
 /// run is refused, not silently ignored.
 fn refuse_flags_a_resume_ignores(
@@ -287,6 +325,7 @@ fn main() -> Result<()> {
             method,
             seed,
             resume,
+            overwrite,
         } => {
             if resume.is_some() {
                 refuse_flags_a_resume_ignores(&common, method.as_deref(), seed)?;
@@ -303,6 +342,7 @@ fn main() -> Result<()> {
                         config.seed = seed;
                     }
                     let dir = run_dir(&common.out, &config);
+                    keep_earlier_run(&dir, overwrite)?;
                     (run(&config, &data_dir, &dir, !common.quiet)?, dir)
                 }
             };

@@ -349,3 +349,46 @@ fn flags_a_resume_would_ignore_are_refused() {
         );
     }
 }
+
+/// A second `run` into a directory holding a finished run is refused and leaves it untouched;
+/// `--overwrite` moves it aside whole before starting anew.
+#[test]
+fn a_finished_run_is_never_overwritten_silently() {
+    let base = scratch("overwrite");
+    let config = base.join("config.toml");
+    std::fs::write(&config, CONFIG.replace("iters = 24", "iters = 4")).unwrap();
+    let args = [
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        base.to_str().unwrap(),
+    ];
+    assert!(bench(&args).status().unwrap().success());
+    let dir = run_dir(&base);
+    let steps = std::fs::read_to_string(dir.join("steps.csv")).unwrap();
+
+    let out = bench(&args).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("holds a finished run") && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("steps.csv")).unwrap(),
+        steps,
+        "untouched"
+    );
+
+    let mut again = args.to_vec();
+    again.push("--overwrite");
+    assert!(bench(&again).status().unwrap().success());
+    let aside = PathBuf::from(format!("{}.old-1", dir.display()));
+    assert_eq!(
+        std::fs::read_to_string(aside.join("steps.csv")).unwrap(),
+        steps,
+        "kept whole"
+    );
+    assert!(aside.join("summary.json").exists() && dir.join("summary.json").exists());
+}
