@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bilevel_optim::optimizer::StepReport;
-use tensorboard_rs::summary_writer::SummaryWriter;
+use bilevel_optim::tensorboard::EventWriter;
 
 use crate::tasks::Metrics;
 
@@ -31,7 +31,7 @@ pub const STEP_TAGS: [&str; 12] = [
 /// The writer of a run's logs: TensorBoard events, `steps.csv` and `evaluations.csv`.
 pub struct RunLogger {
     dir: PathBuf,
-    tensorboard: SummaryWriter,
+    tensorboard: EventWriter,
     steps: BufWriter<File>,
     evaluations: Option<BufWriter<File>>,
 }
@@ -49,7 +49,7 @@ impl RunLogger {
         writeln!(steps, "iteration,{}", STEP_TAGS.join(","))?;
         Ok(Self {
             dir: dir.to_path_buf(),
-            tensorboard: SummaryWriter::new(dir),
+            tensorboard: EventWriter::create(dir)?,
             steps,
             evaluations: None,
         })
@@ -105,25 +105,27 @@ impl RunLogger {
                     .with_context(|| format!("{}: cannot remove", path.display()))?;
             }
         }
-        let mut tensorboard = SummaryWriter::new(dir);
-        let replay = |tb: &mut SummaryWriter,
+        let mut tensorboard = EventWriter::create(dir)?;
+        let replay = |tb: &mut EventWriter,
                       rows: &[String],
-                      tag_of: &dyn Fn(usize, &str) -> Option<String>| {
+                      tag_of: &dyn Fn(usize, &str) -> Option<String>|
+         -> std::io::Result<()> {
             let names: Vec<&str> = rows[0].split(',').collect();
             for row in &rows[1..] {
                 let fields: Vec<&str> = row.split(',').collect();
                 let step: usize = fields[0].parse().expect("checked above");
                 for (k, value) in fields.iter().enumerate().skip(1) {
                     if let (Some(tag), Ok(v)) = (tag_of(k, names[k]), value.parse::<f64>()) {
-                        tb.add_scalar(&tag, v as f32, step);
+                        tb.scalar(&tag, v, step)?;
                     }
                 }
             }
+            Ok(())
         };
-        replay(&mut tensorboard, &steps, &|_, name| Some(name.to_string()));
+        replay(&mut tensorboard, &steps, &|_, name| Some(name.to_string()))?;
         replay(&mut tensorboard, &evaluations, &|k, name| {
             (k >= 3).then(|| format!("eval/{name}"))
-        });
+        })?;
         let rewrite = |file: &str, rows: &[String]| -> anyhow::Result<BufWriter<File>> {
             let path = dir.join(file);
             let mut w = BufWriter::new(
@@ -165,7 +167,7 @@ impl RunLogger {
         for (tag, v) in STEP_TAGS.iter().zip(values) {
             row.push(',');
             if let Some(v) = v {
-                self.tensorboard.add_scalar(tag, v as f32, step);
+                self.tensorboard.scalar(tag, v, step)?;
                 row.push_str(&format!("{v}"));
             }
         }
@@ -183,8 +185,7 @@ impl RunLogger {
         metrics: &Metrics,
     ) -> anyhow::Result<()> {
         for (name, v) in metrics {
-            self.tensorboard
-                .add_scalar(&format!("eval/{name}"), *v as f32, step);
+            self.tensorboard.scalar(&format!("eval/{name}"), *v, step)?;
         }
         if self.evaluations.is_none() {
             let path = self.dir.join("evaluations.csv");
@@ -212,7 +213,7 @@ impl RunLogger {
 
     /// Writes everything buffered to disk.
     pub fn flush(&mut self) -> anyhow::Result<()> {
-        self.tensorboard.flush();
+        self.tensorboard.flush()?;
         self.steps.flush()?;
         if let Some(w) = self.evaluations.as_mut() {
             w.flush()?;

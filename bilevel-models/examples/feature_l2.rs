@@ -169,12 +169,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut log = TensorBoardLog::create(format!("runs/feature_l2/{name}"))?;
         for t in 1..=1000 {
             let report = method.step(&mut oracles, &mut x, &mut y)?;
-            log.step(&report);
+            log.step(&report)?;
             if t % 100 == 0 {
-                log.scalar("eval/validation_accuracy", validation_accuracy(&y, &val), t);
+                log.scalar("eval/validation_accuracy", validation_accuracy(&y, &val), t)?;
             }
         }
-        log.flush();
+        log.flush()?;
         let logs = x.as_vec();
         let mean = |r: std::ops::Range<usize>| logs[r.clone()].iter().sum::<f64>() / r.len() as f64;
         println!(

@@ -12,7 +12,7 @@
 //!   [`optimizer::BilevelOptimizer`]: [`borep::BoRep`] or a method of [`methods`], chosen by name
 //!   through [`methods::MethodConfig`].
 //! - Constrain x with [`problem::BilevelProblem::project_x`] and [`constraint::Constraint`];
-//!   log to TensorBoard with `tensorboard::TensorBoardLog` (feature `tensorboard`).
+//!   log to TensorBoard with [`tensorboard::TensorBoardLog`].
 //!
 //! ```
 //! use bilevel_optim::methods::{soba::SobaConfig, MethodConfig};
@@ -64,7 +64,6 @@ pub mod real;
 pub mod schedule;
 pub mod shards;
 pub mod steps;
-#[cfg(feature = "tensorboard")]
 pub mod tensorboard;
 pub mod validate;
 pub mod variance;
