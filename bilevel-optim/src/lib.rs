@@ -49,6 +49,7 @@
 pub mod borep;
 pub mod check;
 pub mod constraint;
+pub mod crc32c;
 pub mod epoch_sgd;
 pub mod error;
 pub mod linalg;
