@@ -29,9 +29,11 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
 use crate::error::BilevelError;
+use crate::linalg::{add_scaled, dot, norm};
 use crate::params::Params;
 use crate::passes::{lower_grad_pass, upper_pass, written_second_order_pass};
 use crate::problem::{BilevelProblem, SampleRng};
+use crate::problems::as_f64;
 use crate::real::Real;
 use crate::written_grad::WrittenGrad;
 
@@ -336,10 +338,10 @@ where
 {
     fn run(&mut self, upper: Option<&P::UpperBatch>) {
         let autodiff = lower_grad_pass(self.problem, self.x, self.y, self.lower);
-        if !self.finite("lower_loss", autodiff.value.f64(), &[&flat(&autodiff.dy)]) {
+        if !self.finite("lower_loss", autodiff.value.f64(), &[&as_f64(&autodiff.dy)]) {
             return;
         }
-        let grad_y = flat(&autodiff.dy);
+        let grad_y = as_f64(&autodiff.dy);
         if !self.written_gradient(&grad_y) {
             return;
         }
@@ -351,20 +353,20 @@ where
         let (Ok(at_v), Ok(at_u)) = products else {
             return; // the structural check above would have failed first
         };
-        let (hv, jv, hu) = (flat(&at_v.hvp), flat(&at_v.jvp), flat(&at_u.hvp));
+        let (hv, jv, hu) = (as_f64(&at_v.hvp), as_f64(&at_v.jvp), as_f64(&at_u.hvp));
         if !self.finite("the second-order pass", 0.0, &[&hv, &jv, &hu]) {
             return;
         }
         self.hessian_vector(&v, &hv, &grad_y);
-        self.symmetry(&flat(&v), &hv, &flat(&u), &hu);
+        self.symmetry(&as_f64(&v), &hv, &as_f64(&u), &hu);
         let value = autodiff.value.f64();
-        self.cross_products(&v, &jv, &flat(&autodiff.dx), norm(&grad_y), value);
+        self.cross_products(&v, &jv, &as_f64(&autodiff.dx), norm(&grad_y), value);
         let (problem, x, y, lower) = (self.problem, self.x, self.y, self.lower);
         let lower_value = |y: &P::Y| problem.lower_loss(x, y, lower).array().f64();
         self.loss_along(Quantity::LowerLoss, "y", y, &grad_y, value, &lower_value);
         if let Some(upper) = upper {
             let up = upper_pass(problem, x, y, upper);
-            let (dx, dy) = (flat(&up.dx), flat(&up.dy));
+            let (dx, dy) = (as_f64(&up.dx), as_f64(&up.dy));
             if !self.finite("upper_loss", up.value.f64(), &[&dx, &dy]) {
                 return;
             }
@@ -411,7 +413,7 @@ where
         let Ok(written) = grad.into_value(self.y) else {
             return false;
         };
-        let values = flat(&written);
+        let values = as_f64(&written);
         if !self.finite("the written gradient", 0.0, &[&values]) {
             return false;
         }
@@ -445,7 +447,7 @@ where
         let gradient_at = |s: f64| {
             let mut ys = self.y.duplicate();
             ys.add_scaled(E::of(s), v);
-            flat(&lower_grad_pass(self.problem, self.x, &ys, self.lower).dy)
+            as_f64(&lower_grad_pass(self.problem, self.x, &ys, self.lower).dy)
         };
         let d = differences(h, gradient_at);
         let tol = self.config.difference_tolerance;
@@ -514,8 +516,8 @@ where
         grad_y_norm: f64,
         value: f64,
     ) {
-        let v_flat = flat(v);
-        let x0 = flat(self.x);
+        let v_flat = as_f64(v);
+        let x0 = as_f64(self.x);
         let tol = self.config.difference_tolerance;
         for (name, span) in labelled("x", self.x) {
             let u = self.direction_on(
@@ -525,9 +527,9 @@ where
             );
             let h = self.config.step * norm_on(&x0, &u).max(1.0);
             let at = |s: f64| {
-                let xs = with_flat(self.x, &axpy(&x0, s, &u));
+                let xs = with_flat(self.x, &add_scaled(&x0, s, &u));
                 let g = lower_grad_pass(self.problem, &xs, self.y, self.lower);
-                vec![dot(&v_flat, &flat(&g.dy)), g.value.f64()]
+                vec![dot(&v_flat, &as_f64(&g.dy)), g.value.f64()]
             };
             let d = differences(h, at);
             // ⟨v, ∇_y G⟩ is rounded at the scale ‖v‖‖∇_y G‖.
@@ -587,11 +589,11 @@ where
         value: f64,
         loss: &dyn Fn(&T) -> f64,
     ) {
-        let t0 = flat(at);
+        let t0 = as_f64(at);
         for (name, span) in self.loss_directions(variable, at) {
             let u = self.direction_on(&t0, span.clone(), &[&grad[span]]);
             let h = self.config.step * norm_on(&t0, &u).max(1.0);
-            let d = differences(h, |s| vec![loss(&with_flat(at, &axpy(&t0, s, &u)))]);
+            let d = differences(h, |s| vec![loss(&with_flat(at, &add_scaled(&t0, s, &u)))]);
             let floor = self.rounding_floor(value.abs(), h);
             self.loss_comparison(quantity, &name, variable, dot(&u, grad), &d, floor);
         }
@@ -806,13 +808,6 @@ fn explain_gradient_mismatch(written: &[f64], autodiff: &[f64]) -> String {
     }
 }
 
-fn flat<E: Real, T: Params<E>>(t: &T) -> Vec<f64>
-where
-    Cpu: Device<E>,
-{
-    t.to_flat().into_iter().map(Real::f64).collect()
-}
-
 /// A copy of `like` (new tensor ids) holding `values`.
 fn with_flat<E: Real, T: Params<E>>(like: &T, values: &[f64]) -> T
 where
@@ -823,18 +818,6 @@ where
     out.set_flat(&values)
         .expect("a vector of the collection's length");
     out
-}
-
-fn axpy(x: &[f64], a: f64, u: &[f64]) -> Vec<f64> {
-    x.iter().zip(u).map(|(x, u)| x + a * u).collect()
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-fn norm(a: &[f64]) -> f64 {
-    dot(a, a).sqrt()
 }
 
 /// The norm of `x` on the support of `u`.
