@@ -25,6 +25,9 @@ use bilevel_optim::optimizer::MethodState;
 use bilevel_optim::oracles::OracleState;
 use serde::{Deserialize, Serialize};
 
+use crate::config::RunConfig;
+use crate::durable;
+use crate::faults::{self, Watched};
 use crate::runner::Evaluation;
 
 /// The format written: vectors as runs of (zeros, values), then a checksum of the whole file.
@@ -38,6 +41,10 @@ const MIN_ZERO_RUN: usize = 4;
 const MAGIC: &[u8; 8] = b"BLVLCKPT";
 /// The checkpoint's file name in a run directory.
 pub const FILE: &str = "checkpoint.bin";
+/// The checkpoint before the latest, kept until the next one is complete.
+pub const PREVIOUS_FILE: &str = "checkpoint.prev.bin";
+/// Where a checkpoint is written before it is renamed into place.
+const TMP_FILE: &str = "checkpoint.bin.tmp";
 
 /// Everything but the large vectors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +67,18 @@ pub struct Header {
     pub sampler: Vec<u64>,
     /// Every evaluation so far.
     pub evaluations: Vec<Evaluation>,
+    /// The run's configuration (TOML) as given, without the halvings of rollbacks; absent in
+    /// checkpoints written before it was recorded.
+    #[serde(default)]
+    pub config: Option<String>,
+    /// The data files the run was built from: short name to length and CRC-32C
+    /// ([`crate::data::fingerprint`]); empty in checkpoints written before it was recorded.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    /// How many times the run rolled back with halved step sizes (`on_divergence = "rollback"`):
+    /// a resumed run halves its configured steps as often.
+    #[serde(default)]
+    pub rollbacks: usize,
 }
 
 /// A checkpoint: the header and the named vectors (`x`, `y`, `method.<name>`).
@@ -88,15 +107,18 @@ impl Checkpoint {
         }
     }
 
-    /// Writes into `dir` atomically (temporary file, flush, sync, rename).
+    /// Writes into `dir` atomically (temporary file, flush, sync, rename), keeping the checkpoint
+    /// it replaces as `checkpoint.prev.bin` until the next one is complete.
     pub fn write(&self, dir: &Path) -> anyhow::Result<PathBuf> {
         let path = dir.join(FILE);
-        let tmp = dir.join(format!("{FILE}.tmp"));
+        let tmp = dir.join(TMP_FILE);
         let header = serde_json::to_vec(&self.header)?;
+        faults::point("creating", &tmp)
+            .with_context(|| format!("{}: cannot create", tmp.display()))?;
         let file = std::fs::File::create(&tmp)
             .with_context(|| format!("{}: cannot create", tmp.display()))?;
         let mut out = Checksummed {
-            inner: std::io::BufWriter::with_capacity(1 << 20, file),
+            inner: std::io::BufWriter::with_capacity(1 << 20, Watched::new(file, &tmp)),
             crc: Crc32c::default(),
         };
         let mut write = || -> std::io::Result<()> {
@@ -121,29 +143,83 @@ impl Checkpoint {
             .into_inner()
             .map_err(|e| e.into_error())
             .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        file.sync_all()
+        faults::point("syncing", &tmp)
+            .with_context(|| format!("{}: cannot sync", tmp.display()))?;
+        file.get_ref()
+            .sync_all()
             .with_context(|| format!("{}: cannot sync", tmp.display()))?;
         drop(file);
-        std::fs::rename(&tmp, &path)
-            .with_context(|| format!("{}: cannot rename into place", path.display()))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
+        if path.exists() {
+            durable::rename(&path, &dir.join(PREVIOUS_FILE))?;
         }
+        durable::rename(&tmp, &path)?;
         Ok(path)
     }
 
-    /// Reads `dir/checkpoint.bin` (a leftover `.tmp` from an interrupted write is ignored).
+    /// Removes every checkpoint file of `dir` (latest, previous, partial).
+    pub fn remove_all(dir: &Path) -> anyhow::Result<()> {
+        for name in [FILE, PREVIOUS_FILE, TMP_FILE] {
+            durable::remove(&dir.join(name))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the latest good checkpoint of `dir`: `checkpoint.bin`, or when it is missing or
+    /// damaged, a complete `checkpoint.bin.tmp` (a kill between the two renames of
+    /// [`Checkpoint::write`]) or `checkpoint.prev.bin`, with a warning on stderr. A damaged
+    /// `checkpoint.bin` is kept aside as `checkpoint.bin.damaged`, so the next write does not
+    /// push the good previous checkpoint out.
     pub fn read(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(FILE);
-        let tmp = dir.join(format!("{FILE}.tmp"));
-        if !path.exists() && tmp.exists() {
+        let tmp = dir.join(TMP_FILE);
+        let previous = dir.join(PREVIOUS_FILE);
+        if !path.exists()
+            && !previous.exists()
+            && tmp.exists()
+            && Self::read_file(&tmp, true).is_err()
+        {
             bail!(
                 "{}: no checkpoint to resume from: the run stopped while writing its first one \
-                 ({} may be incomplete and is never loaded); nothing was lost, start the run again",
+                 ({} is incomplete and is never loaded); nothing was lost, start the run again",
                 dir.display(),
                 tmp.display()
             );
         }
+        let latest = match Self::read_file(&path, false) {
+            Ok(cp) => return Ok(cp),
+            Err(e) if !path.exists() && !previous.exists() && !tmp.exists() => return Err(e),
+            Err(e) => e,
+        };
+        let fallback = [(&tmp, true), (&previous, false)]
+            .into_iter()
+            .find_map(|(p, checked)| Self::read_file(p, checked).ok().map(|cp| (p, cp)));
+        let Some((used, cp)) = fallback else {
+            bail!("{latest:#} (and no good earlier checkpoint to fall back to)");
+        };
+        if path.exists() {
+            let aside = dir.join(format!("{FILE}.damaged"));
+            durable::rename(&path, &aside)?;
+            eprintln!(
+                "warning: {latest:#}\nwarning: moved it aside to {} and resumed from {} \
+                 (iteration {})",
+                aside.display(),
+                used.display(),
+                cp.header.iteration
+            );
+        } else {
+            eprintln!(
+                "warning: {} is missing; resumed from {} (iteration {})",
+                path.display(),
+                used.display(),
+                cp.header.iteration
+            );
+        }
+        Ok(cp)
+    }
+
+    /// Reads one checkpoint file; with `checked`, only a format with a checksum is accepted
+    /// (for a file whose completeness nothing else vouches for).
+    fn read_file(path: &Path, checked: bool) -> anyhow::Result<Self> {
         let mut bytes = Vec::new();
         std::fs::File::open(&path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -157,6 +233,9 @@ impl Checkpoint {
             bail!("{}: not a bilevel-bench checkpoint", path.display());
         }
         let version = u32::from_le_bytes(r.take(4)?.try_into().expect("4 bytes"));
+        if checked && version != VERSION {
+            bail!("{}: a partial write, not loaded", path.display());
+        }
         if ![PLAIN_VERSION, UNCHECKED_VERSION, VERSION].contains(&version) {
             bail!(
                 "{}: checkpoint format version {version}, this build reads versions \
@@ -205,11 +284,19 @@ impl Checkpoint {
         Ok(Self { header, vectors })
     }
 
-    /// Fails unless the checkpoint belongs to this task, method and model size.
-    pub fn check_identity(&self, task: &str, method: &str, model: &str) -> anyhow::Result<()> {
+    /// Fails unless the checkpoint belongs to this run: its task, method and model size, its
+    /// configuration (every key but `iters`, which may be raised but not set below the
+    /// checkpoint's iteration) and its data files. The error names what differs.
+    pub fn check_run(
+        &self,
+        config: &RunConfig,
+        method: &str,
+        model: &str,
+        data: &BTreeMap<String, String>,
+    ) -> anyhow::Result<()> {
         let h = &self.header;
         for (what, saved, wanted) in [
-            ("task", &h.task, task),
+            ("task", h.task.as_str(), config.task.as_str()),
             ("method", &h.method, method),
             ("model size", &h.model, model),
         ] {
@@ -217,7 +304,89 @@ impl Checkpoint {
                 bail!("the checkpoint is from {what} '{saved}', this run is '{wanted}'");
             }
         }
+        if config.iters < h.iteration {
+            bail!(
+                "iters = {} is below the checkpoint's iteration {}: a run cannot be shortened \
+                 after the fact (its evaluations up to iteration {} are in evaluations.csv)",
+                config.iters,
+                h.iteration,
+                config.iters
+            );
+        }
+        if let Some(saved) = &h.config {
+            // Both through RunConfig, so keys added since (with their defaults) compare equal.
+            let saved: RunConfig =
+                toml::from_str(saved).context("the checkpoint's configuration")?;
+            let comparable = |c: &RunConfig| {
+                toml::Value::try_from(RunConfig {
+                    iters: 0,
+                    ..c.clone()
+                })
+            };
+            let (saved, now) = (comparable(&saved)?, comparable(config)?);
+            let mut differences = Vec::new();
+            differ("", &saved, &now, &mut differences);
+            if !differences.is_empty() {
+                bail!(
+                    "config.toml differs from the configuration the checkpoint was written with: \
+                     {}; restore it, or start a new run",
+                    differences.join("; ")
+                );
+            }
+        }
+        if !h.data.is_empty() && h.data != *data {
+            let mut differences = Vec::new();
+            for name in h
+                .data
+                .keys()
+                .chain(data.keys())
+                .collect::<std::collections::BTreeSet<_>>()
+            {
+                match (h.data.get(name), data.get(name)) {
+                    (Some(a), Some(b)) if a != b => {
+                        differences.push(format!("{name} (then {a}, now {b})"))
+                    }
+                    (Some(_), None) => differences.push(format!("{name} (read then, not now)")),
+                    (None, Some(_)) => differences.push(format!("{name} (read now, not then)")),
+                    _ => {}
+                }
+            }
+            bail!(
+                "the data differs from the data the checkpoint was built from: {}; a resumed \
+                 run would not continue the same trajectory",
+                differences.join(", ")
+            );
+        }
         Ok(())
+    }
+}
+
+/// The keys (dotted paths under `at`) where `saved` and `now` differ, with both values.
+fn differ(at: &str, saved: &toml::Value, now: &toml::Value, out: &mut Vec<String>) {
+    let key = |k: &str| {
+        if at.is_empty() {
+            k.to_string()
+        } else {
+            format!("{at}.{k}")
+        }
+    };
+    match (saved, now) {
+        (toml::Value::Table(a), toml::Value::Table(b)) => {
+            for k in a
+                .keys()
+                .chain(b.keys())
+                .collect::<std::collections::BTreeSet<_>>()
+            {
+                match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => differ(&key(k), x, y, out),
+                    (Some(x), None) => out.push(format!("`{}` (was {x}, now unset)", key(k))),
+                    (None, Some(y)) => out.push(format!("`{}` (was unset, now {y})", key(k))),
+                    (None, None) => {}
+                }
+            }
+        }
+        (a, b) if a != b => out.push(format!("`{at}` (was {a}, now {b})")),
+        _ => {}
     }
 }
 
@@ -358,6 +527,9 @@ mod tests {
                 },
                 sampler: vec![7],
                 evaluations: vec![],
+                config: Some("seed = 3\n".into()),
+                data: [("glove/vectors.txt".to_string(), "9 bytes".to_string())].into(),
+                rollbacks: 1,
             },
             vectors: vectors
                 .iter()
@@ -446,6 +618,49 @@ mod tests {
         v2[8..12].copy_from_slice(&UNCHECKED_VERSION.to_le_bytes());
         std::fs::write(dir.join(FILE), &v2).unwrap();
         assert_eq!(Checkpoint::read(&dir).unwrap(), written);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The checkpoint before the latest is kept: when the latest is damaged, the run resumes from
+    /// the previous one, and the damaged file is kept aside (not deleted, not pushed over the
+    /// good previous one by the next write). A kill between the two renames of a write (latest
+    /// missing, complete temporary file) resumes from the temporary file.
+    #[test]
+    fn a_damaged_latest_checkpoint_falls_back_to_the_previous_one() {
+        let dir = std::env::temp_dir().join(format!("bilevel-ckpt-prev-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut first = checkpoint(&[("x", vec![1.0, 2.0]), ("y", vec![0.5; 3])]);
+        first.header.iteration = 4;
+        first.write(&dir).unwrap();
+        let mut second = first.clone();
+        second.header.iteration = 8;
+        second.write(&dir).unwrap();
+        assert!(dir.join(PREVIOUS_FILE).is_file());
+        assert_eq!(Checkpoint::read(&dir).unwrap(), second);
+
+        let mut bytes = std::fs::read(dir.join(FILE)).unwrap();
+        let n = bytes.len();
+        bytes[n - 10] ^= 1;
+        std::fs::write(dir.join(FILE), &bytes).unwrap();
+        assert_eq!(Checkpoint::read(&dir).unwrap(), first);
+        assert_eq!(
+            std::fs::read(dir.join(format!("{FILE}.damaged"))).unwrap(),
+            bytes,
+            "kept aside"
+        );
+        let mut third = first.clone();
+        third.header.iteration = 12;
+        third.write(&dir).unwrap();
+        assert_eq!(Checkpoint::read(&dir).unwrap(), third);
+        // Killed between the renames: no latest, a complete temporary file.
+        std::fs::rename(dir.join(FILE), dir.join(TMP_FILE)).unwrap();
+        assert_eq!(Checkpoint::read(&dir).unwrap(), third);
+        // Both damaged: an error naming the latest's damage.
+        std::fs::write(dir.join(TMP_FILE), &bytes[..n / 2]).unwrap();
+        std::fs::write(dir.join(PREVIOUS_FILE), &bytes).unwrap();
+        let err = format!("{:#}", Checkpoint::read(&dir).unwrap_err());
+        assert!(err.contains("no good earlier checkpoint"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

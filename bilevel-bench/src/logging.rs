@@ -2,13 +2,15 @@
 //! quantities and per-evaluation metrics), the same figures as CSV, and the resolved config.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bilevel_optim::optimizer::StepReport;
 use bilevel_optim::tensorboard::EventWriter;
 
+use crate::durable::{self, LogFile};
+use crate::faults::{self, Watched};
 use crate::tasks::Metrics;
 
 /// The TensorBoard tags of the per-iteration quantities, in the order of `steps.csv`: the
@@ -28,28 +30,127 @@ pub const STEP_TAGS: [&str; 12] = [
     "time/train_seconds",
 ];
 
-/// The writer of a run's logs: TensorBoard events, `steps.csv` and `evaluations.csv`.
+/// The writer of a run's logs: TensorBoard events, `steps.csv` and `evaluations.csv`. Its files
+/// are written through [`crate::durable`], and [`RunLogger::sync`] puts them on the disk before
+/// each checkpoint, so the logs always reach at least as far as the checkpoint.
 pub struct RunLogger {
     dir: PathBuf,
     tensorboard: EventWriter,
-    steps: BufWriter<File>,
-    evaluations: Option<BufWriter<File>>,
+    /// The event file, for syncing.
+    events: File,
+    steps: LogFile,
+    evaluations: Option<LogFile>,
+}
+
+/// The name of every event file in `dir`.
+fn event_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?
+    {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("events.out.tfevents"))
+        {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+/// Where a resume writes the new event file before it replaces the old ones: a name TensorBoard
+/// does not read (it reads every file with "tfevents" in its name).
+const STAGED_EVENTS: &str = "events.staged";
+
+/// A new event file at `path`, written to [`STAGED_EVENTS`] first when `staged` (see
+/// [`RunLogger::resume`]); returns the writer and the file for syncing.
+fn event_writer(path: &Path, staged: bool) -> anyhow::Result<(EventWriter, File)> {
+    let target = if staged {
+        path.with_file_name(STAGED_EVENTS)
+    } else {
+        path.to_path_buf()
+    };
+    let out = durable::create(&target)?;
+    let file = out
+        .get_ref()
+        .get_ref()
+        .try_clone()
+        .with_context(|| format!("{}: cannot open", target.display()))?;
+    let writer = EventWriter::from_writer(path.to_path_buf(), Box::new(out))?;
+    Ok((writer, file))
+}
+
+/// The rows of a CSV log up to `iteration` (header first). A last line without its newline is a
+/// row torn by a kill during its write: it is dropped (a checkpoint is only written after the
+/// rows before it are complete on disk).
+fn rows_up_to(path: &Path, iteration: usize) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let complete = match text.rfind('\n') {
+        Some(end) => &text[..=end],
+        None => "",
+    };
+    let mut lines = complete.lines();
+    let header = lines.next().with_context(|| {
+        format!(
+            "{}: empty (the run's logs are gone; start the run again)",
+            path.display()
+        )
+    })?;
+    let columns = header.split(',').count();
+    let mut out = vec![header.to_string()];
+    for (k, line) in lines.enumerate() {
+        let number = k + 2;
+        let fields = line.split(',').count();
+        if fields != columns {
+            anyhow::bail!(
+                "{}: line {number} has {fields} fields, the header {columns}",
+                path.display()
+            );
+        }
+        let step: usize = line
+            .split(',')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .with_context(|| {
+                format!("{}: line {number}: malformed row '{line}'", path.display())
+            })?;
+        if step <= iteration {
+            out.push(line.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Opens `path` to append rows after what it holds.
+fn append(path: &Path) -> anyhow::Result<LogFile> {
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
+    Ok(std::io::BufWriter::new(Watched::new(file, path)))
 }
 
 impl RunLogger {
-    /// Creates `dir` (and its parents) with a fresh TensorBoard writer and CSV files.
+    /// Creates `dir` (and its parents) with fresh CSV files and a new TensorBoard event file;
+    /// event files of an earlier run in `dir` are removed, so TensorBoard never mixes two runs.
     pub fn create(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("{}: cannot create the run directory", dir.display()))?;
+        for old in event_files(dir)? {
+            durable::remove(&old)?;
+        }
         let steps_path = dir.join("steps.csv");
-        let mut steps = BufWriter::new(
-            File::create(&steps_path)
-                .with_context(|| format!("{}: cannot create", steps_path.display()))?,
-        );
-        writeln!(steps, "iteration,{}", STEP_TAGS.join(","))?;
+        let mut steps = durable::create(&steps_path)?;
+        writeln!(steps, "iteration,{}", STEP_TAGS.join(","))
+            .with_context(|| format!("{}: cannot write", steps_path.display()))?;
+        let (tensorboard, events) = event_writer(&EventWriter::new_file_path(dir), false)?;
         Ok(Self {
             dir: dir.to_path_buf(),
-            tensorboard: EventWriter::create(dir)?,
+            tensorboard,
+            events,
             steps,
             evaluations: None,
         })
@@ -59,53 +160,18 @@ impl RunLogger {
     /// `steps.csv` and `evaluations.csv` beyond it (written after the checkpoint, before the
     /// interruption) are dropped, and the TensorBoard events are rewritten from the CSV files, so
     /// no step is missing or duplicated.
+    ///
+    /// Nothing is lost at any instant: each CSV file is replaced atomically; the new event file
+    /// is written whole under a temporary name before the old ones are removed and it takes
+    /// their place (between the two, the events are missing from TensorBoard but not from the
+    /// CSV files they are rebuilt from on the next resume).
     pub fn resume(dir: &Path, iteration: usize) -> anyhow::Result<Self> {
-        let keep = |file: &str| -> anyhow::Result<Vec<String>> {
-            let path = dir.join(file);
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("{}: cannot read", path.display()))?;
-            let mut lines = text.lines();
-            let header = lines
-                .next()
-                .with_context(|| format!("{}: empty", path.display()))?;
-            let columns = header.split(',').count();
-            let mut out = vec![header.to_string()];
-            for (k, line) in lines.enumerate() {
-                let number = k + 2;
-                let fields = line.split(',').count();
-                if fields != columns {
-                    anyhow::bail!(
-                        "{}: line {number} has {fields} fields, the header {columns}",
-                        path.display()
-                    );
-                }
-                let step: usize = line
-                    .split(',')
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .with_context(|| {
-                        format!("{}: line {number}: malformed row '{line}'", path.display())
-                    })?;
-                if step <= iteration {
-                    out.push(line.to_string());
-                }
-            }
-            Ok(out)
-        };
-        let steps = keep("steps.csv")?;
-        let evaluations = keep("evaluations.csv")?;
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            if path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("events.out.tfevents"))
-            {
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("{}: cannot remove", path.display()))?;
-            }
-        }
-        let mut tensorboard = EventWriter::create(dir)?;
+        let steps_path = dir.join("steps.csv");
+        let evaluations_path = dir.join("evaluations.csv");
+        let steps = rows_up_to(&steps_path, iteration)?;
+        let evaluations = rows_up_to(&evaluations_path, iteration)?;
+        let events_path = EventWriter::new_file_path(dir);
+        let (mut tensorboard, events) = event_writer(&events_path, true)?;
         let replay = |tb: &mut EventWriter,
                       rows: &[String],
                       tag_of: &dyn Fn(usize, &str) -> Option<String>|
@@ -113,7 +179,7 @@ impl RunLogger {
             let names: Vec<&str> = rows[0].split(',').collect();
             for row in &rows[1..] {
                 let fields: Vec<&str> = row.split(',').collect();
-                let step: usize = fields[0].parse().expect("checked above");
+                let step: usize = fields[0].parse().expect("checked by rows_up_to");
                 for (k, value) in fields.iter().enumerate().skip(1) {
                     if let (Some(tag), Ok(v)) = (tag_of(k, names[k]), value.parse::<f64>()) {
                         tb.scalar(&tag, v, step)?;
@@ -126,28 +192,27 @@ impl RunLogger {
         replay(&mut tensorboard, &evaluations, &|k, name| {
             (k >= 3).then(|| format!("eval/{name}"))
         })?;
-        let rewrite = |file: &str, rows: &[String]| -> anyhow::Result<BufWriter<File>> {
-            let path = dir.join(file);
-            let mut w = BufWriter::new(
-                File::create(&path)
-                    .with_context(|| format!("{}: cannot rewrite", path.display()))?,
-            );
-            for row in rows {
-                writeln!(w, "{row}")?;
-            }
-            w.flush()?;
-            Ok(w)
-        };
-        let steps = rewrite("steps.csv", &steps)?;
-        let evaluations = rewrite("evaluations.csv", &evaluations)?;
+        tensorboard.flush()?;
+        let staged = events_path.with_file_name(STAGED_EVENTS);
+        faults::point("syncing", &staged)?;
+        events
+            .sync_data()
+            .with_context(|| format!("{}: cannot sync", staged.display()))?;
+        let joined = |rows: &[String]| rows.iter().map(|r| format!("{r}\n")).collect::<String>();
+        durable::write_atomic(&steps_path, joined(&steps).as_bytes())?;
+        durable::write_atomic(&evaluations_path, joined(&evaluations).as_bytes())?;
+        for old in event_files(dir)? {
+            durable::remove(&old)?;
+        }
+        durable::rename(&staged, &events_path)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             tensorboard,
-            steps,
-            evaluations: Some(evaluations),
+            events,
+            steps: append(&steps_path)?,
+            evaluations: Some(append(&evaluations_path)?),
         })
     }
-
     /// The run directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -171,7 +236,8 @@ impl RunLogger {
                 row.push_str(&format!("{v}"));
             }
         }
-        writeln!(self.steps, "{row}")?;
+        writeln!(self.steps, "{row}")
+            .with_context(|| format!("{}: cannot write", self.dir.join("steps.csv").display()))?;
         Ok(())
     }
 
@@ -187,18 +253,16 @@ impl RunLogger {
         for (name, v) in metrics {
             self.tensorboard.scalar(&format!("eval/{name}"), *v, step)?;
         }
+        let path = self.dir.join("evaluations.csv");
         if self.evaluations.is_none() {
-            let path = self.dir.join("evaluations.csv");
-            let mut w = BufWriter::new(
-                File::create(&path)
-                    .with_context(|| format!("{}: cannot create", path.display()))?,
-            );
+            let mut w = durable::create(&path)?;
             let names: Vec<&str> = metrics.keys().map(String::as_str).collect();
             writeln!(
                 w,
                 "iteration,oracle_calls,train_seconds,{}",
                 names.join(",")
-            )?;
+            )
+            .with_context(|| format!("{}: cannot write", path.display()))?;
             self.evaluations = Some(w);
         }
         let w = self.evaluations.as_mut().expect("created above");
@@ -207,18 +271,39 @@ impl RunLogger {
             w,
             "{step},{oracle_total},{train_seconds},{}",
             values.join(",")
-        )?;
+        )
+        .with_context(|| format!("{}: cannot write", path.display()))?;
         Ok(())
     }
 
     /// Writes everything buffered to disk.
     pub fn flush(&mut self) -> anyhow::Result<()> {
         self.tensorboard.flush()?;
-        self.steps.flush()?;
+        let steps = self.dir.join("steps.csv");
+        self.steps
+            .flush()
+            .with_context(|| format!("{}: cannot write", steps.display()))?;
         if let Some(w) = self.evaluations.as_mut() {
-            w.flush()?;
+            let path = self.dir.join("evaluations.csv");
+            w.flush()
+                .with_context(|| format!("{}: cannot write", path.display()))?;
         }
         Ok(())
+    }
+
+    /// Writes everything buffered and syncs it to the disk: called before each checkpoint, so
+    /// the logs on disk always reach the checkpoint's iteration.
+    pub fn sync(&mut self) -> anyhow::Result<()> {
+        self.flush()?;
+        durable::sync(&mut self.steps, &self.dir.join("steps.csv"))?;
+        if let Some(w) = self.evaluations.as_mut() {
+            durable::sync(w, &self.dir.join("evaluations.csv"))?;
+        }
+        let events = self.tensorboard.path().to_path_buf();
+        faults::point("syncing", &events)?;
+        self.events
+            .sync_data()
+            .with_context(|| format!("{}: cannot sync", events.display()))
     }
 }
 

@@ -251,10 +251,13 @@ fn check_methods(methods: &[String]) -> Result<()> {
 /// overwritten silently: refused, or with `--overwrite` moved aside whole to `<dir>.old-N`.
 fn keep_earlier_run(dir: &std::path::Path, overwrite: bool) -> Result<()> {
     let finished = dir.join("summary.json").exists();
-    let started = dir.join(bilevel_bench::checkpoint::FILE).exists();
+    let started = dir.join(bilevel_bench::checkpoint::FILE).exists()
+        || dir.join(bilevel_bench::checkpoint::PREVIOUS_FILE).exists();
     if !finished && !started {
         return Ok(());
     }
+    // Held while the run is moved aside: a run still writing there is never moved.
+    let _lock = bilevel_bench::lock::RunLock::acquire(dir)?;
     if !overwrite {
         let what = if finished {
             "a finished run"

@@ -20,6 +20,9 @@ use bilevel_optim::optimizer::BilevelOptimizer;
 
 use crate::checkpoint::{Checkpoint, Header};
 use crate::config::{OnDivergence, RunConfig};
+use crate::data::fingerprint;
+use crate::durable;
+use crate::lock::RunLock;
 use crate::logging::RunLogger;
 use crate::tasks::common::E;
 use crate::tasks::dispatch::{with_task, TaskProblem, TaskVisitor};
@@ -72,9 +75,11 @@ pub fn run_dir(out: &Path, config: &RunConfig) -> PathBuf {
         .join(format!("seed-{}", config.seed))
 }
 
-/// Runs `config` on the data in `data_dir`, writing into `dir`. A run that fails before its
-/// first iteration (bad data, say) removes the directory it created, so nothing is left that
-/// looks like a run; a run that fails later keeps its logs and its last good checkpoint.
+/// Runs `config` on the data in `data_dir`, writing into `dir`, which it holds locked
+/// ([`RunLock`]) while it runs. Nothing in `dir` is touched before the data is loaded and the
+/// problem built; a run that fails before its first iteration (bad data, say) removes the
+/// directory if it created it, so nothing is left that looks like a run; a run that fails later
+/// keeps its logs and its last good checkpoint.
 pub fn run(
     config: &RunConfig,
     data_dir: &Path,
@@ -84,34 +89,29 @@ pub fn run(
     config.validate()?;
     config.method().validate()?;
     let created = !dir.exists();
-    // A previous run's summary in the directory would pass for this run's (`compare` and `tune`
-    // reuse finished runs by their summaries).
-    let summary = dir.join("summary.json");
-    if summary.exists() {
-        std::fs::remove_file(&summary)
-            .with_context(|| format!("{}: cannot remove", summary.display()))?;
-    }
-    let logger = RunLogger::create(dir)?;
-    std::fs::write(
-        dir.join("config.toml"),
-        toml::to_string(config).context("serializing the config")?,
-    )
-    .with_context(|| format!("{}: cannot write config.toml", dir.display()))?;
-    let result = execute(config, data_dir, dir, progress, logger, None);
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create the run directory", dir.display()))?;
+    let lock = RunLock::acquire(dir)?;
+    let result = execute(config, data_dir, dir, progress, None);
+    drop(lock);
     if result.is_err() && created && !dir.join(crate::checkpoint::FILE).exists() {
         let _ = std::fs::remove_dir_all(dir);
     }
     result
 }
 
-/// Continues the run in `dir` from its last checkpoint, with the configuration saved there.
-/// On the CPU the result is bit-identical to a run that was never interrupted.
+/// Continues the run in `dir` from its last good checkpoint, with the configuration saved there
+/// (which must be the one the checkpoint was written with, but for a larger `iters`). On the
+/// CPU the result is bit-identical to a run that was never interrupted.
 pub fn resume(data_dir: &Path, dir: &Path, progress: bool) -> anyhow::Result<RunSummary> {
+    if !dir.is_dir() {
+        anyhow::bail!("{}: no such run directory", dir.display());
+    }
+    let _lock = RunLock::acquire(dir)?;
     let config = RunConfig::from_file(&dir.join("config.toml"))?;
     config.validate()?;
     let checkpoint = Checkpoint::read(dir)?;
-    let logger = RunLogger::resume(dir, checkpoint.header.iteration)?;
-    execute(&config, data_dir, dir, progress, logger, Some(checkpoint))
+    execute(&config, data_dir, dir, progress, Some(checkpoint))
 }
 
 fn execute(
@@ -119,7 +119,6 @@ fn execute(
     data_dir: &Path,
     dir: &Path,
     progress: bool,
-    mut logger: RunLogger,
     checkpoint: Option<Checkpoint>,
 ) -> anyhow::Result<RunSummary> {
     let dev = Cpu::seed_from_u64(config.seed);
@@ -127,14 +126,13 @@ fn execute(
     let caches = AllocationCaches::enable(&dev);
     let ctx = Loop {
         config,
-        logger: &mut logger,
         progress,
         caches: &caches,
         checkpoint,
         dir,
     };
+    fingerprint::begin();
     let evaluations = with_task(config, data_dir, &dev, ctx)?;
-    logger.flush()?;
     let summary = RunSummary {
         task: config.task.as_str().into(),
         method: config.method().name().into(),
@@ -142,11 +140,10 @@ fn execute(
         dir: dir.to_path_buf(),
         evaluations,
     };
-    std::fs::write(
-        dir.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?,
-    )
-    .with_context(|| format!("{}: cannot write summary.json", dir.display()))?;
+    durable::write_atomic(
+        &dir.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
+    )?;
     Ok(summary)
 }
 
@@ -208,7 +205,6 @@ impl Drop for AllocationCaches {
 
 struct Loop<'a> {
     config: &'a RunConfig,
-    logger: &'a mut RunLogger,
     progress: bool,
     caches: &'a AllocationCaches,
     /// Where to continue from (a resumed run).
@@ -232,7 +228,20 @@ impl TaskVisitor<E> for Loop<'_> {
         mut evaluate: impl FnMut(&P::X, &P::Y) -> Metrics,
     ) -> anyhow::Result<Vec<Evaluation>> {
         let c = self.config;
+        let data = fingerprint::current();
         let mut method_config: MethodConfig = c.method();
+        let rollbacks_before = self.checkpoint.as_ref().map_or(0, |cp| cp.header.rollbacks);
+        for _ in 0..rollbacks_before {
+            method_config.halve_step_sizes();
+        }
+        if let Some(cp) = &self.checkpoint {
+            cp.check_run(c, method_config.name(), model, &data)
+                .with_context(|| format!("{}: cannot resume", self.dir.display()))?;
+        }
+        let mut logger = match &self.checkpoint {
+            Some(cp) => RunLogger::resume(self.dir, cp.header.iteration)?,
+            None => self.start_logs()?,
+        };
         let mut run = RunState {
             method: method_config.build(&x, &y, &problem)?,
             oracles: self.caches.sharded(problem, c.seed, c.threads)?,
@@ -241,6 +250,12 @@ impl TaskVisitor<E> for Loop<'_> {
             evaluations: Vec::new(),
             train_seconds: 0.0,
             done: 0,
+            rollbacks: rollbacks_before,
+            identity: Identity {
+                config: toml::to_string(c).context("serializing the config")?,
+                data,
+                model: model.to_string(),
+            },
         };
         let bar = if self.progress {
             ProgressBar::new(c.iters as u64)
@@ -261,41 +276,40 @@ impl TaskVisitor<E> for Loop<'_> {
             c.seed
         ));
         match &self.checkpoint {
-            Some(cp) => run.restore(cp, c, model)?,
+            Some(cp) => run.restore(cp)?,
             None => {
                 let metrics = evaluate(&run.x, &run.y);
-                run.record(self.logger, 0, metrics)?;
-                run.save(c, model, self.dir)?;
+                run.record(&mut logger, 0, metrics)?;
+                logger.sync()?;
+                run.save(c, self.dir)?;
             }
         }
         bar.set_position(run.done as u64);
-        let mut rollbacks = 0;
         while run.done < c.iters {
             let start = Instant::now();
             let report = match run.method.step(&mut run.oracles, &mut run.x, &mut run.y) {
                 Ok(report) => report,
                 Err(e @ BilevelError::NonFinite { .. })
-                    if c.on_divergence == OnDivergence::Rollback && rollbacks < c.max_rollbacks =>
+                    if c.on_divergence == OnDivergence::Rollback
+                        && run.rollbacks < c.max_rollbacks =>
                 {
-                    rollbacks += 1;
+                    run.rollbacks += 1;
                     method_config.halve_step_sizes();
                     let cp = Checkpoint::read(self.dir)?;
                     bar.suspend(|| {
                         eprintln!(
-                            "{e}\nrolling back to iteration {} with halved step sizes (rollback {rollbacks} of {})",
-                            cp.header.iteration, c.max_rollbacks
+                            "{e}\nrolling back to iteration {} with halved step sizes (rollback {} of {})",
+                            cp.header.iteration, run.rollbacks, c.max_rollbacks
                         )
                     });
-                    // Later resumes continue with the halved steps.
-                    let halved = RunConfig {
-                        method: Some(method_config.clone()),
-                        ..c.clone()
-                    };
-                    std::fs::write(self.dir.join("config.toml"), toml::to_string(&halved)?)?;
                     run.method = method_config.build(&run.x, &run.y, run.oracles.problem())?;
-                    run.restore(&cp, c, model)?;
-                    self.logger.flush()?;
-                    *self.logger = RunLogger::resume(self.dir, run.done)?;
+                    let rollbacks = run.rollbacks;
+                    run.restore(&cp)?;
+                    run.rollbacks = rollbacks;
+                    logger.flush()?;
+                    logger = RunLogger::resume(self.dir, run.done)?;
+                    // Saved at once: a resume from here on continues with the halved steps.
+                    run.save(c, self.dir)?;
                     bar.set_position(run.done as u64);
                     continue;
                 }
@@ -310,7 +324,7 @@ impl TaskVisitor<E> for Loop<'_> {
                 }
             };
             run.train_seconds += start.elapsed().as_secs_f64();
-            self.logger.step(&report, run.train_seconds)?;
+            logger.step(&report, run.train_seconds)?;
             if let Some(f) = report.upper_loss {
                 bar.set_message(format!("f {f:.4}"));
             }
@@ -319,16 +333,45 @@ impl TaskVisitor<E> for Loop<'_> {
             self.caches.empty();
             if run.done % c.eval_every == 0 || run.done == c.iters {
                 let metrics = evaluate(&run.x, &run.y);
-                run.record(self.logger, run.done, metrics)?;
+                run.record(&mut logger, run.done, metrics)?;
             }
             if run.done % c.checkpoint_every == 0 || run.done == c.iters {
-                self.logger.flush()?;
-                run.save(c, model, self.dir)?;
+                logger.sync()?;
+                run.save(c, self.dir)?;
             }
         }
+        logger.sync()?;
         bar.finish();
         Ok(run.evaluations)
     }
+}
+
+impl Loop<'_> {
+    /// A fresh run's logs and configuration, once its data is loaded and its problem built: an
+    /// earlier run's summary, checkpoints and event files in the directory are removed (the
+    /// command line moves a run it must keep aside before), the CSV files started anew.
+    fn start_logs(&self) -> anyhow::Result<RunLogger> {
+        durable::remove(&self.dir.join("summary.json"))?;
+        Checkpoint::remove_all(self.dir)?;
+        let logger = RunLogger::create(self.dir)?;
+        durable::write_atomic(
+            &self.dir.join("config.toml"),
+            toml::to_string(self.config)
+                .context("serializing the config")?
+                .as_bytes(),
+        )?;
+        Ok(logger)
+    }
+}
+
+/// What a checkpoint records to be recognised by its run.
+struct Identity {
+    /// The configuration as given (TOML).
+    config: String,
+    /// The data files read ([`fingerprint::current`]).
+    data: BTreeMap<String, String>,
+    /// The compiled sizes.
+    model: String,
 }
 
 /// Everything a run advances, and how it is saved to and restored from a checkpoint.
@@ -341,6 +384,9 @@ struct RunState<P: BilevelProblem<E>> {
     train_seconds: f64,
     /// Iterations done.
     done: usize,
+    /// Rollbacks with halved step sizes so far.
+    rollbacks: usize,
+    identity: Identity,
 }
 
 impl<P: BilevelProblem<E>> RunState<P> {
@@ -363,7 +409,7 @@ impl<P: BilevelProblem<E>> RunState<P> {
         Ok(())
     }
 
-    fn save(&self, c: &RunConfig, model: &str, dir: &Path) -> anyhow::Result<()> {
+    fn save(&self, c: &RunConfig, dir: &Path) -> anyhow::Result<()> {
         let state = self.method.state();
         let mut vectors: BTreeMap<String, Vec<f64>> = state
             .vectors
@@ -381,20 +427,23 @@ impl<P: BilevelProblem<E>> RunState<P> {
         let header = Header {
             task: c.task.as_str().into(),
             method: self.method.name().into(),
-            model: model.into(),
+            model: self.identity.model.clone(),
             iteration: self.done,
             train_seconds: self.train_seconds,
             method_scalars: state.scalars,
             oracles: self.oracles.state(),
             sampler: self.oracles.problem().sampler_state(),
             evaluations: self.evaluations.clone(),
+            config: Some(self.identity.config.clone()),
+            data: self.identity.data.clone(),
+            rollbacks: self.rollbacks,
         };
         Checkpoint { header, vectors }.write(dir)?;
         Ok(())
     }
 
-    fn restore(&mut self, cp: &Checkpoint, c: &RunConfig, model: &str) -> anyhow::Result<()> {
-        cp.check_identity(c.task.as_str(), self.method.name(), model)?;
+    /// Restores the state of `cp` (whose identity [`Checkpoint::check_run`] has checked).
+    fn restore(&mut self, cp: &Checkpoint) -> anyhow::Result<()> {
         let vector = |name: &str| -> anyhow::Result<Vec<E>> {
             let v = cp
                 .vectors
@@ -418,6 +467,7 @@ impl<P: BilevelProblem<E>> RunState<P> {
         self.evaluations = h.evaluations.clone();
         self.train_seconds = h.train_seconds;
         self.done = h.iteration;
+        self.rollbacks = h.rollbacks;
         Ok(())
     }
 }

@@ -585,11 +585,7 @@ fn remove_stopped_checkpoints(
                 *upper,
                 seed,
             );
-            let file = dir.join(crate::checkpoint::FILE);
-            if file.is_file() {
-                std::fs::remove_file(&file)
-                    .with_context(|| format!("{}: cannot remove", file.display()))?;
-            }
+            crate::checkpoint::Checkpoint::remove_all(&dir)?;
         }
     }
     Ok(())

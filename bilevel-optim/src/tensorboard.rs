@@ -34,11 +34,19 @@ pub struct EventWriter {
 }
 
 impl EventWriter {
-    /// Creates `dir` (and its parents) and a new event file in it, named after the time and the
-    /// process, so two writers never share a file.
+    /// Creates `dir` (and its parents) and a new event file in it, named by
+    /// [`EventWriter::new_file_path`].
     pub fn create(dir: impl AsRef<Path>) -> std::io::Result<Self> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| with_path(dir, "cannot create", e))?;
+        let path = Self::new_file_path(dir);
+        let file = File::create(&path).map_err(|e| with_path(&path, "cannot create", e))?;
+        Self::from_writer(path, Box::new(BufWriter::new(file)))
+    }
+
+    /// A name for a new event file in `dir`, after the time and the process as TensorBoard's
+    /// own writers do, and not yet taken, so two writers never share a file.
+    pub fn new_file_path(dir: &Path) -> PathBuf {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -46,20 +54,16 @@ impl EventWriter {
             "events.out.tfevents.{now:010}.bilevel.{}",
             std::process::id()
         );
-        let mut n = 0;
-        let path = loop {
-            let candidate = dir.join(if n == 0 {
-                name.clone()
-            } else {
-                format!("{name}.{n}")
-            });
-            if !candidate.exists() {
-                break candidate;
-            }
-            n += 1;
-        };
-        let file = File::create(&path).map_err(|e| with_path(&path, "cannot create", e))?;
-        Self::from_writer(path, Box::new(BufWriter::new(file)))
+        (0..)
+            .map(|n| {
+                dir.join(if n == 0 {
+                    name.clone()
+                } else {
+                    format!("{name}.{n}")
+                })
+            })
+            .find(|p| !p.exists())
+            .expect("a free name")
     }
 
     /// An event writer over any byte sink (`path` names it in errors), starting with the

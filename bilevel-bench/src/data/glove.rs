@@ -42,7 +42,7 @@ impl WordVectors {
 /// the last `d` fields are the vector.
 pub fn load_glove(path: &Path) -> Result<WordVectors, DataError> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut reader = BufReader::new(file);
+    let mut reader = BufReader::new(super::fingerprint::Recorded::new(file, path));
     let gz = reader
         .fill_buf()
         .map_err(|e| DataError::io(path, e))?

@@ -60,11 +60,16 @@ fn tab_separated(
     mut parse: impl FnMut(usize, &str) -> Result<LabelledText, DataError>,
 ) -> Result<Vec<LabelledText>, DataError> {
     let text = read_text(path)?;
-    text.lines()
+    let reviews: Vec<LabelledText> = text
+        .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(n, l)| parse(n + 1, l.trim_end_matches('\r')))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    if reviews.is_empty() {
+        return Err(DataError::file(path, "no reviews (the file is empty)"));
+    }
+    Ok(reviews)
 }
 
 /// The official Amazon file: a JSON array of `{"text": …, "label": "positive"|"negative",

@@ -8,12 +8,14 @@ use super::{read_text, DataError, LabelledText};
 /// (negative), 2 (neutral) or 4 (positive); UTF-8 or Latin-1. Neutral rows are returned with
 /// `None` so callers can drop them knowingly.
 pub fn load_sentiment140_csv(path: &Path) -> Result<Vec<(String, Option<usize>)>, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let bytes = super::fingerprint::read(path).map_err(|e| DataError::io(path, e))?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .from_reader(bytes.as_slice());
     let mut out = Vec::new();
+    // The first record with a field that is not UTF-8, and how many fields fell back to Latin-1.
+    let mut latin1: Option<(usize, usize)> = None;
     for (n, record) in reader.byte_records().enumerate() {
         let line = n + 1;
         let record =
@@ -25,9 +27,12 @@ pub fn load_sentiment140_csv(path: &Path) -> Result<Vec<(String, Option<usize>)>
                 format!("{} columns, expected 6", record.len()),
             ));
         }
-        let decode = |b: &[u8]| match std::str::from_utf8(b) {
+        let mut decode = |b: &[u8]| match std::str::from_utf8(b) {
             Ok(s) => s.to_string(),
-            Err(_) => b.iter().map(|&c| c as char).collect(),
+            Err(_) => {
+                latin1.get_or_insert((line, 0)).1 += 1;
+                b.iter().map(|&c| c as char).collect()
+            }
         };
         let label = match decode(&record[0]).trim() {
             "0" => Some(0),
@@ -42,6 +47,9 @@ pub fn load_sentiment140_csv(path: &Path) -> Result<Vec<(String, Option<usize>)>
             }
         };
         out.push((decode(&record[5]), label));
+    }
+    if let Some((first, count)) = latin1 {
+        eprintln!("{}", super::latin1_note(path, first, count));
     }
     Ok(out)
 }

@@ -113,12 +113,19 @@ pub struct HyperRepData {
 }
 
 /// A domain's pool: all its t4 reviews (train, dev and test files together).
-fn domain_pool(dir: &Path, domain: &str) -> anyhow::Result<Vec<LabelledText>> {
+fn domain_pool(
+    dir: &Path,
+    domain: &str,
+    missing: &mut Vec<String>,
+) -> anyhow::Result<Vec<LabelledText>> {
     let mut pool = Vec::new();
     for part in ["train", "dev", "test"] {
-        let path = dir.join(format!("{domain}.t4.{part}"));
+        let name = format!("{domain}.t4.{part}");
+        let path = dir.join(&name);
         if path.exists() {
             pool.extend(load_arsc(&path, domain)?);
+        } else {
+            missing.push(name);
         }
     }
     if pool.is_empty() {
@@ -183,16 +190,30 @@ pub fn load(data_dir: &Path, config: &HyperRepConfig, seed: u64) -> anyhow::Resu
     config.validate()?;
     let dir = data_dir.join("amazon_arsc_yu2018");
     let list_path = dir.join("workspace.filtered.list");
-    let list = std::fs::read_to_string(&list_path)
+    let list = crate::data::read_text(&list_path)
         .with_context(|| format!("{}: cannot read the domain list", list_path.display()))?;
     let (mut train_domains, mut test_domains) = (Vec::new(), Vec::new());
+    let mut missing = Vec::new();
     for domain in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let entry = (domain.to_string(), domain_pool(&dir, domain)?);
+        let entry = (domain.to_string(), domain_pool(&dir, domain, &mut missing)?);
         if TEST_DOMAINS.contains(&domain) {
             test_domains.push(entry);
         } else {
             train_domains.push(entry);
         }
+    }
+    if !missing.is_empty() {
+        // Said once per process: a comparison loads the data once per run.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            eprintln!(
+                "note: {}: {} listed split(s) missing ({}); those domains' pools are their other \
+                 splits",
+                dir.display(),
+                missing.len(),
+                missing.join(", ")
+            )
+        });
     }
     if test_domains.len() != TEST_DOMAINS.len() {
         bail!(
