@@ -173,21 +173,26 @@ impl Checkpoint {
         let path = dir.join(FILE);
         let tmp = dir.join(TMP_FILE);
         let previous = dir.join(PREVIOUS_FILE);
-        if !path.exists()
-            && !previous.exists()
-            && tmp.exists()
-            && Self::read_file(&tmp, true).is_err()
-        {
-            bail!(
-                "{}: no checkpoint to resume from: the run stopped while writing its first one \
-                 ({} is incomplete and is never loaded); nothing was lost, start the run again",
-                dir.display(),
-                tmp.display()
-            );
+        if !path.exists() && !previous.exists() {
+            if !tmp.exists() {
+                bail!(
+                    "{}: no checkpoint to resume from: the run stopped before its first one; \
+                     nothing was lost, start the run again",
+                    dir.display()
+                );
+            }
+            if Self::read_file(&tmp, true).is_err() {
+                bail!(
+                    "{}: no checkpoint to resume from: the run stopped while writing its first \
+                     one ({} is incomplete and is never loaded); nothing was lost, start the run \
+                     again",
+                    dir.display(),
+                    tmp.display()
+                );
+            }
         }
         let latest = match Self::read_file(&path, false) {
             Ok(cp) => return Ok(cp),
-            Err(e) if !path.exists() && !previous.exists() && !tmp.exists() => return Err(e),
             Err(e) => e,
         };
         let fallback = [(&tmp, true), (&previous, false)]
@@ -221,13 +226,13 @@ impl Checkpoint {
     /// (for a file whose completeness nothing else vouches for).
     fn read_file(path: &Path, checked: bool) -> anyhow::Result<Self> {
         let mut bytes = Vec::new();
-        std::fs::File::open(&path)
+        std::fs::File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .with_context(|| format!("{}: cannot read the checkpoint", path.display()))?;
         let mut r = Reader {
             bytes: &bytes,
             at: 0,
-            path: &path,
+            path,
         };
         if r.take(8)? != MAGIC {
             bail!("{}: not a bilevel-bench checkpoint", path.display());

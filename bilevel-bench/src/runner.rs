@@ -108,9 +108,9 @@ pub fn resume(data_dir: &Path, dir: &Path, progress: bool) -> anyhow::Result<Run
         anyhow::bail!("{}: no such run directory", dir.display());
     }
     let _lock = RunLock::acquire(dir)?;
+    let checkpoint = Checkpoint::read(dir)?;
     let config = RunConfig::from_file(&dir.join("config.toml"))?;
     config.validate()?;
-    let checkpoint = Checkpoint::read(dir)?;
     execute(&config, data_dir, dir, progress, Some(checkpoint))
 }
 

@@ -28,7 +28,7 @@ impl EmbeddedTexts {
         texts: Vec<Vec<u32>>,
         labels: Vec<usize>,
     ) -> Result<Self, String> {
-        if dim == 0 || vectors.len() % dim != 0 {
+        if dim == 0 || !vectors.len().is_multiple_of(dim) {
             return Err(format!(
                 "a word-vector table of {} numbers is not a whole number of {dim}-d vectors",
                 vectors.len()

@@ -262,7 +262,7 @@ where
                 }
             };
         }
-        if self.t % c.period as u64 == 0 {
+        if self.t.is_multiple_of(c.period as u64) {
             return sgd_on_lower(oracles, x, y, gamma, c.lower_steps, site);
         }
         Ok(None)

@@ -119,7 +119,7 @@ where
         let site = scope.site;
         let c = &self.config;
         let mut upper_loss = None;
-        if self.t % c.period as u64 == 0 {
+        if self.t.is_multiple_of(c.period as u64) {
             let share = E::of(1.0 / c.anchor_batches as f64);
             let (mut v, mut u) = (x.zeros_like(), y.zeros_like());
             for _ in 0..c.anchor_batches {
