@@ -468,6 +468,14 @@ impl<'a> Reader<'a> {
                     self.at
                 );
             }
+            // A damaged count can claim any number of zeros: a size that cannot be allocated is
+            // an error, not an abort.
+            values.try_reserve(zeros).map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: corrupt checkpoint (a run of {zeros} zeros does not fit in memory)",
+                    self.path.display()
+                )
+            })?;
             values.resize(values.len() + zeros, 0.0);
             values.extend(self.values(literal)?);
         }

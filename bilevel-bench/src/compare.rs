@@ -342,8 +342,8 @@ fn write_table(
         )?;
         md.push_str(&row);
     }
-    std::fs::write(dir.join(format!("{stem}.csv")), csv)?;
-    std::fs::write(dir.join(format!("{stem}.md")), &md)?;
+    crate::durable::write_atomic(&dir.join(format!("{stem}.csv")), csv.as_bytes())?;
+    crate::durable::write_atomic(&dir.join(format!("{stem}.md")), md.as_bytes())?;
     Ok(md)
 }
 

@@ -112,8 +112,10 @@ impl RunConfig {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read the config", path.display()))?;
-        let config: Self =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let config: Self = toml::from_str(&text).map_err(|e| match method_key_error(&text) {
+            Some(why) => anyhow::anyhow!("{}: {why}", path.display()),
+            None => anyhow::anyhow!("{}: {e}", path.display()),
+        })?;
         Ok(config)
     }
 
@@ -151,5 +153,54 @@ impl RunConfig {
             TaskName::HyperOpt => self.hyper_opt.validate(),
             TaskName::HyperClean => self.hyper_clean.validate(),
         }
+    }
+}
+
+/// The key of the `[method]` table that makes it invalid, with why. The table is an internally
+/// tagged enum (`method = "..."` picks the variant), and serde's error for it names only the
+/// table; so each key the user set is tried alone on the method's defaults.
+fn method_key_error(text: &str) -> Option<String> {
+    let root: toml::Value = toml::from_str(text).ok()?;
+    let table = root.get("method")?.as_table()?;
+    let name = table.get("method")?.as_str()?;
+    let defaults = toml::Value::try_from(MethodConfig::default_for(name).ok()?).ok()?;
+    for (key, value) in table {
+        let mut trial = defaults.clone();
+        trial.as_table_mut()?.insert(key.clone(), value.clone());
+        if let Err(e) = trial.try_into::<MethodConfig>() {
+            return Some(format!("[method] {key} = {value}: {}", e.message().trim()));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunConfig;
+
+    /// A wrong value inside `[method]` is reported with its key, not just the table's line.
+    #[test]
+    fn a_wrong_method_value_is_named_by_its_key() {
+        let dir = std::env::temp_dir().join(format!("bilevel-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        for (text, expected) in [
+            (
+                "[method]\nmethod = \"bo-rep\"\neta = \"big\"\n",
+                "[method] eta = \"big\": invalid type: string \"big\", expected f64",
+            ),
+            (
+                "[method]\nmethod = \"soba\"\nrhoo = 3\n",
+                "[method] rhoo = 3: unknown field `rhoo`",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = RunConfig::from_file(&path).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&path.display().to_string()) && err.contains(expected),
+                "{err}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

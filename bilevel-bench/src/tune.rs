@@ -339,7 +339,7 @@ fn run_point(
         Cached::Shorter => {
             // `resume` continues to the budget in the directory's config.toml.
             let config_file = dir.join("config.toml");
-            std::fs::write(&config_file, toml::to_string(config)?)
+            crate::durable::write_atomic(&config_file, toml::to_string(config)?.as_bytes())
                 .with_context(|| format!("{}: cannot write", config_file.display()))?;
             resume(data_dir, dir, false)
         }
@@ -356,7 +356,7 @@ fn run_point(
         Err(e) if is_divergence(&e) => {
             let why = e.root_cause().to_string();
             let why = why.lines().next().unwrap_or_default();
-            std::fs::write(&diverged_file, why)
+            crate::durable::write_atomic(&diverged_file, why.as_bytes())
                 .with_context(|| format!("{}: cannot write", diverged_file.display()))?;
             Ok(Outcome::Diverged(why.into()))
         }
@@ -549,13 +549,14 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
         halving_text(options.halving.as_ref()),
         if options.seeds.len() > 1 { "median " } else { "" },
     );
-    std::fs::write(
-        dir.join("tuned.toml"),
-        header + &toml::to_string(&tuned).context("serializing the tuned configurations")?,
+    crate::durable::write_atomic(
+        &dir.join("tuned.toml"),
+        (header + &toml::to_string(&tuned).context("serializing the tuned configurations")?)
+            .as_bytes(),
     )?;
     write_csv(&dir, &points)?;
     let markdown = grid_tables(options, &points, accuracy)?;
-    std::fs::write(dir.join("grid.md"), &markdown)?;
+    crate::durable::write_atomic(&dir.join("grid.md"), markdown.as_bytes())?;
     Ok(TuneReport {
         dir,
         points,
@@ -657,7 +658,7 @@ fn write_csv(dir: &Path, points: &[GridPoint]) -> anyhow::Result<()> {
             }
         }
     }
-    std::fs::write(dir.join("grid.csv"), csv).context("writing grid.csv")
+    crate::durable::write_atomic(&dir.join("grid.csv"), csv.as_bytes())
 }
 
 /// One table per method: rows are lower steps, columns upper steps, cells the validation

@@ -73,13 +73,16 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// One evaluation: iteration, oracle calls, metrics.
+type EvaluationRow = (usize, u64, Vec<(String, f64)>);
+
 /// What must come out the same: the final checkpoint's vectors and counts, the evaluations,
 /// the step rows without their wall-clock column, the summary's metrics, and the event file.
 #[derive(Debug, PartialEq)]
 struct Outcome {
     iteration: usize,
     vectors_equal_to_reference: bool,
-    evaluations: Vec<(usize, u64, Vec<(String, f64)>)>,
+    evaluations: Vec<EvaluationRow>,
     steps: Vec<String>,
     summary_metrics: Vec<Vec<(String, f64)>>,
     event_files: usize,

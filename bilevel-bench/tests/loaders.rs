@@ -223,6 +223,21 @@ fn malformed_inputs_name_the_file_and_line() {
             ": the file has no texts",
         ),
         (
+            scratch("arsc_empty", b"\n \n"),
+            Box::new(|p| message(load_arsc(p, "d"))),
+            ": no reviews (the file is empty)",
+        ),
+        (
+            scratch("fdu_empty", b""),
+            Box::new(|p| message(load_fdu_mtl(p, "d"))),
+            ": no reviews (the file is empty)",
+        ),
+        (
+            scratch("csv_empty", b""),
+            Box::new(|p| message(load_sentiment140_csv(p))),
+            ": no tweets (the file is empty)",
+        ),
+        (
             PathBuf::from("/nonexistent/bilevel/file.txt"),
             Box::new(|p| message(load_lines(p, 0))),
             "/nonexistent/bilevel/file.txt: file not found",

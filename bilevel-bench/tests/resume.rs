@@ -454,3 +454,42 @@ fn a_finished_run_is_never_overwritten_silently() {
     );
     assert!(aside.join("summary.json").exists() && dir.join("summary.json").exists());
 }
+
+/// Two runs started into one directory at once: exactly one runs (to a complete log), the other
+/// is refused with the owner named, instead of both writing the same files.
+#[test]
+fn two_runs_into_one_directory_are_refused_not_mixed() {
+    let base = scratch("concurrent");
+    let config = base.join("config.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let args = [
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        base.to_str().unwrap(),
+    ];
+    let children: Vec<_> = (0..2).map(|_| bench(&args).spawn().unwrap()).collect();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let succeeded = outputs.iter().filter(|o| o.status.success()).count();
+    let messages: Vec<String> = outputs
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect();
+    assert_eq!(succeeded, 1, "{messages:?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("in use by another process (pid ")
+                || m.contains("holds a finished run")),
+        "{messages:?}"
+    );
+    assert_eq!(
+        steps_without_time(&run_dir(&base)).len(),
+        25,
+        "a complete log"
+    );
+}

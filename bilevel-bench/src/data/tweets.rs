@@ -51,6 +51,9 @@ pub fn load_sentiment140_csv(path: &Path) -> Result<Vec<(String, Option<usize>)>
     if let Some((first, count)) = latin1 {
         eprintln!("{}", super::latin1_note(path, first, count));
     }
+    if out.is_empty() {
+        return Err(DataError::file(path, "no tweets (the file is empty)"));
+    }
     Ok(out)
 }
 
