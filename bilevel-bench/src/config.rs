@@ -119,6 +119,22 @@ impl RunConfig {
         Ok(config)
     }
 
+    /// Reads the configuration saved in a run directory if it is exactly `wanted`, but for
+    /// `iters` (which a caller compares itself). Exactly means key by key, as written: a saved
+    /// file that lacks a key the configuration has now (an option added since, whose default
+    /// might not be what that run did) does not match, so such a run is run again rather than
+    /// reused under a behaviour it never had.
+    pub fn saved_matching(path: &Path, wanted: &RunConfig) -> Option<RunConfig> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let saved: RunConfig = toml::from_str(&text).ok()?;
+        let mut written: toml::Value = toml::from_str(&text).ok()?;
+        let mut wanted_value = toml::Value::try_from(wanted).ok()?;
+        for v in [&mut written, &mut wanted_value] {
+            v.as_table_mut()?.remove("iters");
+        }
+        (written == wanted_value).then_some(saved)
+    }
+
     /// The method to run.
     pub fn method(&self) -> MethodConfig {
         self.method

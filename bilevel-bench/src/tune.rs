@@ -263,17 +263,10 @@ enum Cached {
 }
 
 fn cached(config: &RunConfig, dir: &Path, accuracy: &str, loss: &str) -> Cached {
-    let Ok(saved) = RunConfig::from_file(&dir.join("config.toml")) else {
+    // The same run but for its budget.
+    let Some(saved) = RunConfig::saved_matching(&dir.join("config.toml"), config) else {
         return Cached::Nothing;
     };
-    // The same run but for its budget.
-    if (RunConfig {
-        iters: config.iters,
-        ..saved.clone()
-    }) != *config
-    {
-        return Cached::Nothing;
-    }
     // A directory's summary is its run's record up to the last budget it finished (`run`
     // removes a previous run's); continuing it to a larger budget keeps that history.
     let summary: Option<RunSummary> = std::fs::read_to_string(dir.join("summary.json"))

@@ -105,6 +105,20 @@ where
         None
     }
 
+    /// The share of fixed lower batch `k` in the whole lower objective, `g = Σ_k s_k G(ζ_k)` (up
+    /// to a common factor): what SABA weights its memories by, so that a shorter last batch is
+    /// not over-weighted. The default is equal shares, right for equal batches and for a loss
+    /// that sums over its items (hyper-representation's tasks); a loss that averages its rows
+    /// gives its rows over all rows ([`fixed_batch_share`]).
+    fn lower_part_share(&self, _k: usize) -> f64 {
+        1.0 / self.lower_parts().unwrap_or(1).max(1) as f64
+    }
+
+    /// Like [`BilevelProblem::lower_part_share`], for the upper data.
+    fn upper_part_share(&self, _k: usize) -> f64 {
+        1.0 / self.upper_parts().unwrap_or(1).max(1) as f64
+    }
+
     /// Like [`BilevelProblem::lower_parts`], for the upper data.
     fn upper_parts(&self) -> Option<usize> {
         None
@@ -159,6 +173,12 @@ pub fn fixed_batch_count(n: usize, size: usize) -> usize {
 pub fn fixed_batch(n: usize, size: usize, k: usize) -> Option<std::ops::Range<usize>> {
     let size = size.max(1);
     (k < fixed_batch_count(n, size)).then(|| k * size..((k + 1) * size).min(n))
+}
+
+/// The share of fixed batch `k` of [`fixed_batch_count`] in a loss that averages `n` items: its
+/// items over `n` (the last batch may be shorter).
+pub fn fixed_batch_share(n: usize, size: usize, k: usize) -> f64 {
+    fixed_batch(n, size, k).map_or(0.0, |r| r.len() as f64 / n.max(1) as f64)
 }
 
 /// A problem whose batches split into shards, so that one oracle call can run on several

@@ -3,8 +3,11 @@
 //! - STORM / recursive momentum: `d ← g(w_t; ξ) + (1 − a)(d − g(w_{t−1}; ξ))`, the same sample ξ
 //!   evaluated at the new and the old point.
 //! - SPIDER / SARAH: `v ← v + g(w_t; ξ) − g(w_{t−1}; ξ)`, restarted from a large batch.
-//! - SAGA: one memory per fixed batch k of a finite data set;
-//!   `estimate = g_k(w) − memory_k + mean(memory)`, then `memory_k ← g_k(w)`.
+//! - SAGA: one memory per fixed batch k of a finite data set, batch k carrying the share s_k of
+//!   the whole objective (its rows over all rows for a mean loss; 1/K for equal batches);
+//!   `estimate = K s_k (g_k(w) − memory_k) + Σ_j s_j memory_j`, then `memory_k ← g_k(w)`. With
+//!   k drawn uniformly the estimate is unbiased for `Σ_j s_j g_j`, a shorter last batch
+//!   included; with equal shares it is the usual `g_k − memory_k + mean(memory)`.
 
 use dfdx::prelude::{Cpu, Device};
 
@@ -32,25 +35,40 @@ where
     v.add_scaled(-E::one(), old);
 }
 
-/// SAGA memories for one estimated quantity over `n` fixed batches. Memories start at zero.
+/// SAGA memories for one estimated quantity over fixed batches with given shares. Memories
+/// start at zero.
 #[derive(Clone)]
 pub struct SagaMemory<T> {
     table: Vec<T>,
-    /// Σ_k memory_k, kept up to date so the mean costs nothing.
-    sum: T,
+    /// s_k, summing to one.
+    shares: Vec<f64>,
+    /// Σ_k s_k memory_k, kept up to date so the mean costs nothing.
+    weighted_sum: T,
 }
 
 impl<T> SagaMemory<T> {
-    /// Memories for `n` batches, shaped like `like`.
-    pub fn new<E: Real>(like: &T, n: usize) -> Self
+    /// Memories for batches of the given shares of the objective (normalized to sum to one),
+    /// shaped like `like`.
+    pub fn new<E: Real>(like: &T, shares: &[f64]) -> Self
     where
         Cpu: Device<E>,
         T: Params<E>,
     {
+        let total: f64 = shares.iter().sum();
         Self {
-            table: (0..n).map(|_| like.zeros_like()).collect(),
-            sum: like.zeros_like(),
+            table: shares.iter().map(|_| like.zeros_like()).collect(),
+            shares: shares.iter().map(|s| s / total).collect(),
+            weighted_sum: like.zeros_like(),
         }
+    }
+
+    /// Memories for `n` batches of equal shares.
+    pub fn equal<E: Real>(like: &T, n: usize) -> Self
+    where
+        Cpu: Device<E>,
+        T: Params<E>,
+    {
+        Self::new(like, &vec![1.0; n])
     }
 
     /// The number of memories (one per fixed batch).
@@ -63,15 +81,13 @@ impl<T> SagaMemory<T> {
         self.table.is_empty()
     }
 
-    /// The mean of the memories.
+    /// The memories' mean, weighted by the batches' shares.
     pub fn mean<E: Real>(&self) -> T
     where
         Cpu: Device<E>,
         T: Params<E>,
     {
-        let mut m = self.sum.clone();
-        m.scale(E::of(1.0 / self.table.len() as f64));
-        m
+        self.weighted_sum.clone()
     }
 
     /// The SAGA estimate for batch `k` given its fresh value, which then replaces its memory.
@@ -80,17 +96,19 @@ impl<T> SagaMemory<T> {
         Cpu: Device<E>,
         T: Params<E>,
     {
+        let mut difference = fresh.clone();
+        difference.add_scaled(-E::one(), &self.table[k]);
         let mut est = self.mean();
-        est.add_scaled(E::one(), fresh);
-        est.add_scaled(-E::one(), &self.table[k]);
-        self.sum.add_scaled(-E::one(), &self.table[k]);
-        self.sum.add_scaled(E::one(), fresh);
+        est.add_scaled(E::of(self.table.len() as f64 * self.shares[k]), &difference);
+        self.weighted_sum
+            .add_scaled(E::of(self.shares[k]), &difference);
         self.table[k] = fresh.clone();
         est
     }
 
-    /// Saves every memory as `{name}.{k}` and the running sum as `{name}.sum` (restoring the sum
-    /// rather than re-adding keeps a resumed run bit-identical).
+    /// Saves every memory as `{name}.{k}` and the weighted sum as `{name}.weighted_sum`
+    /// (restoring the sum rather than re-adding keeps a resumed run bit-identical; the key
+    /// differs from the unweighted `{name}.sum` of earlier checkpoints, which are refused).
     pub fn save<E: Real>(&self, name: &str, state: &mut MethodState)
     where
         Cpu: Device<E>,
@@ -99,7 +117,7 @@ impl<T> SagaMemory<T> {
         for (k, m) in self.table.iter().enumerate() {
             state.put(&format!("{name}.{k}"), m);
         }
-        state.put(&format!("{name}.sum"), &self.sum);
+        state.put(&format!("{name}.weighted_sum"), &self.weighted_sum);
     }
 
     /// Restores what [`SagaMemory::save`] wrote.
@@ -112,10 +130,10 @@ impl<T> SagaMemory<T> {
         for (k, m) in table.iter_mut().enumerate() {
             state.get(&format!("{name}.{k}"), m)?;
         }
-        let mut sum = self.sum.clone();
-        state.get(&format!("{name}.sum"), &mut sum)?;
+        let mut sum = self.weighted_sum.clone();
+        state.get(&format!("{name}.weighted_sum"), &mut sum)?;
         self.table = table;
-        self.sum = sum;
+        self.weighted_sum = sum;
         Ok(())
     }
 }

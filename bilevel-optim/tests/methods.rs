@@ -167,6 +167,7 @@ fn cases(randomized: bool) -> Vec<(MethodConfig, usize)> {
                 lambda: 1.0,
                 lambda_increment: 0.5,
                 lambda_max: 3000.0,
+                x_gradients: Default::default(),
             }),
             8_000,
         ),
@@ -389,7 +390,8 @@ fn oracle_costs_match_the_documented_table() {
             ("amigo", _) => [1, 2, 2, 1],
             // y steps use dfdx's ∇_y G (one lower gradient call), never the pass's by-product.
             ("soba" | "saba" | "ma-soba", _) => [1, 1, 1, 1],
-            ("f2sa", _) => [1, 2, 0, 0],
+            // x gradients at the updated y and z, on fresh batches (the paper).
+            ("f2sa", _) => [2, 4, 0, 0],
             ("mrbo", 0) => [1, 1, q, 1],
             ("mrbo", _) => [2, 2, 2 * q, 2],
             // period 2, 2 corrections, 1 anchor batch

@@ -115,7 +115,7 @@ fn saga_memory_mean_is_the_full_batch_gradient_once_every_batch_is_seen() {
     let mut o = Oracles::new(problem, 0);
     let dev = Cpu::seed_from_u64(2);
     let (x, y): (X, Tensor<Rank1<3>, f64, Cpu>) = (dev.sample_normal(), dev.sample_normal());
-    let mut memory = SagaMemory::new(&y, 4);
+    let mut memory = SagaMemory::equal(&y, 4);
     for (k, part) in parts.iter().enumerate() {
         let g = o.lower_grad(&x, &y, part).dy;
         let estimate = memory.estimate(k, &g);
@@ -212,4 +212,61 @@ fn maml_meta_gradient_equals_the_closed_form_for_one_and_several_steps() {
         );
         assert!(rel_err(&as_f64(&got.adapted), &y) < 1e-12);
     }
+}
+
+/// With a shorter last batch (35 rows in batches of 10), the memories are weighted by each
+/// batch's share of the rows: once every batch has been seen their mean is the full gradient,
+/// and from any memory state the estimate averaged over a uniformly drawn batch is the full
+/// gradient (unbiased). Equal weights over-weight the 5-row batch and miss both.
+#[test]
+fn saga_weights_a_short_last_batch_by_its_share_of_the_rows() {
+    type X = Tensor<Rank1<3>, f64, Cpu>;
+    let mut problem = Ridge::<f64, X, 3>::synthetic(RidgeConfig {
+        train_rows: 35,
+        val_rows: 8,
+        noise: 0.5,
+        lower_batch: Some(10),
+        upper_batch: None,
+        seed: 3,
+    });
+    assert_eq!(problem.lower_parts(), Some(4));
+    let shares: Vec<f64> = (0..4).map(|k| problem.lower_part_share(k)).collect();
+    assert_eq!(shares, [10.0 / 35.0, 10.0 / 35.0, 10.0 / 35.0, 5.0 / 35.0]);
+    let parts: Vec<_> = (0..4).map(|k| problem.lower_part(k).unwrap()).collect();
+    let full = problem.full_lower_batch();
+    let mut o = Oracles::new(problem, 0);
+    let dev = Cpu::seed_from_u64(4);
+    let (x, y): (X, Tensor<Rank1<3>, f64, Cpu>) = (dev.sample_normal(), dev.sample_normal());
+    let exact = as_f64(&o.lower_grad(&x, &y, &full).dy);
+    let grads: Vec<_> = parts.iter().map(|p| o.lower_grad(&x, &y, p).dy).collect();
+
+    let mut weighted = SagaMemory::new(&y, &shares);
+    let mut equal = SagaMemory::equal(&y, 4);
+    // Memories of another point, so that the estimate's correction terms are not zero.
+    let y_old: Tensor<Rank1<3>, f64, Cpu> = dev.sample_normal();
+    for (k, p) in parts.iter().enumerate().take(3) {
+        let g_old = o.lower_grad(&x, &y_old, p).dy;
+        weighted.estimate(k, &g_old);
+        equal.estimate(k, &g_old);
+    }
+    let average_estimate = |memory: &SagaMemory<Tensor<Rank1<3>, f64, Cpu>>| -> Vec<f64> {
+        let mut sum = vec![0.0; 3];
+        for (k, g) in grads.iter().enumerate() {
+            let e = as_f64(&memory.clone().estimate(k, g));
+            for i in 0..3 {
+                sum[i] += e[i] / 4.0;
+            }
+        }
+        sum
+    };
+    assert!(rel_err(&average_estimate(&weighted), &exact) < 1e-13);
+    assert!(rel_err(&average_estimate(&equal), &exact) > 1e-3);
+
+    for (k, g) in grads.iter().enumerate() {
+        weighted.estimate(k, g);
+        equal.estimate(k, g);
+    }
+    let mean_of = |m: &SagaMemory<Tensor<Rank1<3>, f64, Cpu>>| as_f64(&m.mean());
+    assert!(rel_err(&mean_of(&weighted), &exact) < 1e-13);
+    assert!(rel_err(&mean_of(&equal), &exact) > 1e-3);
 }

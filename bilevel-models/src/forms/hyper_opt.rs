@@ -4,7 +4,8 @@ use std::marker::PhantomData;
 
 use bilevel_optim::params::Params;
 use bilevel_optim::problem::{
-    fixed_batch, fixed_batch_count, BilevelProblem, SampleRng, ShardedProblem, Taped,
+    fixed_batch, fixed_batch_count, fixed_batch_share, BilevelProblem, SampleRng, ShardedProblem,
+    Taped,
 };
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
@@ -101,6 +102,15 @@ where
     fn lower_part(&mut self, k: usize) -> Option<TextBatch<E, EMB>> {
         let ids: Vec<usize> = fixed_batch(self.train.len(), self.config.lower_batch, k)?.collect();
         Some(self.train.batch(&ids, self.config.max_len))
+    }
+
+    /// The batches average their rows: a shorter last batch has a smaller share.
+    fn lower_part_share(&self, k: usize) -> f64 {
+        fixed_batch_share(self.train.len(), self.config.lower_batch, k)
+    }
+
+    fn upper_part_share(&self, k: usize) -> f64 {
+        fixed_batch_share(self.validation.len(), self.config.upper_batch, k)
     }
 
     fn upper_parts(&self) -> Option<usize> {

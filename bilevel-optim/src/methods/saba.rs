@@ -97,15 +97,17 @@ impl<X, Y> Saba<X, Y> {
             parts(problem.lower_parts(), "lower")?,
             parts(problem.upper_parts(), "upper")?,
         );
+        let lower: Vec<f64> = (0..n_lower).map(|k| problem.lower_part_share(k)).collect();
+        let upper: Vec<f64> = (0..n_upper).map(|k| problem.upper_part_share(k)).collect();
         Ok(Self {
             config,
             z: y.zeros_like(),
             memories: Memories {
-                grad_y_g: SagaMemory::new(y, n_lower),
-                hz: SagaMemory::new(y, n_lower),
-                jz: SagaMemory::new(x, n_lower),
-                grad_y_f: SagaMemory::new(y, n_upper),
-                grad_x_f: SagaMemory::new(x, n_upper),
+                grad_y_g: SagaMemory::new(y, &lower),
+                hz: SagaMemory::new(y, &lower),
+                jz: SagaMemory::new(x, &lower),
+                grad_y_f: SagaMemory::new(y, &upper),
+                grad_x_f: SagaMemory::new(x, &upper),
             },
             t: 0,
         })

@@ -254,6 +254,15 @@ where
         ))
     }
 
+    /// The batches average their rows: a shorter last batch has a smaller share.
+    fn lower_part_share(&self, k: usize) -> f64 {
+        Rows::<E, D>::part_share(self.train_a.rows, self.lower_batch, k)
+    }
+
+    fn upper_part_share(&self, k: usize) -> f64 {
+        Rows::<E, D>::part_share(self.val_a.rows, self.upper_batch, k)
+    }
+
     fn upper_parts(&self) -> Option<usize> {
         Some(Rows::<E, D>::part_count(self.val_a.rows, self.upper_batch))
     }

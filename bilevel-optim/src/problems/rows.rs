@@ -84,6 +84,11 @@ where
         size.map_or(1, |b| fixed_batch_count(n, b))
     }
 
+    /// The share of fixed batch `k` of [`Rows::part_count`] in the mean over `n` rows.
+    pub fn part_share(n: usize, size: Option<usize>, k: usize) -> f64 {
+        size.map_or(1.0, |b| crate::problem::fixed_batch_share(n, b, k))
+    }
+
     /// The fixed batch `k` of [`Rows::part_count`]: rows `k·size .. (k+1)·size`.
     pub fn part(dev: &Cpu, a: &Matrix, targets: &[f64], size: Option<usize>, k: usize) -> Self {
         let rows = fixed_batch(a.rows, size.unwrap_or(a.rows), k)
