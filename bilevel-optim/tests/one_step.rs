@@ -1,0 +1,829 @@
+//! One-step reference tests: each method's first three iterations on a small noisy quadratic,
+//! recomputed here by plain f64 arithmetic on the quadratic's matrices from the paper's rule —
+//! written without the library's shared pieces (`steps`, `neumann`, `variance`, schedules) — and
+//! compared with the library's iterates and memories to 1e-12.
+//!
+//! The problem records every batch the oracles hand out, in order; the hand computation takes
+//! them in the order its rule needs them. With noise at both levels every batch differs, so a
+//! product fed by the wrong batch, an update made in the wrong order (z_t against z_{t+1},
+//! gradients before or after the y step), a wrong schedule or a wrong weight shows as a
+//! difference of order one, not 1e-12. Initial memories are read from the library only where the
+//! method draws them at random (BO-REP's Xavier z₀); every other starts where its paper says.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use bilevel_optim::borep::{BoRepConfig, InitRefinement, ZInit};
+use bilevel_optim::methods::f2sa::{F2saConfig, XGradients};
+use bilevel_optim::methods::ma_soba::MaSobaConfig;
+use bilevel_optim::methods::saba::SabaConfig;
+use bilevel_optim::methods::soba::SobaConfig;
+use bilevel_optim::methods::MethodConfig;
+use bilevel_optim::optimizer::MethodState;
+use bilevel_optim::oracles::Oracles;
+use bilevel_optim::problem::{BilevelProblem, SampleRng, Taped};
+use bilevel_optim::problems::quadratic::{QuadLowerBatch, QuadUpperBatch};
+use bilevel_optim::problems::{as_f64, Quadratic, QuadraticConfig};
+use bilevel_optim::schedule::PowerSchedule;
+use bilevel_optim::written_grad::WrittenGrad;
+use common::rel_err;
+use dfdx::prelude::*;
+use rand::SeedableRng;
+
+const DX: usize = 3;
+const DY: usize = 4;
+type Quad = Quadratic<f64, DX, DY>;
+type Vx = Tensor<Rank1<DX>, f64, Cpu>;
+type Vy = Tensor<Rank1<DY>, f64, Cpu>;
+type Vector = Vec<f64>;
+type Mat = Vec<Vec<f64>>;
+
+// ---------------------------------------------------------------------------------------------
+// The problem that records its batches.
+
+/// A lower batch as the hand computation sees it: H, C, b of `∇_y G = H y + C x + b`.
+#[derive(Clone, Debug)]
+struct Lower {
+    h: Mat,
+    c: Mat,
+    b: Vector,
+}
+
+/// An upper batch: the noise added to `∇_x F` and `∇_y F`.
+#[derive(Clone, Debug)]
+struct Upper {
+    nx: Vector,
+    ny: Vector,
+}
+
+#[derive(Clone, Debug)]
+enum Draw {
+    Upper(Upper),
+    Lower(Lower),
+    /// A fixed batch of the finite split, with its index.
+    LowerPart(usize, Lower),
+    UpperPart(usize, Upper),
+    /// The end of an iteration (pushed by the harness).
+    EndOfIteration,
+}
+
+fn mat(m: &bilevel_optim::linalg::Matrix) -> Mat {
+    (0..m.rows)
+        .map(|i| (0..m.cols).map(|j| m.at(i, j)).collect())
+        .collect()
+}
+
+fn lower_of(b: &QuadLowerBatch<f64, DX, DY>) -> Lower {
+    Lower {
+        h: mat(&b.h),
+        c: mat(&b.c),
+        b: b.b.clone(),
+    }
+}
+
+fn upper_of(b: &QuadUpperBatch<f64, DX, DY>) -> Upper {
+    Upper {
+        nx: b.noise_x.clone(),
+        ny: b.noise_y.clone(),
+    }
+}
+
+/// The noisy quadratic, optionally with a finite split into fixed batches of unequal shares
+/// (for SABA), recording every batch it hands out.
+struct Recorded {
+    inner: Quad,
+    log: Arc<Mutex<Vec<Draw>>>,
+    /// Shares of the fixed lower and upper batches (none: no finite split).
+    lower_shares: Option<Vec<f64>>,
+    upper_shares: Option<Vec<f64>>,
+}
+
+impl Recorded {
+    fn push(&self, d: Draw) {
+        self.log.lock().unwrap().push(d);
+    }
+
+    /// Fixed batch k: always the same draw of the noise.
+    fn part_rng(level: u64, k: usize) -> SampleRng {
+        SampleRng::seed_from_u64(1000 * level + k as u64)
+    }
+}
+
+impl BilevelProblem<f64> for Recorded {
+    type X = Vx;
+    type Y = Vy;
+    type UpperBatch = QuadUpperBatch<f64, DX, DY>;
+    type LowerBatch = QuadLowerBatch<f64, DX, DY>;
+
+    fn sample_upper(&mut self, rng: &mut SampleRng) -> Self::UpperBatch {
+        let b = self.inner.sample_upper(rng);
+        self.push(Draw::Upper(upper_of(&b)));
+        b
+    }
+
+    fn sample_lower(&mut self, rng: &mut SampleRng) -> Self::LowerBatch {
+        let b = self.inner.sample_lower(rng);
+        self.push(Draw::Lower(lower_of(&b)));
+        b
+    }
+
+    fn lower_parts(&self) -> Option<usize> {
+        self.lower_shares.as_ref().map(Vec::len)
+    }
+
+    fn lower_part(&mut self, k: usize) -> Option<Self::LowerBatch> {
+        self.lower_shares.as_ref()?;
+        let b = self.inner.sample_lower(&mut Self::part_rng(1, k));
+        self.push(Draw::LowerPart(k, lower_of(&b)));
+        Some(b)
+    }
+
+    fn lower_part_share(&self, k: usize) -> f64 {
+        self.lower_shares.as_ref().map_or(1.0, |s| s[k])
+    }
+
+    fn upper_parts(&self) -> Option<usize> {
+        self.upper_shares.as_ref().map(Vec::len)
+    }
+
+    fn upper_part(&mut self, k: usize) -> Option<Self::UpperBatch> {
+        self.upper_shares.as_ref()?;
+        let b = self.inner.sample_upper(&mut Self::part_rng(2, k));
+        self.push(Draw::UpperPart(k, upper_of(&b)));
+        Some(b)
+    }
+
+    fn upper_part_share(&self, k: usize) -> f64 {
+        self.upper_shares.as_ref().map_or(1.0, |s| s[k])
+    }
+
+    fn upper_loss(&self, x: &Vx, y: &Vy, batch: &Self::UpperBatch) -> Taped<Rank0, f64> {
+        self.inner.upper_loss(x, y, batch)
+    }
+
+    fn lower_loss(&self, x: &Vx, y: &Vy, batch: &Self::LowerBatch) -> Taped<Rank0, f64> {
+        self.inner.lower_loss(x, y, batch)
+    }
+
+    fn project_x(&self, x: &mut Vx) {
+        self.inner.project_x(x)
+    }
+
+    fn write_lower_grad_y(
+        &self,
+        x: &Vx,
+        y: &Vy,
+        batch: &Self::LowerBatch,
+        grad: &mut WrittenGrad<f64>,
+    ) {
+        self.inner.write_lower_grad_y(x, y, batch, grad)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain f64 arithmetic on the quadratic.
+
+fn mv(m: &Mat, v: &[f64]) -> Vector {
+    m.iter()
+        .map(|row| row.iter().zip(v).map(|(a, b)| a * b).sum())
+        .collect()
+}
+
+/// mᵀ v.
+fn mtv(m: &Mat, v: &[f64]) -> Vector {
+    (0..m[0].len())
+        .map(|j| m.iter().zip(v).map(|(row, vi)| row[j] * vi).sum())
+        .collect()
+}
+
+/// Σ_k c_k v_k.
+fn comb(terms: &[(f64, &[f64])]) -> Vector {
+    let mut out = vec![0.0; terms[0].1.len()];
+    for (c, v) in terms {
+        for (o, x) in out.iter_mut().zip(v.iter()) {
+            *o += c * x;
+        }
+    }
+    out
+}
+
+fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|a| a * a).sum::<f64>().sqrt()
+}
+
+/// The quadratic's fixed matrices: `F = ½yᵀPy + xᵀRy + ½xᵀQx + pᵀy + qᵀx` plus an upper batch's
+/// noise terms; `G = ½yᵀH y + yᵀC x + bᵀy` with a lower batch's H, C, b.
+struct Calculus {
+    p: Mat,
+    r: Mat,
+    q: Mat,
+    pv: Vector,
+    qv: Vector,
+}
+
+impl Calculus {
+    fn of(problem: &Quad) -> Self {
+        Self {
+            p: mat(&problem.p),
+            r: mat(&problem.r),
+            q: mat(&problem.q),
+            pv: problem.pv.clone(),
+            qv: problem.qv.clone(),
+        }
+    }
+
+    /// `∇_x F = Qx + Ry + q + n_x`.
+    fn fx(&self, x: &[f64], y: &[f64], u: &Upper) -> Vector {
+        comb(&[
+            (1.0, &mv(&self.q, x)),
+            (1.0, &mv(&self.r, y)),
+            (1.0, &self.qv),
+            (1.0, &u.nx),
+        ])
+    }
+
+    /// `∇_y F = Py + Rᵀx + p + n_y`.
+    fn fy(&self, x: &[f64], y: &[f64], u: &Upper) -> Vector {
+        comb(&[
+            (1.0, &mv(&self.p, y)),
+            (1.0, &mtv(&self.r, x)),
+            (1.0, &self.pv),
+            (1.0, &u.ny),
+        ])
+    }
+}
+
+/// `∇_y G = H y + C x + b`.
+fn gy(x: &[f64], y: &[f64], l: &Lower) -> Vector {
+    comb(&[(1.0, &mv(&l.h, y)), (1.0, &mv(&l.c, x)), (1.0, &l.b)])
+}
+
+/// `∇_x G = Cᵀ y`.
+fn gx(y: &[f64], l: &Lower) -> Vector {
+    mtv(&l.c, y)
+}
+
+/// `H v`.
+fn hv(v: &[f64], l: &Lower) -> Vector {
+    mv(&l.h, v)
+}
+
+/// `J v = ∇²_xy G v = Cᵀ v`.
+fn jv(v: &[f64], l: &Lower) -> Vector {
+    mtv(&l.c, v)
+}
+
+/// `a/(t+1)^b`, the papers' step schedules.
+fn decay(a: f64, b: f64, t: usize) -> f64 {
+    a / ((t + 1) as f64).powf(b)
+}
+
+/// The batches the library drew, handed out in order to the hand computation.
+struct Draws {
+    log: Vec<Draw>,
+    at: usize,
+}
+
+impl Draws {
+    fn next(&mut self) -> Draw {
+        let d = self.log.get(self.at).cloned().unwrap_or_else(|| {
+            panic!(
+                "the rule needs batch {} but the library drew fewer",
+                self.at
+            )
+        });
+        self.at += 1;
+        d
+    }
+
+    fn upper(&mut self) -> Upper {
+        match self.next() {
+            Draw::Upper(u) => u,
+            other => panic!(
+                "draw {}: the rule needs an upper batch, the library drew {other:?}",
+                self.at - 1
+            ),
+        }
+    }
+
+    fn lower(&mut self) -> Lower {
+        match self.next() {
+            Draw::Lower(l) => l,
+            other => panic!(
+                "draw {}: the rule needs a lower batch, the library drew {other:?}",
+                self.at - 1
+            ),
+        }
+    }
+
+    fn lower_part(&mut self) -> (usize, Lower) {
+        match self.next() {
+            Draw::LowerPart(k, l) => (k, l),
+            other => panic!(
+                "draw {}: the rule needs a fixed lower batch, the library drew {other:?}",
+                self.at - 1
+            ),
+        }
+    }
+
+    fn upper_part(&mut self) -> (usize, Upper) {
+        match self.next() {
+            Draw::UpperPart(k, u) => (k, u),
+            other => panic!(
+                "draw {}: the rule needs a fixed upper batch, the library drew {other:?}",
+                self.at - 1
+            ),
+        }
+    }
+
+    fn end_of_iteration(&mut self) {
+        match self.next() {
+            Draw::EndOfIteration => {}
+            other => panic!(
+                "draw {}: the rule's iteration is over, the library drew {other:?}",
+                self.at - 1
+            ),
+        }
+    }
+
+    fn finished(&self) {
+        assert_eq!(
+            self.at,
+            self.log.len(),
+            "the library drew batches the rule never used"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness.
+
+/// What is compared after each iteration: x, y and the method's named memories.
+#[derive(Debug, Clone)]
+struct Iterate {
+    x: Vector,
+    y: Vector,
+    memories: Vec<(&'static str, Vector)>,
+}
+
+const ITERATIONS: usize = 3;
+const TOLERANCE: f64 = 1e-12;
+
+fn x0() -> Vector {
+    vec![0.3, -0.2, 0.5]
+}
+
+fn y0() -> Vector {
+    vec![0.1, 0.2, -0.3, 0.4]
+}
+
+fn quadratic(x_constraint: Option<bilevel_optim::constraint::Constraint>) -> Quad {
+    Quad::new(QuadraticConfig {
+        grad_noise: 0.3,
+        hessian_noise: 0.3,
+        upper_noise: 0.3,
+        batch_size: 2,
+        seed: 11,
+        x_constraint,
+        ..Default::default()
+    })
+}
+
+/// The library's run: three iterations from (x0, y0); the iterates (with the memories named in
+/// `memories`, read from the method's saved state), the batches drawn, and the initial state.
+fn library(
+    config: &MethodConfig,
+    problem: Recorded,
+    memories: &[&'static str],
+) -> (Vec<Iterate>, Draws, MethodState) {
+    let log = problem.log.clone();
+    let dev = Cpu::default();
+    let mut x: Vx = dev.tensor([x0()[0], x0()[1], x0()[2]]);
+    let mut y: Vy = dev.tensor([y0()[0], y0()[1], y0()[2], y0()[3]]);
+    let mut method = config.build(&x, &y, &problem).unwrap();
+    let initial = method.state();
+    let mut oracles = Oracles::new(problem, 5);
+    oracles.check_on_first_use(false);
+    let mut out = Vec::new();
+    for _ in 0..ITERATIONS {
+        method.step(&mut oracles, &mut x, &mut y).unwrap();
+        log.lock().unwrap().push(Draw::EndOfIteration);
+        let state = method.state();
+        out.push(Iterate {
+            x: as_f64(&x),
+            y: as_f64(&y),
+            memories: memories
+                .iter()
+                .map(|m| (*m, state.vectors[*m].clone()))
+                .collect(),
+        });
+    }
+    let draws = Draws {
+        log: log.lock().unwrap().clone(),
+        at: 0,
+    };
+    (out, draws, initial)
+}
+
+fn recorded(quad: Quad) -> Recorded {
+    Recorded {
+        inner: quad,
+        log: Arc::new(Mutex::new(Vec::new())),
+        lower_shares: None,
+        upper_shares: None,
+    }
+}
+
+fn compare(name: &str, library: &[Iterate], reference: &[Iterate]) {
+    assert_eq!(library.len(), reference.len());
+    for (t, (a, b)) in library.iter().zip(reference).enumerate() {
+        let mut pairs = vec![("x", &a.x, &b.x), ("y", &a.y, &b.y)];
+        for ((name_a, va), (name_b, vb)) in a.memories.iter().zip(&b.memories) {
+            assert_eq!(name_a, name_b);
+            pairs.push((name_a, va, vb));
+        }
+        for (what, got, want) in pairs {
+            let e = rel_err(got, want);
+            assert!(
+                e < TOLERANCE,
+                "{name}, iteration {t}, {what}: library {got:?}, rule {want:?} (relative error {e:.1e})"
+            );
+        }
+    }
+}
+
+/// Runs `config` in the library and `rule` by hand on the same batches, and compares.
+fn check(
+    name: &str,
+    config: MethodConfig,
+    problem: Recorded,
+    memories: &[&'static str],
+    rule: impl FnOnce(&mut Draws, &Calculus, &MethodState) -> Vec<Iterate>,
+) {
+    let calculus = Calculus::of(&problem.inner);
+    let (got, mut draws, initial) = library(&config, problem, memories);
+    let want = rule(&mut draws, &calculus, &initial);
+    draws.finished();
+    compare(name, &got, &want);
+}
+
+fn constant(a: f64) -> PowerSchedule {
+    PowerSchedule {
+        initial: a,
+        exponent: 0.0,
+    }
+}
+
+fn schedule(a: f64, b: f64) -> PowerSchedule {
+    PowerSchedule {
+        initial: a,
+        exponent: b,
+    }
+}
+
+fn iterate(x: &[f64], y: &[f64], memories: &[(&'static str, &Vector)]) -> Iterate {
+    Iterate {
+        x: x.to_vec(),
+        y: y.to_vec(),
+        memories: memories.iter().map(|(n, v)| (*n, (*v).clone())).collect(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SOBA and MA-SOBA.
+
+/// SOBA (Dagréou et al. 2022, Algorithm 1): one ξ and one ζ per iteration, every direction at
+/// (x_t, y_t, z_t): y ← y − ρ_t ∇_y G; z ← z − ρ_t (H z − ∇_y F); x ← x − γ_t (∇_x F − J z_t),
+/// ρ_t = ρ/(t+1)^{2/5}, γ_t = γ/(t+1)^{3/5}.
+#[test]
+fn soba_follows_its_rule() {
+    let config = MethodConfig::Soba(SobaConfig {
+        rho: schedule(0.3, 0.4),
+        gamma: schedule(0.2, 0.6),
+    });
+    check(
+        "soba",
+        config,
+        recorded(quadratic(None)),
+        &["z"],
+        |d, f, _| {
+            let (mut x, mut y, mut z) = (x0(), y0(), vec![0.0; DY]);
+            let mut out = Vec::new();
+            for t in 0..ITERATIONS {
+                let (xi, zeta) = (d.upper(), d.lower());
+                d.end_of_iteration();
+                let (rho, gamma) = (decay(0.3, 0.4, t), decay(0.2, 0.6, t));
+                let y_dir = gy(&x, &y, &zeta);
+                let z_dir = comb(&[(1.0, &hv(&z, &zeta)), (-1.0, &f.fy(&x, &y, &xi))]);
+                let x_dir = comb(&[(1.0, &f.fx(&x, &y, &xi)), (-1.0, &jv(&z, &zeta))]);
+                y = comb(&[(1.0, &y), (-rho, &y_dir)]);
+                z = comb(&[(1.0, &z), (-rho, &z_dir)]);
+                x = comb(&[(1.0, &x), (-gamma, &x_dir)]);
+                out.push(iterate(&x, &y, &[("z", &z)]));
+            }
+            out
+        },
+    );
+}
+
+/// MA-SOBA (Chen, Xu, Zhang 2023): SOBA's y and z steps with their own schedules, z projected
+/// on the ball of radius ρ, and x moved along the moving average m ← (1 − θ) m + θ (∇_x F − J z_t).
+#[test]
+fn ma_soba_follows_its_rule() {
+    let config = MethodConfig::MaSoba(MaSobaConfig {
+        alpha: schedule(0.2, 0.5),
+        beta: schedule(0.3, 0.4),
+        gamma: constant(0.25),
+        theta: 0.3,
+        z_radius: Some(0.05),
+    });
+    check(
+        "ma-soba",
+        config,
+        recorded(quadratic(None)),
+        &["z", "m"],
+        |d, f, _| {
+            let (mut x, mut y, mut z, mut m) = (x0(), y0(), vec![0.0; DY], vec![0.0; DX]);
+            let mut out = Vec::new();
+            for t in 0..ITERATIONS {
+                let (xi, zeta) = (d.upper(), d.lower());
+                d.end_of_iteration();
+                let h = comb(&[(1.0, &f.fx(&x, &y, &xi)), (-1.0, &jv(&z, &zeta))]);
+                let z_dir = comb(&[(1.0, &hv(&z, &zeta)), (-1.0, &f.fy(&x, &y, &xi))]);
+                y = comb(&[(1.0, &y), (-decay(0.3, 0.4, t), &gy(&x, &y, &zeta))]);
+                z = comb(&[(1.0, &z), (-0.25, &z_dir)]);
+                let n = norm(&z);
+                if n > 0.05 {
+                    z = comb(&[(0.05 / n, &z)]);
+                }
+                m = comb(&[(0.7, &m), (0.3, &h)]);
+                x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t), &m)]);
+                out.push(iterate(&x, &y, &[("z", &z), ("m", &m)]));
+            }
+            out
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// SABA.
+
+/// SABA (Dagréou et al. 2022): SOBA's five directions replaced by SAGA estimates over fixed
+/// batches drawn uniformly, memories starting at zero. With batches of unequal shares s_k (here
+/// 0.5, 0.3, 0.2 of the lower data; 0.6, 0.4 of the upper), the estimate of batch k is
+/// `K s_k (g_k − memory_k) + Σ_j s_j memory_j`: unbiased for the weighted objective.
+#[test]
+fn saba_follows_its_rule_with_uneven_batches() {
+    let (lower_shares, upper_shares) = (vec![0.5, 0.3, 0.2], vec![0.6, 0.4]);
+    let mut problem = recorded(quadratic(None));
+    problem.lower_shares = Some(lower_shares.clone());
+    problem.upper_shares = Some(upper_shares.clone());
+    let config = MethodConfig::Saba(SabaConfig {
+        rho: 0.3,
+        gamma: 0.2,
+    });
+    check("saba", config, problem, &["z"], |d, f, _| {
+        /// A SAGA table by hand.
+        struct Table {
+            memory: Vec<Vector>,
+            shares: Vec<f64>,
+        }
+        impl Table {
+            fn new(shares: &[f64], dim: usize) -> Self {
+                Self {
+                    memory: vec![vec![0.0; dim]; shares.len()],
+                    shares: shares.to_vec(),
+                }
+            }
+            fn estimate(&mut self, k: usize, fresh: &[f64]) -> Vector {
+                let n = self.shares.len() as f64;
+                let mut est = comb(&[
+                    (n * self.shares[k], fresh),
+                    (-n * self.shares[k], &self.memory[k]),
+                ]);
+                for (s, m) in self.shares.iter().zip(&self.memory) {
+                    est = comb(&[(1.0, &est), (*s, m)]);
+                }
+                self.memory[k] = fresh.to_vec();
+                est
+            }
+        }
+        let (ls, us) = (&lower_shares, &upper_shares);
+        let (mut gy_t, mut hz_t, mut jz_t) =
+            (Table::new(ls, DY), Table::new(ls, DY), Table::new(ls, DX));
+        let (mut fy_t, mut fx_t) = (Table::new(us, DY), Table::new(us, DX));
+        let (mut x, mut y, mut z) = (x0(), y0(), vec![0.0; DY]);
+        let mut out = Vec::new();
+        for _ in 0..ITERATIONS {
+            let (i, zeta) = d.lower_part();
+            let (j, xi) = d.upper_part();
+            d.end_of_iteration();
+            let d_y = gy_t.estimate(i, &gy(&x, &y, &zeta));
+            let d_z = comb(&[
+                (1.0, &hz_t.estimate(i, &hv(&z, &zeta))),
+                (-1.0, &fy_t.estimate(j, &f.fy(&x, &y, &xi))),
+            ]);
+            let d_x = comb(&[
+                (1.0, &fx_t.estimate(j, &f.fx(&x, &y, &xi))),
+                (-1.0, &jz_t.estimate(i, &jv(&z, &zeta))),
+            ]);
+            y = comb(&[(1.0, &y), (-0.3, &d_y)]);
+            z = comb(&[(1.0, &z), (-0.3, &d_z)]);
+            x = comb(&[(1.0, &x), (-0.2, &d_x)]);
+            out.push(iterate(&x, &y, &[("z", &z)]));
+        }
+        out
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// F2SA.
+
+fn f2sa_config(x_gradients: XGradients) -> MethodConfig {
+    MethodConfig::F2sa(F2saConfig {
+        eta: schedule(0.2, 0.5),
+        gamma_y: 0.3,
+        gamma_z: 0.25,
+        lambda: 0.6,
+        lambda_increment: 0.5,
+        // Reached at the third iteration: the cap is exercised.
+        lambda_max: 1.4,
+        x_gradients,
+    })
+}
+
+/// F2SA (Kwon et al. 2023, Algorithm 1 with one inner step): z and y steps on ζ, ξ at
+/// (x_t, y_t, z_t), both y and x steps divided by max(λ, 1); the x step's gradients at the
+/// updated y and z on fresh ξ', ζ' (one ζ' for both ∇_x G) — or, with
+/// `x_gradients = "simultaneous"`, at (x_t, y_t, z_t) on ξ, ζ; λ ← min(λ + δ, λ_max).
+#[test]
+fn f2sa_follows_its_rule_with_its_lambda_schedule_and_cap() {
+    for variant in [XGradients::Updated, XGradients::Simultaneous] {
+        let name = format!("f2sa ({variant:?})");
+        check(
+            &name,
+            f2sa_config(variant),
+            recorded(quadratic(None)),
+            &["z"],
+            |d, f, _| {
+                let (mut x, mut y, mut z) = (x0(), y0(), y0());
+                let mut lambda: f64 = 0.6;
+                let mut out = Vec::new();
+                for t in 0..ITERATIONS {
+                    let (xi, zeta) = (d.upper(), d.lower());
+                    let divisor = lambda.max(1.0);
+                    let z_next = comb(&[(1.0, &z), (-0.25, &gy(&x, &z, &zeta))]);
+                    let y_dir = comb(&[(1.0, &f.fy(&x, &y, &xi)), (lambda, &gy(&x, &y, &zeta))]);
+                    let y_next = comb(&[(1.0, &y), (-0.3 / divisor, &y_dir)]);
+                    let x_dir = match variant {
+                        XGradients::Updated => {
+                            let (xi2, zeta2) = (d.upper(), d.lower());
+                            comb(&[
+                                (1.0, &f.fx(&x, &y_next, &xi2)),
+                                (lambda, &gx(&y_next, &zeta2)),
+                                (-lambda, &gx(&z_next, &zeta2)),
+                            ])
+                        }
+                        XGradients::Simultaneous => comb(&[
+                            (1.0, &f.fx(&x, &y, &xi)),
+                            (lambda, &gx(&y, &zeta)),
+                            (-lambda, &gx(&z, &zeta)),
+                        ]),
+                    };
+                    d.end_of_iteration();
+                    x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t) / divisor, &x_dir)]);
+                    (y, z) = (y_next, z_next);
+                    lambda = (lambda + 0.5).min(1.4);
+                    out.push(iterate(&x, &y, &[("z", &z)]));
+                }
+                assert_eq!(lambda, 1.4, "the cap was reached");
+                out
+            },
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// BO-REP.
+
+fn borep_config(variant: &str) -> BoRepConfig {
+    BoRepConfig {
+        eta: 0.2,
+        eta_decay: 0.5,
+        beta: 0.6,
+        nu: 0.3,
+        gamma: 0.25,
+        period: 2,
+        lower_steps: 2,
+        z_radius: Some(0.08),
+        z_init: ZInit::Xavier,
+        init_refinement: InitRefinement::Sgd { steps: 3 },
+        jvp_with_updated_z: variant == "updated z" || variant == "official",
+        separate_jvp_batch: variant == "separate batch" || variant == "official",
+        seed: 4,
+    }
+}
+
+/// BO-REP (Hao, Gong, Liu 2024, Algorithm 1): at t = 0 the refinement (here 3 SGD steps, each on
+/// a fresh batch), at t > 0 with t mod I = 0 N SGD steps; then ξ_t, ζ_t at the updated y:
+/// z ← Π_{‖z‖≤ρ}(z − ν (H z − ∇_y F)); m ← β m + (1 − β)(∇_x F − J z_t), J on ζ_t;
+/// x ← x − η_t m/‖m‖ with η_t = η/(t+1)^b. The official code's switches: J·z_{t+1}
+/// (`jvp_with_updated_z`), J on a batch of its own drawn after the z step
+/// (`separate_jvp_batch`), and both.
+#[test]
+fn borep_follows_its_rule_in_each_variant() {
+    for variant in ["paper", "updated z", "separate batch", "official"] {
+        let config = borep_config(variant);
+        let name = format!("bo-rep ({variant})");
+        check(
+            &name,
+            MethodConfig::BoRep(config.clone()),
+            recorded(quadratic(None)),
+            &["z", "m"],
+            |d, f, initial| {
+                let (mut x, mut y) = (x0(), y0());
+                // Xavier z₀ is drawn by the library; its value is the only thing taken from it.
+                let mut z = initial.vectors["z"].clone();
+                assert!(z.iter().any(|v| *v != 0.0), "Xavier z₀");
+                let mut m = vec![0.0; DX];
+                let mut out = Vec::new();
+                for t in 0..ITERATIONS {
+                    let steps = match t {
+                        0 => 3,
+                        t if t % 2 == 0 => 2,
+                        _ => 0,
+                    };
+                    for _ in 0..steps {
+                        let zeta = d.lower();
+                        y = comb(&[(1.0, &y), (-0.25, &gy(&x, &y, &zeta))]);
+                    }
+                    let (xi, zeta) = (d.upper(), d.lower());
+                    let z_t = z.clone();
+                    let residual = comb(&[(1.0, &hv(&z, &zeta)), (-1.0, &f.fy(&x, &y, &xi))]);
+                    z = comb(&[(1.0, &z), (-0.3, &residual)]);
+                    let n = norm(&z);
+                    if n > 0.08 {
+                        z = comb(&[(0.08 / n, &z)]);
+                    }
+                    let v = if config.jvp_with_updated_z { &z } else { &z_t };
+                    let jz = if config.separate_jvp_batch {
+                        jv(v, &d.lower())
+                    } else {
+                        jv(v, &zeta)
+                    };
+                    d.end_of_iteration();
+                    let h = comb(&[(1.0, &f.fx(&x, &y, &xi)), (-1.0, &jz)]);
+                    m = comb(&[(0.6, &m), (0.4, &h)]);
+                    x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t) / norm(&m), &m)]);
+                    out.push(iterate(&x, &y, &[("z", &z), ("m", &m)]));
+                }
+                out
+            },
+        );
+    }
+}
+
+/// A box constraint on x: every method's x step is followed by the projection (here BO-REP's
+/// normalized step and SOBA's plain one, with a box that clips the first steps).
+#[test]
+fn projections_follow_every_x_step() {
+    use bilevel_optim::constraint::Constraint;
+    let boxed = || {
+        quadratic(Some(Constraint::Box {
+            lower: 0.25,
+            upper: 0.45,
+        }))
+    };
+    let clip = |x: Vector| -> Vector { x.into_iter().map(|v| v.clamp(0.25, 0.45)).collect() };
+    let config = MethodConfig::Soba(SobaConfig {
+        rho: schedule(0.3, 0.4),
+        gamma: schedule(0.2, 0.6),
+    });
+    check(
+        "soba (box)",
+        config,
+        recorded(boxed()),
+        &["z"],
+        |d, f, _| {
+            let (mut x, mut y, mut z) = (x0(), y0(), vec![0.0; DY]);
+            let mut out = Vec::new();
+            for t in 0..ITERATIONS {
+                let (xi, zeta) = (d.upper(), d.lower());
+                d.end_of_iteration();
+                let (rho, gamma) = (decay(0.3, 0.4, t), decay(0.2, 0.6, t));
+                let x_dir = comb(&[(1.0, &f.fx(&x, &y, &xi)), (-1.0, &jv(&z, &zeta))]);
+                let z_dir = comb(&[(1.0, &hv(&z, &zeta)), (-1.0, &f.fy(&x, &y, &xi))]);
+                y = comb(&[(1.0, &y), (-rho, &gy(&x, &y, &zeta))]);
+                z = comb(&[(1.0, &z), (-rho, &z_dir)]);
+                x = clip(comb(&[(1.0, &x), (-gamma, &x_dir)]));
+                out.push(iterate(&x, &y, &[("z", &z)]));
+            }
+            assert!(
+                out[0].x.iter().any(|v| *v == 0.25 || *v == 0.45),
+                "the box clips"
+            );
+            out
+        },
+    );
+}
