@@ -827,3 +827,216 @@ fn projections_follow_every_x_step() {
         },
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The Neumann family and AmIGO.
+
+/// `v ≈ H⁻¹ b` by the series, by hand: deterministic `α Σ_{i=0}^{Q} (I − αH)^i b` on one batch,
+/// or randomized `Qα Π_i (I − αH_i) b` over the batches given (their number is the drawn q).
+fn series(b: &[f64], batches: &[Lower], terms: usize, alpha: f64, randomized: bool) -> Vector {
+    let step = |p: &Vector, l: &Lower| comb(&[(1.0, p), (-alpha, &hv(p, l))]);
+    if randomized {
+        let mut p = b.to_vec();
+        for l in batches {
+            p = step(&p, l);
+        }
+        comb(&[(terms as f64 * alpha, &p)])
+    } else {
+        let (mut term, mut sum) = (b.to_vec(), b.to_vec());
+        for _ in 0..terms {
+            term = step(&term, &batches[0]);
+            sum = comb(&[(1.0, &sum), (1.0, &term)]);
+        }
+        comb(&[(alpha, &sum)])
+    }
+}
+
+/// One iteration of the Neumann family by hand: `steps` SGD steps on y (each on a fresh ζ),
+/// then ξ, the Hessian batches and the cross batch ζ'; `h = ∇_x F − J(ζ') v`, `x ← x − η h`.
+/// A randomized series's q is the number of Hessian batches the library drew (the test of its
+/// distribution is `shared_pieces.rs`); the rule fixes everything else.
+#[allow(clippy::too_many_arguments)]
+fn neumann_iteration(
+    d: &mut Draws,
+    f: &Calculus,
+    x: &mut Vector,
+    y: &mut Vector,
+    steps: usize,
+    gamma: f64,
+    (terms, alpha, randomized): (usize, f64, bool),
+    eta: f64,
+) {
+    for _ in 0..steps {
+        let zeta = d.lower();
+        *y = comb(&[(1.0, y), (-gamma, &gy(x, y, &zeta))]);
+    }
+    let xi = d.upper();
+    let mut lowers = Vec::new();
+    loop {
+        match d.next() {
+            Draw::Lower(l) => lowers.push(l),
+            Draw::EndOfIteration => break,
+            other => panic!("unexpected draw {other:?}"),
+        }
+    }
+    let cross = lowers.pop().expect("the cross batch");
+    if randomized {
+        assert!(lowers.len() < terms, "q = {} ≥ Q", lowers.len());
+    } else {
+        assert_eq!(lowers.len(), 1, "one Hessian batch");
+    }
+    let v = series(&f.fy(x, y, &xi), &lowers, terms, alpha, randomized);
+    let h = comb(&[(1.0, &f.fx(x, y, &xi)), (-1.0, &jv(&v, &cross))]);
+    *x = comb(&[(1.0, x), (-eta, &h)]);
+}
+
+/// StocBio (Ji, Yang, Liang 2021): D warm-started SGD steps, then the deterministic series.
+#[test]
+fn stocbio_follows_its_rule() {
+    use bilevel_optim::methods::stocbio::StocBioConfig;
+    use bilevel_optim::neumann::NeumannConfig;
+    let config = MethodConfig::Stocbio(StocBioConfig {
+        eta: schedule(0.2, 0.5),
+        gamma: 0.25,
+        inner_steps: 2,
+        neumann: NeumannConfig::deterministic(3, 0.2),
+    });
+    check(
+        "stocbio",
+        config,
+        recorded(quadratic(None)),
+        &[],
+        |d, f, _| {
+            let (mut x, mut y) = (x0(), y0());
+            (0..ITERATIONS)
+                .map(|t| {
+                    let eta = decay(0.2, 0.5, t);
+                    neumann_iteration(d, f, &mut x, &mut y, 2, 0.25, (3, 0.2, false), eta);
+                    iterate(&x, &y, &[])
+                })
+                .collect()
+        },
+    );
+}
+
+/// TTSA (Hong et al. 2023): one SGD step with β_t, the randomized series, x step α_t.
+#[test]
+fn ttsa_follows_its_rule() {
+    use bilevel_optim::methods::ttsa::TtsaConfig;
+    use bilevel_optim::neumann::NeumannConfig;
+    let config = MethodConfig::Ttsa(TtsaConfig {
+        alpha: schedule(0.2, 0.6),
+        beta: schedule(0.3, 0.4),
+        neumann: NeumannConfig::randomized(4, 0.2),
+    });
+    check("ttsa", config, recorded(quadratic(None)), &[], |d, f, _| {
+        let (mut x, mut y) = (x0(), y0());
+        (0..ITERATIONS)
+            .map(|t| {
+                let (alpha, beta) = (decay(0.2, 0.6, t), decay(0.3, 0.4, t));
+                neumann_iteration(d, f, &mut x, &mut y, 1, beta, (4, 0.2, true), alpha);
+                iterate(&x, &y, &[])
+            })
+            .collect()
+    });
+}
+
+/// BSA (Ghadimi & Wang 2018): t_k = min(⌈T (k+1)^s⌉, max) SGD steps (here T = 1, s = 1,
+/// max = 2: 1, 2, 2 steps, the cap reached), then the randomized series.
+#[test]
+fn bsa_follows_its_rule_with_its_growing_and_capped_inner_loop() {
+    use bilevel_optim::methods::bsa::BsaConfig;
+    use bilevel_optim::neumann::NeumannConfig;
+    let config = MethodConfig::Bsa(BsaConfig {
+        eta: constant(0.2),
+        gamma: 0.25,
+        inner_steps: 1,
+        inner_growth: 1.0,
+        max_inner_steps: 2,
+        neumann: NeumannConfig::randomized(4, 0.2),
+    });
+    check("bsa", config, recorded(quadratic(None)), &[], |d, f, _| {
+        let (mut x, mut y) = (x0(), y0());
+        [1, 2, 2]
+            .into_iter()
+            .map(|steps| {
+                neumann_iteration(d, f, &mut x, &mut y, steps, 0.25, (4, 0.2, true), 0.2);
+                iterate(&x, &y, &[])
+            })
+            .collect()
+    });
+}
+
+/// ALSET (Chen, Sun, Yin 2021): T SGD steps with β, the randomized series, x step α_t.
+#[test]
+fn alset_follows_its_rule() {
+    use bilevel_optim::methods::alset::AlsetConfig;
+    use bilevel_optim::neumann::NeumannConfig;
+    let config = MethodConfig::Alset(AlsetConfig {
+        alpha: schedule(0.2, 0.5),
+        beta: 0.25,
+        inner_steps: 2,
+        neumann: NeumannConfig::randomized(3, 0.3),
+    });
+    check(
+        "alset",
+        config,
+        recorded(quadratic(None)),
+        &[],
+        |d, f, _| {
+            let (mut x, mut y) = (x0(), y0());
+            (0..ITERATIONS)
+                .map(|t| {
+                    let alpha = decay(0.2, 0.5, t);
+                    neumann_iteration(d, f, &mut x, &mut y, 2, 0.25, (3, 0.3, true), alpha);
+                    iterate(&x, &y, &[])
+                })
+                .collect()
+        },
+    );
+}
+
+/// AmIGO (Arbel & Mairal 2022): T SGD steps on y; ξ; M warm-started steps on z, each on a fresh
+/// ζ_k, against ∇_y F(ξ) at the new y; then J on a fresh ζ' and x ← x − α_t (∇_x F − J z).
+#[test]
+fn amigo_follows_its_rule() {
+    use bilevel_optim::methods::amigo::AmigoConfig;
+    let config = MethodConfig::Amigo(AmigoConfig {
+        alpha: schedule(0.2, 0.5),
+        gamma: 0.25,
+        rho: 0.3,
+        inner_steps: 2,
+        linear_steps: 3,
+    });
+    check(
+        "amigo",
+        config,
+        recorded(quadratic(None)),
+        &["z"],
+        |d, f, _| {
+            let (mut x, mut y, mut z) = (x0(), y0(), vec![0.0; DY]);
+            let mut out = Vec::new();
+            for t in 0..ITERATIONS {
+                for _ in 0..2 {
+                    let zeta = d.lower();
+                    y = comb(&[(1.0, &y), (-0.25, &gy(&x, &y, &zeta))]);
+                }
+                let xi = d.upper();
+                let b = f.fy(&x, &y, &xi);
+                for _ in 0..3 {
+                    let zeta = d.lower();
+                    z = comb(&[
+                        (1.0, &z),
+                        (-0.3, &comb(&[(1.0, &hv(&z, &zeta)), (-1.0, &b)])),
+                    ]);
+                }
+                let cross = d.lower();
+                d.end_of_iteration();
+                let h = comb(&[(1.0, &f.fx(&x, &y, &xi)), (-1.0, &jv(&z, &cross))]);
+                x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t), &h)]);
+                out.push(iterate(&x, &y, &[("z", &z)]));
+            }
+            out
+        },
+    );
+}
