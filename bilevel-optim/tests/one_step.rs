@@ -1040,3 +1040,127 @@ fn amigo_follows_its_rule() {
         },
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Variance reduction: MRBO and VRBO.
+
+/// The samples of one Neumann estimate: ξ, the Hessian batches, the cross batch.
+struct NeumannDraw {
+    xi: Upper,
+    hessian: Vec<Lower>,
+    cross: Lower,
+}
+
+/// Takes a deterministic series's samples (one Hessian batch) from the draws.
+fn neumann_draw(d: &mut Draws) -> NeumannDraw {
+    NeumannDraw {
+        xi: d.upper(),
+        hessian: vec![d.lower()],
+        cross: d.lower(),
+    }
+}
+
+/// `ĥ(x, y) = ∇_x F − J v`, `v` the deterministic series for `∇_y F`, on fixed samples.
+fn neumann_estimate(f: &Calculus, x: &[f64], y: &[f64], s: &NeumannDraw, q: usize, a: f64) -> Vector {
+    let v = series(&f.fy(x, y, &s.xi), &s.hessian, q, a, false);
+    comb(&[(1.0, &f.fx(x, y, &s.xi)), (-1.0, &jv(&v, &s.cross))])
+}
+
+/// MRBO (Yang, Ji, Liang 2021): STORM on both levels, the same samples at the new and the
+/// previous point; η_k = s/(m + k)^{1/3}; the momentum weights of iteration k are c₁η_{k−1}²
+/// and c₂η_{k−1}² (capped at 1); y ← y − γη_k u, x ← x − λη_k v; at k = 0 the plain estimates.
+#[test]
+fn mrbo_follows_its_rule() {
+    use bilevel_optim::methods::mrbo::MrboConfig;
+    use bilevel_optim::neumann::NeumannConfig;
+    let config = MethodConfig::Mrbo(MrboConfig {
+        step_scale: 0.8,
+        offset: 2.0,
+        x_scale: 0.3,
+        y_scale: 0.4,
+        x_momentum: 0.5,
+        y_momentum: 2.0,
+        neumann: NeumannConfig::deterministic(2, 0.2),
+    });
+    check("mrbo", config, recorded(quadratic(None)), &["u", "v"], |d, f, _| {
+        let eta = |k: usize| 0.8 / (2.0 + k as f64).powf(1.0 / 3.0);
+        let (mut x, mut y) = (x0(), y0());
+        let (mut u, mut v) = (vec![0.0; DY], vec![0.0; DX]);
+        let (mut x_prev, mut y_prev) = (x.clone(), y.clone());
+        let mut out = Vec::new();
+        for k in 0..ITERATIONS {
+            let batch = d.lower();
+            let samples = neumann_draw(d);
+            d.end_of_iteration();
+            let g = gy(&x, &y, &batch);
+            let h = neumann_estimate(f, &x, &y, &samples, 2, 0.2);
+            if k == 0 {
+                (u, v) = (g, h);
+            } else {
+                let (a, b) = (
+                    (0.5 * eta(k - 1).powi(2)).min(1.0),
+                    (2.0 * eta(k - 1).powi(2)).min(1.0),
+                );
+                let g_old = gy(&x_prev, &y_prev, &batch);
+                let h_old = neumann_estimate(f, &x_prev, &y_prev, &samples, 2, 0.2);
+                u = comb(&[(1.0, &g), (1.0 - b, &u), (-(1.0 - b), &g_old)]);
+                v = comb(&[(1.0, &h), (1.0 - a, &v), (-(1.0 - a), &h_old)]);
+            }
+            (x_prev, y_prev) = (x.clone(), y.clone());
+            y = comb(&[(1.0, &y), (-0.4 * eta(k), &u)]);
+            x = comb(&[(1.0, &x), (-0.3 * eta(k), &v)]);
+            out.push(iterate(&x, &y, &[("u", &u), ("v", &v)]));
+        }
+        out
+    });
+}
+
+/// VRBO (Yang, Ji, Liang 2021): every q iterations the estimates restart from the mean over
+/// `anchor_batches` sample sets; x ← x − α v; then m SPIDER corrections, each on fresh samples
+/// at (x_{k+1}, y_s) and at the previous point (first (x_k, y_k)), with y ← y − β u after each.
+#[test]
+fn vrbo_follows_its_rule() {
+    use bilevel_optim::methods::vrbo::VrboConfig;
+    use bilevel_optim::neumann::NeumannConfig;
+    let config = MethodConfig::Vrbo(VrboConfig {
+        alpha: 0.1,
+        beta: 0.2,
+        period: 2,
+        inner_steps: 2,
+        anchor_batches: 2,
+        neumann: NeumannConfig::deterministic(2, 0.2),
+    });
+    check("vrbo", config, recorded(quadratic(None)), &["u", "v"], |d, f, _| {
+        let (mut x, mut y) = (x0(), y0());
+        let (mut u, mut v) = (vec![0.0; DY], vec![0.0; DX]);
+        let mut out = Vec::new();
+        for k in 0..ITERATIONS {
+            if k % 2 == 0 {
+                (u, v) = (vec![0.0; DY], vec![0.0; DX]);
+                for _ in 0..2 {
+                    let samples = neumann_draw(d);
+                    let batch = d.lower();
+                    v = comb(&[(1.0, &v), (0.5, &neumann_estimate(f, &x, &y, &samples, 2, 0.2))]);
+                    u = comb(&[(1.0, &u), (0.5, &gy(&x, &y, &batch))]);
+                }
+            }
+            let (mut x_prev, mut y_prev) = (x.clone(), y.clone());
+            x = comb(&[(1.0, &x), (-0.1, &v)]);
+            for _ in 0..2 {
+                let samples = neumann_draw(d);
+                let batch = d.lower();
+                let h_new = neumann_estimate(f, &x, &y, &samples, 2, 0.2);
+                let h_old = neumann_estimate(f, &x_prev, &y_prev, &samples, 2, 0.2);
+                v = comb(&[(1.0, &v), (1.0, &h_new), (-1.0, &h_old)]);
+                let g_new = gy(&x, &y, &batch);
+                let g_old = gy(&x_prev, &y_prev, &batch);
+                u = comb(&[(1.0, &u), (1.0, &g_new), (-1.0, &g_old)]);
+                (x_prev, y_prev) = (x.clone(), y.clone());
+                y = comb(&[(1.0, &y), (-0.2, &u)]);
+            }
+            d.end_of_iteration();
+            out.push(iterate(&x, &y, &[("u", &u), ("v", &v)]));
+        }
+        out
+    });
+}
