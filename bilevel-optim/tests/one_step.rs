@@ -1061,7 +1061,14 @@ fn neumann_draw(d: &mut Draws) -> NeumannDraw {
 }
 
 /// `ĥ(x, y) = ∇_x F − J v`, `v` the deterministic series for `∇_y F`, on fixed samples.
-fn neumann_estimate(f: &Calculus, x: &[f64], y: &[f64], s: &NeumannDraw, q: usize, a: f64) -> Vector {
+fn neumann_estimate(
+    f: &Calculus,
+    x: &[f64],
+    y: &[f64],
+    s: &NeumannDraw,
+    q: usize,
+    a: f64,
+) -> Vector {
     let v = series(&f.fy(x, y, &s.xi), &s.hessian, q, a, false);
     comb(&[(1.0, &f.fx(x, y, &s.xi)), (-1.0, &jv(&v, &s.cross))])
 }
@@ -1082,37 +1089,43 @@ fn mrbo_follows_its_rule() {
         y_momentum: 2.0,
         neumann: NeumannConfig::deterministic(2, 0.2),
     });
-    check("mrbo", config, recorded(quadratic(None)), &["u", "v"], |d, f, _| {
-        let eta = |k: usize| 0.8 / (2.0 + k as f64).powf(1.0 / 3.0);
-        let (mut x, mut y) = (x0(), y0());
-        let (mut u, mut v) = (vec![0.0; DY], vec![0.0; DX]);
-        let (mut x_prev, mut y_prev) = (x.clone(), y.clone());
-        let mut out = Vec::new();
-        for k in 0..ITERATIONS {
-            let batch = d.lower();
-            let samples = neumann_draw(d);
-            d.end_of_iteration();
-            let g = gy(&x, &y, &batch);
-            let h = neumann_estimate(f, &x, &y, &samples, 2, 0.2);
-            if k == 0 {
-                (u, v) = (g, h);
-            } else {
-                let (a, b) = (
-                    (0.5 * eta(k - 1).powi(2)).min(1.0),
-                    (2.0 * eta(k - 1).powi(2)).min(1.0),
-                );
-                let g_old = gy(&x_prev, &y_prev, &batch);
-                let h_old = neumann_estimate(f, &x_prev, &y_prev, &samples, 2, 0.2);
-                u = comb(&[(1.0, &g), (1.0 - b, &u), (-(1.0 - b), &g_old)]);
-                v = comb(&[(1.0, &h), (1.0 - a, &v), (-(1.0 - a), &h_old)]);
+    check(
+        "mrbo",
+        config,
+        recorded(quadratic(None)),
+        &["u", "v"],
+        |d, f, _| {
+            let eta = |k: usize| 0.8 / (2.0 + k as f64).powf(1.0 / 3.0);
+            let (mut x, mut y) = (x0(), y0());
+            let (mut u, mut v) = (vec![0.0; DY], vec![0.0; DX]);
+            let (mut x_prev, mut y_prev) = (x.clone(), y.clone());
+            let mut out = Vec::new();
+            for k in 0..ITERATIONS {
+                let batch = d.lower();
+                let samples = neumann_draw(d);
+                d.end_of_iteration();
+                let g = gy(&x, &y, &batch);
+                let h = neumann_estimate(f, &x, &y, &samples, 2, 0.2);
+                if k == 0 {
+                    (u, v) = (g, h);
+                } else {
+                    let (a, b) = (
+                        (0.5 * eta(k - 1).powi(2)).min(1.0),
+                        (2.0 * eta(k - 1).powi(2)).min(1.0),
+                    );
+                    let g_old = gy(&x_prev, &y_prev, &batch);
+                    let h_old = neumann_estimate(f, &x_prev, &y_prev, &samples, 2, 0.2);
+                    u = comb(&[(1.0, &g), (1.0 - b, &u), (-(1.0 - b), &g_old)]);
+                    v = comb(&[(1.0, &h), (1.0 - a, &v), (-(1.0 - a), &h_old)]);
+                }
+                (x_prev, y_prev) = (x.clone(), y.clone());
+                y = comb(&[(1.0, &y), (-0.4 * eta(k), &u)]);
+                x = comb(&[(1.0, &x), (-0.3 * eta(k), &v)]);
+                out.push(iterate(&x, &y, &[("u", &u), ("v", &v)]));
             }
-            (x_prev, y_prev) = (x.clone(), y.clone());
-            y = comb(&[(1.0, &y), (-0.4 * eta(k), &u)]);
-            x = comb(&[(1.0, &x), (-0.3 * eta(k), &v)]);
-            out.push(iterate(&x, &y, &[("u", &u), ("v", &v)]));
-        }
-        out
-    });
+            out
+        },
+    );
 }
 
 /// VRBO (Yang, Ji, Liang 2021): every q iterations the estimates restart from the mean over
@@ -1130,37 +1143,228 @@ fn vrbo_follows_its_rule() {
         anchor_batches: 2,
         neumann: NeumannConfig::deterministic(2, 0.2),
     });
-    check("vrbo", config, recorded(quadratic(None)), &["u", "v"], |d, f, _| {
-        let (mut x, mut y) = (x0(), y0());
-        let (mut u, mut v) = (vec![0.0; DY], vec![0.0; DX]);
-        let mut out = Vec::new();
-        for k in 0..ITERATIONS {
-            if k % 2 == 0 {
-                (u, v) = (vec![0.0; DY], vec![0.0; DX]);
+    check(
+        "vrbo",
+        config,
+        recorded(quadratic(None)),
+        &["u", "v"],
+        |d, f, _| {
+            let (mut x, mut y) = (x0(), y0());
+            let (mut u, mut v) = (vec![0.0; DY], vec![0.0; DX]);
+            let mut out = Vec::new();
+            for k in 0..ITERATIONS {
+                if k % 2 == 0 {
+                    (u, v) = (vec![0.0; DY], vec![0.0; DX]);
+                    for _ in 0..2 {
+                        let samples = neumann_draw(d);
+                        let batch = d.lower();
+                        v = comb(&[
+                            (1.0, &v),
+                            (0.5, &neumann_estimate(f, &x, &y, &samples, 2, 0.2)),
+                        ]);
+                        u = comb(&[(1.0, &u), (0.5, &gy(&x, &y, &batch))]);
+                    }
+                }
+                let (mut x_prev, mut y_prev) = (x.clone(), y.clone());
+                x = comb(&[(1.0, &x), (-0.1, &v)]);
                 for _ in 0..2 {
                     let samples = neumann_draw(d);
                     let batch = d.lower();
-                    v = comb(&[(1.0, &v), (0.5, &neumann_estimate(f, &x, &y, &samples, 2, 0.2))]);
-                    u = comb(&[(1.0, &u), (0.5, &gy(&x, &y, &batch))]);
+                    let h_new = neumann_estimate(f, &x, &y, &samples, 2, 0.2);
+                    let h_old = neumann_estimate(f, &x_prev, &y_prev, &samples, 2, 0.2);
+                    v = comb(&[(1.0, &v), (1.0, &h_new), (-1.0, &h_old)]);
+                    let g_new = gy(&x, &y, &batch);
+                    let g_old = gy(&x_prev, &y_prev, &batch);
+                    u = comb(&[(1.0, &u), (1.0, &g_new), (-1.0, &g_old)]);
+                    (x_prev, y_prev) = (x.clone(), y.clone());
+                    y = comb(&[(1.0, &y), (-0.2, &u)]);
                 }
+                d.end_of_iteration();
+                out.push(iterate(&x, &y, &[("u", &u), ("v", &v)]));
             }
-            let (mut x_prev, mut y_prev) = (x.clone(), y.clone());
-            x = comb(&[(1.0, &x), (-0.1, &v)]);
-            for _ in 0..2 {
-                let samples = neumann_draw(d);
-                let batch = d.lower();
-                let h_new = neumann_estimate(f, &x, &y, &samples, 2, 0.2);
-                let h_old = neumann_estimate(f, &x_prev, &y_prev, &samples, 2, 0.2);
-                v = comb(&[(1.0, &v), (1.0, &h_new), (-1.0, &h_old)]);
-                let g_new = gy(&x, &y, &batch);
-                let g_old = gy(&x_prev, &y_prev, &batch);
-                u = comb(&[(1.0, &u), (1.0, &g_new), (-1.0, &g_old)]);
-                (x_prev, y_prev) = (x.clone(), y.clone());
-                y = comb(&[(1.0, &y), (-0.2, &u)]);
-            }
-            d.end_of_iteration();
-            out.push(iterate(&x, &y, &[("u", &u), ("v", &v)]));
-        }
-        out
+            out
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unbounded smoothness: SLIP, AccBO, AdamBO.
+
+/// SLIP (Gong, Hao, Liu 2024): T₀ SGD steps before iteration 0, then one ξ and one ζ per
+/// iteration, all at (x_t, y_t, z_t): y ← y − γ ∇_y G; z ← Π_{‖z‖≤ρ}(z − ν (H z − ∇_y F));
+/// m ← β m + (1 − β)(∇_x F − J z_t); x ← x − η_t m/‖m‖.
+#[test]
+fn slip_follows_its_rule() {
+    use bilevel_optim::methods::slip::SlipConfig;
+    let config = MethodConfig::Slip(SlipConfig {
+        eta: schedule(0.2, 0.5),
+        beta: 0.6,
+        gamma: 0.25,
+        nu: 0.3,
+        warm_start: 2,
+        z_radius: Some(0.08),
     });
+    check(
+        "slip",
+        config,
+        recorded(quadratic(None)),
+        &["z", "m"],
+        |d, f, _| {
+            let (mut x, mut y, mut z, mut m) = (x0(), y0(), vec![0.0; DY], vec![0.0; DX]);
+            for _ in 0..2 {
+                let zeta = d.lower();
+                y = comb(&[(1.0, &y), (-0.25, &gy(&x, &y, &zeta))]);
+            }
+            let mut out = Vec::new();
+            for t in 0..ITERATIONS {
+                let (xi, zeta) = (d.upper(), d.lower());
+                d.end_of_iteration();
+                let h = comb(&[(1.0, &f.fx(&x, &y, &xi)), (-1.0, &jv(&z, &zeta))]);
+                let residual = comb(&[(1.0, &hv(&z, &zeta)), (-1.0, &f.fy(&x, &y, &xi))]);
+                y = comb(&[(1.0, &y), (-0.25, &gy(&x, &y, &zeta))]);
+                z = comb(&[(1.0, &z), (-0.3, &residual)]);
+                let n = norm(&z);
+                if n > 0.08 {
+                    z = comb(&[(0.08 / n, &z)]);
+                }
+                m = comb(&[(0.6, &m), (0.4, &h)]);
+                x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t) / norm(&m), &m)]);
+                out.push(iterate(&x, &y, &[("z", &z), ("m", &m)]));
+            }
+            out
+        },
+    );
+}
+
+/// AccBO (Gong, Hao, Liu 2024): T₀ SGD steps; then a Nesterov step on y,
+/// w = y_t + δ(y_t − y_{t−1}), y_{t+1} = w − γ ∇_y G(x_t, w; π), averaged into
+/// ŷ_{t+1} = (1 − τ) ŷ_t + τ y_{t+1}; the randomized Neumann estimate at (x_t, ŷ_{t+1}) on
+/// samples drawn once, recursive momentum m_t = h_t + β (m_{t−1} − h(x_{t−1}, ŷ_t)) on those
+/// same samples (m_0 = h_0); x ← x − η_t m/‖m‖.
+#[test]
+fn accbo_follows_its_rule() {
+    use bilevel_optim::methods::accbo::AccBoConfig;
+    use bilevel_optim::neumann::NeumannConfig;
+    let config = MethodConfig::Accbo(AccBoConfig {
+        eta: schedule(0.2, 0.5),
+        beta: 0.6,
+        gamma: 0.25,
+        nesterov: 0.3,
+        averaging: 0.4,
+        warm_start: 2,
+        neumann: NeumannConfig::randomized(4, 0.2),
+    });
+    check(
+        "accbo",
+        config,
+        recorded(quadratic(None)),
+        &["m", "y_now"],
+        |d, f, _| {
+            let (mut x, mut y_avg) = (x0(), y0());
+            for _ in 0..2 {
+                let zeta = d.lower();
+                y_avg = comb(&[(1.0, &y_avg), (-0.25, &gy(&x, &y_avg, &zeta))]);
+            }
+            let (mut y_now, mut y_before) = (y_avg.clone(), y_avg.clone());
+            let mut m = vec![0.0; DX];
+            let (mut x_prev, mut y_avg_prev) = (x.clone(), y_avg.clone());
+            let mut out = Vec::new();
+            for t in 0..ITERATIONS {
+                let w = comb(&[(1.3, &y_now), (-0.3, &y_before)]);
+                let pi = d.lower();
+                let next = comb(&[(1.0, &w), (-0.25, &gy(&x, &w, &pi))]);
+                (y_before, y_now) = (y_now, next);
+                y_avg = comb(&[(0.6, &y_avg), (0.4, &y_now)]);
+                let xi = d.upper();
+                let mut lowers = Vec::new();
+                loop {
+                    match d.next() {
+                        Draw::Lower(l) => lowers.push(l),
+                        Draw::EndOfIteration => break,
+                        other => panic!("unexpected draw {other:?}"),
+                    }
+                }
+                let cross = lowers.pop().expect("the cross batch");
+                let estimate = |x: &[f64], y: &[f64]| {
+                    let v = series(&f.fy(x, y, &xi), &lowers, 4, 0.2, true);
+                    comb(&[(1.0, &f.fx(x, y, &xi)), (-1.0, &jv(&v, &cross))])
+                };
+                let h = estimate(&x, &y_avg);
+                m = if t == 0 {
+                    h
+                } else {
+                    let old = estimate(&x_prev, &y_avg_prev);
+                    comb(&[(1.0, &h), (0.6, &m), (-0.6, &old)])
+                };
+                (x_prev, y_avg_prev) = (x.clone(), y_avg.clone());
+                x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t) / norm(&m), &m)]);
+                out.push(iterate(&x, &y_avg, &[("m", &m), ("y_now", &y_now)]));
+            }
+            out
+        },
+    );
+}
+
+/// AdamBO (Gong, Hao, Liu): T₀ SGD steps; then one SGD step on y, the deterministic Neumann
+/// estimate h_t (plus λ_wd x_t with weight decay, as torch's Adam adds it), Adam's moments
+/// m ← β₁m + (1 − β₁)h, v ← β₂v + (1 − β₂)h², and x ← x − η_t m̂/(√v̂ + ε) with the bias
+/// corrections 1 − β^{t+1}.
+#[test]
+fn adambo_follows_its_rule_with_weight_decay() {
+    use bilevel_optim::methods::adambo::AdamBoConfig;
+    use bilevel_optim::neumann::NeumannConfig;
+    for weight_decay in [0.0, 0.05] {
+        let config = MethodConfig::Adambo(AdamBoConfig {
+            eta: schedule(0.2, 0.5),
+            beta1: 0.7,
+            beta2: 0.9,
+            epsilon: 1e-3,
+            gamma: 0.25,
+            warm_start: 2,
+            neumann: NeumannConfig::deterministic(2, 0.2),
+            weight_decay,
+        });
+        let name = format!("adambo (weight decay {weight_decay})");
+        check(
+            &name,
+            config,
+            recorded(quadratic(None)),
+            &["m", "v"],
+            |d, f, _| {
+                let (mut x, mut y) = (x0(), y0());
+                for _ in 0..2 {
+                    let zeta = d.lower();
+                    y = comb(&[(1.0, &y), (-0.25, &gy(&x, &y, &zeta))]);
+                }
+                let (mut m, mut v) = (vec![0.0; DX], vec![0.0; DX]);
+                let mut out = Vec::new();
+                for t in 0..ITERATIONS {
+                    let zeta = d.lower();
+                    y = comb(&[(1.0, &y), (-0.25, &gy(&x, &y, &zeta))]);
+                    let samples = neumann_draw(d);
+                    d.end_of_iteration();
+                    let h = comb(&[
+                        (1.0, &neumann_estimate(f, &x, &y, &samples, 2, 0.2)),
+                        (weight_decay, &x),
+                    ]);
+                    m = comb(&[(0.7, &m), (0.3, &h)]);
+                    v = v
+                        .iter()
+                        .zip(&h)
+                        .map(|(v, g)| 0.9 * v + 0.1 * g * g)
+                        .collect();
+                    let (c1, c2) = (
+                        1.0 - 0.7f64.powi(t as i32 + 1),
+                        1.0 - 0.9f64.powi(t as i32 + 1),
+                    );
+                    let eta = decay(0.2, 0.5, t);
+                    x = (0..DX)
+                        .map(|i| x[i] - eta * (m[i] / c1) / ((v[i] / c2).sqrt() + 1e-3))
+                        .collect();
+                    out.push(iterate(&x, &y, &[("m", &m), ("v", &v)]));
+                }
+                out
+            },
+        );
+    }
 }

@@ -5,7 +5,7 @@
 //! ```text
 //! y ← T₀ SGD steps at x_0                              (warm start, t = 0)
 //! y ← y − γ ∇_y G(x_t, y; π_t)
-//! h_t = ∇_x F − J v,  v the deterministic Neumann series on ∇_y F
+//! h_t = ∇_x F − J v (+ λ_wd x_t with `weight_decay`),  v the deterministic Neumann series on ∇_y F
 //! m ← β₁ m + (1 − β₁) h_t;   v ← β₂ v + (1 − β₂) h_t ⊙ h_t
 //! x ← x − η (m/(1 − β₁^{t+1})) / (√(v/(1 − β₂^{t+1})) + ε)
 //! ```
@@ -45,6 +45,10 @@ pub struct AdamBoConfig {
     pub warm_start: usize,
     /// The Neumann series of the hypergradient estimate.
     pub neumann: NeumannConfig,
+    /// λ_wd: L2 weight decay on x added to the estimate before the moments, `h + λ_wd x`, as
+    /// `torch.optim.Adam(weight_decay=...)` does (not AdamW's decoupled decay). The paper's rule
+    /// has none (0, the default); the official BERT/TREC code uses 0.01.
+    pub weight_decay: f64,
 }
 
 impl Default for AdamBoConfig {
@@ -57,6 +61,7 @@ impl Default for AdamBoConfig {
             gamma: 0.05,
             warm_start: 3,
             neumann: NeumannConfig::deterministic(5, 0.1),
+            weight_decay: 0.0,
         }
     }
 }
@@ -69,6 +74,7 @@ impl AdamBoConfig {
         validate::momentum("beta2", self.beta2)?;
         validate::positive("epsilon", self.epsilon)?;
         validate::positive("gamma", self.gamma)?;
+        validate::non_negative("weight_decay", self.weight_decay)?;
         self.neumann.validate("neumann")
     }
 }
@@ -160,9 +166,11 @@ where
             sgd_on_lower(oracles, x, y, E::of(c.gamma), c.warm_start, site)?;
         }
         let (lower_loss, est) = sgd_then_estimate(oracles, x, y, 1, c.gamma, &c.neumann, site)?;
-        let direction = self
-            .moments
-            .update(&est.h, self.t, c.beta1, c.beta2, c.epsilon);
+        let mut h = est.h.clone();
+        if c.weight_decay > 0.0 {
+            h.add_scaled(E::of(c.weight_decay), x);
+        }
+        let direction = self.moments.update(&h, self.t, c.beta1, c.beta2, c.epsilon);
         let outcome = plain_step_outcome(
             oracles,
             x,
