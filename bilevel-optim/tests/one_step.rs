@@ -1368,3 +1368,86 @@ fn adambo_follows_its_rule_with_weight_decay() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Meta-learning: MAML and ANIL.
+
+/// MAML (Finn et al. 2017) and ANIL (Raghu et al. 2020) with exact second-order meta-gradients:
+/// per task a support ζ and a query ξ; K SGD steps y_{k+1} = y_k − α ∇_y G(x, y_k; ζ) from θ₀;
+/// a = ∇_y F(x, y_K; ξ), g_x = ∇_x F(x, y_K; ξ); back through the steps, for k = K−1..0,
+/// g_x ← g_x − α J(y_k) a, then a ← a − α H(y_k) a; θ₀ ← θ₀ − η_t mean(a), and for ANIL also
+/// x ← x − η_t mean(g_x). The caller's y is the last task's adapted y_K.
+#[test]
+fn maml_and_anil_follow_their_rule() {
+    use bilevel_optim::methods::meta::MetaConfig;
+    for learn_upper in [false, true] {
+        let meta = MetaConfig {
+            inner_steps: 2,
+            inner_step: 0.25,
+            outer_step: schedule(0.2, 0.5),
+            tasks_per_batch: 2,
+        };
+        let (name, config) = if learn_upper {
+            ("anil", MethodConfig::Anil(meta))
+        } else {
+            ("maml", MethodConfig::Maml(meta))
+        };
+        check(
+            name,
+            config,
+            recorded(quadratic(None)),
+            &["init"],
+            |d, f, _| {
+                let (mut x, mut y, mut init) = (x0(), y0(), y0());
+                let mut out = Vec::new();
+                for t in 0..ITERATIONS {
+                    let (mut d_init, mut d_x) = (vec![0.0; DY], vec![0.0; DX]);
+                    for _ in 0..2 {
+                        let (support, query) = (d.lower(), d.upper());
+                        let mut trajectory = vec![init.clone()];
+                        for _ in 0..2 {
+                            let last = trajectory.last().unwrap();
+                            let next = comb(&[(1.0, last), (-0.25, &gy(&x, last, &support))]);
+                            trajectory.push(next);
+                        }
+                        let adapted = trajectory.pop().unwrap();
+                        let (mut a, mut g_x) =
+                            (f.fy(&x, &adapted, &query), f.fx(&x, &adapted, &query));
+                        for _y_k in trajectory.iter().rev() {
+                            // The quadratic's H and J do not depend on y_k.
+                            g_x = comb(&[(1.0, &g_x), (-0.25, &jv(&a, &support))]);
+                            a = comb(&[(1.0, &a), (-0.25, &hv(&a, &support))]);
+                        }
+                        d_init = comb(&[(1.0, &d_init), (0.5, &a)]);
+                        d_x = comb(&[(1.0, &d_x), (0.5, &g_x)]);
+                        y = adapted;
+                    }
+                    d.end_of_iteration();
+                    let eta = decay(0.2, 0.5, t);
+                    init = comb(&[(1.0, &init), (-eta, &d_init)]);
+                    if learn_upper {
+                        x = comb(&[(1.0, &x), (-eta, &d_x)]);
+                    }
+                    out.push(iterate(&x, &y, &[("init", &init)]));
+                }
+                out
+            },
+        );
+    }
+}
+
+/// Every method the library selects by name has a one-step reference test in this file.
+#[test]
+fn every_method_has_a_one_step_reference_test() {
+    let source = include_str!("one_step.rs");
+    for name in bilevel_optim::methods::METHODS {
+        let test = format!("fn {}_follows_its_rule", name.replace('-', "_"));
+        let borep = name == "bo-rep" && source.contains("fn borep_follows_its_rule");
+        let meta = (name == "maml" || name == "anil")
+            && source.contains("fn maml_and_anil_follow_their_rule");
+        assert!(
+            borep || meta || source.contains(&test),
+            "{name} has no one-step reference test ({test})"
+        );
+    }
+}
