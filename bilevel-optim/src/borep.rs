@@ -103,41 +103,68 @@ impl Default for BoRepConfig {
 }
 
 impl BoRepConfig {
-    /// Official hyper-representation run: γ = 1e-3, η = 1e-2, β = 0.9, ν = 1e-2, I = 2, N = 3.
+    /// The hyper-representation preset. It mixes sources, each value marked: the official code's
+    /// step sizes and loop lengths (BO-REP repository, `meta_learning/main.py` and README), its
+    /// initialization of z and of y, and the paper's wiring of the two products (J·z_t on the
+    /// same batch as H·z, Algorithm 1). `jvp_with_updated_z` and `separate_jvp_batch` select the
+    /// official code's wiring instead.
     pub fn hyper_rep() -> Self {
         Self {
+            // Official code: outer_update_lr (README command).
             eta: 1e-2,
+            // Paper and official code: a constant η.
             eta_decay: 0.0,
+            // Official code default (the paper's β as well).
             beta: 0.9,
+            // Official code: nu.
             nu: 1e-2,
+            // Official code: inner_update_lr (README command).
             gamma: 1e-3,
+            // Official code: interval.
             period: 2,
+            // Official code: y_warm_start.
             lower_steps: 3,
+            // Official code: no projection (the paper's Algorithm 1 projects z on a ball).
             z_radius: None,
+            // Official code: Xavier-uniform z₀ (the paper's reading: z₀ = 0).
             z_init: ZInit::Xavier,
+            // Official code: its periodic update at step 0 is y_warm_start SGD steps (the paper's
+            // Epoch-SGD refinement is `InitRefinement::EpochSgd`).
             init_refinement: InitRefinement::Sgd { steps: 3 },
+            // Paper: J·z_t (the official code uses the updated z).
             jvp_with_updated_z: false,
+            // Paper: J on the batch of H (the official code uses the query set).
             separate_jvp_batch: false,
+            // Ours: the seed of the Xavier z₀.
             seed: 0,
         }
     }
 
-    /// Official hyperparameter-optimization run: γ = 2e-3, η = 1e-4, I = 3, N = 3.
+    /// The hyperparameter-optimization preset: [`BoRepConfig::hyper_rep`] with the official
+    /// code's values for this task (`hyperparam_opt/main.py`, README): γ = 2e-3, η = 1e-4, I = 3.
     pub fn hyper_opt() -> Self {
         Self {
+            // Official code: outer_update_lr.
             eta: 1e-4,
+            // Official code: inner_update_lr.
             gamma: 2e-3,
+            // Official code: interval.
             period: 3,
             ..Self::hyper_rep()
         }
     }
 
-    /// Official data hyper-cleaning run: γ = 5e-2, η = 5e-2, I = 2, N = 10.
+    /// The data hyper-cleaning preset: [`BoRepConfig::hyper_rep`] with the official code's values
+    /// for this task (`data_cleaning/main.py`, README, run.sh): γ = η = 5e-2, I = 2, N = 10.
     pub fn hyper_clean() -> Self {
         Self {
+            // Official code: outer_update_lr.
             eta: 5e-2,
+            // Official code: inner_update_lr.
             gamma: 5e-2,
+            // Official code: interval.
             period: 2,
+            // Official code: y_warm_start = 10 (the code runs one step more; not reproduced).
             lower_steps: 10,
             init_refinement: InitRefinement::Sgd { steps: 10 },
             ..Self::hyper_rep()
