@@ -1451,3 +1451,77 @@ fn every_method_has_a_one_step_reference_test() {
         );
     }
 }
+
+/// BO-REP with the paper's initialization: z₀ = 0 and the Epoch-SGD refinement (Algorithm 3):
+/// epoch k runs T_k = T₁2^{k−1} SGD steps of γ₁/2^{k−1}, each on a fresh batch and projected on
+/// the ball of radius D₁/√2^{k−1} around the epoch's start; the next start is the average of the
+/// iterates after each step. Then the iterations as in Algorithm 1.
+#[test]
+fn borep_follows_its_rule_with_epoch_sgd_and_zero_z() {
+    use bilevel_optim::epoch_sgd::EpochSgdConfig;
+    let config = BoRepConfig {
+        z_init: ZInit::Zeros,
+        z_radius: None,
+        init_refinement: InitRefinement::EpochSgd(EpochSgdConfig {
+            step: 0.3,
+            length: 2,
+            // Small enough that the projection acts.
+            radius: 0.05,
+            epochs: 3,
+        }),
+        ..borep_config("paper")
+    };
+    check(
+        "bo-rep (epoch-sgd, z₀ = 0)",
+        MethodConfig::BoRep(config),
+        recorded(quadratic(None)),
+        &["z", "m"],
+        |d, f, _| {
+            let (mut x, mut y) = (x0(), y0());
+            let mut projected = false;
+            let mut start = y.clone();
+            for k in 1..=3 {
+                let (step, length, radius) = (
+                    0.3 / 2f64.powi(k - 1),
+                    2usize << (k - 1),
+                    0.05 / 2f64.sqrt().powi(k - 1),
+                );
+                let mut u = start.clone();
+                let mut average = vec![0.0; DY];
+                for _ in 0..length {
+                    let zeta = d.lower();
+                    u = comb(&[(1.0, &u), (-step, &gy(&x, &u, &zeta))]);
+                    let offset = comb(&[(1.0, &u), (-1.0, &start)]);
+                    let n = norm(&offset);
+                    if n > radius {
+                        u = comb(&[(1.0, &start), (radius / n, &offset)]);
+                        projected = true;
+                    }
+                    average = comb(&[(1.0, &average), (1.0 / length as f64, &u)]);
+                }
+                start = average;
+            }
+            assert!(projected, "the ball constrains the refinement");
+            y = start;
+            let (mut z, mut m) = (vec![0.0; DY], vec![0.0; DX]);
+            let mut out = Vec::new();
+            for t in 0..ITERATIONS {
+                if t > 0 && t % 2 == 0 {
+                    for _ in 0..2 {
+                        let zeta = d.lower();
+                        y = comb(&[(1.0, &y), (-0.25, &gy(&x, &y, &zeta))]);
+                    }
+                }
+                let (xi, zeta) = (d.upper(), d.lower());
+                d.end_of_iteration();
+                let h = comb(&[(1.0, &f.fx(&x, &y, &xi)), (-1.0, &jv(&z, &zeta))]);
+                let residual = comb(&[(1.0, &hv(&z, &zeta)), (-1.0, &f.fy(&x, &y, &xi))]);
+                z = comb(&[(1.0, &z), (-0.3, &residual)]);
+                m = comb(&[(0.6, &m), (0.4, &h)]);
+                x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t) / norm(&m), &m)]);
+                out.push(iterate(&x, &y, &[("z", &z), ("m", &m)]));
+            }
+            out
+        },
+    );
+}
