@@ -890,6 +890,26 @@ fn neumann_iteration(
     *x = comb(&[(1.0, x), (-eta, &h)]);
 }
 
+/// Runs a Neumann-family method against [`neumann_iteration`] with its plan: the SGD steps,
+/// the y step and the x step of iteration t, and the series (Q, α, randomized).
+fn check_neumann(
+    name: &str,
+    config: MethodConfig,
+    plan: impl Fn(usize) -> (usize, f64, f64),
+    series: (usize, f64, bool),
+) {
+    check(name, config, recorded(quadratic(None)), &[], |d, f, _| {
+        let (mut x, mut y) = (x0(), y0());
+        (0..ITERATIONS)
+            .map(|t| {
+                let (steps, gamma, eta) = plan(t);
+                neumann_iteration(d, f, &mut x, &mut y, steps, gamma, series, eta);
+                iterate(&x, &y, &[])
+            })
+            .collect()
+    });
+}
+
 /// StocBio (Ji, Yang, Liang 2021): D warm-started SGD steps, then the deterministic series.
 #[test]
 fn stocbio_follows_its_rule() {
@@ -901,22 +921,8 @@ fn stocbio_follows_its_rule() {
         inner_steps: 2,
         neumann: NeumannConfig::deterministic(3, 0.2),
     });
-    check(
-        "stocbio",
-        config,
-        recorded(quadratic(None)),
-        &[],
-        |d, f, _| {
-            let (mut x, mut y) = (x0(), y0());
-            (0..ITERATIONS)
-                .map(|t| {
-                    let eta = decay(0.2, 0.5, t);
-                    neumann_iteration(d, f, &mut x, &mut y, 2, 0.25, (3, 0.2, false), eta);
-                    iterate(&x, &y, &[])
-                })
-                .collect()
-        },
-    );
+    let plan = |t| (2, 0.25, decay(0.2, 0.5, t));
+    check_neumann("stocbio", config, plan, (3, 0.2, false));
 }
 
 /// TTSA (Hong et al. 2023): one SGD step with β_t, the randomized series, x step α_t.
@@ -929,16 +935,8 @@ fn ttsa_follows_its_rule() {
         beta: schedule(0.3, 0.4),
         neumann: NeumannConfig::randomized(4, 0.2),
     });
-    check("ttsa", config, recorded(quadratic(None)), &[], |d, f, _| {
-        let (mut x, mut y) = (x0(), y0());
-        (0..ITERATIONS)
-            .map(|t| {
-                let (alpha, beta) = (decay(0.2, 0.6, t), decay(0.3, 0.4, t));
-                neumann_iteration(d, f, &mut x, &mut y, 1, beta, (4, 0.2, true), alpha);
-                iterate(&x, &y, &[])
-            })
-            .collect()
-    });
+    let plan = |t| (1, decay(0.3, 0.4, t), decay(0.2, 0.6, t));
+    check_neumann("ttsa", config, plan, (4, 0.2, true));
 }
 
 /// BSA (Ghadimi & Wang 2018): t_k = min(⌈T (k+1)^s⌉, max) SGD steps (here T = 1, s = 1,
@@ -955,16 +953,8 @@ fn bsa_follows_its_rule_with_its_growing_and_capped_inner_loop() {
         max_inner_steps: 2,
         neumann: NeumannConfig::randomized(4, 0.2),
     });
-    check("bsa", config, recorded(quadratic(None)), &[], |d, f, _| {
-        let (mut x, mut y) = (x0(), y0());
-        [1, 2, 2]
-            .into_iter()
-            .map(|steps| {
-                neumann_iteration(d, f, &mut x, &mut y, steps, 0.25, (4, 0.2, true), 0.2);
-                iterate(&x, &y, &[])
-            })
-            .collect()
-    });
+    let plan = |t| ([1, 2, 2][t], 0.25, 0.2);
+    check_neumann("bsa", config, plan, (4, 0.2, true));
 }
 
 /// ALSET (Chen, Sun, Yin 2021): T SGD steps with β, the randomized series, x step α_t.
@@ -978,22 +968,8 @@ fn alset_follows_its_rule() {
         inner_steps: 2,
         neumann: NeumannConfig::randomized(3, 0.3),
     });
-    check(
-        "alset",
-        config,
-        recorded(quadratic(None)),
-        &[],
-        |d, f, _| {
-            let (mut x, mut y) = (x0(), y0());
-            (0..ITERATIONS)
-                .map(|t| {
-                    let alpha = decay(0.2, 0.5, t);
-                    neumann_iteration(d, f, &mut x, &mut y, 2, 0.25, (3, 0.3, true), alpha);
-                    iterate(&x, &y, &[])
-                })
-                .collect()
-        },
-    );
+    let plan = |t| (2, 0.25, decay(0.2, 0.5, t));
+    check_neumann("alset", config, plan, (3, 0.3, true));
 }
 
 /// AmIGO (Arbel & Mairal 2022): T SGD steps on y; ξ; M warm-started steps on z, each on a fresh
