@@ -212,6 +212,16 @@ fn norm(v: &[f64]) -> f64 {
     v.iter().map(|a| a * a).sum::<f64>().sqrt()
 }
 
+/// `v` projected on the ball of radius `r` around 0.
+fn onto_ball(v: Vector, r: f64) -> Vector {
+    let n = norm(&v);
+    if n > r {
+        comb(&[(r / n, &v)])
+    } else {
+        v
+    }
+}
+
 /// The quadratic's fixed matrices: `F = ½yᵀPy + xᵀRy + ½xᵀQx + pᵀy + qᵀx` plus an upper batch's
 /// noise terms; `G = ½yᵀH y + yᵀC x + bᵀy` with a lower batch's H, C, b.
 struct Calculus {
@@ -272,6 +282,29 @@ fn hv(v: &[f64], l: &Lower) -> Vector {
 /// `J v = ∇²_xy G v = Cᵀ v`.
 fn jv(v: &[f64], l: &Lower) -> Vector {
     mtv(&l.c, v)
+}
+
+/// `steps` SGD steps on y, each on the next lower batch: `y ← y − γ ∇_y G(x, y; ζ)`.
+fn sgd_steps(d: &mut Draws, x: &[f64], y: &mut Vector, steps: usize, gamma: f64) {
+    for _ in 0..steps {
+        let zeta = d.lower();
+        *y = comb(&[(1.0, y), (-gamma, &gy(x, y, &zeta))]);
+    }
+}
+
+/// The lower batches drawn until the end of the iteration: a randomized series's Hessian
+/// batches (as many as the q drawn) and, last, the cross batch.
+fn series_batches(d: &mut Draws) -> (Vec<Lower>, Lower) {
+    let mut lowers = Vec::new();
+    loop {
+        match d.next() {
+            Draw::Lower(l) => lowers.push(l),
+            Draw::EndOfIteration => break,
+            other => panic!("unexpected draw {other:?}"),
+        }
+    }
+    let cross = lowers.pop().expect("the cross batch");
+    (lowers, cross)
 }
 
 /// `a/(t+1)^b`, the papers' step schedules.
@@ -553,10 +586,7 @@ fn ma_soba_follows_its_rule() {
                 let z_dir = comb(&[(1.0, &hv(&z, &zeta)), (-1.0, &f.fy(&x, &y, &xi))]);
                 y = comb(&[(1.0, &y), (-decay(0.3, 0.4, t), &gy(&x, &y, &zeta))]);
                 z = comb(&[(1.0, &z), (-0.25, &z_dir)]);
-                let n = norm(&z);
-                if n > 0.05 {
-                    z = comb(&[(0.05 / n, &z)]);
-                }
+                z = onto_ball(z, 0.05);
                 m = comb(&[(0.7, &m), (0.3, &h)]);
                 x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t), &m)]);
                 out.push(iterate(&x, &y, &[("z", &z), ("m", &m)]));
@@ -754,18 +784,12 @@ fn borep_follows_its_rule_in_each_variant() {
                         t if t % 2 == 0 => 2,
                         _ => 0,
                     };
-                    for _ in 0..steps {
-                        let zeta = d.lower();
-                        y = comb(&[(1.0, &y), (-0.25, &gy(&x, &y, &zeta))]);
-                    }
+                    sgd_steps(d, &x, &mut y, steps, 0.25);
                     let (xi, zeta) = (d.upper(), d.lower());
                     let z_t = z.clone();
                     let residual = comb(&[(1.0, &hv(&z, &zeta)), (-1.0, &f.fy(&x, &y, &xi))]);
                     z = comb(&[(1.0, &z), (-0.3, &residual)]);
-                    let n = norm(&z);
-                    if n > 0.08 {
-                        z = comb(&[(0.08 / n, &z)]);
-                    }
+                    z = onto_ball(z, 0.08);
                     let v = if config.jvp_with_updated_z { &z } else { &z_t };
                     let jz = if config.separate_jvp_batch {
                         jv(v, &d.lower())
@@ -866,20 +890,9 @@ fn neumann_iteration(
     (terms, alpha, randomized): (usize, f64, bool),
     eta: f64,
 ) {
-    for _ in 0..steps {
-        let zeta = d.lower();
-        *y = comb(&[(1.0, y), (-gamma, &gy(x, y, &zeta))]);
-    }
+    sgd_steps(d, x, y, steps, gamma);
     let xi = d.upper();
-    let mut lowers = Vec::new();
-    loop {
-        match d.next() {
-            Draw::Lower(l) => lowers.push(l),
-            Draw::EndOfIteration => break,
-            other => panic!("unexpected draw {other:?}"),
-        }
-    }
-    let cross = lowers.pop().expect("the cross batch");
+    let (lowers, cross) = series_batches(d);
     if randomized {
         assert!(lowers.len() < terms, "q = {} ≥ Q", lowers.len());
     } else {
@@ -993,10 +1006,7 @@ fn amigo_follows_its_rule() {
             let (mut x, mut y, mut z) = (x0(), y0(), vec![0.0; DY]);
             let mut out = Vec::new();
             for t in 0..ITERATIONS {
-                for _ in 0..2 {
-                    let zeta = d.lower();
-                    y = comb(&[(1.0, &y), (-0.25, &gy(&x, &y, &zeta))]);
-                }
+                sgd_steps(d, &x, &mut y, 2, 0.25);
                 let xi = d.upper();
                 let b = f.fy(&x, &y, &xi);
                 for _ in 0..3 {
@@ -1187,10 +1197,7 @@ fn slip_follows_its_rule() {
         &["z", "m"],
         |d, f, _| {
             let (mut x, mut y, mut z, mut m) = (x0(), y0(), vec![0.0; DY], vec![0.0; DX]);
-            for _ in 0..2 {
-                let zeta = d.lower();
-                y = comb(&[(1.0, &y), (-0.25, &gy(&x, &y, &zeta))]);
-            }
+            sgd_steps(d, &x, &mut y, 2, 0.25);
             let mut out = Vec::new();
             for t in 0..ITERATIONS {
                 let (xi, zeta) = (d.upper(), d.lower());
@@ -1199,10 +1206,7 @@ fn slip_follows_its_rule() {
                 let residual = comb(&[(1.0, &hv(&z, &zeta)), (-1.0, &f.fy(&x, &y, &xi))]);
                 y = comb(&[(1.0, &y), (-0.25, &gy(&x, &y, &zeta))]);
                 z = comb(&[(1.0, &z), (-0.3, &residual)]);
-                let n = norm(&z);
-                if n > 0.08 {
-                    z = comb(&[(0.08 / n, &z)]);
-                }
+                z = onto_ball(z, 0.08);
                 m = comb(&[(0.6, &m), (0.4, &h)]);
                 x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t) / norm(&m), &m)]);
                 out.push(iterate(&x, &y, &[("z", &z), ("m", &m)]));
@@ -1237,10 +1241,7 @@ fn accbo_follows_its_rule() {
         &["m", "y_now"],
         |d, f, _| {
             let (mut x, mut y_avg) = (x0(), y0());
-            for _ in 0..2 {
-                let zeta = d.lower();
-                y_avg = comb(&[(1.0, &y_avg), (-0.25, &gy(&x, &y_avg, &zeta))]);
-            }
+            sgd_steps(d, &x, &mut y_avg, 2, 0.25);
             let (mut y_now, mut y_before) = (y_avg.clone(), y_avg.clone());
             let mut m = vec![0.0; DX];
             let (mut x_prev, mut y_avg_prev) = (x.clone(), y_avg.clone());
@@ -1252,15 +1253,7 @@ fn accbo_follows_its_rule() {
                 (y_before, y_now) = (y_now, next);
                 y_avg = comb(&[(0.6, &y_avg), (0.4, &y_now)]);
                 let xi = d.upper();
-                let mut lowers = Vec::new();
-                loop {
-                    match d.next() {
-                        Draw::Lower(l) => lowers.push(l),
-                        Draw::EndOfIteration => break,
-                        other => panic!("unexpected draw {other:?}"),
-                    }
-                }
-                let cross = lowers.pop().expect("the cross batch");
+                let (lowers, cross) = series_batches(d);
                 let estimate = |x: &[f64], y: &[f64]| {
                     let v = series(&f.fy(x, y, &xi), &lowers, 4, 0.2, true);
                     comb(&[(1.0, &f.fx(x, y, &xi)), (-1.0, &jv(&v, &cross))])
@@ -1308,10 +1301,7 @@ fn adambo_follows_its_rule_with_weight_decay() {
             &["m", "v"],
             |d, f, _| {
                 let (mut x, mut y) = (x0(), y0());
-                for _ in 0..2 {
-                    let zeta = d.lower();
-                    y = comb(&[(1.0, &y), (-0.25, &gy(&x, &y, &zeta))]);
-                }
+                sgd_steps(d, &x, &mut y, 2, 0.25);
                 let (mut m, mut v) = (vec![0.0; DX], vec![0.0; DX]);
                 let mut out = Vec::new();
                 for t in 0..ITERATIONS {
@@ -1483,10 +1473,7 @@ fn borep_follows_its_rule_with_epoch_sgd_and_zero_z() {
             let mut out = Vec::new();
             for t in 0..ITERATIONS {
                 if t > 0 && t % 2 == 0 {
-                    for _ in 0..2 {
-                        let zeta = d.lower();
-                        y = comb(&[(1.0, &y), (-0.25, &gy(&x, &y, &zeta))]);
-                    }
+                    sgd_steps(d, &x, &mut y, 2, 0.25);
                 }
                 let (xi, zeta) = (d.upper(), d.lower());
                 d.end_of_iteration();
