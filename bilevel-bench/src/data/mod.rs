@@ -39,9 +39,19 @@ pub(crate) fn read_text(path: &std::path::Path) -> Result<String, DataError> {
     let bytes = fingerprint::read(path).map_err(|e| DataError::io(path, e))?;
     let (text, latin1) = decode_lines(bytes);
     if let Some((first, count)) = latin1 {
-        eprintln!("{}", latin1_note(path, first, count));
+        say_once(path, &latin1_note(path, first, count));
     }
     Ok(text)
+}
+
+/// Prints `note` about `path` once per process: a comparison loads the same files once per run.
+pub(crate) fn say_once(path: &std::path::Path, note: &str) {
+    static SAID: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if !said.iter().any(|p| p == path) {
+        said.push(path.to_path_buf());
+        eprintln!("{note}");
+    }
 }
 
 /// What [`read_text`] says when it falls back to Latin-1.

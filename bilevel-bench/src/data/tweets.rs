@@ -49,7 +49,7 @@ pub fn load_sentiment140_csv(path: &Path) -> Result<Vec<(String, Option<usize>)>
         out.push((decode(&record[5]), label));
     }
     if let Some((first, count)) = latin1 {
-        eprintln!("{}", super::latin1_note(path, first, count));
+        super::say_once(path, &super::latin1_note(path, first, count));
     }
     if out.is_empty() {
         return Err(DataError::file(path, "no tweets (the file is empty)"));
