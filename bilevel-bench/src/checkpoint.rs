@@ -27,7 +27,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 use crate::durable;
-use crate::faults::{self, Watched};
 use crate::runner::Evaluation;
 
 /// The format written: vectors as runs of (zeros, values), then a checksum of the whole file.
@@ -113,12 +112,8 @@ impl Checkpoint {
         let path = dir.join(FILE);
         let tmp = dir.join(TMP_FILE);
         let header = serde_json::to_vec(&self.header)?;
-        faults::point("creating", &tmp)
-            .with_context(|| format!("{}: cannot create", tmp.display()))?;
-        let file = std::fs::File::create(&tmp)
-            .with_context(|| format!("{}: cannot create", tmp.display()))?;
         let mut out = Checksummed {
-            inner: std::io::BufWriter::with_capacity(1 << 20, Watched::new(file, &tmp)),
+            inner: durable::create_with_capacity(&tmp, 1 << 20)?,
             crc: Crc32c::default(),
         };
         let mut write = || -> std::io::Result<()> {
@@ -134,21 +129,11 @@ impl Checkpoint {
                 write_runs(&mut out, values)?;
             }
             let checksum = out.crc.value();
-            out.inner.write_all(&checksum.to_le_bytes())?;
-            out.flush()
+            out.inner.write_all(&checksum.to_le_bytes())
         };
         write().with_context(|| format!("{}: cannot write", tmp.display()))?;
-        let file = out
-            .inner
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        faults::point("syncing", &tmp)
-            .with_context(|| format!("{}: cannot sync", tmp.display()))?;
-        file.get_ref()
-            .sync_all()
-            .with_context(|| format!("{}: cannot sync", tmp.display()))?;
-        drop(file);
+        durable::sync(&mut out.inner, &tmp)?;
+        drop(out);
         if path.exists() {
             durable::rename(&path, &dir.join(PREVIOUS_FILE))?;
         }

@@ -19,9 +19,23 @@ pub type LogFile = BufWriter<Watched<File>>;
 
 /// Creates (or truncates) `path` for writing through a buffer.
 pub fn create(path: &Path) -> anyhow::Result<LogFile> {
+    create_with_capacity(path, 8 * 1024)
+}
+
+/// [`create`] with a buffer of `capacity` bytes (a large file written in few writes).
+pub fn create_with_capacity(path: &Path, capacity: usize) -> anyhow::Result<LogFile> {
     faults::point("creating", path)
         .with_context(|| format!("{}: cannot create", path.display()))?;
     let file = File::create(path).with_context(|| format!("{}: cannot create", path.display()))?;
+    Ok(BufWriter::with_capacity(capacity, Watched::new(file, path)))
+}
+
+/// Opens `path` to append to what it holds, through a buffer.
+pub fn append(path: &Path) -> anyhow::Result<LogFile> {
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
     Ok(BufWriter::new(Watched::new(file, path)))
 }
 
@@ -29,10 +43,13 @@ pub fn create(path: &Path) -> anyhow::Result<LogFile> {
 pub fn sync(log: &mut LogFile, path: &Path) -> anyhow::Result<()> {
     log.flush()
         .with_context(|| format!("{}: cannot write", path.display()))?;
+    sync_file(log.get_ref().get_ref(), path)
+}
+
+/// Syncs `file` (written elsewhere, named `path` in errors) to the disk.
+pub fn sync_file(file: &File, path: &Path) -> anyhow::Result<()> {
     faults::point("syncing", path).with_context(|| format!("{}: cannot sync", path.display()))?;
-    log.get_ref()
-        .get_ref()
-        .sync_data()
+    file.sync_all()
         .with_context(|| format!("{}: cannot sync", path.display()))
 }
 

@@ -10,7 +10,6 @@ use bilevel_optim::optimizer::StepReport;
 use bilevel_optim::tensorboard::EventWriter;
 
 use crate::durable::{self, LogFile};
-use crate::faults::{self, Watched};
 use crate::tasks::Metrics;
 
 /// The TensorBoard tags of the per-iteration quantities, in the order of `steps.csv`: the
@@ -124,15 +123,6 @@ fn rows_up_to(path: &Path, iteration: usize) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-/// Opens `path` to append rows after what it holds.
-fn append(path: &Path) -> anyhow::Result<LogFile> {
-    let file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?;
-    Ok(std::io::BufWriter::new(Watched::new(file, path)))
-}
-
 impl RunLogger {
     /// Creates `dir` (and its parents) with fresh CSV files and a new TensorBoard event file;
     /// event files of an earlier run in `dir` are removed, so TensorBoard never mixes two runs.
@@ -194,10 +184,7 @@ impl RunLogger {
         })?;
         tensorboard.flush()?;
         let staged = events_path.with_file_name(STAGED_EVENTS);
-        faults::point("syncing", &staged)?;
-        events
-            .sync_data()
-            .with_context(|| format!("{}: cannot sync", staged.display()))?;
+        durable::sync_file(&events, &staged)?;
         let joined = |rows: &[String]| rows.iter().map(|r| format!("{r}\n")).collect::<String>();
         durable::write_atomic(&steps_path, joined(&steps).as_bytes())?;
         durable::write_atomic(&evaluations_path, joined(&evaluations).as_bytes())?;
@@ -209,8 +196,8 @@ impl RunLogger {
             dir: dir.to_path_buf(),
             tensorboard,
             events,
-            steps: append(&steps_path)?,
-            evaluations: Some(append(&evaluations_path)?),
+            steps: durable::append(&steps_path)?,
+            evaluations: Some(durable::append(&evaluations_path)?),
         })
     }
     /// The run directory.
@@ -299,11 +286,7 @@ impl RunLogger {
         if let Some(w) = self.evaluations.as_mut() {
             durable::sync(w, &self.dir.join("evaluations.csv"))?;
         }
-        let events = self.tensorboard.path().to_path_buf();
-        faults::point("syncing", &events)?;
-        self.events
-            .sync_data()
-            .with_context(|| format!("{}: cannot sync", events.display()))
+        durable::sync_file(&self.events, self.tensorboard.path())
     }
 }
 

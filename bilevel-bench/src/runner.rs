@@ -303,9 +303,7 @@ impl TaskVisitor<E> for Loop<'_> {
                         )
                     });
                     run.method = method_config.build(&run.x, &run.y, run.oracles.problem())?;
-                    let rollbacks = run.rollbacks;
                     run.restore(&cp)?;
-                    run.rollbacks = rollbacks;
                     logger.flush()?;
                     logger = RunLogger::resume(self.dir, run.done)?;
                     // Saved at once: a resume from here on continues with the halved steps.
@@ -442,7 +440,8 @@ impl<P: BilevelProblem<E>> RunState<P> {
         Ok(())
     }
 
-    /// Restores the state of `cp` (whose identity [`Checkpoint::check_run`] has checked).
+    /// Restores the state of `cp` (whose identity [`Checkpoint::check_run`] has checked); the
+    /// rollback count is the caller's (taken from the checkpoint when the run resumes).
     fn restore(&mut self, cp: &Checkpoint) -> anyhow::Result<()> {
         let vector = |name: &str| -> anyhow::Result<Vec<E>> {
             let v = cp
@@ -467,7 +466,6 @@ impl<P: BilevelProblem<E>> RunState<P> {
         self.evaluations = h.evaluations.clone();
         self.train_seconds = h.train_seconds;
         self.done = h.iteration;
-        self.rollbacks = h.rollbacks;
         Ok(())
     }
 }

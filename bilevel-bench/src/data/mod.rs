@@ -44,7 +44,7 @@ pub(crate) fn read_text(path: &std::path::Path) -> Result<String, DataError> {
     Ok(text)
 }
 
-/// Prints `note` about `path` once per process: a comparison loads the same files once per run.
+/// Prints `note` about `path` once per process: a comparison loads the same data once per run.
 pub(crate) fn say_once(path: &std::path::Path, note: &str) {
     static SAID: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
     let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());

@@ -203,17 +203,16 @@ pub fn load(data_dir: &Path, config: &HyperRepConfig, seed: u64) -> anyhow::Resu
         }
     }
     if !missing.is_empty() {
-        // Said once per process: a comparison loads the data once per run.
-        static SAID: std::sync::Once = std::sync::Once::new();
-        SAID.call_once(|| {
-            eprintln!(
+        crate::data::say_once(
+            &dir,
+            &format!(
                 "note: {}: {} listed split(s) missing ({}); those domains' pools are their other \
                  splits",
                 dir.display(),
                 missing.len(),
                 missing.join(", ")
-            )
-        });
+            ),
+        );
     }
     if test_domains.len() != TEST_DOMAINS.len() {
         bail!(
