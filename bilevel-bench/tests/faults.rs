@@ -6,6 +6,8 @@
 //! file with as many records as the uninterrupted run's. The same for a resume killed at each of
 //! its own write points.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,29 +16,8 @@ use std::sync::Mutex;
 use bilevel_bench::checkpoint::Checkpoint;
 use bilevel_bench::faults::{ENV, KILLED_STATUS};
 
-const CONFIG: &str = r#"
-task = "hyper-opt"
-iters = 4
-eval_every = 2
-checkpoint_every = 2
-[hyper_opt]
-batch = 8
-max_len = 8
-eval_size = 32
-[method]
-method = "bo-rep"
-eta = 0.1
-gamma = 0.1
-period = 2
-lower_steps = 2
-nu = 0.1
-"#;
-
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bilevel-faults-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("faults", name)
 }
 
 fn bench(args: &[&str], fault: Option<String>) -> Output {
@@ -191,7 +172,7 @@ fn every_point(job: impl Fn(usize) -> bool + Sync) -> usize {
 fn a_kill_or_a_full_disk_at_any_write_loses_nothing() {
     let base = scratch("every-write");
     let config = base.join("config.toml");
-    std::fs::write(&config, CONFIG).unwrap();
+    std::fs::write(&config, common::short_borep_run(4, 2, 2)).unwrap();
     let whole = base.join("whole");
     let o = start(&config, &whole, None);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -3,35 +3,22 @@
 //! missing steps); an interrupted checkpoint write leaves the previous checkpoint loadable; a
 //! checkpoint is refused by another method or model size.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bilevel_bench::checkpoint::{Checkpoint, FILE};
+use common::short_borep_run;
 
-const CONFIG: &str = r#"
-task = "hyper-opt"
-iters = 24
-eval_every = 8
-checkpoint_every = 4
-[hyper_opt]
-batch = 8
-max_len = 8
-eval_size = 32
-[method]
-method = "bo-rep"
-eta = 0.1
-gamma = 0.1
-period = 2
-lower_steps = 2
-nu = 0.1
-"#;
+/// The run these tests interrupt, of `iters` iterations, evaluated every 8 and saved every 4.
+fn run_config(iters: usize) -> String {
+    short_borep_run(iters, 8, 4)
+}
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("bilevel-resume-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("resume", name)
 }
 
 fn bench(args: &[&str]) -> Command {
@@ -61,7 +48,7 @@ fn steps_without_time(dir: &Path) -> Vec<String> {
 fn a_killed_run_resumes_bit_identically() {
     let base = scratch("kill");
     let config = base.join("config.toml");
-    std::fs::write(&config, CONFIG).unwrap();
+    std::fs::write(&config, run_config(24)).unwrap();
     let config = config.to_str().unwrap();
 
     let whole = base.join("whole");
@@ -148,7 +135,7 @@ fn a_killed_run_resumes_bit_identically() {
 fn an_interrupted_checkpoint_write_leaves_the_previous_one() {
     let base = scratch("torn");
     let config = base.join("config.toml");
-    std::fs::write(&config, CONFIG.replace("iters = 24", "iters = 4")).unwrap();
+    std::fs::write(&config, run_config(4)).unwrap();
     let status = bench(&[
         "run",
         "--config",
@@ -192,7 +179,7 @@ fn an_interrupted_checkpoint_write_leaves_the_previous_one() {
 fn a_checkpoint_from_another_method_or_size_is_refused() {
     let base = scratch("identity");
     let config = base.join("config.toml");
-    std::fs::write(&config, CONFIG.replace("iters = 24", "iters = 4")).unwrap();
+    std::fs::write(&config, run_config(4)).unwrap();
     assert!(bench(&[
         "run",
         "--config",
@@ -418,7 +405,7 @@ fn flags_a_resume_would_ignore_are_refused() {
 fn a_finished_run_is_never_overwritten_silently() {
     let base = scratch("overwrite");
     let config = base.join("config.toml");
-    std::fs::write(&config, CONFIG.replace("iters = 24", "iters = 4")).unwrap();
+    std::fs::write(&config, run_config(4)).unwrap();
     let args = [
         "run",
         "--config",
@@ -461,7 +448,7 @@ fn a_finished_run_is_never_overwritten_silently() {
 fn two_runs_into_one_directory_are_refused_not_mixed() {
     let base = scratch("concurrent");
     let config = base.join("config.toml");
-    std::fs::write(&config, CONFIG).unwrap();
+    std::fs::write(&config, run_config(24)).unwrap();
     let args = [
         "run",
         "--config",

@@ -1,7 +1,41 @@
 //! What several test files share: the tiny task sizes that keep a test's runs to seconds.
 #![allow(dead_code)]
 
+use std::path::PathBuf;
+
 use bilevel_bench::config::RunConfig;
+
+/// A fresh, empty scratch directory for case `name` of test file `file`.
+pub fn scratch(file: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bilevel-{file}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A short BO-REP run on hyper-opt (batches of 8 reviews of 8 tokens, 32 evaluation reviews) as
+/// a config file's text: the subject of the resume and fault-injection tests.
+pub fn short_borep_run(iters: usize, eval_every: usize, checkpoint_every: usize) -> String {
+    format!(
+        r#"
+task = "hyper-opt"
+iters = {iters}
+eval_every = {eval_every}
+checkpoint_every = {checkpoint_every}
+[hyper_opt]
+batch = 8
+max_len = 8
+eval_size = 32
+[method]
+method = "bo-rep"
+eta = 0.1
+gamma = 0.1
+period = 2
+lower_steps = 2
+nu = 0.1
+"#
+    )
+}
 
 /// `task` at tiny sizes: 40 hyper-rep heads on 2-shot tasks, batches of 8 or 16, 4 tokens.
 pub fn tiny(task: &str) -> RunConfig {
