@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use bilevel_optim::borep::BoRepConfig;
+use bilevel_optim::methods::borep::BoRepConfig;
 use bilevel_optim::methods::MethodConfig;
 use serde::{Deserialize, Serialize};
 
@@ -36,11 +36,16 @@ impl TaskName {
 
     /// BO-REP with the official run's values for this task (`tasks.md`).
     pub fn default_method(&self) -> MethodConfig {
-        MethodConfig::BoRep(match self {
-            Self::HyperRep => BoRepConfig::hyper_rep(),
-            Self::HyperOpt => BoRepConfig::hyper_opt(),
-            Self::HyperClean => BoRepConfig::hyper_clean(),
-        })
+        MethodConfig::new(self.official_borep())
+    }
+
+    /// BO-REP's configuration with the official run's values for this task.
+    pub fn official_borep(&self) -> BoRepConfig {
+        match self {
+            Self::HyperRep => crate::tasks::hyper_rep::official_borep(),
+            Self::HyperOpt => crate::tasks::hyper_opt::official_borep(),
+            Self::HyperClean => crate::tasks::hyper_clean::official_borep(),
+        }
     }
 }
 

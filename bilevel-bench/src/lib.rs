@@ -20,6 +20,7 @@ pub mod durable;
 pub mod faults;
 pub mod lock;
 pub mod logging;
+pub mod methods;
 pub mod parallel;
 pub mod perf;
 pub mod plot;

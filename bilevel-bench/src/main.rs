@@ -11,7 +11,7 @@ use bilevel_bench::runner::{run, run_dir};
 use bilevel_bench::tasks::resolve_data_dir;
 use bilevel_bench::tune::{tune, Halving, TuneOptions, Tuned};
 use bilevel_bench::{perf, synthetic, task_config};
-use bilevel_optim::methods::METHODS;
+use bilevel_optim::methods::registry::names;
 use clap::{Parser, Subcommand};
 
 /// The methods `compare` and `tune` run when none are named.
@@ -236,11 +236,12 @@ impl Common {
 }
 
 fn check_methods(methods: &[String]) -> Result<()> {
+    let known = names();
     for m in methods {
-        if !METHODS.contains(&m.as_str()) {
+        if !known.contains(&m.as_str()) {
             anyhow::bail!(
                 "--methods: '{m}' is not a method; choose from {}",
-                METHODS.join(", ")
+                known.join(", ")
             );
         }
     }
@@ -511,7 +512,8 @@ fn main() -> Result<()> {
             if iters == 0 {
                 anyhow::bail!("--iters must be at least 1");
             }
-            synthetic::synthetic(&synthetic::method(&method)?, iters)
+            let config = synthetic::method(&method)?;
+            (bilevel_bench::methods::entry(config.name())?.synthetic)(&config, iters)
         }
     }
 }

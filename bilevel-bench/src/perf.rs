@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use bilevel_optim::borep::ZInit;
+use bilevel_optim::methods::borep::{BoRepConfig, ZInit};
 use bilevel_optim::methods::MethodConfig;
 use dfdx::prelude::*;
 
@@ -36,15 +36,12 @@ pub struct PerfOptions {
 
 /// The method `perf` times: BO-REP with the task's official values, read as the paper does.
 pub fn paper_level_borep(task: TaskName) -> MethodConfig {
-    match task.default_method() {
-        MethodConfig::BoRep(mut c) => {
-            c.z_init = ZInit::Zeros;
-            c.jvp_with_updated_z = false;
-            c.separate_jvp_batch = false;
-            MethodConfig::BoRep(c)
-        }
-        other => other,
-    }
+    MethodConfig::new(BoRepConfig {
+        z_init: ZInit::Zeros,
+        jvp_with_updated_z: false,
+        separate_jvp_batch: false,
+        ..task.official_borep()
+    })
 }
 
 /// One `perf` measurement of iterations.
@@ -132,10 +129,7 @@ impl TaskVisitor<E> for Iterations<'_> {
         mut y: P::Y,
         _evaluate: impl FnMut(&P::X, &P::Y) -> Metrics,
     ) -> anyhow::Result<IterationFigures> {
-        let period = match &self.method {
-            MethodConfig::BoRep(c) => c.period,
-            _ => 1,
-        };
+        let period = self.method.get::<BoRepConfig>().map_or(1, |c| c.period);
         let mut method = self.method.build(&x, &y, &problem)?;
         let mut oracles = self
             .caches

@@ -2,11 +2,13 @@
 //! with a progress bar, evaluates periodically, and logs everything into the run directory.
 
 use std::cell::RefCell;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
-use bilevel_optim::methods::MethodConfig;
+use bilevel_optim::methods::method::Start;
+use bilevel_optim::methods::{Method, MethodConfig};
 use bilevel_optim::oracles::Oracles;
 use bilevel_optim::problem::BilevelProblem;
 use dfdx::prelude::*;
@@ -24,6 +26,7 @@ use crate::data::fingerprint;
 use crate::durable;
 use crate::lock::RunLock;
 use crate::logging::RunLogger;
+use crate::methods;
 use crate::tasks::common::E;
 use crate::tasks::dispatch::{with_task, TaskProblem, TaskVisitor};
 use crate::tasks::Metrics;
@@ -92,6 +95,7 @@ pub fn run(
     std::fs::create_dir_all(dir)
         .with_context(|| format!("{}: cannot create the run directory", dir.display()))?;
     let lock = RunLock::acquire(dir)?;
+    let execute = methods::entry(config.method().name())?.execute;
     let result = execute(config, data_dir, dir, progress, None);
     drop(lock);
     if result.is_err() && created && !dir.join(crate::checkpoint::FILE).exists() {
@@ -111,10 +115,12 @@ pub fn resume(data_dir: &Path, dir: &Path, progress: bool) -> anyhow::Result<Run
     let checkpoint = Checkpoint::read(dir)?;
     let config = RunConfig::from_file(&dir.join("config.toml"))?;
     config.validate()?;
+    let execute = methods::entry(config.method().name())?.execute;
     execute(&config, data_dir, dir, progress, Some(checkpoint))
 }
 
-fn execute(
+/// [`run`] or [`resume`] of method `M`, once the directory is locked.
+pub(crate) fn execute<M: Method>(
     config: &RunConfig,
     data_dir: &Path,
     dir: &Path,
@@ -124,7 +130,8 @@ fn execute(
     let dev = Cpu::seed_from_u64(config.seed);
     // Reuse freed buffers between iterations (docs/performance.md).
     let caches = AllocationCaches::enable(&dev);
-    let ctx = Loop {
+    let ctx = Loop::<M> {
+        method: PhantomData,
         config,
         progress,
         caches: &caches,
@@ -203,7 +210,8 @@ impl Drop for AllocationCaches {
     }
 }
 
-struct Loop<'a> {
+struct Loop<'a, M> {
+    method: PhantomData<M>,
     config: &'a RunConfig,
     progress: bool,
     caches: &'a AllocationCaches,
@@ -212,7 +220,7 @@ struct Loop<'a> {
     dir: &'a Path,
 }
 
-impl TaskVisitor<E> for Loop<'_> {
+impl<M: Method> TaskVisitor<E> for Loop<'_, M> {
     type Output = Vec<Evaluation>;
 
     /// The loop: `iters` steps of the method, evaluations at 0, every `eval_every` and at the
@@ -243,7 +251,7 @@ impl TaskVisitor<E> for Loop<'_> {
             None => self.start_logs()?,
         };
         let mut run = RunState {
-            method: method_config.build(&x, &y, &problem)?,
+            method: methods::build::<M, _, _>(&method_config, Start::at(&x, &y, &problem))?,
             oracles: self.caches.sharded(problem, c.seed, c.threads)?,
             x,
             y,
@@ -302,7 +310,8 @@ impl TaskVisitor<E> for Loop<'_> {
                             cp.header.iteration, run.rollbacks, c.max_rollbacks
                         )
                     });
-                    run.method = method_config.build(&run.x, &run.y, run.oracles.problem())?;
+                    let start = Start::at(&run.x, &run.y, run.oracles.problem());
+                    run.method = methods::build::<M, _, _>(&method_config, start)?;
                     run.restore(&cp)?;
                     logger.flush()?;
                     logger = RunLogger::resume(self.dir, run.done)?;
@@ -344,7 +353,7 @@ impl TaskVisitor<E> for Loop<'_> {
     }
 }
 
-impl Loop<'_> {
+impl<M> Loop<'_, M> {
     /// A fresh run's logs and configuration, once its data is loaded and its problem built: an
     /// earlier run's summary, checkpoints and event files in the directory are removed (the
     /// command line moves a run it must keep aside before), the CSV files started anew.

@@ -351,7 +351,11 @@ fn rollback_halves_the_steps_and_finishes_with_clean_logs() {
     // config.toml keeps what was asked for; the checkpoint counts the halvings, so a resume
     // continues with the halved steps.
     let saved = bilevel_bench::config::RunConfig::from_file(&dir.join("config.toml")).unwrap();
-    let Some(bilevel_optim::methods::MethodConfig::Soba(soba)) = saved.method else {
+    let Some(soba) = saved
+        .method
+        .as_ref()
+        .and_then(|m| m.get::<bilevel_optim::methods::soba::SobaConfig>())
+    else {
         panic!("soba")
     };
     assert_eq!(soba.rho.initial, 400.0);

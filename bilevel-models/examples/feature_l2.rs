@@ -147,7 +147,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     report.into_result()?;
 
     // 2. Any method by name, on the same problem.
-    let soba = MethodConfig::Soba(SobaConfig {
+    let soba = MethodConfig::new(SobaConfig {
         rho: PowerSchedule::constant(0.5),
         gamma: PowerSchedule::constant(0.5),
     });

@@ -5,7 +5,7 @@ mod common;
 
 use bilevel_models::classifier::{ElmanEncoder, MlpHead, TextClassifier};
 use bilevel_models::forms::{BatchConfig, HyperClean, HyperOpt, HyperRep, Task};
-use bilevel_optim::borep::{BoRep, BoRepConfig};
+use bilevel_optim::methods::borep::{BoRep, BoRepConfig};
 use bilevel_optim::optimizer::BilevelOptimizer;
 use bilevel_optim::oracles::Oracles;
 use bilevel_optim::params::Params;

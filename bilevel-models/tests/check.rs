@@ -7,9 +7,9 @@
 use bilevel_models::classifier::{add_loss_gradient, loss};
 use bilevel_models::loss::one_hot;
 use bilevel_models::penalty::{add_l2_gradient, l2_penalty, FixedL2};
-use bilevel_optim::borep::{BoRep, BoRepConfig};
 use bilevel_optim::check::{check_problem, CheckConfig, Fault, Quantity, Verdict};
 use bilevel_optim::error::BilevelError;
+use bilevel_optim::methods::borep::{BoRep, BoRepConfig};
 use bilevel_optim::optimizer::BilevelOptimizer;
 use bilevel_optim::oracles::Oracles;
 use bilevel_optim::problem::{Batch, BilevelProblem, SampleRng, Taped, Tp};

@@ -3,7 +3,7 @@
 //!
 //! cargo run --release -p bilevel-optim --example ridge_borep
 
-use bilevel_optim::borep::{BoRep, BoRepConfig, InitRefinement, ZInit};
+use bilevel_optim::methods::borep::{BoRep, BoRepConfig, InitRefinement, ZInit};
 use bilevel_optim::optimizer::BilevelOptimizer;
 use bilevel_optim::oracles::Oracles;
 use bilevel_optim::params::Params;

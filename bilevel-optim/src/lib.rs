@@ -29,7 +29,7 @@
 //!     (dev.zeros(), dev.zeros());
 //! let start = exact_hypergradient(&problem, &x).norm();
 //! // Any method by name (`MethodConfig::default_for("soba")`), or with its knobs set:
-//! let config = MethodConfig::Soba(SobaConfig {
+//! let config = MethodConfig::new(SobaConfig {
 //!     rho: PowerSchedule::constant(0.4),   // y and z steps
 //!     gamma: PowerSchedule::constant(0.02), // x step
 //! });
@@ -46,7 +46,6 @@
 //! The user guide is `docs/guide.md` in the repository; each method's rule, knobs and cost are in
 //! `docs/algorithms.md`.
 #![warn(missing_docs)]
-pub mod borep;
 pub mod check;
 pub mod constraint;
 pub mod crc32c;
@@ -64,6 +63,7 @@ pub mod problems;
 pub mod real;
 pub mod schedule;
 pub mod shards;
+pub mod state;
 pub mod steps;
 pub mod tensorboard;
 pub mod validate;

@@ -1,15 +1,13 @@
 //! The contract every bilevel method implements, and what it reports.
 
-use std::collections::BTreeMap;
-
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use crate::error::BilevelError;
 use crate::oracles::{OracleCounts, Oracles};
-use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
+pub use crate::state::MethodState;
 
 /// A stochastic bilevel method: advances (x, y, and its own state) by one iteration.
 ///
@@ -86,105 +84,5 @@ impl StepReport {
                 Some((t.upper_grad + t.lower_grad + t.hvp + t.jvp) as f64),
             ),
         ]
-    }
-}
-
-/// A method's savable state: named flat vectors and scalars, with the method's name so a state
-/// is never loaded into another method.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MethodState {
-    /// The name of the method that saved the state.
-    pub method: String,
-    /// Parameter-shaped memories (z, momenta, tables), flattened.
-    pub vectors: BTreeMap<String, Vec<f64>>,
-    /// Counters and scalar memories (t, λ, ...).
-    pub scalars: BTreeMap<String, f64>,
-}
-
-impl MethodState {
-    /// An empty state of `method`.
-    pub fn new(method: &str) -> Self {
-        Self {
-            method: method.to_string(),
-            ..Default::default()
-        }
-    }
-
-    /// Records a parameter collection as a flat `f64` vector (exact for `f32` and `f64`).
-    pub fn put<E: Real, T: Params<E>>(&mut self, name: &str, value: &T)
-    where
-        Cpu: Device<E>,
-    {
-        self.vectors.insert(
-            name.into(),
-            value.to_flat().into_iter().map(Real::f64).collect(),
-        );
-    }
-
-    /// A state holding only an iteration counter `t`, for methods with no other memory.
-    pub fn with_counter(method: &str, t: u64) -> Self {
-        let mut s = Self::new(method);
-        s.put_scalar("t", t as f64);
-        s
-    }
-
-    /// The iteration counter `t`, after checking the method name.
-    pub fn counter(&self, method: &str) -> Result<u64, BilevelError> {
-        self.expect_method(method)?;
-        Ok(self.scalar("t")? as u64)
-    }
-
-    /// Records a scalar.
-    pub fn put_scalar(&mut self, name: &str, value: f64) {
-        self.scalars.insert(name.into(), value);
-    }
-
-    /// Checks the method name before anything is read.
-    pub fn expect_method(&self, method: &str) -> Result<(), BilevelError> {
-        if self.method == method {
-            Ok(())
-        } else {
-            Err(BilevelError::StateMismatch(format!(
-                "the state was saved by method '{}', not '{}'",
-                self.method, method
-            )))
-        }
-    }
-
-    /// Loads the vector `name` into `into`, checking its length.
-    pub fn get<E: Real, T: Params<E>>(&self, name: &str, into: &mut T) -> Result<(), BilevelError>
-    where
-        Cpu: Device<E>,
-    {
-        let v = self
-            .vectors
-            .get(name)
-            .ok_or_else(|| BilevelError::StateMismatch(format!("vector '{name}' is missing")))?;
-        let flat: Vec<E> = v.iter().map(|&a| E::of(a)).collect();
-        into.set_flat(&flat)
-            .map_err(|e| BilevelError::StateMismatch(format!("vector '{name}': {e}")))
-    }
-
-    /// Loads the vector `name` into `into` (unchanged if the vector is missing or mis-sized).
-    pub fn restore<E: Real, T: Params<E>>(
-        &self,
-        name: &str,
-        into: &mut T,
-    ) -> Result<(), BilevelError>
-    where
-        Cpu: Device<E>,
-    {
-        let mut value = into.clone();
-        self.get(name, &mut value)?;
-        *into = value;
-        Ok(())
-    }
-
-    /// The scalar `name`, or an error naming it when it is missing.
-    pub fn scalar(&self, name: &str) -> Result<f64, BilevelError> {
-        self.scalars
-            .get(name)
-            .copied()
-            .ok_or_else(|| BilevelError::StateMismatch(format!("scalar '{name}' is missing")))
     }
 }

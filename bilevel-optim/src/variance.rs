@@ -12,9 +12,9 @@
 use dfdx::prelude::{Cpu, Device};
 
 use crate::error::BilevelError;
-use crate::optimizer::MethodState;
 use crate::params::Params;
 use crate::real::Real;
+use crate::state::MethodState;
 
 /// `d ← new + (1 − a)(d − old)`; with `a = 1` it is plain SGD's `d ← new`.
 pub fn storm_update<E: Real, T: Params<E>>(d: &mut T, new: &T, old: &T, a: E)
@@ -120,20 +120,17 @@ impl<T> SagaMemory<T> {
         state.put(&format!("{name}.weighted_sum"), &self.weighted_sum);
     }
 
-    /// Restores what [`SagaMemory::save`] wrote.
-    pub fn load<E: Real>(&mut self, name: &str, state: &MethodState) -> Result<(), BilevelError>
+    /// What [`SagaMemory::save`] wrote under `name`, shaped like `self`.
+    pub fn loaded<E: Real>(&self, name: &str, state: &MethodState) -> Result<Self, BilevelError>
     where
         Cpu: Device<E>,
         T: Params<E>,
     {
-        let mut table = self.table.clone();
-        for (k, m) in table.iter_mut().enumerate() {
+        let mut loaded = self.clone();
+        for (k, m) in loaded.table.iter_mut().enumerate() {
             state.get(&format!("{name}.{k}"), m)?;
         }
-        let mut sum = self.weighted_sum.clone();
-        state.get(&format!("{name}.weighted_sum"), &mut sum)?;
-        self.table = table;
-        self.weighted_sum = sum;
-        Ok(())
+        state.get(&format!("{name}.weighted_sum"), &mut loaded.weighted_sum)?;
+        Ok(loaded)
     }
 }

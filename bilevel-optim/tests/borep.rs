@@ -3,9 +3,9 @@
 
 mod common;
 
-use bilevel_optim::borep::*;
 use bilevel_optim::epoch_sgd::{epoch_sgd, EpochSgdConfig};
 use bilevel_optim::error::BilevelError;
+use bilevel_optim::methods::borep::*;
 use bilevel_optim::optimizer::BilevelOptimizer;
 use bilevel_optim::oracles::{OracleCounts, Oracles};
 use bilevel_optim::params::Params;

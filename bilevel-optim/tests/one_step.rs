@@ -14,9 +14,11 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use bilevel_optim::borep::{BoRepConfig, InitRefinement, ZInit};
+use bilevel_optim::methods::anil::AnilConfig;
+use bilevel_optim::methods::borep::{BoRepConfig, InitRefinement, ZInit};
 use bilevel_optim::methods::f2sa::{F2saConfig, XGradients};
 use bilevel_optim::methods::ma_soba::MaSobaConfig;
+use bilevel_optim::methods::maml::MamlConfig;
 use bilevel_optim::methods::saba::SabaConfig;
 use bilevel_optim::methods::soba::SobaConfig;
 use bilevel_optim::methods::MethodConfig;
@@ -531,7 +533,7 @@ fn iterate(x: &[f64], y: &[f64], memories: &[(&'static str, &Vector)]) -> Iterat
 /// ρ_t = ρ/(t+1)^{2/5}, γ_t = γ/(t+1)^{3/5}.
 #[test]
 fn soba_follows_its_rule() {
-    let config = MethodConfig::Soba(SobaConfig {
+    let config = MethodConfig::new(SobaConfig {
         rho: schedule(0.3, 0.4),
         gamma: schedule(0.2, 0.6),
     });
@@ -564,7 +566,7 @@ fn soba_follows_its_rule() {
 /// on the ball of radius ρ, and x moved along the moving average m ← (1 − θ) m + θ (∇_x F − J z_t).
 #[test]
 fn ma_soba_follows_its_rule() {
-    let config = MethodConfig::MaSoba(MaSobaConfig {
+    let config = MethodConfig::new(MaSobaConfig {
         alpha: schedule(0.2, 0.5),
         beta: schedule(0.3, 0.4),
         gamma: constant(0.25),
@@ -609,7 +611,7 @@ fn saba_follows_its_rule_with_uneven_batches() {
     let mut problem = recorded(quadratic(None));
     problem.lower_shares = Some(lower_shares.clone());
     problem.upper_shares = Some(upper_shares.clone());
-    let config = MethodConfig::Saba(SabaConfig {
+    let config = MethodConfig::new(SabaConfig {
         rho: 0.3,
         gamma: 0.2,
     });
@@ -671,7 +673,7 @@ fn saba_follows_its_rule_with_uneven_batches() {
 // F2SA.
 
 fn f2sa_config(x_gradients: XGradients) -> MethodConfig {
-    MethodConfig::F2sa(F2saConfig {
+    MethodConfig::new(F2saConfig {
         eta: schedule(0.2, 0.5),
         gamma_y: 0.3,
         gamma_z: 0.25,
@@ -768,7 +770,7 @@ fn borep_follows_its_rule_in_each_variant() {
         let name = format!("bo-rep ({variant})");
         check(
             &name,
-            MethodConfig::BoRep(config.clone()),
+            MethodConfig::new(config.clone()),
             recorded(quadratic(None)),
             &["z", "m"],
             |d, f, initial| {
@@ -820,7 +822,7 @@ fn projections_follow_every_x_step() {
         }))
     };
     let clip = |x: Vector| -> Vector { x.into_iter().map(|v| v.clamp(0.25, 0.45)).collect() };
-    let config = MethodConfig::Soba(SobaConfig {
+    let config = MethodConfig::new(SobaConfig {
         rho: schedule(0.3, 0.4),
         gamma: schedule(0.2, 0.6),
     });
@@ -928,7 +930,7 @@ fn check_neumann(
 fn stocbio_follows_its_rule() {
     use bilevel_optim::methods::stocbio::StocBioConfig;
     use bilevel_optim::neumann::NeumannConfig;
-    let config = MethodConfig::Stocbio(StocBioConfig {
+    let config = MethodConfig::new(StocBioConfig {
         eta: schedule(0.2, 0.5),
         gamma: 0.25,
         inner_steps: 2,
@@ -943,7 +945,7 @@ fn stocbio_follows_its_rule() {
 fn ttsa_follows_its_rule() {
     use bilevel_optim::methods::ttsa::TtsaConfig;
     use bilevel_optim::neumann::NeumannConfig;
-    let config = MethodConfig::Ttsa(TtsaConfig {
+    let config = MethodConfig::new(TtsaConfig {
         alpha: schedule(0.2, 0.6),
         beta: schedule(0.3, 0.4),
         neumann: NeumannConfig::randomized(4, 0.2),
@@ -958,7 +960,7 @@ fn ttsa_follows_its_rule() {
 fn bsa_follows_its_rule_with_its_growing_and_capped_inner_loop() {
     use bilevel_optim::methods::bsa::BsaConfig;
     use bilevel_optim::neumann::NeumannConfig;
-    let config = MethodConfig::Bsa(BsaConfig {
+    let config = MethodConfig::new(BsaConfig {
         eta: constant(0.2),
         gamma: 0.25,
         inner_steps: 1,
@@ -975,7 +977,7 @@ fn bsa_follows_its_rule_with_its_growing_and_capped_inner_loop() {
 fn alset_follows_its_rule() {
     use bilevel_optim::methods::alset::AlsetConfig;
     use bilevel_optim::neumann::NeumannConfig;
-    let config = MethodConfig::Alset(AlsetConfig {
+    let config = MethodConfig::new(AlsetConfig {
         alpha: schedule(0.2, 0.5),
         beta: 0.25,
         inner_steps: 2,
@@ -990,7 +992,7 @@ fn alset_follows_its_rule() {
 #[test]
 fn amigo_follows_its_rule() {
     use bilevel_optim::methods::amigo::AmigoConfig;
-    let config = MethodConfig::Amigo(AmigoConfig {
+    let config = MethodConfig::new(AmigoConfig {
         alpha: schedule(0.2, 0.5),
         gamma: 0.25,
         rho: 0.3,
@@ -1066,7 +1068,7 @@ fn neumann_estimate(
 fn mrbo_follows_its_rule() {
     use bilevel_optim::methods::mrbo::MrboConfig;
     use bilevel_optim::neumann::NeumannConfig;
-    let config = MethodConfig::Mrbo(MrboConfig {
+    let config = MethodConfig::new(MrboConfig {
         step_scale: 0.8,
         offset: 2.0,
         x_scale: 0.3,
@@ -1121,7 +1123,7 @@ fn mrbo_follows_its_rule() {
 fn vrbo_follows_its_rule() {
     use bilevel_optim::methods::vrbo::VrboConfig;
     use bilevel_optim::neumann::NeumannConfig;
-    let config = MethodConfig::Vrbo(VrboConfig {
+    let config = MethodConfig::new(VrboConfig {
         alpha: 0.1,
         beta: 0.2,
         period: 2,
@@ -1182,7 +1184,7 @@ fn vrbo_follows_its_rule() {
 #[test]
 fn slip_follows_its_rule() {
     use bilevel_optim::methods::slip::SlipConfig;
-    let config = MethodConfig::Slip(SlipConfig {
+    let config = MethodConfig::new(SlipConfig {
         eta: schedule(0.2, 0.5),
         beta: 0.6,
         gamma: 0.25,
@@ -1225,7 +1227,7 @@ fn slip_follows_its_rule() {
 fn accbo_follows_its_rule() {
     use bilevel_optim::methods::accbo::AccBoConfig;
     use bilevel_optim::neumann::NeumannConfig;
-    let config = MethodConfig::Accbo(AccBoConfig {
+    let config = MethodConfig::new(AccBoConfig {
         eta: schedule(0.2, 0.5),
         beta: 0.6,
         gamma: 0.25,
@@ -1283,7 +1285,7 @@ fn adambo_follows_its_rule_with_weight_decay() {
     use bilevel_optim::methods::adambo::AdamBoConfig;
     use bilevel_optim::neumann::NeumannConfig;
     for weight_decay in [0.0, 0.05] {
-        let config = MethodConfig::Adambo(AdamBoConfig {
+        let config = MethodConfig::new(AdamBoConfig {
             eta: schedule(0.2, 0.5),
             beta1: 0.7,
             beta2: 0.9,
@@ -1354,9 +1356,9 @@ fn maml_and_anil_follow_their_rule() {
             tasks_per_batch: 2,
         };
         let (name, config) = if learn_upper {
-            ("anil", MethodConfig::Anil(meta))
+            ("anil", MethodConfig::new(AnilConfig::from(meta)))
         } else {
-            ("maml", MethodConfig::Maml(meta))
+            ("maml", MethodConfig::new(MamlConfig::from(meta)))
         };
         check(
             name,
@@ -1439,7 +1441,7 @@ fn borep_follows_its_rule_with_epoch_sgd_and_zero_z() {
     };
     check(
         "bo-rep (epoch-sgd, z₀ = 0)",
-        MethodConfig::BoRep(config),
+        MethodConfig::new(config),
         recorded(quadratic(None)),
         &["z", "m"],
         |d, f, _| {

@@ -10,6 +10,7 @@ use bilevel_models::layer::WrittenLayer;
 use bilevel_models::loss::{accuracy, cross_entropy};
 use bilevel_models::penalty::{add_l2_gradient, FixedL2};
 use bilevel_models::text::EmbeddedTexts;
+use bilevel_optim::methods::borep::BoRepConfig;
 use bilevel_optim::params::Params;
 use bilevel_optim::problem::Tp;
 use bilevel_optim::real::Real;
@@ -30,6 +31,12 @@ pub const TASK_COUNTS: [usize; 2] = [400, 40];
 
 /// The test domains of the BO-REP setup; every other listed domain is a training domain.
 pub const TEST_DOMAINS: [&str; 3] = ["office_products", "automotive", "computer_video_games"];
+
+/// BO-REP with the official hyper-representation run's values: the library's default, whose
+/// values are marked with their sources on [`BoRepConfig::default`].
+pub fn official_borep() -> BoRepConfig {
+    BoRepConfig::default()
+}
 
 /// Hyper-representation's settings (the `[hyper_rep]` table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,9 +13,10 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
@@ -62,15 +63,35 @@ impl Default for AccBoConfig {
     }
 }
 
-impl AccBoConfig {
-    /// Checks every value, naming the first one out of range.
-    pub fn validate(&self) -> Result<(), BilevelError> {
+impl Method for AccBoConfig {
+    const NAME: &'static str = NAME;
+
+    fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
         validate::momentum("beta", self.beta)?;
         validate::positive("gamma", self.gamma)?;
         validate::momentum("nesterov", self.nesterov)?;
         validate::weight("averaging", self.averaging)?;
         self.neumann.validate("neumann")
+    }
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.gamma, &mut self.eta)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        Ok(Box::new(AccBo {
+            config: self.clone(),
+            y_now: at.y.duplicate(),
+            y_before: at.y.duplicate(),
+            m: at.x.zeros_like(),
+            x_prev: at.x.duplicate(),
+            y_avg_prev: at.y.duplicate(),
+            t: 0,
+        }))
     }
 }
 
@@ -87,34 +108,11 @@ pub struct AccBo<X, Y> {
     t: u64,
 }
 
-impl<X, Y> AccBo<X, Y> {
-    /// A fresh method at (x, y), after validating `config`.
-    pub fn new<E: Real>(config: AccBoConfig, x: &X, y: &Y) -> Result<Self, BilevelError>
-    where
-        Cpu: Device<E>,
-        X: Params<E>,
-        Y: Params<E>,
-    {
-        config.validate()?;
-        Ok(Self {
-            config,
-            y_now: y.duplicate(),
-            y_before: y.duplicate(),
-            m: x.zeros_like(),
-            x_prev: x.duplicate(),
-            y_avg_prev: y.duplicate(),
-            t: 0,
-        })
-    }
-}
-
 impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for AccBo<P::X, P::Y>
 where
     Cpu: Device<E>,
 {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+    crate::saved_state!(NAME; counter t, vector y_now, vector y_before, vector m, vector x_prev, vector y_avg_prev);
 
     fn step(
         &mut self,
@@ -175,26 +173,5 @@ where
                 x_step_norm: (step_size * self.m.norm()).f64(),
             },
         ))
-    }
-
-    fn state(&self) -> MethodState {
-        let mut s = MethodState::with_counter(NAME, self.t);
-        s.put("y_now", &self.y_now);
-        s.put("y_before", &self.y_before);
-        s.put("m", &self.m);
-        s.put("x_prev", &self.x_prev);
-        s.put("y_avg_prev", &self.y_avg_prev);
-        s
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        let t = state.counter(NAME)?;
-        state.restore("y_now", &mut self.y_now)?;
-        state.restore("y_before", &mut self.y_before)?;
-        state.restore("m", &mut self.m)?;
-        state.restore("x_prev", &mut self.x_prev)?;
-        state.restore("y_avg_prev", &mut self.y_avg_prev)?;
-        self.t = t;
-        Ok(())
     }
 }

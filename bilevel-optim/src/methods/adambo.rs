@@ -13,9 +13,10 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use crate::error::BilevelError;
 use crate::neumann::{plain_step_outcome, sgd_then_estimate, NeumannConfig};
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
@@ -66,9 +67,10 @@ impl Default for AdamBoConfig {
     }
 }
 
-impl AdamBoConfig {
-    /// Checks every value, naming the first one out of range.
-    pub fn validate(&self) -> Result<(), BilevelError> {
+impl Method for AdamBoConfig {
+    const NAME: &'static str = NAME;
+
+    fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
         validate::momentum("beta1", self.beta1)?;
         validate::momentum("beta2", self.beta2)?;
@@ -76,6 +78,21 @@ impl AdamBoConfig {
         validate::positive("gamma", self.gamma)?;
         validate::non_negative("weight_decay", self.weight_decay)?;
         self.neumann.validate("neumann")
+    }
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.gamma, &mut self.eta)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        Ok(Box::new(AdamBo {
+            config: self.clone(),
+            moments: AdamMoments::new(at.x),
+            t: 0,
+        }))
     }
 }
 
@@ -129,29 +146,11 @@ pub struct AdamBo<X> {
     t: u64,
 }
 
-impl<X> AdamBo<X> {
-    /// A fresh method for x shaped like `x`, after validating `config`.
-    pub fn new<E: Real>(config: AdamBoConfig, x: &X) -> Result<Self, BilevelError>
-    where
-        Cpu: Device<E>,
-        X: Params<E>,
-    {
-        config.validate()?;
-        Ok(Self {
-            config,
-            moments: AdamMoments::new(x),
-            t: 0,
-        })
-    }
-}
-
 impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for AdamBo<P::X>
 where
     Cpu: Device<E>,
 {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+    crate::saved_state!(NAME; counter t, vector moments.first as "m", vector moments.second as "v");
 
     fn step(
         &mut self,
@@ -182,20 +181,5 @@ where
         )?;
         self.t += 1;
         Ok(scope.report(oracles, outcome))
-    }
-
-    fn state(&self) -> MethodState {
-        let mut s = MethodState::with_counter(NAME, self.t);
-        s.put("m", &self.moments.first);
-        s.put("v", &self.moments.second);
-        s
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        let t = state.counter(NAME)?;
-        state.restore("m", &mut self.moments.first)?;
-        state.restore("v", &mut self.moments.second)?;
-        self.t = t;
-        Ok(())
     }
 }

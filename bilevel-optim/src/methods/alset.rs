@@ -7,11 +7,15 @@
 //! x ← x − α h
 //! ```
 
+use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use super::neumann_family::{NeumannIteration, NeumannMethod, NeumannRule};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::validate;
 
@@ -40,9 +44,8 @@ impl Default for AlsetConfig {
     }
 }
 
-impl NeumannRule for AlsetConfig {
+impl Method for AlsetConfig {
     const NAME: &'static str = "alset";
-    const HINT: &'static str = "alpha for x, beta for y, neumann.scale";
 
     fn validate(&self) -> Result<(), BilevelError> {
         self.alpha.validate("alpha")?;
@@ -50,6 +53,21 @@ impl NeumannRule for AlsetConfig {
         validate::at_least_one("inner_steps", self.inner_steps)?;
         self.neumann.validate("neumann")
     }
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.beta, &mut self.alpha)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, _: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        Ok(Box::new(NeumannMethod::new(self.clone())))
+    }
+}
+
+impl NeumannRule for AlsetConfig {
+    const HINT: &'static str = "alpha for x, beta for y, neumann.scale";
 
     fn plan(&self, t: u64) -> NeumannIteration<'_> {
         NeumannIteration {

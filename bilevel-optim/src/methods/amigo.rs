@@ -10,8 +10,9 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
@@ -54,13 +55,29 @@ impl Default for AmigoConfig {
     }
 }
 
-impl AmigoConfig {
-    /// Checks every value, naming the first one out of range.
-    pub fn validate(&self) -> Result<(), BilevelError> {
+impl Method for AmigoConfig {
+    const NAME: &'static str = NAME;
+
+    fn validate(&self) -> Result<(), BilevelError> {
         self.alpha.validate("alpha")?;
         validate::positive("gamma", self.gamma)?;
         validate::positive("rho", self.rho)?;
         validate::at_least_one("linear_steps", self.linear_steps)
+    }
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.gamma, &mut self.alpha).and(&mut self.rho)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        Ok(Box::new(Amigo {
+            config: self.clone(),
+            z: at.y.zeros_like(),
+            t: 0,
+        }))
     }
 }
 
@@ -71,29 +88,11 @@ pub struct Amigo<Y> {
     t: u64,
 }
 
-impl<Y> Amigo<Y> {
-    /// A fresh method with z shaped like `y`, after validating `config`.
-    pub fn new<E: Real>(config: AmigoConfig, y: &Y) -> Result<Self, BilevelError>
-    where
-        Cpu: Device<E>,
-        Y: Params<E>,
-    {
-        config.validate()?;
-        Ok(Self {
-            config,
-            z: y.zeros_like(),
-            t: 0,
-        })
-    }
-}
-
 impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Amigo<P::Y>
 where
     Cpu: Device<E>,
 {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+    crate::saved_state!(NAME; counter t, vector z);
 
     fn step(
         &mut self,
@@ -135,18 +134,5 @@ where
                 x_step_norm,
             },
         ))
-    }
-
-    fn state(&self) -> MethodState {
-        let mut s = MethodState::with_counter(NAME, self.t);
-        s.put("z", &self.z);
-        s
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        let t = state.counter(NAME)?;
-        state.restore("z", &mut self.z)?;
-        self.t = t;
-        Ok(())
     }
 }

@@ -3,28 +3,19 @@
 //! differentiating through the K head-adaptation steps with exact second-order products (the
 //! encoder's meta-gradient comes from the cross products). The rule is in [`super::meta`].
 
-use dfdx::prelude::{Cpu, Device};
+use super::meta::{Meta, MetaLearner, MetaVariant};
 
-use super::meta::{meta_method, MetaConfig, MetaLearner};
-use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
-use crate::oracles::Oracles;
-use crate::params::Params;
-use crate::problem::BilevelProblem;
-use crate::real::Real;
+/// ANIL's place among the meta-learners.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct AnilVariant;
 
-/// ANIL: MAML that also learns the shared body x through the adaptation.
-pub struct Anil<X, Y>(pub MetaLearner<X, Y>);
-
-impl<X, Y> Anil<X, Y> {
-    /// θ₀ starts at `y`.
-    pub fn new<E: Real>(config: MetaConfig, y: &Y) -> Result<Self, BilevelError>
-    where
-        Cpu: Device<E>,
-        Y: Params<E>,
-    {
-        Ok(Self(MetaLearner::new("anil", config, true, y)?))
-    }
+impl MetaVariant for AnilVariant {
+    const NAME: &'static str = "anil";
+    const LEARNS_UPPER: bool = true;
 }
 
-meta_method!(Anil);
+/// ANIL's knobs (`AnilConfig::from(MetaConfig { .. })`).
+pub type AnilConfig = Meta<AnilVariant>;
+
+/// ANIL: MAML that also learns the shared body x through the adaptation.
+pub type Anil<X, Y> = MetaLearner<X, Y, AnilVariant>;

@@ -7,11 +7,15 @@
 //! x ← x − α_k h
 //! ```
 
+use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use super::neumann_family::{NeumannIteration, NeumannMethod, NeumannRule};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::validate;
 
@@ -46,9 +50,8 @@ impl Default for BsaConfig {
     }
 }
 
-impl NeumannRule for BsaConfig {
+impl Method for BsaConfig {
     const NAME: &'static str = "bsa";
-    const HINT: &'static str = "eta for x, gamma for y, neumann.scale";
 
     fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
@@ -57,6 +60,21 @@ impl NeumannRule for BsaConfig {
         validate::non_negative("inner_growth", self.inner_growth)?;
         self.neumann.validate("neumann")
     }
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.gamma, &mut self.eta)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, _: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        Ok(Box::new(NeumannMethod::new(self.clone())))
+    }
+}
+
+impl NeumannRule for BsaConfig {
+    const HINT: &'static str = "eta for x, gamma for y, neumann.scale";
 
     fn plan(&self, t: u64) -> NeumannIteration<'_> {
         let grown =

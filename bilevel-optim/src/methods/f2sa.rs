@@ -22,8 +22,9 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
@@ -82,15 +83,32 @@ impl Default for F2saConfig {
     }
 }
 
-impl F2saConfig {
-    /// Checks every value, naming the first one out of range.
-    pub fn validate(&self) -> Result<(), BilevelError> {
+impl Method for F2saConfig {
+    const NAME: &'static str = NAME;
+
+    fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
         validate::positive("gamma_y", self.gamma_y)?;
         validate::positive("gamma_z", self.gamma_z)?;
         validate::positive("lambda", self.lambda)?;
         validate::non_negative("lambda_increment", self.lambda_increment)?;
         validate::positive("lambda_max", self.lambda_max)
+    }
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.gamma_y, &mut self.eta).with_lower(&mut self.gamma_z)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        Ok(Box::new(F2sa {
+            lambda: self.lambda,
+            config: self.clone(),
+            z: at.y.duplicate(),
+            t: 0,
+        }))
     }
 }
 
@@ -104,21 +122,6 @@ pub struct F2sa<Y> {
 }
 
 impl<Y> F2sa<Y> {
-    /// z starts at the given y.
-    pub fn new<E: Real>(config: F2saConfig, y: &Y) -> Result<Self, BilevelError>
-    where
-        Cpu: Device<E>,
-        Y: Params<E>,
-    {
-        config.validate()?;
-        Ok(Self {
-            lambda: config.lambda,
-            config,
-            z: y.duplicate(),
-            t: 0,
-        })
-    }
-
     /// The current penalty weight λ.
     pub fn lambda(&self) -> f64 {
         self.lambda
@@ -129,9 +132,7 @@ impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for F2sa<P::Y>
 where
     Cpu: Device<E>,
 {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+    crate::saved_state!(NAME; counter t, vector z, scalar lambda);
 
     fn step(
         &mut self,
@@ -185,20 +186,5 @@ where
                 x_step_norm,
             },
         ))
-    }
-
-    fn state(&self) -> MethodState {
-        let mut s = MethodState::with_counter(NAME, self.t);
-        s.put("z", &self.z);
-        s.put_scalar("lambda", self.lambda);
-        s
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        let t = state.counter(NAME)?;
-        let lambda = state.scalar("lambda")?;
-        state.restore("z", &mut self.z)?;
-        (self.lambda, self.t) = (lambda, t);
-        Ok(())
     }
 }

@@ -12,8 +12,9 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
@@ -54,9 +55,10 @@ impl Default for MaSobaConfig {
     }
 }
 
-impl MaSobaConfig {
-    /// Checks every value, naming the first one out of range.
-    pub fn validate(&self) -> Result<(), BilevelError> {
+impl Method for MaSobaConfig {
+    const NAME: &'static str = NAME;
+
+    fn validate(&self) -> Result<(), BilevelError> {
         self.alpha.validate("alpha")?;
         self.beta.validate("beta")?;
         self.gamma.validate("gamma")?;
@@ -65,6 +67,22 @@ impl MaSobaConfig {
             validate::positive("z_radius", r)?;
         }
         Ok(())
+    }
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.beta, &mut self.alpha).and(&mut self.gamma)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        Ok(Box::new(MaSoba {
+            config: self.clone(),
+            z: at.y.zeros_like(),
+            m: at.x.zeros_like(),
+            t: 0,
+        }))
     }
 }
 
@@ -76,31 +94,11 @@ pub struct MaSoba<X, Y> {
     t: u64,
 }
 
-impl<X, Y> MaSoba<X, Y> {
-    /// A fresh method at (x, y), after validating `config`.
-    pub fn new<E: Real>(config: MaSobaConfig, x: &X, y: &Y) -> Result<Self, BilevelError>
-    where
-        Cpu: Device<E>,
-        X: Params<E>,
-        Y: Params<E>,
-    {
-        config.validate()?;
-        Ok(Self {
-            config,
-            z: y.zeros_like(),
-            m: x.zeros_like(),
-            t: 0,
-        })
-    }
-}
-
 impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for MaSoba<P::X, P::Y>
 where
     Cpu: Device<E>,
 {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+    crate::saved_state!(NAME; counter t, vector z, vector m);
 
     fn step(
         &mut self,
@@ -127,20 +125,5 @@ where
         scope.site.check("upper variable x", x)?;
         self.t += 1;
         Ok(scope.report(oracles, it.outcome(step_size, x_step_norm)))
-    }
-
-    fn state(&self) -> MethodState {
-        let mut s = MethodState::with_counter(NAME, self.t);
-        s.put("z", &self.z);
-        s.put("m", &self.m);
-        s
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        let t = state.counter(NAME)?;
-        state.restore("z", &mut self.z)?;
-        state.restore("m", &mut self.m)?;
-        self.t = t;
-        Ok(())
     }
 }

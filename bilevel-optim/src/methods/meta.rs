@@ -11,11 +11,15 @@
 //! `a` is d F(x, y_K)/d θ₀ and `g_x` is d F(x, y_K(x))/d x. The caller's y is set to the adapted
 //! y_K of the iteration's last task.
 
+use std::fmt;
+use std::marker::PhantomData;
+
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use crate::error::BilevelError;
-use crate::optimizer::{MethodState, StepReport};
+use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
@@ -50,15 +54,6 @@ impl Default for MetaConfig {
             outer_step: PowerSchedule::constant(0.1),
             tasks_per_batch: 1,
         }
-    }
-}
-
-impl MetaConfig {
-    /// Checks every value, naming the first one out of range.
-    pub fn validate(&self) -> Result<(), BilevelError> {
-        validate::positive("inner_step", self.inner_step)?;
-        self.outer_step.validate("outer_step")?;
-        validate::at_least_one("tasks_per_batch", self.tasks_per_batch)
     }
 }
 
@@ -117,47 +112,81 @@ where
     })
 }
 
-/// A meta-learner: MAML (`learn_upper = false`) or ANIL (`learn_upper = true`).
-pub struct MetaLearner<X, Y> {
-    pub(crate) name: &'static str,
-    pub(crate) config: MetaConfig,
-    pub(crate) learn_upper: bool,
+/// Which meta-learner a configuration and an optimizer are: its name and whether it learns x.
+pub trait MetaVariant:
+    Clone + Copy + fmt::Debug + PartialEq + Default + Send + Sync + 'static
+{
+    /// The name users select it by.
+    const NAME: &'static str;
+    /// Whether x is meta-learned too (ANIL) or left as it is (MAML).
+    const LEARNS_UPPER: bool;
+}
+
+/// The configuration of meta-learner `V`: the knobs of [`MetaConfig`], under `V`'s name.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(transparent, bound = "")]
+pub struct Meta<V: MetaVariant> {
+    /// The knobs.
+    pub config: MetaConfig,
+    #[serde(skip)]
+    variant: PhantomData<V>,
+}
+
+impl<V: MetaVariant> From<MetaConfig> for Meta<V> {
+    fn from(config: MetaConfig) -> Self {
+        Self {
+            config,
+            variant: PhantomData,
+        }
+    }
+}
+
+impl<V: MetaVariant> Method for Meta<V> {
+    const NAME: &'static str = V::NAME;
+
+    fn validate(&self) -> Result<(), BilevelError> {
+        validate::positive("inner_step", self.config.inner_step)?;
+        self.config.outer_step.validate("outer_step")?;
+        validate::at_least_one("tasks_per_batch", self.config.tasks_per_batch)
+    }
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.config.inner_step, &mut self.config.outer_step)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        Ok(Box::new(MetaLearner::<P::X, P::Y, V> {
+            config: self.config.clone(),
+            init: at.y.duplicate(),
+            t: 0,
+            _x: PhantomData,
+            variant: PhantomData,
+        }))
+    }
+}
+
+/// A meta-learner, MAML or ANIL as `V` says.
+pub struct MetaLearner<X, Y, V> {
+    config: MetaConfig,
     /// θ₀, the meta-learned initialization of y.
-    pub(crate) init: Y,
-    pub(crate) t: u64,
-    _x: std::marker::PhantomData<X>,
+    init: Y,
+    t: u64,
+    _x: PhantomData<X>,
+    variant: PhantomData<V>,
 }
 
 const HINT: &str = "inner_step (α) or outer_step (η)";
 
-impl<X, Y> MetaLearner<X, Y> {
-    pub(crate) fn new<E: Real>(
-        name: &'static str,
-        config: MetaConfig,
-        learn_upper: bool,
-        y: &Y,
-    ) -> Result<Self, BilevelError>
-    where
-        Cpu: Device<E>,
-        Y: Params<E>,
-    {
-        config.validate()?;
-        Ok(Self {
-            name,
-            config,
-            learn_upper,
-            init: y.duplicate(),
-            t: 0,
-            _x: std::marker::PhantomData,
-        })
-    }
-
+impl<X, Y, V: MetaVariant> MetaLearner<X, Y, V> {
     /// θ₀.
     pub fn initialization(&self) -> &Y {
         &self.init
     }
 
-    pub(crate) fn step<E: Real, P: BilevelProblem<E, X = X, Y = Y>>(
+    fn iterate<E: Real, P: BilevelProblem<E, X = X, Y = Y>>(
         &mut self,
         oracles: &mut Oracles<E, P>,
         x: &mut X,
@@ -168,7 +197,7 @@ impl<X, Y> MetaLearner<X, Y> {
         X: Params<E>,
         Y: Params<E>,
     {
-        let scope = IterationScope::begin(self.name, HINT, self.t, oracles);
+        let scope = IterationScope::begin(V::NAME, HINT, self.t, oracles);
         let share = E::of(1.0 / self.config.tasks_per_batch as f64);
         let (mut d_init, mut d_upper) = (self.init.zeros_like(), x.zeros_like());
         let (mut query_loss, mut support_loss) = (0.0, None);
@@ -185,13 +214,13 @@ impl<X, Y> MetaLearner<X, Y> {
         scope
             .site
             .check("meta-learned initialization θ₀", &self.init)?;
-        if self.learn_upper {
+        if V::LEARNS_UPPER {
             x_step_norm = plain_step(x, &d_upper, eta).1;
             oracles.project_x(x);
             scope.site.check("upper variable x", x)?;
         }
         let mut hypergrad = d_init.norm_sq().f64();
-        if self.learn_upper {
+        if V::LEARNS_UPPER {
             hypergrad += d_upper.norm_sq().f64();
         }
         self.t += 1;
@@ -207,57 +236,21 @@ impl<X, Y> MetaLearner<X, Y> {
             },
         ))
     }
-
-    pub(crate) fn state<E: Real>(&self) -> MethodState
-    where
-        Cpu: Device<E>,
-        Y: Params<E>,
-    {
-        let mut s = MethodState::with_counter(self.name, self.t);
-        s.put("init", &self.init);
-        s
-    }
-
-    pub(crate) fn load_state<E: Real>(&mut self, state: &MethodState) -> Result<(), BilevelError>
-    where
-        Cpu: Device<E>,
-        Y: Params<E>,
-    {
-        let t = state.counter(self.name)?;
-        state.restore("init", &mut self.init)?;
-        self.t = t;
-        Ok(())
-    }
 }
 
-/// Implements `BilevelOptimizer` for a named meta-learner wrapping [`MetaLearner`].
-macro_rules! meta_method {
-    ($ty:ident) => {
-        impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for $ty<P::X, P::Y>
-        where
-            Cpu: Device<E>,
-        {
-            fn name(&self) -> &'static str {
-                self.0.name
-            }
+impl<E: Real, P: BilevelProblem<E>, V: MetaVariant> BilevelOptimizer<E, P>
+    for MetaLearner<P::X, P::Y, V>
+where
+    Cpu: Device<E>,
+{
+    crate::saved_state!(V::NAME; counter t, vector init);
 
-            fn step(
-                &mut self,
-                oracles: &mut Oracles<E, P>,
-                x: &mut P::X,
-                y: &mut P::Y,
-            ) -> Result<StepReport, BilevelError> {
-                self.0.step(oracles, x, y)
-            }
-
-            fn state(&self) -> MethodState {
-                self.0.state()
-            }
-
-            fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-                self.0.load_state(state)
-            }
-        }
-    };
+    fn step(
+        &mut self,
+        oracles: &mut Oracles<E, P>,
+        x: &mut P::X,
+        y: &mut P::Y,
+    ) -> Result<StepReport, BilevelError> {
+        self.iterate(oracles, x, y)
+    }
 }
-pub(crate) use meta_method;

@@ -13,9 +13,10 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
@@ -62,8 +63,16 @@ impl Default for MrboConfig {
 }
 
 impl MrboConfig {
-    /// Checks every value, naming the first one out of range.
-    pub fn validate(&self) -> Result<(), BilevelError> {
+    /// η_k.
+    pub fn eta(&self, k: u64) -> f64 {
+        self.step_scale / (self.offset + k as f64).cbrt()
+    }
+}
+
+impl Method for MrboConfig {
+    const NAME: &'static str = NAME;
+
+    fn validate(&self) -> Result<(), BilevelError> {
         validate::positive("step_scale", self.step_scale)?;
         validate::positive("offset", self.offset)?;
         validate::positive("x_scale", self.x_scale)?;
@@ -73,9 +82,23 @@ impl MrboConfig {
         self.neumann.validate("neumann")
     }
 
-    /// η_k.
-    pub fn eta(&self, k: u64) -> f64 {
-        self.step_scale / (self.offset + k as f64).cbrt()
+    fn steps(&mut self) -> Steps<'_> {
+        // Not `step_scale`: η_k also sets the momentum weights c·η_k².
+        Steps::new(&mut self.y_scale, &mut self.x_scale)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        Ok(Box::new(Mrbo {
+            config: self.clone(),
+            u: at.y.zeros_like(),
+            v: at.x.zeros_like(),
+            x_prev: at.x.zeros_like(),
+            y_prev: at.y.zeros_like(),
+            t: 0,
+        }))
     }
 }
 
@@ -89,33 +112,11 @@ pub struct Mrbo<X, Y> {
     t: u64,
 }
 
-impl<X, Y> Mrbo<X, Y> {
-    /// A fresh method at (x, y), after validating `config`.
-    pub fn new<E: Real>(config: MrboConfig, x: &X, y: &Y) -> Result<Self, BilevelError>
-    where
-        Cpu: Device<E>,
-        X: Params<E>,
-        Y: Params<E>,
-    {
-        config.validate()?;
-        Ok(Self {
-            config,
-            u: y.zeros_like(),
-            v: x.zeros_like(),
-            x_prev: x.zeros_like(),
-            y_prev: y.zeros_like(),
-            t: 0,
-        })
-    }
-}
-
 impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Mrbo<P::X, P::Y>
 where
     Cpu: Device<E>,
 {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+    crate::saved_state!(NAME; counter t, vector u, vector v, vector x_prev, vector y_prev);
 
     fn step(
         &mut self,
@@ -167,24 +168,5 @@ where
                 x_step_norm,
             },
         ))
-    }
-
-    fn state(&self) -> MethodState {
-        let mut s = MethodState::with_counter(NAME, self.t);
-        s.put("u", &self.u);
-        s.put("v", &self.v);
-        s.put("x_prev", &self.x_prev);
-        s.put("y_prev", &self.y_prev);
-        s
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        let t = state.counter(NAME)?;
-        state.restore("u", &mut self.u)?;
-        state.restore("v", &mut self.v)?;
-        state.restore("x_prev", &mut self.x_prev)?;
-        state.restore("y_prev", &mut self.y_prev)?;
-        self.t = t;
-        Ok(())
     }
 }

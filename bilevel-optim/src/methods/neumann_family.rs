@@ -8,9 +8,10 @@
 
 use dfdx::prelude::{Cpu, Device};
 
+use super::method::Method;
 use crate::error::BilevelError;
 use crate::neumann::{sgd_then_neumann_step, NeumannConfig};
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
@@ -29,13 +30,9 @@ pub struct NeumannIteration<'a> {
 }
 
 /// A Neumann-family method's configuration, which says what iteration t does.
-pub trait NeumannRule {
-    /// The method's name as users select it.
-    const NAME: &'static str;
+pub trait NeumannRule: Method {
     /// The step sizes to lower after a divergence, named as in the configuration.
     const HINT: &'static str;
-    /// Checks every value, naming the first one out of range.
-    fn validate(&self) -> Result<(), BilevelError>;
     /// What iteration t does.
     fn plan(&self, t: u64) -> NeumannIteration<'_>;
 }
@@ -47,10 +44,9 @@ pub struct NeumannMethod<C> {
 }
 
 impl<C: NeumannRule> NeumannMethod<C> {
-    /// A fresh method, after validating `config`.
-    pub fn new(config: C) -> Result<Self, BilevelError> {
-        config.validate()?;
-        Ok(Self { config, t: 0 })
+    /// A fresh method with the (valid) `config`.
+    pub fn new(config: C) -> Self {
+        Self { config, t: 0 }
     }
 }
 
@@ -58,9 +54,7 @@ impl<E: Real, P: BilevelProblem<E>, C: NeumannRule> BilevelOptimizer<E, P> for N
 where
     Cpu: Device<E>,
 {
-    fn name(&self) -> &'static str {
-        C::NAME
-    }
+    crate::saved_state!(C::NAME; counter t);
 
     fn step(
         &mut self,
@@ -82,14 +76,5 @@ where
         )?;
         self.t += 1;
         Ok(scope.report(oracles, outcome))
-    }
-
-    fn state(&self) -> MethodState {
-        MethodState::with_counter(C::NAME, self.t)
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        self.t = state.counter(C::NAME)?;
-        Ok(())
     }
 }

@@ -12,8 +12,9 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
@@ -48,11 +49,47 @@ impl Default for SabaConfig {
     }
 }
 
-impl SabaConfig {
-    /// Checks every value, naming the first one out of range.
-    pub fn validate(&self) -> Result<(), BilevelError> {
+impl Method for SabaConfig {
+    const NAME: &'static str = NAME;
+
+    fn validate(&self) -> Result<(), BilevelError> {
         validate::positive("rho", self.rho)?;
         validate::positive("gamma", self.gamma)
+    }
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.rho, &mut self.gamma)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        let Start { x, y, problem } = at;
+        let parts = |n: Option<usize>, level: &str| {
+            n.filter(|&n| n > 0).ok_or_else(|| BilevelError::InvalidConfig {
+                field: "method",
+                reason: format!("SABA needs the {level} data split into fixed batches; this problem has no split"),
+            })
+        };
+        let (n_lower, n_upper) = (
+            parts(problem.lower_parts(), "lower")?,
+            parts(problem.upper_parts(), "upper")?,
+        );
+        let lower: Vec<f64> = (0..n_lower).map(|k| problem.lower_part_share(k)).collect();
+        let upper: Vec<f64> = (0..n_upper).map(|k| problem.upper_part_share(k)).collect();
+        Ok(Box::new(Saba {
+            config: self.clone(),
+            z: y.zeros_like(),
+            memory: Memories {
+                grad_y_g: SagaMemory::new(y, &lower),
+                hz: SagaMemory::new(y, &lower),
+                jz: SagaMemory::new(x, &lower),
+                grad_y_f: SagaMemory::new(y, &upper),
+                grad_x_f: SagaMemory::new(x, &upper),
+            },
+            t: 0,
+        }))
     }
 }
 
@@ -69,58 +106,15 @@ struct Memories<X, Y> {
 pub struct Saba<X, Y> {
     config: SabaConfig,
     z: Y,
-    memories: Memories<X, Y>,
+    memory: Memories<X, Y>,
     t: u64,
-}
-
-impl<X, Y> Saba<X, Y> {
-    /// SABA for `problem`, whose data must split into fixed lower and upper batches.
-    pub fn new<E: Real, P: BilevelProblem<E, X = X, Y = Y>>(
-        config: SabaConfig,
-        x: &X,
-        y: &Y,
-        problem: &P,
-    ) -> Result<Self, BilevelError>
-    where
-        Cpu: Device<E>,
-        X: Params<E>,
-        Y: Params<E>,
-    {
-        config.validate()?;
-        let parts = |n: Option<usize>, level: &str| {
-            n.filter(|&n| n > 0).ok_or_else(|| BilevelError::InvalidConfig {
-                field: "method",
-                reason: format!("SABA needs the {level} data split into fixed batches; this problem has no split"),
-            })
-        };
-        let (n_lower, n_upper) = (
-            parts(problem.lower_parts(), "lower")?,
-            parts(problem.upper_parts(), "upper")?,
-        );
-        let lower: Vec<f64> = (0..n_lower).map(|k| problem.lower_part_share(k)).collect();
-        let upper: Vec<f64> = (0..n_upper).map(|k| problem.upper_part_share(k)).collect();
-        Ok(Self {
-            config,
-            z: y.zeros_like(),
-            memories: Memories {
-                grad_y_g: SagaMemory::new(y, &lower),
-                hz: SagaMemory::new(y, &lower),
-                jz: SagaMemory::new(x, &lower),
-                grad_y_f: SagaMemory::new(y, &upper),
-                grad_x_f: SagaMemory::new(x, &upper),
-            },
-            t: 0,
-        })
-    }
 }
 
 impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Saba<P::X, P::Y>
 where
     Cpu: Device<E>,
 {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+    crate::saved_state!(NAME; counter t, vector z, table memory.grad_y_g, table memory.hz, table memory.jz, table memory.grad_y_f, table memory.grad_x_f);
 
     fn step(
         &mut self,
@@ -135,7 +129,7 @@ where
         let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
         let (lower_loss, grad_y) = lower_grad_in_y_checked(oracles, x, y, &zeta, site)?;
         let lower = second_order_checked(oracles, x, y, &self.z, &zeta, site)?;
-        let mem = &mut self.memories;
+        let mem = &mut self.memory;
         let d_y = mem.grad_y_g.estimate(i, &grad_y);
         let mut d_z = mem.hz.estimate(i, &lower.hvp);
         d_z.add_scaled(-E::one(), &mem.grad_y_f.estimate(j, &upper.dy));
@@ -165,30 +159,5 @@ where
                 x_step_norm,
             },
         ))
-    }
-
-    fn state(&self) -> MethodState {
-        let mut s = MethodState::with_counter(NAME, self.t);
-        s.put("z", &self.z);
-        let m = &self.memories;
-        m.grad_y_g.save("memory.grad_y_g", &mut s);
-        m.hz.save("memory.hz", &mut s);
-        m.jz.save("memory.jz", &mut s);
-        m.grad_y_f.save("memory.grad_y_f", &mut s);
-        m.grad_x_f.save("memory.grad_x_f", &mut s);
-        s
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        let t = state.counter(NAME)?;
-        state.restore("z", &mut self.z)?;
-        let m = &mut self.memories;
-        m.grad_y_g.load("memory.grad_y_g", state)?;
-        m.hz.load("memory.hz", state)?;
-        m.jz.load("memory.jz", state)?;
-        m.grad_y_f.load("memory.grad_y_f", state)?;
-        m.grad_x_f.load("memory.grad_x_f", state)?;
-        self.t = t;
-        Ok(())
     }
 }

@@ -12,8 +12,9 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
@@ -59,9 +60,10 @@ impl Default for SlipConfig {
     }
 }
 
-impl SlipConfig {
-    /// Checks every value, naming the first one out of range.
-    pub fn validate(&self) -> Result<(), BilevelError> {
+impl Method for SlipConfig {
+    const NAME: &'static str = NAME;
+
+    fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
         validate::momentum("beta", self.beta)?;
         validate::positive("gamma", self.gamma)?;
@@ -70,6 +72,22 @@ impl SlipConfig {
             validate::positive("z_radius", r)?;
         }
         Ok(())
+    }
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.gamma, &mut self.eta).and(&mut self.nu)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        Ok(Box::new(Slip {
+            config: self.clone(),
+            z: at.y.zeros_like(),
+            m: at.x.zeros_like(),
+            t: 0,
+        }))
     }
 }
 
@@ -81,31 +99,11 @@ pub struct Slip<X, Y> {
     t: u64,
 }
 
-impl<X, Y> Slip<X, Y> {
-    /// A fresh method at (x, y), after validating `config`.
-    pub fn new<E: Real>(config: SlipConfig, x: &X, y: &Y) -> Result<Self, BilevelError>
-    where
-        Cpu: Device<E>,
-        X: Params<E>,
-        Y: Params<E>,
-    {
-        config.validate()?;
-        Ok(Self {
-            config,
-            z: y.zeros_like(),
-            m: x.zeros_like(),
-            t: 0,
-        })
-    }
-}
-
 impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Slip<P::X, P::Y>
 where
     Cpu: Device<E>,
 {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+    crate::saved_state!(NAME; counter t, vector z, vector m);
 
     fn step(
         &mut self,
@@ -136,20 +134,5 @@ where
         self.t += 1;
         let x_step_norm = (step_size * self.m.norm()).f64();
         Ok(scope.report(oracles, it.outcome(step_size.f64(), x_step_norm)))
-    }
-
-    fn state(&self) -> MethodState {
-        let mut s = MethodState::with_counter(NAME, self.t);
-        s.put("z", &self.z);
-        s.put("m", &self.m);
-        s
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        let t = state.counter(NAME)?;
-        state.restore("z", &mut self.z)?;
-        state.restore("m", &mut self.m)?;
-        self.t = t;
-        Ok(())
     }
 }

@@ -12,8 +12,9 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
@@ -50,11 +51,27 @@ impl Default for SobaConfig {
     }
 }
 
-impl SobaConfig {
-    /// Checks every value, naming the first one out of range.
-    pub fn validate(&self) -> Result<(), BilevelError> {
+impl Method for SobaConfig {
+    const NAME: &'static str = NAME;
+
+    fn validate(&self) -> Result<(), BilevelError> {
         self.rho.validate("rho")?;
         self.gamma.validate("gamma")
+    }
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.rho, &mut self.gamma)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        Ok(Box::new(Soba {
+            config: self.clone(),
+            z: at.y.zeros_like(),
+            t: 0,
+        }))
     }
 }
 
@@ -66,20 +83,6 @@ pub struct Soba<Y> {
 }
 
 impl<Y> Soba<Y> {
-    /// A fresh method with z shaped like `y`, after validating `config`.
-    pub fn new<E: Real>(config: SobaConfig, y: &Y) -> Result<Self, BilevelError>
-    where
-        Cpu: Device<E>,
-        Y: Params<E>,
-    {
-        config.validate()?;
-        Ok(Self {
-            config,
-            z: y.zeros_like(),
-            t: 0,
-        })
-    }
-
     /// The linear-system variable z.
     pub fn z(&self) -> &Y {
         &self.z
@@ -90,9 +93,7 @@ impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Soba<P::Y>
 where
     Cpu: Device<E>,
 {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+    crate::saved_state!(NAME; counter t, vector z);
 
     fn step(
         &mut self,
@@ -111,18 +112,5 @@ where
         scope.site.check("upper variable x", x)?;
         self.t += 1;
         Ok(scope.report(oracles, it.outcome(step_size, x_step_norm)))
-    }
-
-    fn state(&self) -> MethodState {
-        let mut s = MethodState::with_counter(NAME, self.t);
-        s.put("z", &self.z);
-        s
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        let t = state.counter(NAME)?;
-        state.restore("z", &mut self.z)?;
-        self.t = t;
-        Ok(())
     }
 }

@@ -9,11 +9,15 @@
 //! ```
 //! The official code's sum (`α v_Q + Σ_{k≥1} v_k`, no `v_0`) is not reproduced: this is the paper's.
 
+use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use super::neumann_family::{NeumannIteration, NeumannMethod, NeumannRule};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::validate;
 
@@ -43,15 +47,29 @@ impl Default for StocBioConfig {
     }
 }
 
-impl NeumannRule for StocBioConfig {
+impl Method for StocBioConfig {
     const NAME: &'static str = "stocbio";
-    const HINT: &'static str = "eta for x, gamma for y, neumann.scale";
 
     fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
         validate::positive("gamma", self.gamma)?;
         self.neumann.validate("neumann")
     }
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.gamma, &mut self.eta)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, _: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        Ok(Box::new(NeumannMethod::new(self.clone())))
+    }
+}
+
+impl NeumannRule for StocBioConfig {
+    const HINT: &'static str = "eta for x, gamma for y, neumann.scale";
 
     fn plan(&self, t: u64) -> NeumannIteration<'_> {
         NeumannIteration {

@@ -6,11 +6,15 @@
 //! x ← x − α_t h                                   α_t = α/(t+1)^{3/5}
 //! ```
 
+use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use super::neumann_family::{NeumannIteration, NeumannMethod, NeumannRule};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
 use crate::schedule::PowerSchedule;
 
 /// The knobs of TTSA (docs/algorithms.md).
@@ -42,15 +46,29 @@ impl Default for TtsaConfig {
     }
 }
 
-impl NeumannRule for TtsaConfig {
+impl Method for TtsaConfig {
     const NAME: &'static str = "ttsa";
-    const HINT: &'static str = "alpha for x, beta for y, neumann.scale";
 
     fn validate(&self) -> Result<(), BilevelError> {
         self.alpha.validate("alpha")?;
         self.beta.validate("beta")?;
         self.neumann.validate("neumann")
     }
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.beta, &mut self.alpha)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, _: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        Ok(Box::new(NeumannMethod::new(self.clone())))
+    }
+}
+
+impl NeumannRule for TtsaConfig {
+    const HINT: &'static str = "alpha for x, beta for y, neumann.scale";
 
     fn plan(&self, t: u64) -> NeumannIteration<'_> {
         NeumannIteration {

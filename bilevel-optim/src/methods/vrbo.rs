@@ -16,9 +16,10 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
@@ -62,9 +63,10 @@ impl Default for VrboConfig {
     }
 }
 
-impl VrboConfig {
-    /// Checks every value, naming the first one out of range.
-    pub fn validate(&self) -> Result<(), BilevelError> {
+impl Method for VrboConfig {
+    const NAME: &'static str = NAME;
+
+    fn validate(&self) -> Result<(), BilevelError> {
         validate::positive("alpha", self.alpha)?;
         validate::positive("beta", self.beta)?;
         validate::at_least_one("period", self.period)?;
@@ -72,6 +74,22 @@ impl VrboConfig {
         validate::at_least_one("inner_steps", self.inner_steps)?;
         validate::at_least_one("anchor_batches", self.anchor_batches)?;
         self.neumann.validate("neumann")
+    }
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.beta, &mut self.alpha)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        Ok(Box::new(Vrbo {
+            config: self.clone(),
+            v: at.x.zeros_like(),
+            u: at.y.zeros_like(),
+            t: 0,
+        }))
     }
 }
 
@@ -83,31 +101,11 @@ pub struct Vrbo<X, Y> {
     t: u64,
 }
 
-impl<X, Y> Vrbo<X, Y> {
-    /// A fresh method at (x, y), after validating `config`.
-    pub fn new<E: Real>(config: VrboConfig, x: &X, y: &Y) -> Result<Self, BilevelError>
-    where
-        Cpu: Device<E>,
-        X: Params<E>,
-        Y: Params<E>,
-    {
-        config.validate()?;
-        Ok(Self {
-            config,
-            v: x.zeros_like(),
-            u: y.zeros_like(),
-            t: 0,
-        })
-    }
-}
-
 impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Vrbo<P::X, P::Y>
 where
     Cpu: Device<E>,
 {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+    crate::saved_state!(NAME; counter t, vector v, vector u);
 
     fn step(
         &mut self,
@@ -169,20 +167,5 @@ where
                 x_step_norm,
             },
         ))
-    }
-
-    fn state(&self) -> MethodState {
-        let mut s = MethodState::with_counter(NAME, self.t);
-        s.put("v", &self.v);
-        s.put("u", &self.u);
-        s
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        let t = state.counter(NAME)?;
-        state.restore("v", &mut self.v)?;
-        state.restore("u", &mut self.u)?;
-        self.t = t;
-        Ok(())
     }
 }

@@ -17,9 +17,10 @@ use dfdx::prelude::{Cpu, Device};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::method::{Built, Method, Start, Steps};
 use crate::epoch_sgd::{epoch_sgd, EpochSchedule, EpochSgdConfig};
 use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, MethodState, StepReport};
+use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
@@ -27,7 +28,7 @@ use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::steps::{
     hypergradient_estimate, linear_system_step, momentum_update, normalized_step, sgd_on_lower,
-    Site,
+    upper_grad_checked, IterationScope, Outcome, Site,
 };
 
 const NAME: &str = "bo-rep";
@@ -59,8 +60,8 @@ pub enum InitRefinement {
     EpochSgd(EpochSgdConfig),
 }
 
-/// BO-REP's knobs. [`Default`] is the official hyper-representation run; see also
-/// [`BoRepConfig::hyper_opt`] and [`BoRepConfig::hyper_clean`].
+/// BO-REP's knobs. [`Default`] is the official hyper-representation run; `bilevel-bench` holds
+/// the official values of the other tasks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BoRepConfig {
@@ -97,18 +98,13 @@ pub struct BoRepConfig {
 }
 
 impl Default for BoRepConfig {
+    /// The official hyper-representation run's values, each marked with its source: the official
+    /// code's step sizes and loop lengths (BO-REP repository, `meta_learning/main.py` and
+    /// README), its initialization of z and of y, and the paper's wiring of the two products
+    /// (J·z_t on the same batch as H·z, Algorithm 1). `jvp_with_updated_z` and
+    /// `separate_jvp_batch` select the official code's wiring instead. The other tasks' official
+    /// values are `bilevel-bench`'s presets.
     fn default() -> Self {
-        Self::hyper_rep()
-    }
-}
-
-impl BoRepConfig {
-    /// The hyper-representation preset. It mixes sources, each value marked: the official code's
-    /// step sizes and loop lengths (BO-REP repository, `meta_learning/main.py` and README), its
-    /// initialization of z and of y, and the paper's wiring of the two products (J·z_t on the
-    /// same batch as H·z, Algorithm 1). `jvp_with_updated_z` and `separate_jvp_batch` select the
-    /// official code's wiring instead.
-    pub fn hyper_rep() -> Self {
         Self {
             // Official code: outer_update_lr (README command).
             eta: 1e-2,
@@ -139,38 +135,9 @@ impl BoRepConfig {
             seed: 0,
         }
     }
+}
 
-    /// The hyperparameter-optimization preset: [`BoRepConfig::hyper_rep`] with the official
-    /// code's values for this task (`hyperparam_opt/main.py`, README): γ = 2e-3, η = 1e-4, I = 3.
-    pub fn hyper_opt() -> Self {
-        Self {
-            // Official code: outer_update_lr.
-            eta: 1e-4,
-            // Official code: inner_update_lr.
-            gamma: 2e-3,
-            // Official code: interval.
-            period: 3,
-            ..Self::hyper_rep()
-        }
-    }
-
-    /// The data hyper-cleaning preset: [`BoRepConfig::hyper_rep`] with the official code's values
-    /// for this task (`data_cleaning/main.py`, README, run.sh): γ = η = 5e-2, I = 2, N = 10.
-    pub fn hyper_clean() -> Self {
-        Self {
-            // Official code: outer_update_lr.
-            eta: 5e-2,
-            // Official code: inner_update_lr.
-            gamma: 5e-2,
-            // Official code: interval.
-            period: 2,
-            // Official code: y_warm_start = 10 (the code runs one step more; not reproduced).
-            lower_steps: 10,
-            init_refinement: InitRefinement::Sgd { steps: 10 },
-            ..Self::hyper_rep()
-        }
-    }
-
+impl BoRepConfig {
     /// The schedule of the x step length, η/(t+1)^b.
     pub fn eta_schedule(&self) -> PowerSchedule {
         PowerSchedule {
@@ -178,9 +145,12 @@ impl BoRepConfig {
             exponent: self.eta_decay,
         }
     }
+}
 
-    /// Checks every value, naming the first one out of range.
-    pub fn validate(&self) -> Result<(), BilevelError> {
+impl Method for BoRepConfig {
+    const NAME: &'static str = NAME;
+
+    fn validate(&self) -> Result<(), BilevelError> {
         let bad = |field, reason: &str| {
             Err(BilevelError::InvalidConfig {
                 field,
@@ -208,6 +178,17 @@ impl BoRepConfig {
             c.validate()?;
         }
         Ok(())
+    }
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.gamma, &mut self.eta).and(&mut self.nu)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        Ok(Box::new(BoRep::<E, P>::new(self.clone(), at.x, at.y)?))
     }
 }
 
@@ -300,9 +281,7 @@ impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for BoRep<E, P>
 where
     Cpu: Device<E>,
 {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+    crate::saved_state!(NAME; counter t, vector z, vector m);
 
     fn step(
         &mut self,
@@ -310,20 +289,13 @@ where
         x: &mut P::X,
         y: &mut P::Y,
     ) -> Result<StepReport, BilevelError> {
-        let site = Site {
-            method: NAME,
-            iteration: self.t,
-            hint: HINT,
-        };
-        let before = oracles.counts();
+        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
+        let site = scope.site;
         let lower_loss = self.update_lower(oracles, x, y, site)?;
 
         let xi = oracles.upper_batch();
         let zeta = oracles.lower_batch();
-        let upper = oracles.upper_grad(x, y, &xi);
-        site.check_scalar("upper loss f", upper.value.f64())?;
-        site.check("upper gradient ∇_x f", &upper.dx)?;
-        site.check("upper gradient ∇_y f", &upper.dy)?;
+        let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
 
         let c = &self.config;
         // The paper's rule needs one pass for both products; the official code's variants need two.
@@ -362,35 +334,18 @@ where
         oracles.project_x(x);
         site.check("upper variable x", x)?;
 
-        let after = oracles.counts();
-        let report = StepReport {
-            iteration: self.t,
-            upper_loss: Some(upper.value.f64()),
-            lower_loss,
-            hypergrad_norm: h.norm().f64(),
-            lower_grad_norm,
-            linear_system_residual: Some(residual.f64()),
-            step_size: step_size.f64(),
-            x_step_norm: (step_size * self.m.norm()).f64(),
-            oracle_calls: after.since(&before),
-            oracle_totals: after,
-        };
         self.t += 1;
-        Ok(report)
-    }
-
-    fn state(&self) -> MethodState {
-        let mut s = MethodState::with_counter(NAME, self.t);
-        s.put("z", &self.z);
-        s.put("m", &self.m);
-        s
-    }
-
-    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
-        let t = state.counter(NAME)?;
-        state.restore("z", &mut self.z)?;
-        state.restore("m", &mut self.m)?;
-        self.t = t;
-        Ok(())
+        Ok(scope.report(
+            oracles,
+            Outcome {
+                upper_loss: Some(upper.value.f64()),
+                lower_loss,
+                hypergrad_norm: h.norm().f64(),
+                lower_grad_norm,
+                linear_system_residual: Some(residual.f64()),
+                step_size: step_size.f64(),
+                x_step_norm: (step_size * self.m.norm()).f64(),
+            },
+        ))
     }
 }

@@ -1,0 +1,106 @@
+//! The methods the bench runs by name: the library's built-in ones and any method its user
+//! registers with [`register`], which `run`, `compare` and `tune` then accept like the others
+//! (`examples/own_method.rs`).
+//!
+//! A configuration names its method without its type; the bench needs the type to build the
+//! optimizer for each task's problem. So every method has an entry here holding the bench's
+//! run and synthetic check instantiated for its type.
+
+use std::path::Path;
+use std::sync::{OnceLock, RwLock};
+
+use anyhow::{anyhow, Result};
+use bilevel_optim::methods::method::{Built, Start};
+use bilevel_optim::methods::registry::for_each_builtin;
+use bilevel_optim::methods::{Method, MethodConfig, MethodVisitor};
+use bilevel_optim::problem::BilevelProblem;
+use bilevel_optim::real::Real;
+use dfdx::prelude::{Cpu, Device};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::RunConfig;
+use crate::runner::RunSummary;
+
+/// Runs a configuration into a directory (see [`crate::runner::run`]), continuing from a
+/// checkpoint when one is given.
+pub type Execute = fn(&RunConfig, &Path, &Path, bool, Option<Checkpoint>) -> Result<RunSummary>;
+
+/// What the bench does with one method, instantiated for its type.
+#[derive(Clone, Copy)]
+pub struct Entry {
+    name: &'static str,
+    /// The run of one (task, method, seed).
+    pub execute: Execute,
+    /// The closed-form problems of `bilevel-bench synthetic`.
+    pub synthetic: fn(&MethodConfig, usize) -> Result<()>,
+}
+
+impl Entry {
+    fn of<M: Method>() -> Self {
+        Self {
+            name: M::NAME,
+            execute: crate::runner::execute::<M>,
+            synthetic: crate::synthetic::synthetic::<M>,
+        }
+    }
+}
+
+fn entries() -> &'static RwLock<Vec<Entry>> {
+    static ENTRIES: OnceLock<RwLock<Vec<Entry>>> = OnceLock::new();
+    ENTRIES.get_or_init(|| {
+        struct Collect(Vec<Entry>);
+        impl MethodVisitor for Collect {
+            fn visit<M: Method>(&mut self) {
+                self.0.push(Entry::of::<M>());
+            }
+        }
+        let mut collect = Collect(Vec::new());
+        for_each_builtin(&mut collect);
+        RwLock::new(collect.0)
+    })
+}
+
+/// Makes method `M`, written outside the library, runnable by name: its configuration is then
+/// read from TOML (`method = "<M::NAME>"`), and `run`, `compare` and `tune` run it like any
+/// built-in method. Registering the same method twice is harmless; a name already taken by
+/// another method is refused.
+pub fn register<M: Method>() -> Result<()> {
+    bilevel_optim::methods::register::<M>()?;
+    let mut entries = entries().write().unwrap_or_else(|e| e.into_inner());
+    if !entries.iter().any(|e| e.name == M::NAME) {
+        entries.push(Entry::of::<M>());
+    }
+    Ok(())
+}
+
+/// What the bench does with the method called `name`.
+pub fn entry(name: &str) -> Result<Entry> {
+    let entries = entries().read().unwrap_or_else(|e| e.into_inner());
+    entries
+        .iter()
+        .find(|e| e.name == name)
+        .copied()
+        .ok_or_else(|| {
+            anyhow!(
+                "method '{name}' is not known to the bench: register it with \
+             bilevel_bench::methods::register"
+            )
+        })
+}
+
+/// The optimizer of `config`, which holds method `M`'s configuration.
+pub(crate) fn build<M: Method, E: Real, P: BilevelProblem<E> + 'static>(
+    config: &MethodConfig,
+    start: Start<'_, E, P>,
+) -> Built<E, P>
+where
+    Cpu: Device<E>,
+{
+    match config.get::<M>() {
+        Some(config) => config.build(start),
+        None => Err(bilevel_optim::error::BilevelError::InvalidConfig {
+            field: "method",
+            reason: format!("'{}' is not '{}'", config.name(), M::NAME),
+        }),
+    }
+}

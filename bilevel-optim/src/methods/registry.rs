@@ -1,0 +1,122 @@
+//! The methods the library knows by name: the built-in list, and methods registered at run time
+//! by their users. A new built-in method is its file plus one line of [`builtin_methods!`]'s
+//! invocation below; a method written outside the library is made known with [`register`], after
+//! which TOML configurations, [`MethodConfig::default_for`] and `bilevel-bench` accept its name.
+
+use std::any::TypeId;
+use std::sync::{OnceLock, RwLock};
+
+use super::config::MethodConfig;
+use super::method::{Method, MethodVisitor};
+use super::*;
+use crate::error::BilevelError;
+
+/// Declares the built-in methods, in the order of the documentation: [`METHODS`] (their names)
+/// and [`for_each_builtin`] (their types) come from this one list.
+macro_rules! builtin_methods {
+    ($($config:ty),+ $(,)?) => {
+        /// The names of the built-in methods, in the order of the documentation.
+        pub const METHODS: [&str; [$(<$config as Method>::NAME),+].len()] =
+            [$(<$config as Method>::NAME),+];
+
+        /// Calls `visitor` with the configuration type of every built-in method, in the order of
+        /// [`METHODS`].
+        pub fn for_each_builtin<V: MethodVisitor>(visitor: &mut V) {
+            $(visitor.visit::<$config>();)+
+        }
+    };
+}
+
+builtin_methods![
+    borep::BoRepConfig,
+    stocbio::StocBioConfig,
+    ttsa::TtsaConfig,
+    bsa::BsaConfig,
+    alset::AlsetConfig,
+    amigo::AmigoConfig,
+    soba::SobaConfig,
+    saba::SabaConfig,
+    ma_soba::MaSobaConfig,
+    f2sa::F2saConfig,
+    mrbo::MrboConfig,
+    vrbo::VrboConfig,
+    slip::SlipConfig,
+    accbo::AccBoConfig,
+    adambo::AdamBoConfig,
+    maml::MamlConfig,
+    anil::AnilConfig,
+];
+
+/// What the library needs to read a method's configuration by name, without knowing its type.
+#[derive(Clone, Copy)]
+pub(crate) struct Entry {
+    pub(crate) name: &'static str,
+    type_id: TypeId,
+    pub(crate) default: fn() -> MethodConfig,
+    /// The configuration from its fields (without `method`), or serde's message. The fields
+    /// are held as JSON values, which TOML's and JSON's values (`null` included) all map to.
+    pub(crate) from_table:
+        fn(serde_json::Map<String, serde_json::Value>) -> Result<MethodConfig, String>,
+}
+
+impl Entry {
+    fn of<M: Method>() -> Self {
+        Self {
+            name: M::NAME,
+            type_id: TypeId::of::<M>(),
+            default: || MethodConfig::new(M::default()),
+            from_table: |table| {
+                serde_json::from_value::<M>(serde_json::Value::Object(table))
+                    .map(MethodConfig::new)
+                    .map_err(|e| e.to_string())
+            },
+        }
+    }
+}
+
+/// The built-in methods followed by those registered, in registration order.
+fn entries() -> &'static RwLock<Vec<Entry>> {
+    static ENTRIES: OnceLock<RwLock<Vec<Entry>>> = OnceLock::new();
+    ENTRIES.get_or_init(|| {
+        struct Collect(Vec<Entry>);
+        impl MethodVisitor for Collect {
+            fn visit<M: Method>(&mut self) {
+                self.0.push(Entry::of::<M>());
+            }
+        }
+        let mut collect = Collect(Vec::new());
+        for_each_builtin(&mut collect);
+        RwLock::new(collect.0)
+    })
+}
+
+/// Makes a method written outside the library known by its name, so configurations can select
+/// it. Registering the same type twice is harmless; a name already taken by another method is
+/// refused.
+pub fn register<M: Method>() -> Result<(), BilevelError> {
+    let mut entries = entries().write().unwrap_or_else(|e| e.into_inner());
+    match entries.iter().find(|e| e.name == M::NAME) {
+        Some(e) if e.type_id == TypeId::of::<M>() => Ok(()),
+        Some(_) => Err(BilevelError::InvalidConfig {
+            field: "method",
+            reason: format!("the name '{}' is taken by another method", M::NAME),
+        }),
+        None => {
+            entries.push(Entry::of::<M>());
+            Ok(())
+        }
+    }
+}
+
+/// Every method's name: the built-in ones in the order of the documentation, then the
+/// registered ones.
+pub fn names() -> Vec<&'static str> {
+    let entries = entries().read().unwrap_or_else(|e| e.into_inner());
+    entries.iter().map(|e| e.name).collect()
+}
+
+/// The method called `name`, if it is built in or registered.
+pub(crate) fn find(name: &str) -> Option<Entry> {
+    let entries = entries().read().unwrap_or_else(|e| e.into_inner());
+    entries.iter().find(|e| e.name == name).copied()
+}
