@@ -9,8 +9,8 @@
 //!   dfdx's autodiff and the products with finite differences, naming the tensor and the fault.
 //! - Wrap it in [`oracles::Oracles`] (batches, call counters, exact `H·v` and `J·v` from one
 //!   backward pass, [`oracles::Oracles::sharded`] for threads), then run any
-//!   [`optimizer::BilevelOptimizer`]: [`borep::BoRep`] or a method of [`methods`], chosen by name
-//!   through [`methods::MethodConfig`].
+//!   [`optimizer::BilevelOptimizer`]: [`methods::borep::BoRep`] or another method of [`methods`],
+//!   chosen by name through [`methods::MethodConfig`].
 //! - Constrain x with [`problem::BilevelProblem::project_x`] and [`constraint::Constraint`];
 //!   log to TensorBoard with [`tensorboard::TensorBoardLog`].
 //!

@@ -100,7 +100,7 @@ impl MethodState {
     }
 }
 
-/// How each kind of field of [`saved_state!`] is saved and read back: `save(field, key, state)`
+/// How each kind of field of [`crate::saved_state!`] is saved and read back: `save(field, key, state)`
 /// and `load(field, key, state)`, which returns the loaded value without touching the field.
 pub mod kinds {
     /// A `u64` counter, saved as a scalar.

@@ -1,5 +1,5 @@
 //! The methods the library knows by name: the built-in list, and methods registered at run time
-//! by their users. A new built-in method is its file plus one line of [`builtin_methods!`]'s
+//! by their users. A new built-in method is its file plus one line of the `builtin_methods!`
 //! invocation below; a method written outside the library is made known with [`register`], after
 //! which TOML configurations, [`MethodConfig::default_for`] and `bilevel-bench` accept its name.
 
