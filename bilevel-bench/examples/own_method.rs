@@ -6,7 +6,7 @@
 //! `x ← x − η (∇_x F − ∇²_xy G·v)`. The whole method is this file's first half: a configuration
 //! implementing `Method` and an optimizer implementing `BilevelOptimizer`.
 //!
-//! The second half registers it with `bilevel_bench::methods::register` and runs it with
+//! The second half registers it with `bilevel_bench::run::methods::register` and runs it with
 //! `compare` and `tune` on the data hyper-cleaning task at small sizes:
 //!
 //! ```text
@@ -15,9 +15,9 @@
 
 use std::path::Path;
 
-use bilevel_bench::compare::{compare, CompareOptions};
-use bilevel_bench::config::RunConfig;
-use bilevel_bench::tune::{tune, TuneOptions};
+use bilevel_bench::report::compare::{compare, CompareOptions};
+use bilevel_bench::report::tune::{tune, TuneOptions};
+use bilevel_bench::run::config::RunConfig;
 use bilevel_optim::error::BilevelError;
 use bilevel_optim::methods::method::{Built, Start, Steps};
 use bilevel_optim::methods::Method;
@@ -169,7 +169,7 @@ pub fn small_hyper_clean(iters: usize) -> RunConfig {
 /// Registers AID-CG, tunes its step sizes on a 2 × 2 grid, then compares it with SOBA over two
 /// seeds, everything under `out`. Returns the comparison's table.
 pub fn demo(out: &Path, iters: usize) -> anyhow::Result<String> {
-    bilevel_bench::methods::register::<AidCgConfig>()?;
+    bilevel_bench::run::methods::register::<AidCgConfig>()?;
     let data_dir = bilevel_bench::tasks::resolve_data_dir(None)?;
     let base = small_hyper_clean(iters);
     let tuned = tune(

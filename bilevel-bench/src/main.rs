@@ -4,13 +4,14 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use bilevel_bench::compare::{compare, plot_run, CompareOptions, StepPair};
-use bilevel_bench::config::{RunConfig, TaskName};
-use bilevel_bench::problem_check::check_task;
-use bilevel_bench::runner::{run, run_dir};
+use bilevel_bench::commands::check::check_task;
+use bilevel_bench::commands::{perf, synthetic};
+use bilevel_bench::report::compare::{compare, plot_run, CompareOptions, StepPair};
+use bilevel_bench::report::tune::{tune, Halving, TuneOptions};
+use bilevel_bench::report::tuned::Tuned;
+use bilevel_bench::run::config::{RunConfig, TaskName};
+use bilevel_bench::run::{run, run_dir};
 use bilevel_bench::tasks::resolve_data_dir;
-use bilevel_bench::tune::{tune, Halving, TuneOptions, Tuned};
-use bilevel_bench::{perf, synthetic, task_config};
 use bilevel_optim::methods::registry::names;
 use clap::{Parser, Subcommand};
 
@@ -252,13 +253,15 @@ fn check_methods(methods: &[String]) -> Result<()> {
 /// overwritten silently: refused, or with `--overwrite` moved aside whole to `<dir>.old-N`.
 fn keep_earlier_run(dir: &std::path::Path, overwrite: bool) -> Result<()> {
     let finished = dir.join("summary.json").exists();
-    let started = dir.join(bilevel_bench::checkpoint::FILE).exists()
-        || dir.join(bilevel_bench::checkpoint::PREVIOUS_FILE).exists();
+    let started = dir.join(bilevel_bench::run::checkpoint::FILE).exists()
+        || dir
+            .join(bilevel_bench::run::checkpoint::PREVIOUS_FILE)
+            .exists();
     if !finished && !started {
         return Ok(());
     }
     // Held while the run is moved aside: a run still writing there is never moved.
-    let _lock = bilevel_bench::lock::RunLock::acquire(dir)?;
+    let _lock = bilevel_bench::run::lock::RunLock::acquire(dir)?;
     if !overwrite {
         let what = if finished {
             "a finished run"
@@ -337,11 +340,11 @@ fn main() -> Result<()> {
             let data_dir = resolve_data_dir(common.data_dir.as_deref())?;
             let (summary, dir) = match resume {
                 Some(dir) => (
-                    bilevel_bench::runner::resume(&data_dir, &dir, !common.quiet)?,
+                    bilevel_bench::run::resume(&data_dir, &dir, !common.quiet)?,
                     dir,
                 ),
                 None => {
-                    let mut config = task_config(common.config()?, method.as_deref())?;
+                    let mut config = common.config()?.with_method(method.as_deref())?;
                     if let Some(seed) = seed {
                         config.seed = seed;
                     }
@@ -512,8 +515,7 @@ fn main() -> Result<()> {
             if iters == 0 {
                 anyhow::bail!("--iters must be at least 1");
             }
-            let config = synthetic::method(&method)?;
-            (bilevel_bench::methods::entry(config.name())?.synthetic)(&config, iters)
+            synthetic::synthetic(&synthetic::method(&method)?, iters)
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `bilevel-bench check` passes on the three tasks (tiny sizes, real data, in f64), and the
 //! command prints its comparisons and says so.
 
-use bilevel_bench::problem_check::check_task;
+use bilevel_bench::commands::check::check_task;
 use bilevel_bench::tasks::resolve_data_dir;
 use bilevel_optim::check::Quantity;
 use common::tiny;

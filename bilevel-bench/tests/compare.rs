@@ -1,7 +1,8 @@
 //! `compare` on a tiny budget: every run directory, the results table and the six plots.
 
-use bilevel_bench::compare::{compare, quantile, CompareOptions, StepPair};
-use bilevel_bench::config::RunConfig;
+use bilevel_bench::report::compare::{compare, CompareOptions, StepPair};
+use bilevel_bench::report::stats::quantile;
+use bilevel_bench::run::config::RunConfig;
 use bilevel_bench::tasks::resolve_data_dir;
 
 #[test]
@@ -256,11 +257,11 @@ fn a_failed_run_leaves_no_earlier_summary_behind() {
         c
     };
     let (good, diverging) = (config(0.05), config(1e8));
-    bilevel_bench::runner::run(&good, &data_dir, &dir, false).unwrap();
-    assert!(bilevel_bench::compare::finished_run(&good, &dir).is_some());
-    let err = bilevel_bench::runner::run(&diverging, &data_dir, &dir, false).unwrap_err();
+    bilevel_bench::run::run(&good, &data_dir, &dir, false).unwrap();
+    assert!(bilevel_bench::report::compare::finished_run(&good, &dir).is_some());
+    let err = bilevel_bench::run::run(&diverging, &data_dir, &dir, false).unwrap_err();
     assert!(format!("{err:#}").contains("not finite"), "{err:#}");
-    assert!(bilevel_bench::compare::finished_run(&diverging, &dir).is_none());
+    assert!(bilevel_bench::report::compare::finished_run(&diverging, &dir).is_none());
     assert!(!dir.join("summary.json").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

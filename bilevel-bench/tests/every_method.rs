@@ -5,8 +5,7 @@
 
 mod common;
 
-use bilevel_bench::config::RunConfig;
-use bilevel_bench::task_config;
+use bilevel_bench::run::config::RunConfig;
 use bilevel_bench::tasks::dispatch::{with_task, TaskProblem, TaskVisitor};
 use bilevel_bench::tasks::{resolve_data_dir, Metrics};
 use bilevel_optim::methods::METHODS;
@@ -34,7 +33,7 @@ impl TaskVisitor<f32> for EveryMethod {
         let mut oracles = Oracles::sharded(problem, 0, 2)?;
         let mut failures = Vec::new();
         for name in METHODS {
-            let method = task_config(self.config.clone(), Some(name))?.method();
+            let method = self.config.clone().with_method(Some(name))?.method();
             let (mut x, mut y) = (x.duplicate(), y.duplicate());
             let outcome = method.build(&x, &y, oracles.problem()).and_then(|mut m| {
                 m.step(&mut oracles, &mut x, &mut y)?;

@@ -1,5 +1,5 @@
 //! A kill or a full disk at any instant loses nothing: the run is killed (or its disk fills) at
-//! every one of its write points in turn (`BILEVEL_FAULT_AT`, see `bilevel_bench::faults`),
+//! every one of its write points in turn (`BILEVEL_FAULT_AT`, see `bilevel_bench::run::faults`),
 //! then resumed — or started again when it stopped before its first checkpoint — and must end
 //! exactly where an uninterrupted run ends: the same parameters and method state bit for bit,
 //! the same evaluations, the same `steps.csv` rows (none lost or doubled), one TensorBoard event
@@ -13,8 +13,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use bilevel_bench::checkpoint::Checkpoint;
-use bilevel_bench::faults::{ENV, KILLED_STATUS};
+use bilevel_bench::run::checkpoint::Checkpoint;
+use bilevel_bench::run::faults::{ENV, KILLED_STATUS};
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch("faults", name)
@@ -102,7 +102,7 @@ fn outcome(dir: &Path, reference: Option<&Checkpoint>) -> Outcome {
         .lines()
         .map(|l| l.rsplit_once(',').unwrap().0.to_string())
         .collect();
-    let summary: bilevel_bench::runner::RunSummary =
+    let summary: bilevel_bench::run::summary::RunSummary =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     let events: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()

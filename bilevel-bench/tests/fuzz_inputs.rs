@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use bilevel_bench::checkpoint::{Checkpoint, FILE};
-use bilevel_bench::config::RunConfig;
+use bilevel_bench::run::checkpoint::{Checkpoint, FILE};
+use bilevel_bench::run::config::RunConfig;
 use bilevel_optim::crc32c::crc32c;
 use rand::{Rng, SeedableRng};
 
@@ -162,15 +162,16 @@ fn with_valid_checksum(mut bytes: Vec<u8>) -> Vec<u8> {
 
 fn a_checkpoint(dir: &Path) -> Vec<u8> {
     // Written by the bench's own writer, with every header field and an empty vector.
-    let header: bilevel_bench::checkpoint::Header = serde_json::from_value(serde_json::json!({
-        "task": "hyper-opt", "method": "bo-rep", "model": "m", "iteration": 2,
-        "train_seconds": 0.5, "method_scalars": {"t": 2.0},
-        "oracles": {"counts": {"upper_grad": 1, "lower_grad": 2, "hvp": 3, "jvp": 4,
-                               "upper_samples": 8, "lower_samples": 16},
-                    "seed": vec![1; 32], "stream": 0, "word_pos": 8},
-        "sampler": [5], "evaluations": [], "config": "seed = 0\n", "data": {}, "rollbacks": 0
-    }))
-    .unwrap();
+    let header: bilevel_bench::run::checkpoint::Header =
+        serde_json::from_value(serde_json::json!({
+            "task": "hyper-opt", "method": "bo-rep", "model": "m", "iteration": 2,
+            "train_seconds": 0.5, "method_scalars": {"t": 2.0},
+            "oracles": {"counts": {"upper_grad": 1, "lower_grad": 2, "hvp": 3, "jvp": 4,
+                                   "upper_samples": 8, "lower_samples": 16},
+                        "seed": vec![1; 32], "stream": 0, "word_pos": 8},
+            "sampler": [5], "evaluations": [], "config": "seed = 0\n", "data": {}, "rollbacks": 0
+        }))
+        .unwrap();
     let cp = Checkpoint {
         header,
         vectors: [

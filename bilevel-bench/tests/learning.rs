@@ -1,7 +1,8 @@
 //! Evidence that the methods learn on the real tasks, with fixed seeds and small budgets.
 
-use bilevel_bench::config::RunConfig;
-use bilevel_bench::runner::{run, RunSummary};
+use bilevel_bench::run::config::RunConfig;
+use bilevel_bench::run::run;
+use bilevel_bench::run::summary::RunSummary;
 use bilevel_bench::tasks::resolve_data_dir;
 
 fn run_toml(name: &str, text: &str) -> RunSummary {

@@ -3,8 +3,8 @@
 //! second-order pass), and both oracle timings are positive. Timings are not asserted against
 //! any figure (tests must not depend on the machine's speed).
 
-use bilevel_bench::config::{RunConfig, TaskName};
-use bilevel_bench::perf::{measure_iterations, measure_oracles, PerfOptions};
+use bilevel_bench::commands::perf::{measure_iterations, measure_oracles, PerfOptions};
+use bilevel_bench::run::config::{RunConfig, TaskName};
 use bilevel_bench::tasks::resolve_data_dir;
 
 fn options() -> PerfOptions {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bilevel_bench::checkpoint::{Checkpoint, FILE};
+use bilevel_bench::run::checkpoint::{Checkpoint, FILE};
 use common::short_borep_run;
 
 /// The run these tests interrupt, of `iters` iterations, evaluated every 8 and saved every 4.
@@ -192,7 +192,7 @@ fn a_checkpoint_from_another_method_or_size_is_refused() {
     .success());
     let dir = run_dir(&base);
     let cp = Checkpoint::read(&dir).unwrap();
-    let saved = bilevel_bench::config::RunConfig::from_file(&dir.join("config.toml")).unwrap();
+    let saved = bilevel_bench::run::config::RunConfig::from_file(&dir.join("config.toml")).unwrap();
     let data = cp.header.data.clone();
     assert!(data.keys().any(|k| k.starts_with("glove/")), "{data:?}");
     assert!(
@@ -350,7 +350,7 @@ fn rollback_halves_the_steps_and_finishes_with_clean_logs() {
     let dir = base.join("hyper-opt/soba/seed-0");
     // config.toml keeps what was asked for; the checkpoint counts the halvings, so a resume
     // continues with the halved steps.
-    let saved = bilevel_bench::config::RunConfig::from_file(&dir.join("config.toml")).unwrap();
+    let saved = bilevel_bench::run::config::RunConfig::from_file(&dir.join("config.toml")).unwrap();
     let Some(soba) = saved
         .method
         .as_ref()

@@ -1,8 +1,8 @@
 //! The tasks' data as `tasks.md` defines it (splits, balance, corruption, few-shot tasks), and
 //! configuration errors that name the offending field.
 
-use bilevel_bench::config::{RunConfig, TaskName};
-use bilevel_bench::runner::run;
+use bilevel_bench::run::config::{RunConfig, TaskName};
+use bilevel_bench::run::run;
 use bilevel_bench::tasks::hyper_clean::{self, HyperCleanConfig};
 use bilevel_bench::tasks::hyper_opt::{self, HyperOptConfig};
 use bilevel_bench::tasks::hyper_rep::{self, HyperRepConfig};

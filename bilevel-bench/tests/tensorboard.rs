@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use bilevel_bench::config::{RunConfig, TaskName};
-use bilevel_bench::logging::STEP_TAGS;
-use bilevel_bench::runner::run;
+use bilevel_bench::run::config::{RunConfig, TaskName};
+use bilevel_bench::run::logging::STEP_TAGS;
+use bilevel_bench::run::run;
 use bilevel_bench::tasks::hyper_opt::HyperOptConfig;
 use bilevel_bench::tasks::resolve_data_dir;
 

@@ -1,10 +1,11 @@
 //! `tune` on a tiny budget: every grid point runs, a diverging pair is recorded and never
 //! chosen, the chosen pair is the best finished one, and `compare --tuned` runs with it.
 
-use bilevel_bench::compare::{compare, CompareOptions};
-use bilevel_bench::config::{RunConfig, TaskName};
+use bilevel_bench::report::compare::{compare, CompareOptions};
+use bilevel_bench::report::tune::{tune, Halving, Outcome, TuneOptions};
+use bilevel_bench::report::tuned::Tuned;
+use bilevel_bench::run::config::{RunConfig, TaskName};
 use bilevel_bench::tasks::resolve_data_dir;
-use bilevel_bench::tune::{tune, Halving, Outcome, TuneOptions, Tuned};
 
 fn small(task: &str) -> RunConfig {
     toml::from_str(&format!(
@@ -465,7 +466,7 @@ fn halving_continues_the_best_pairs_like_runs_made_whole() {
     whole.method = report.tuned.get("slip").cloned();
     whole.seed = 1;
     let whole_dir = out.join("whole");
-    bilevel_bench::runner::run(&whole, &data_dir, &whole_dir, false).unwrap();
+    bilevel_bench::run::run(&whole, &data_dir, &whole_dir, false).unwrap();
     let continued = run_dir(winner.lower, winner.upper);
     assert_eq!(
         evaluations_without_time(&continued),
@@ -538,7 +539,7 @@ fn halving_continues_the_best_pairs_like_runs_made_whole() {
     assert_eq!((winner8.lower, winner8.upper), (winner.lower, winner.upper));
     whole.iters = 8;
     let whole8 = out.join("whole8");
-    bilevel_bench::runner::run(&whole, &data_dir, &whole8, false).unwrap();
+    bilevel_bench::run::run(&whole, &data_dir, &whole8, false).unwrap();
     assert_eq!(
         evaluations_without_time(&continued),
         evaluations_without_time(&whole8)
@@ -611,7 +612,7 @@ fn halving_continues_hyper_rep_and_hyper_clean_runs_exactly() {
             whole.seed = 3;
             whole.method = report.tuned.get(method).cloned();
             let whole_dir = out.join(format!("whole/{task}/{method}"));
-            bilevel_bench::runner::run(&whole, &data_dir, &whole_dir, false).unwrap();
+            bilevel_bench::run::run(&whole, &data_dir, &whole_dir, false).unwrap();
             let evaluations = evaluations_without_time(&continued);
             assert_eq!(evaluations.len(), 3, "{task} {method}");
             assert_eq!(

@@ -65,6 +65,7 @@ pub mod schedule;
 pub mod shards;
 pub mod state;
 pub mod steps;
+pub mod tape;
 pub mod tensorboard;
 pub mod validate;
 pub mod variance;

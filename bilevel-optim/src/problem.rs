@@ -28,17 +28,13 @@
 //! [`crate::written_grad::WrittenGrad::keep_tape`] merges leftovers (such as the gradient with
 //! respect to an initial hidden state that nobody needs).
 
-use dfdx::prelude::{Cpu, Device, OwnedTape, Rank0, Tensor};
+use dfdx::prelude::{Cpu, Device, Rank0};
 
 use crate::params::Params;
 use crate::real::Real;
 use crate::written_grad::WrittenGrad;
 
-/// The tape type of every taped computation in the library.
-pub type Tp<E> = OwnedTape<E, Cpu>;
-
-/// A tensor carrying a tape.
-pub type Taped<S, E> = Tensor<S, E, Cpu, Tp<E>>;
+pub use crate::tape::{Taped, Tp};
 
 /// The random generator that draws batches. ChaCha8 has a serialisable position, so a run can be
 /// resumed exactly.

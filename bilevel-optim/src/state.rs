@@ -167,7 +167,9 @@ pub mod kinds {
         }
     }
 
-    /// A SAGA table.
+    /// A SAGA table: its memories as `{key}.{k}` and its weighted sum as `{key}.weighted_sum`
+    /// (the key differs from the unweighted `{key}.sum` of earlier checkpoints, which are
+    /// refused).
     pub mod table {
         use dfdx::prelude::{Cpu, Device};
 
@@ -177,7 +179,7 @@ pub mod kinds {
         use crate::state::MethodState;
         use crate::variance::SagaMemory;
 
-        /// Saves `value`'s memories as `{key}.{k}` and its weighted sum as `{key}.weighted_sum`.
+        /// Saves `value` under `key`.
         pub fn save<E: Real, T: Params<E>>(
             value: &SagaMemory<T>,
             key: &str,
@@ -185,7 +187,10 @@ pub mod kinds {
         ) where
             Cpu: Device<E>,
         {
-            value.save(key, state);
+            for (k, m) in value.memories().iter().enumerate() {
+                state.put(&format!("{key}.{k}"), m);
+            }
+            state.put(&format!("{key}.weighted_sum"), value.weighted_sum());
         }
 
         /// The table saved under `key`, shaped like `like`.
@@ -197,7 +202,13 @@ pub mod kinds {
         where
             Cpu: Device<E>,
         {
-            like.loaded(key, state)
+            let mut table = like.memories().to_vec();
+            for (k, m) in table.iter_mut().enumerate() {
+                state.get(&format!("{key}.{k}"), m)?;
+            }
+            let mut sum = like.weighted_sum().clone();
+            state.get(&format!("{key}.weighted_sum"), &mut sum)?;
+            Ok(like.with_memories(table, sum))
         }
     }
 }

@@ -11,10 +11,8 @@
 
 use dfdx::prelude::{Cpu, Device};
 
-use crate::error::BilevelError;
 use crate::params::Params;
 use crate::real::Real;
-use crate::state::MethodState;
 
 /// `d ← new + (1 − a)(d − old)`; with `a = 1` it is plain SGD's `d ← new`.
 pub fn storm_update<E: Real, T: Params<E>>(d: &mut T, new: &T, old: &T, a: E)
@@ -106,31 +104,25 @@ impl<T> SagaMemory<T> {
         est
     }
 
-    /// Saves every memory as `{name}.{k}` and the weighted sum as `{name}.weighted_sum`
-    /// (restoring the sum rather than re-adding keeps a resumed run bit-identical; the key
-    /// differs from the unweighted `{name}.sum` of earlier checkpoints, which are refused).
-    pub fn save<E: Real>(&self, name: &str, state: &mut MethodState)
-    where
-        Cpu: Device<E>,
-        T: Params<E>,
-    {
-        for (k, m) in self.table.iter().enumerate() {
-            state.put(&format!("{name}.{k}"), m);
-        }
-        state.put(&format!("{name}.weighted_sum"), &self.weighted_sum);
+    /// The memories, one per fixed batch.
+    pub fn memories(&self) -> &[T] {
+        &self.table
     }
 
-    /// What [`SagaMemory::save`] wrote under `name`, shaped like `self`.
-    pub fn loaded<E: Real>(&self, name: &str, state: &MethodState) -> Result<Self, BilevelError>
-    where
-        Cpu: Device<E>,
-        T: Params<E>,
-    {
-        let mut loaded = self.clone();
-        for (k, m) in loaded.table.iter_mut().enumerate() {
-            state.get(&format!("{name}.{k}"), m)?;
+    /// Σ_k s_k memory_k.
+    pub fn weighted_sum(&self) -> &T {
+        &self.weighted_sum
+    }
+
+    /// The same batches and shares with other memories and their weighted sum (restored from a
+    /// saved state, which keeps the sum rather than re-adding it: a resumed run stays
+    /// bit-identical).
+    pub fn with_memories(&self, table: Vec<T>, weighted_sum: T) -> Self {
+        assert_eq!(table.len(), self.table.len(), "one memory per batch");
+        Self {
+            table,
+            shares: self.shares.clone(),
+            weighted_sum,
         }
-        state.get(&format!("{name}.weighted_sum"), &mut loaded.weighted_sum)?;
-        Ok(loaded)
     }
 }

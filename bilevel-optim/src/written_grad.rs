@@ -28,8 +28,8 @@ use dfdx::prelude::{
 
 use crate::error::BilevelError;
 use crate::params::{tensor_label, Params};
-use crate::problem::{Taped, Tp};
 use crate::real::Real;
+use crate::tape::{Taped, Tp};
 
 /// Builder for a written gradient `∇_y G`; see the module documentation.
 pub struct WrittenGrad<E: Real>

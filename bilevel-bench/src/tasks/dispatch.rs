@@ -12,7 +12,7 @@ use bilevel_optim::problem::{Batch, ShardedProblem};
 use bilevel_optim::real::Real;
 use dfdx::prelude::*;
 
-use crate::config::{RunConfig, TaskName};
+use crate::run::config::{RunConfig, TaskName};
 use crate::tasks::{hyper_clean, hyper_opt, hyper_rep, Metrics};
 
 /// Receives the problem of a task in precision `F`. `model` names the compiled-in variant (for

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use bilevel_bench::config::RunConfig;
+use bilevel_bench::run::config::RunConfig;
 
 /// A fresh, empty scratch directory for case `name` of test file `file`.
 pub fn scratch(file: &str, name: &str) -> PathBuf {

@@ -5,18 +5,16 @@ use std::any::Any;
 use std::fmt;
 
 use dfdx::prelude::{Cpu, Device};
-use serde::de::Error as _;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 
-use super::method::{Built, Method, MethodVisitor, Start};
-use super::registry;
+use super::method::{Built, Method, Start};
 use crate::error::BilevelError;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 
 /// A method and its configuration; in TOML, `method = "soba"` followed by the method's fields.
 /// Made from any [`Method`] (`MethodConfig::from(SobaConfig { .. })`) or by name
-/// ([`MethodConfig::default_for`]).
+/// ([`MethodConfig::default_for`], in [`super::registry`] with the other look-ups by name).
 pub struct MethodConfig(Box<dyn AnyMethod>);
 
 /// [`Method`] without its type parameters.
@@ -70,21 +68,6 @@ impl MethodConfig {
         Self(Box::new(config))
     }
 
-    /// The default configuration of the method called `name` (built in or
-    /// [registered](registry::register)).
-    pub fn default_for(name: &str) -> Result<Self, BilevelError> {
-        match registry::find(name) {
-            Some(entry) => Ok((entry.default)()),
-            None => Err(BilevelError::InvalidConfig {
-                field: "method",
-                reason: format!(
-                    "'{name}' is not a method; choose one of {}",
-                    registry::names().join(", ")
-                ),
-            }),
-        }
-    }
-
     /// The configuration as method `M`'s, if it is one.
     pub fn get<M: Method>(&self) -> Option<&M> {
         self.0.as_any().downcast_ref()
@@ -120,51 +103,21 @@ impl MethodConfig {
         self.0.halve_step_sizes()
     }
 
-    /// The optimizer of a built-in method, starting at `x` and `y` on `problem`. A method
-    /// registered from outside the library is built from its own type ([`Method::build`]);
-    /// `bilevel-bench` keeps a builder for each method it registers.
-    pub fn build<E: Real, P: BilevelProblem<E> + 'static>(
+    /// The optimizer of method `M`, whose configuration this must be.
+    pub fn build_as<M: Method, E: Real, P: BilevelProblem<E> + 'static>(
         &self,
-        x: &P::X,
-        y: &P::Y,
-        problem: &P,
+        at: Start<'_, E, P>,
     ) -> Built<E, P>
     where
         Cpu: Device<E>,
     {
-        struct Build<'a, E: Real, P: BilevelProblem<E>>
-        where
-            Cpu: Device<E>,
-        {
-            config: &'a MethodConfig,
-            start: Start<'a, E, P>,
-            built: Option<Built<E, P>>,
-        }
-        impl<E: Real, P: BilevelProblem<E> + 'static> MethodVisitor for Build<'_, E, P>
-        where
-            Cpu: Device<E>,
-        {
-            fn visit<M: Method>(&mut self) {
-                if let Some(config) = self.config.get::<M>() {
-                    self.built = Some(config.build(self.start));
-                }
-            }
-        }
-        let mut build = Build {
-            config: self,
-            start: Start { x, y, problem },
-            built: None,
-        };
-        registry::for_each_builtin(&mut build);
-        build.built.unwrap_or_else(|| {
-            Err(BilevelError::InvalidConfig {
+        match self.get::<M>() {
+            Some(config) => config.build(at),
+            None => Err(BilevelError::InvalidConfig {
                 field: "method",
-                reason: format!(
-                    "'{}' is not built in: build it from its configuration type (Method::build)",
-                    self.name()
-                ),
-            })
-        })
+                reason: format!("'{}' is not '{}'", self.name(), M::NAME),
+            }),
+        }
     }
 }
 
@@ -206,32 +159,5 @@ impl Serialize for MethodConfig {
             config: &*self.0,
         }
         .serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for MethodConfig {
-    /// Reads `method = "<name>"`, then the named method's fields.
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut table = serde_json::Map::deserialize(deserializer)?;
-        let name = match table.remove("method") {
-            Some(serde_json::Value::String(name)) => name,
-            Some(other) => {
-                return Err(D::Error::custom(format!(
-                    "`method` must be a method's name, not {other}"
-                )))
-            }
-            None => return Err(D::Error::missing_field("method")),
-        };
-        let entry = registry::find(&name).ok_or_else(|| {
-            D::Error::custom(format!(
-                "unknown variant `{name}`, expected one of {}",
-                registry::names()
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
-        (entry.from_table)(table).map_err(D::Error::custom)
     }
 }

@@ -6,10 +6,16 @@
 use std::any::TypeId;
 use std::sync::{OnceLock, RwLock};
 
+use dfdx::prelude::{Cpu, Device};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+
 use super::config::MethodConfig;
-use super::method::{Method, MethodVisitor};
+use super::method::{Built, Method, MethodVisitor, Start};
 use super::*;
 use crate::error::BilevelError;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
 
 /// Declares the built-in methods, in the order of the documentation: [`METHODS`] (their names)
 /// and [`for_each_builtin`] (their types) come from this one list.
@@ -119,4 +125,95 @@ pub fn names() -> Vec<&'static str> {
 pub(crate) fn find(name: &str) -> Option<Entry> {
     let entries = entries().read().unwrap_or_else(|e| e.into_inner());
     entries.iter().find(|e| e.name == name).copied()
+}
+
+impl MethodConfig {
+    /// The default configuration of the method called `name` (built in or
+    /// [registered](register)).
+    pub fn default_for(name: &str) -> Result<Self, BilevelError> {
+        match find(name) {
+            Some(entry) => Ok((entry.default)()),
+            None => Err(BilevelError::InvalidConfig {
+                field: "method",
+                reason: format!(
+                    "'{name}' is not a method; choose one of {}",
+                    names().join(", ")
+                ),
+            }),
+        }
+    }
+
+    /// The optimizer of a built-in method, starting at `x` and `y` on `problem`. A method
+    /// registered from outside the library is built from its own type ([`Method::build`]);
+    /// `bilevel-bench` keeps a builder for each method it registers.
+    pub fn build<E: Real, P: BilevelProblem<E> + 'static>(
+        &self,
+        x: &P::X,
+        y: &P::Y,
+        problem: &P,
+    ) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        struct Build<'a, E: Real, P: BilevelProblem<E>>
+        where
+            Cpu: Device<E>,
+        {
+            config: &'a MethodConfig,
+            start: Start<'a, E, P>,
+            built: Option<Built<E, P>>,
+        }
+        impl<E: Real, P: BilevelProblem<E> + 'static> MethodVisitor for Build<'_, E, P>
+        where
+            Cpu: Device<E>,
+        {
+            fn visit<M: Method>(&mut self) {
+                if let Some(config) = self.config.get::<M>() {
+                    self.built = Some(config.build(self.start));
+                }
+            }
+        }
+        let mut build = Build {
+            config: self,
+            start: Start { x, y, problem },
+            built: None,
+        };
+        for_each_builtin(&mut build);
+        build.built.unwrap_or_else(|| {
+            Err(BilevelError::InvalidConfig {
+                field: "method",
+                reason: format!(
+                    "'{}' is not built in: build it from its configuration type (Method::build)",
+                    self.name()
+                ),
+            })
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for MethodConfig {
+    /// Reads `method = "<name>"`, then the named method's fields.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut table = serde_json::Map::deserialize(deserializer)?;
+        let name = match table.remove("method") {
+            Some(serde_json::Value::String(name)) => name,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "`method` must be a method's name, not {other}"
+                )))
+            }
+            None => return Err(D::Error::missing_field("method")),
+        };
+        let entry = find(&name).ok_or_else(|| {
+            D::Error::custom(format!(
+                "unknown variant `{name}`, expected one of {}",
+                names()
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        (entry.from_table)(table).map_err(D::Error::custom)
+    }
 }

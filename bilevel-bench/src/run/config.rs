@@ -140,6 +140,23 @@ impl RunConfig {
         (written == wanted_value).then_some(saved)
     }
 
+    /// This configuration with the method called `name` (when given): its own `[method]` table
+    /// if that configures the method, else the method's defaults (for BO-REP, the task's
+    /// official values).
+    pub fn with_method(mut self, name: Option<&str>) -> anyhow::Result<Self> {
+        if let Some(name) = name {
+            let keep = self.method.as_ref().is_some_and(|m| m.name() == name);
+            if !keep {
+                self.method = Some(if name == "bo-rep" {
+                    self.task.default_method()
+                } else {
+                    MethodConfig::default_for(name)?
+                });
+            }
+        }
+        Ok(self)
+    }
+
     /// The method to run.
     pub fn method(&self) -> MethodConfig {
         self.method

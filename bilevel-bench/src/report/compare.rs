@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::config::{RunConfig, TaskName};
-use crate::parallel::{map_in_threads, JobProgress};
-use crate::plot::{plot, Series};
-use crate::runner::{run, run_dir, Evaluation, RunSummary};
-use crate::task_config;
-use crate::tune::Tuned;
+use crate::report::parallel::{map_in_threads, JobProgress};
+use crate::report::plot::{plot, Series};
+use crate::report::stats::{ensure_distinct, quantile};
+use crate::report::tuned::Tuned;
+use crate::run::config::{RunConfig, TaskName};
+use crate::run::summary::{Evaluation, RunSummary};
+use crate::run::{run, run_dir};
 
 /// What `compare` runs and where.
 pub struct CompareOptions {
@@ -87,32 +88,6 @@ pub fn main_metric(task: TaskName) -> &'static str {
     }
 }
 
-/// The q-quantile (linear interpolation) of `values`.
-pub fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut v: Vec<f64> = values.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let pos = q * (v.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
-}
-
-/// Refuses a list that names an item twice: two runs of the same item would share a run
-/// directory (and, with --jobs, write it at the same time).
-pub fn ensure_distinct<T: PartialEq + std::fmt::Display>(
-    flag: &str,
-    items: &[T],
-) -> anyhow::Result<()> {
-    for (i, item) in items.iter().enumerate() {
-        if items[..i].contains(item) {
-            anyhow::bail!("{flag} lists {item} twice");
-        }
-    }
-    Ok(())
-}
-
 /// Runs (or reuses) every method × seed and writes the tables and plots.
 pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<CompareReport> {
     if options.jobs == 0 {
@@ -141,7 +116,7 @@ pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<Comp
     let mut configs = Vec::new();
     for method in &options.methods {
         for &seed in &options.seeds {
-            let mut config = task_config(options.base.clone(), Some(method))?;
+            let mut config = options.base.clone().with_method(Some(method))?;
             if let Some(tuned) = options.tuned.as_ref().and_then(|t| t.get(method)) {
                 config.method = Some(tuned.clone());
             }
@@ -327,7 +302,7 @@ fn write_table(
             )?;
             write!(row, " {} |", cell(name, values))?;
         }
-        let last = |f: fn(&crate::runner::Evaluation) -> f64| {
+        let last = |f: fn(&crate::run::summary::Evaluation) -> f64| {
             mine.iter()
                 .filter_map(|r| r.evaluations.last().map(f))
                 .collect::<Vec<_>>()
@@ -342,13 +317,13 @@ fn write_table(
         )?;
         md.push_str(&row);
     }
-    crate::durable::write_atomic(&dir.join(format!("{stem}.csv")), csv.as_bytes())?;
-    crate::durable::write_atomic(&dir.join(format!("{stem}.md")), md.as_bytes())?;
+    crate::run::durable::write_atomic(&dir.join(format!("{stem}.csv")), csv.as_bytes())?;
+    crate::run::durable::write_atomic(&dir.join(format!("{stem}.md")), md.as_bytes())?;
     Ok(md)
 }
 
 /// The x coordinate of an evaluation on one plot axis.
-type XAxis = fn(&crate::runner::Evaluation) -> f64;
+type XAxis = fn(&crate::run::summary::Evaluation) -> f64;
 
 fn write_plots(
     dir: &Path,

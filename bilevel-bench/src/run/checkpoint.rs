@@ -25,9 +25,9 @@ use bilevel_optim::optimizer::MethodState;
 use bilevel_optim::oracles::OracleState;
 use serde::{Deserialize, Serialize};
 
-use crate::config::RunConfig;
-use crate::durable;
-use crate::runner::Evaluation;
+use crate::run::config::RunConfig;
+use crate::run::durable;
+use crate::run::summary::Evaluation;
 
 /// The format written: vectors as runs of (zeros, values), then a checksum of the whole file.
 pub const VERSION: u32 = 3;

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -13,114 +13,25 @@ use bilevel_optim::oracles::Oracles;
 use bilevel_optim::problem::BilevelProblem;
 use dfdx::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
 use bilevel_optim::error::BilevelError;
 use bilevel_optim::optimizer::BilevelOptimizer;
 
-use crate::checkpoint::{Checkpoint, Header};
-use crate::config::{OnDivergence, RunConfig};
 use crate::data::fingerprint;
-use crate::durable;
-use crate::lock::RunLock;
-use crate::logging::RunLogger;
-use crate::methods;
+use crate::run::checkpoint::{Checkpoint, Header};
+use crate::run::config::{OnDivergence, RunConfig};
+use crate::run::durable;
+use crate::run::logging::RunLogger;
+use crate::run::summary::{Evaluation, RunSummary};
 use crate::tasks::common::E;
 use crate::tasks::dispatch::{with_task, TaskProblem, TaskVisitor};
 use crate::tasks::Metrics;
 use bilevel_optim::params::Params;
 
-/// One evaluation point of a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Evaluation {
-    /// Iterations done.
-    pub iteration: usize,
-    /// Oracle calls so far, all kinds together.
-    pub oracle_calls: u64,
-    /// Training time so far, without evaluations.
-    pub train_seconds: f64,
-    /// The task's metrics.
-    pub metrics: Metrics,
-}
-
-/// What a run leaves for comparisons.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunSummary {
-    /// The task's name.
-    pub task: String,
-    /// The method's name.
-    pub method: String,
-    /// The run's seed.
-    pub seed: u64,
-    /// The run directory.
-    pub dir: PathBuf,
-    /// Every evaluation, in order.
-    pub evaluations: Vec<Evaluation>,
-}
-
-impl RunSummary {
-    /// The metrics of the last evaluation.
-    pub fn last(&self) -> &Metrics {
-        &self
-            .evaluations
-            .last()
-            .expect("a run evaluates at least once")
-            .metrics
-    }
-}
-
-/// Where a run writes: `<out>/<task>/<method>/seed-<seed>`.
-pub fn run_dir(out: &Path, config: &RunConfig) -> PathBuf {
-    out.join(config.task.as_str())
-        .join(config.method().name())
-        .join(format!("seed-{}", config.seed))
-}
-
-/// Runs `config` on the data in `data_dir`, writing into `dir`, which it holds locked
-/// ([`RunLock`]) while it runs. Nothing in `dir` is touched before the data is loaded and the
-/// problem built; a run that fails before its first iteration (bad data, say) removes the
-/// directory if it created it, so nothing is left that looks like a run; a run that fails later
-/// keeps its logs and its last good checkpoint.
-pub fn run(
-    config: &RunConfig,
-    data_dir: &Path,
-    dir: &Path,
-    progress: bool,
-) -> anyhow::Result<RunSummary> {
-    config.validate()?;
-    config.method().validate()?;
-    let created = !dir.exists();
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("{}: cannot create the run directory", dir.display()))?;
-    let lock = RunLock::acquire(dir)?;
-    let execute = methods::entry(config.method().name())?.execute;
-    let result = execute(config, data_dir, dir, progress, None);
-    drop(lock);
-    if result.is_err() && created && !dir.join(crate::checkpoint::FILE).exists() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    result
-}
-
-/// Continues the run in `dir` from its last good checkpoint, with the configuration saved there
-/// (which must be the one the checkpoint was written with, but for a larger `iters`). On the
-/// CPU the result is bit-identical to a run that was never interrupted.
-pub fn resume(data_dir: &Path, dir: &Path, progress: bool) -> anyhow::Result<RunSummary> {
-    if !dir.is_dir() {
-        anyhow::bail!("{}: no such run directory", dir.display());
-    }
-    let _lock = RunLock::acquire(dir)?;
-    let checkpoint = Checkpoint::read(dir)?;
-    let config = RunConfig::from_file(&dir.join("config.toml"))?;
-    config.validate()?;
-    let execute = methods::entry(config.method().name())?.execute;
-    execute(&config, data_dir, dir, progress, Some(checkpoint))
-}
-
-/// [`run`] or [`resume`] of method `M`, once the directory is locked.
-pub(crate) fn execute<M: Method>(
+/// [`super::run`] or [`super::resume`] of method `M`, once the directory is locked.
+pub fn execute<M: Method>(
     config: &RunConfig,
     data_dir: &Path,
     dir: &Path,
@@ -251,7 +162,7 @@ impl<M: Method> TaskVisitor<E> for Loop<'_, M> {
             None => self.start_logs()?,
         };
         let mut run = RunState {
-            method: methods::build::<M, _, _>(&method_config, Start::at(&x, &y, &problem))?,
+            method: method_config.build_as::<M, _, _>(Start::at(&x, &y, &problem))?,
             oracles: self.caches.sharded(problem, c.seed, c.threads)?,
             x,
             y,
@@ -311,7 +222,7 @@ impl<M: Method> TaskVisitor<E> for Loop<'_, M> {
                         )
                     });
                     let start = Start::at(&run.x, &run.y, run.oracles.problem());
-                    run.method = methods::build::<M, _, _>(&method_config, start)?;
+                    run.method = method_config.build_as::<M, _, _>(start)?;
                     run.restore(&cp)?;
                     logger.flush()?;
                     logger = RunLogger::resume(self.dir, run.done)?;

@@ -2,9 +2,10 @@
 //! pair of the grid runs at the configured budget, the pair with the best validation metric is
 //! chosen, and a file of the chosen configurations feeds `compare --tuned`.
 //!
-//! Which step of a method is "lower" and which "upper" is [`MethodConfig::level_steps`]. With
-//! several seeds a pair is judged by the median over seeds, because one seed's lucky run can pick
-//! steps that are unstable on the others. A pair with a diverged run (a non-finite value) on any
+//! Which step of a method is "lower" and which "upper" is
+//! [`bilevel_optim::methods::MethodConfig::level_steps`]. With several seeds a pair is judged by
+//! the median over seeds, because one seed's lucky run can pick steps that are unstable on the
+//! others. A pair with a diverged run (a non-finite value) on any
 //! seed is recorded as diverged and never chosen. A finished run of the same configuration
 //! already in the output directory is reused, so an interrupted or widened search runs only what
 //! is missing.
@@ -20,14 +21,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use bilevel_optim::error::BilevelError;
-use bilevel_optim::methods::MethodConfig;
-use serde::{Deserialize, Serialize};
 
-use crate::compare::{ensure_distinct, quantile};
-use crate::config::{RunConfig, TaskName};
-use crate::parallel::{map_in_threads, JobProgress};
-use crate::runner::{resume, run, RunSummary};
-use crate::task_config;
+use crate::report::parallel::{map_in_threads, JobProgress};
+use crate::report::stats::{ensure_distinct, quantile};
+use crate::report::tuned::Tuned;
+use crate::run::config::{RunConfig, TaskName};
+use crate::run::{resume, run, summary::RunSummary};
 use crate::tasks::Metrics;
 
 /// What `tune` runs and where.
@@ -134,30 +133,6 @@ pub struct GridPoint {
     pub outcome: Outcome,
     /// Each seed's own outcome, in the order of [`TuneOptions::seeds`].
     pub runs: Vec<(u64, Outcome)>,
-}
-
-/// The chosen configuration of each method, as `tuned.toml` holds it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tuned {
-    /// The task the values were chosen on.
-    pub task: TaskName,
-    /// Each method's configuration with its chosen steps.
-    pub method: Vec<MethodConfig>,
-}
-
-impl Tuned {
-    /// Reads a `tuned.toml`, naming the file in errors.
-    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("{}: cannot read the tuned configurations", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
-    }
-
-    /// The tuned configuration of the method called `name`, if it was tuned.
-    pub fn get(&self, name: &str) -> Option<&MethodConfig> {
-        self.method.iter().find(|m| m.name() == name)
-    }
 }
 
 /// What `tune` wrote.
@@ -285,7 +260,7 @@ fn cached(config: &RunConfig, dir: &Path, accuracy: &str, loss: &str) -> Cached 
         }
     }
     // Continuing needs the checkpoint (halving removes those of the pairs it stops).
-    let continuable = dir.join(crate::checkpoint::FILE).is_file();
+    let continuable = dir.join(crate::run::checkpoint::FILE).is_file();
     match summary.as_ref().and_then(|s| s.evaluations.last()) {
         Some(e)
             if continuable && e.iteration < config.iters && e.metrics.contains_key(accuracy) =>
@@ -332,7 +307,7 @@ fn run_point(
         Cached::Shorter => {
             // `resume` continues to the budget in the directory's config.toml.
             let config_file = dir.join("config.toml");
-            crate::durable::write_atomic(&config_file, toml::to_string(config)?.as_bytes())
+            crate::run::durable::write_atomic(&config_file, toml::to_string(config)?.as_bytes())
                 .with_context(|| format!("{}: cannot write", config_file.display()))?;
             resume(data_dir, dir, false)
         }
@@ -349,7 +324,7 @@ fn run_point(
         Err(e) if is_divergence(&e) => {
             let why = e.root_cause().to_string();
             let why = why.lines().next().unwrap_or_default();
-            crate::durable::write_atomic(&diverged_file, why.as_bytes())
+            crate::run::durable::write_atomic(&diverged_file, why.as_bytes())
                 .with_context(|| format!("{}: cannot write", diverged_file.display()))?;
             Ok(Outcome::Diverged(why.into()))
         }
@@ -379,11 +354,55 @@ fn best<'a>(points: impl Iterator<Item = &'a GridPoint>) -> Option<&'a GridPoint
         .min_by(|p, q| ranking(p, q))
 }
 
-/// Runs (or reuses) the grid, with successive halving when asked, and writes the choice.
+/// The search: every pair of every method's grid, rung by rung (one rung without halving),
+/// then each method's best pair and the files that record it.
 pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport> {
-    let task = options.base.task;
-    let iters = options.base.iters;
     let (accuracy, loss) = selection_metric(&options.base)?;
+    check_options(options)?;
+    let pairs = grid_pairs(options)?;
+    let iters = options.base.iters;
+    let budgets: Vec<usize> = match &options.halving {
+        Some(h) => h.rungs.iter().copied().chain([iters]).collect(),
+        None => vec![iters],
+    };
+    let progress = JobProgress::new(
+        &format!("tune {}", options.base.task.as_str()),
+        planned_iterations(options, &budgets),
+        options.verbose,
+    );
+    let mut points: Vec<Option<GridPoint>> = vec![None; pairs.len()];
+    let mut alive: Vec<usize> = (0..pairs.len()).collect();
+    for (index, &budget) in budgets.iter().enumerate() {
+        let rung = Rung {
+            start: if index == 0 { 0 } else { budgets[index - 1] },
+            budget,
+            metric: (accuracy, loss),
+        };
+        for (k, point) in run_rung(options, data_dir, &pairs, &alive, &rung, &progress)? {
+            points[k] = Some(point);
+        }
+        if let (Some(h), true) = (&options.halving, index + 1 < budgets.len()) {
+            alive = survivors(options, h, &pairs, &points, &alive);
+            remove_stopped_checkpoints(options, &pairs, &alive)?;
+        }
+    }
+    progress.finish();
+    let points: Vec<GridPoint> = points
+        .into_iter()
+        .map(|p| p.expect("every pair ran the first rung"))
+        .collect();
+    let tuned = choose(options, &pairs, &points)?;
+    let (dir, markdown) = write_search(options, &points, &tuned, accuracy, loss)?;
+    Ok(TuneReport {
+        dir,
+        points,
+        tuned,
+        markdown,
+    })
+}
+
+/// Refuses options that cannot make a search, before anything runs.
+fn check_options(options: &TuneOptions) -> anyhow::Result<()> {
     if options.jobs == 0 {
         bail!("--jobs must be at least 1");
     }
@@ -403,13 +422,25 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
         }
     }
     if let Some(h) = &options.halving {
-        h.validate(iters)?;
+        h.validate(options.base.iters)?;
     }
-    // Every configuration is built (and checked) before anything runs: one per pair, each run
-    // with every seed.
+    Ok(())
+}
+
+/// One point of a method's grid and the configuration that runs it.
+struct Pair {
+    method: String,
+    lower: f64,
+    upper: f64,
+    config: RunConfig,
+}
+
+/// Every (method, lower, upper) of the grid, each configuration built and checked before anything
+/// runs.
+fn grid_pairs(options: &TuneOptions) -> anyhow::Result<Vec<Pair>> {
     let mut pairs = Vec::new();
     for method in &options.methods {
-        let base = task_config(options.base.clone(), Some(method))?;
+        let base = options.base.clone().with_method(Some(method))?;
         for &lower in &options.lower_grid {
             for &upper in &options.upper_grid {
                 let mut m = base.method();
@@ -418,144 +449,176 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
                     .with_context(|| format!("{method} at ({lower}, {upper})"))?;
                 let mut config = base.clone();
                 config.method = Some(m);
-                pairs.push((method.clone(), lower, upper, config));
+                pairs.push(Pair {
+                    method: method.clone(),
+                    lower,
+                    upper,
+                    config,
+                });
             }
         }
     }
-    let budgets: Vec<usize> = match &options.halving {
-        Some(h) => h.rungs.iter().copied().chain([iters]).collect(),
-        None => vec![iters],
-    };
-    let progress = JobProgress::new(
-        &format!("tune {}", task.as_str()),
-        planned_iterations(options, &budgets),
-        options.verbose,
-    );
-    let mut points: Vec<Option<GridPoint>> = vec![None; pairs.len()];
-    let mut alive: Vec<usize> = (0..pairs.len()).collect();
-    for (rung, &budget) in budgets.iter().enumerate() {
-        let start = if rung == 0 { 0 } else { budgets[rung - 1] };
-        let work: Vec<(usize, RunConfig)> = alive
-            .iter()
-            .flat_map(|&k| {
-                let pairs = &pairs;
-                options.seeds.iter().map(move |&seed| {
-                    let mut config = pairs[k].3.clone();
-                    config.seed = seed;
-                    config.iters = budget;
-                    (k, config)
-                })
+    Ok(pairs)
+}
+
+/// One rung of the search: runs go on from `start` to `budget` iterations and are judged by
+/// `metric` (accuracy, loss).
+struct Rung {
+    start: usize,
+    budget: usize,
+    metric: (&'static str, &'static str),
+}
+
+/// Runs the `alive` pairs with every seed to the rung's budget; each pair's point over its seeds.
+fn run_rung(
+    options: &TuneOptions,
+    data_dir: &Path,
+    pairs: &[Pair],
+    alive: &[usize],
+    rung: &Rung,
+    progress: &JobProgress,
+) -> anyhow::Result<Vec<(usize, GridPoint)>> {
+    let task = options.base.task;
+    let work: Vec<(usize, RunConfig)> = alive
+        .iter()
+        .flat_map(|&k| {
+            options.seeds.iter().map(move |&seed| {
+                let mut config = pairs[k].config.clone();
+                config.seed = seed;
+                config.iters = rung.budget;
+                (k, config)
             })
-            .collect();
-        let outcomes = map_in_threads(&work, options.jobs, |(k, config)| {
-            let (method, lower, upper, _) = &pairs[*k];
-            let dir = point_dir(&options.out, task, method, *lower, *upper, config.seed);
-            let outcome = run_point(config, data_dir, &dir, accuracy, loss)
-                .with_context(|| format!("{method} at ({lower}, {upper}), seed {}", config.seed));
-            let line = match &outcome {
-                Ok(o) => format!(
-                    "{method} lower {lower} upper {upper} seed {}, {budget} iterations: {o}",
-                    config.seed
-                ),
-                Err(e) => format!("{e:#}"),
-            };
-            progress.finished((budget - start) as u64, &line);
-            outcome
         })
-        .into_iter()
-        .collect::<anyhow::Result<Vec<_>>>()?;
-        // `work` holds each pair's seeds consecutively.
-        for (chunk, outcomes) in work
-            .chunks(options.seeds.len())
-            .zip(outcomes.chunks(options.seeds.len()))
-        {
+        .collect();
+    let outcomes = map_in_threads(&work, options.jobs, |(k, config)| {
+        let Pair {
+            method,
+            lower,
+            upper,
+            ..
+        } = &pairs[*k];
+        let dir = point_dir(&options.out, task, method, *lower, *upper, config.seed);
+        let (accuracy, loss) = rung.metric;
+        let outcome = run_point(config, data_dir, &dir, accuracy, loss)
+            .with_context(|| format!("{method} at ({lower}, {upper}), seed {}", config.seed));
+        let line = match &outcome {
+            Ok(o) => format!(
+                "{method} lower {lower} upper {upper} seed {}, {} iterations: {o}",
+                config.seed, rung.budget
+            ),
+            Err(e) => format!("{e:#}"),
+        };
+        progress.finished((rung.budget - rung.start) as u64, &line);
+        outcome
+    })
+    .into_iter()
+    .collect::<anyhow::Result<Vec<_>>>()?;
+    // `work` holds each pair's seeds consecutively.
+    Ok(work
+        .chunks(options.seeds.len())
+        .zip(outcomes.chunks(options.seeds.len()))
+        .map(|(chunk, outcomes)| {
             let k = chunk[0].0;
-            let (method, lower, upper, _) = &pairs[k];
             let runs: Vec<(u64, Outcome)> = chunk
                 .iter()
                 .map(|(_, config)| config.seed)
                 .zip(outcomes.iter().cloned())
                 .collect();
-            points[k] = Some(GridPoint {
-                method: method.clone(),
-                lower: *lower,
-                upper: *upper,
-                iterations: budget,
+            let point = GridPoint {
+                method: pairs[k].method.clone(),
+                lower: pairs[k].lower,
+                upper: pairs[k].upper,
+                iterations: rung.budget,
                 outcome: over_seeds(&runs),
                 runs,
-            });
-        }
-        if let (Some(h), true) = (&options.halving, rung + 1 < budgets.len()) {
-            let point = |k: usize| points[k].as_ref().expect("every alive pair ran this rung");
-            alive = options
-                .methods
-                .iter()
-                .flat_map(|method| {
-                    let mut mine: Vec<usize> = alive
-                        .iter()
-                        .copied()
-                        .filter(|&k| &pairs[k].0 == method)
-                        .collect();
-                    let keep = h.survivors(mine.len());
-                    mine.retain(|&k| matches!(point(k).outcome, Outcome::Finished { .. }));
-                    mine.sort_by(|&a, &b| ranking(point(a), point(b)));
-                    mine.truncate(keep);
-                    mine
-                })
-                .collect();
-            remove_stopped_checkpoints(options, &pairs, &alive)?;
-            alive.sort_unstable();
-        }
-    }
-    progress.finish();
-    let points: Vec<GridPoint> = points
-        .into_iter()
-        .map(|p| p.expect("every pair ran the first rung"))
-        .collect();
+            };
+            (k, point)
+        })
+        .collect())
+}
 
+/// The pairs that go on after a rung: each method's best ⌈n / reduction⌉ finished ones.
+fn survivors(
+    options: &TuneOptions,
+    halving: &Halving,
+    pairs: &[Pair],
+    points: &[Option<GridPoint>],
+    alive: &[usize],
+) -> Vec<usize> {
+    let point = |k: usize| points[k].as_ref().expect("every alive pair ran this rung");
+    let mut next: Vec<usize> = options
+        .methods
+        .iter()
+        .flat_map(|method| {
+            let mut mine: Vec<usize> = alive
+                .iter()
+                .copied()
+                .filter(|&k| &pairs[k].method == method)
+                .collect();
+            let keep = halving.survivors(mine.len());
+            mine.retain(|&k| matches!(point(k).outcome, Outcome::Finished { .. }));
+            mine.sort_by(|&a, &b| ranking(point(a), point(b)));
+            mine.truncate(keep);
+            mine
+        })
+        .collect();
+    next.sort_unstable();
+    next
+}
+
+/// Each method's best pair at the full budget.
+fn choose(options: &TuneOptions, pairs: &[Pair], points: &[GridPoint]) -> anyhow::Result<Tuned> {
     let mut chosen = Vec::new();
     for method in &options.methods {
         let Some(p) = best(
             points
                 .iter()
-                .filter(|p| &p.method == method && p.iterations == iters),
+                .filter(|p| &p.method == method && p.iterations == options.base.iters),
         ) else {
             bail!("{method}: every grid point diverged; try smaller steps");
         };
-        let (.., config) = pairs
+        let pair = pairs
             .iter()
-            .find(|(m, l, u, _)| m == method && *l == p.lower && *u == p.upper)
+            .find(|q| &q.method == method && q.lower == p.lower && q.upper == p.upper)
             .expect("the chosen point is a pair");
-        chosen.push(config.method());
+        chosen.push(pair.config.method());
     }
-    let tuned = Tuned {
-        task,
+    Ok(Tuned {
+        task: options.base.task,
         method: chosen,
-    };
+    })
+}
+
+/// Writes `tuned.toml`, `grid.csv` and `grid.md` into `<out>/<task>/tune`; returns the directory
+/// and the grid tables.
+fn write_search(
+    options: &TuneOptions,
+    points: &[GridPoint],
+    tuned: &Tuned,
+    accuracy: &str,
+    loss: &str,
+) -> anyhow::Result<(PathBuf, String)> {
+    let task = options.base.task;
     let dir = options.out.join(task.as_str()).join("tune");
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let header = format!(
-        "# Chosen by `bilevel-bench tune` on {}, {}, {iters} iterations{}: the best {}final\n\
+        "# Chosen by `bilevel-bench tune` on {}, {}, {} iterations{}: the best {}final\n\
          # {accuracy} (ties: lower {loss}) over the grid. Use with `bilevel-bench compare --tuned <this file>`.\n",
         task.as_str(),
         seeds_text(&options.seeds),
+        options.base.iters,
         halving_text(options.halving.as_ref()),
         if options.seeds.len() > 1 { "median " } else { "" },
     );
-    crate::durable::write_atomic(
+    crate::run::durable::write_atomic(
         &dir.join("tuned.toml"),
-        (header + &toml::to_string(&tuned).context("serializing the tuned configurations")?)
+        (header + &toml::to_string(tuned).context("serializing the tuned configurations")?)
             .as_bytes(),
     )?;
-    write_csv(&dir, &points)?;
-    let markdown = grid_tables(options, &points, accuracy)?;
-    crate::durable::write_atomic(&dir.join("grid.md"), markdown.as_bytes())?;
-    Ok(TuneReport {
-        dir,
-        points,
-        tuned,
-        markdown,
-    })
+    write_csv(&dir, points)?;
+    let markdown = grid_tables(options, points, accuracy)?;
+    crate::run::durable::write_atomic(&dir.join("grid.md"), markdown.as_bytes())?;
+    Ok((dir, markdown))
 }
 
 /// Removes the checkpoints of the pairs that halving stopped: only a continuation reads them,
@@ -563,10 +626,10 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
 /// stay; should a later search continue such a pair, it runs it again from the start.
 fn remove_stopped_checkpoints(
     options: &TuneOptions,
-    pairs: &[(String, f64, f64, RunConfig)],
+    pairs: &[Pair],
     alive: &[usize],
 ) -> anyhow::Result<()> {
-    for (k, (method, lower, upper, _)) in pairs.iter().enumerate() {
+    for (k, pair) in pairs.iter().enumerate() {
         if alive.contains(&k) {
             continue;
         }
@@ -574,12 +637,12 @@ fn remove_stopped_checkpoints(
             let dir = point_dir(
                 &options.out,
                 options.base.task,
-                method,
-                *lower,
-                *upper,
+                &pair.method,
+                pair.lower,
+                pair.upper,
                 seed,
             );
-            crate::checkpoint::Checkpoint::remove_all(&dir)?;
+            crate::run::checkpoint::Checkpoint::remove_all(&dir)?;
         }
     }
     Ok(())
@@ -651,7 +714,7 @@ fn write_csv(dir: &Path, points: &[GridPoint]) -> anyhow::Result<()> {
             }
         }
     }
-    crate::durable::write_atomic(&dir.join("grid.csv"), csv.as_bytes())
+    crate::run::durable::write_atomic(&dir.join("grid.csv"), csv.as_bytes())
 }
 
 /// One table per method: rows are lower steps, columns upper steps, cells the validation

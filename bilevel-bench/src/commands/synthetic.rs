@@ -3,8 +3,7 @@
 
 use anyhow::Result;
 use bilevel_optim::methods::borep::{BoRepConfig, InitRefinement, ZInit};
-use bilevel_optim::methods::method::Start;
-use bilevel_optim::methods::{Method, MethodConfig};
+use bilevel_optim::methods::MethodConfig;
 use bilevel_optim::oracles::Oracles;
 use bilevel_optim::problems::*;
 use dfdx::prelude::*;
@@ -35,7 +34,7 @@ fn borep_config() -> BoRepConfig {
 }
 
 /// Runs `method` from the given start and prints the relative exact hypergradient norm.
-fn run<M: Method, P: ClosedForm<f64> + 'static>(
+fn run<P: ClosedForm<f64> + 'static>(
     name: &str,
     method: &MethodConfig,
     problem: P,
@@ -47,7 +46,7 @@ where
     P::X: 'static,
     P::Y: 'static,
 {
-    let mut method = match crate::methods::build::<M, _, _>(method, Start::at(&x, &y, &problem)) {
+    let mut method = match method.build(&x, &y, &problem) {
         Ok(m) => m,
         Err(e) => {
             println!("{name}, {}: skipped ({e})\n", method.name());
@@ -84,8 +83,8 @@ where
     Ok(())
 }
 
-/// Runs `method`, method `M`'s configuration, on the three problems.
-pub fn synthetic<M: Method>(method: &MethodConfig, iters: usize) -> Result<()> {
+/// Runs `method`, a built-in method, on the three problems.
+pub fn synthetic(method: &MethodConfig, iters: usize) -> Result<()> {
     let dev = Cpu::default();
     let quad = Quadratic::<f64, 5, 8>::new(QuadraticConfig {
         grad_noise: 0.1,
@@ -94,7 +93,7 @@ pub fn synthetic<M: Method>(method: &MethodConfig, iters: usize) -> Result<()> {
         batch_size: 8,
         ..Default::default()
     });
-    run::<M, _>(
+    run(
         "stochastic quadratic (dim x 5, dim y 8)",
         method,
         quad,
@@ -109,7 +108,7 @@ pub fn synthetic<M: Method>(method: &MethodConfig, iters: usize) -> Result<()> {
         upper_batch: Some(32),
         ..Default::default()
     });
-    run::<M, _>(
+    run(
         "ridge, per-feature log λ (6 features)",
         method,
         ridge,
@@ -122,7 +121,7 @@ pub fn synthetic<M: Method>(method: &MethodConfig, iters: usize) -> Result<()> {
         upper_batch: Some(16),
         ..Default::default()
     });
-    run::<M, _>(
+    run(
         "logistic reweighting, 60 samples, 30% labels flipped",
         method,
         reweight,

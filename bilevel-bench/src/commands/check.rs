@@ -7,7 +7,7 @@ use std::path::Path;
 use bilevel_optim::check::{check_problem, CheckConfig, CheckReport};
 use dfdx::prelude::Cpu;
 
-use crate::config::RunConfig;
+use crate::run::config::RunConfig;
 use crate::tasks::dispatch::{with_task, TaskProblem, TaskVisitor};
 use crate::tasks::Metrics;
 

@@ -3,25 +3,21 @@
 //! (`examples/own_method.rs`).
 //!
 //! A configuration names its method without its type; the bench needs the type to build the
-//! optimizer for each task's problem. So every method has an entry here holding the bench's
-//! run and synthetic check instantiated for its type.
+//! optimizer for each task's problem. So every method has an entry here holding the run
+//! ([`crate::run::iterate::execute`]) instantiated for its type.
 
 use std::path::Path;
 use std::sync::{OnceLock, RwLock};
 
 use anyhow::{anyhow, Result};
-use bilevel_optim::methods::method::{Built, Start};
 use bilevel_optim::methods::registry::for_each_builtin;
-use bilevel_optim::methods::{Method, MethodConfig, MethodVisitor};
-use bilevel_optim::problem::BilevelProblem;
-use bilevel_optim::real::Real;
-use dfdx::prelude::{Cpu, Device};
+use bilevel_optim::methods::{Method, MethodVisitor};
 
-use crate::checkpoint::Checkpoint;
-use crate::config::RunConfig;
-use crate::runner::RunSummary;
+use crate::run::checkpoint::Checkpoint;
+use crate::run::config::RunConfig;
+use crate::run::summary::RunSummary;
 
-/// Runs a configuration into a directory (see [`crate::runner::run`]), continuing from a
+/// Runs a configuration into a directory (see [`crate::run::run`]), continuing from a
 /// checkpoint when one is given.
 pub type Execute = fn(&RunConfig, &Path, &Path, bool, Option<Checkpoint>) -> Result<RunSummary>;
 
@@ -31,16 +27,13 @@ pub struct Entry {
     name: &'static str,
     /// The run of one (task, method, seed).
     pub execute: Execute,
-    /// The closed-form problems of `bilevel-bench synthetic`.
-    pub synthetic: fn(&MethodConfig, usize) -> Result<()>,
 }
 
 impl Entry {
     fn of<M: Method>() -> Self {
         Self {
             name: M::NAME,
-            execute: crate::runner::execute::<M>,
-            synthetic: crate::synthetic::synthetic::<M>,
+            execute: crate::run::iterate::execute::<M>,
         }
     }
 }
@@ -83,24 +76,7 @@ pub fn entry(name: &str) -> Result<Entry> {
         .ok_or_else(|| {
             anyhow!(
                 "method '{name}' is not known to the bench: register it with \
-             bilevel_bench::methods::register"
+             bilevel_bench::run::methods::register"
             )
         })
-}
-
-/// The optimizer of `config`, which holds method `M`'s configuration.
-pub(crate) fn build<M: Method, E: Real, P: BilevelProblem<E> + 'static>(
-    config: &MethodConfig,
-    start: Start<'_, E, P>,
-) -> Built<E, P>
-where
-    Cpu: Device<E>,
-{
-    match config.get::<M>() {
-        Some(config) => config.build(start),
-        None => Err(bilevel_optim::error::BilevelError::InvalidConfig {
-            field: "method",
-            reason: format!("'{}' is not '{}'", config.name(), M::NAME),
-        }),
-    }
 }

@@ -11,8 +11,8 @@ use bilevel_optim::methods::borep::{BoRepConfig, ZInit};
 use bilevel_optim::methods::MethodConfig;
 use dfdx::prelude::*;
 
-use crate::config::{RunConfig, TaskName};
-use crate::runner::AllocationCaches;
+use crate::run::config::{RunConfig, TaskName};
+use crate::run::iterate::AllocationCaches;
 use crate::tasks::common::E;
 use crate::tasks::dispatch::{with_task, TaskProblem, TaskVisitor};
 use crate::tasks::Metrics;

@@ -8,21 +8,25 @@
 //! All batches are drawn here, from one seeded generator, so every method sees data in the same
 //! order and a run can be resumed from [`OracleState`].
 
-use std::borrow::Cow;
+mod counts;
+mod first_use;
+mod sharding;
 
-use dfdx::prelude::{AsArray, Backward, Cpu, Device};
+use dfdx::prelude::{Cpu, Device};
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
 
 use crate::check::{check_at, CheckConfig, CheckReport};
 use crate::error::BilevelError;
-use crate::params::Params;
-use crate::passes::{anchored, lower_grad_pass, upper_pass, written_second_order_pass};
+use crate::passes::upper_pass;
 pub use crate::passes::{LossGrad, SecondOrder};
 use crate::problem::{Batch, BilevelProblem, SampleRng, ShardedProblem};
 use crate::real::Real;
 use crate::shards::ShardPool;
 use crate::written_grad::WrittenGrad;
+pub use counts::{OracleCounts, OracleState};
+use first_use::FirstUseCheck;
+pub use first_use::CHECK_ENV;
+use sharding::{lower_pass, lower_sharded, upper_sharded, LowerPass, LowerResult, Sharding};
 
 fn no_split() -> BilevelError {
     BilevelError::InvalidConfig {
@@ -30,54 +34,6 @@ fn no_split() -> BilevelError {
         reason: "needs a problem whose data splits into a finite set of batches (lower_parts / upper_parts)"
             .into(),
     }
-}
-
-/// How many times each oracle was called, and how many samples those calls touched.
-///
-/// A second-order call computes `∇²_yy G·v` and `∇²_xy G·v` in one pass and counts one of each
-/// (an HVP-only call counts one HVP); the value of `∇_y G` it yields as a by-product is not
-/// counted as a separate gradient call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OracleCounts {
-    /// Calls of `(∇_x F, ∇_y F)` (one backward of the upper loss).
-    pub upper_grad: u64,
-    /// Calls of `(∇_x G, ∇_y G)` (one backward of the lower loss).
-    pub lower_grad: u64,
-    /// Hessian-vector products `∇²_yy G·v`.
-    pub hvp: u64,
-    /// Cross products `∇²_xy G·v`.
-    pub jvp: u64,
-    /// Upper-level samples touched, summed over calls.
-    pub upper_samples: u64,
-    /// Lower-level samples touched, summed over calls.
-    pub lower_samples: u64,
-}
-
-impl OracleCounts {
-    /// The calls made since `earlier`.
-    pub fn since(&self, earlier: &OracleCounts) -> OracleCounts {
-        OracleCounts {
-            upper_grad: self.upper_grad - earlier.upper_grad,
-            lower_grad: self.lower_grad - earlier.lower_grad,
-            hvp: self.hvp - earlier.hvp,
-            jvp: self.jvp - earlier.jvp,
-            upper_samples: self.upper_samples - earlier.upper_samples,
-            lower_samples: self.lower_samples - earlier.lower_samples,
-        }
-    }
-}
-
-/// What must be saved to continue drawing the same batches after a restart.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OracleState {
-    /// The counters at the time of saving.
-    pub counts: OracleCounts,
-    /// The batch generator's seed.
-    pub seed: [u8; 32],
-    /// The generator's stream.
-    pub stream: u64,
-    /// The generator's position in its stream.
-    pub word_pos: u128,
 }
 
 /// A problem together with its batch generator and call counters.
@@ -92,67 +48,6 @@ where
     sharding: Option<Sharding<E, P>>,
     first_use_check: FirstUseCheck,
 }
-
-/// The check of the problem ([`crate::check`]) that runs at the first second-order call.
-#[derive(Debug, Clone)]
-enum FirstUseCheck {
-    Off,
-    Pending(CheckConfig),
-    Done(CheckReport),
-}
-
-/// The environment variable that turns the first-use check on (`1`) or off (`0`) whatever the
-/// build, e.g. `BILEVEL_CHECK=1 cargo run --release ...` to check a release run.
-pub const CHECK_ENV: &str = "BILEVEL_CHECK";
-
-impl FirstUseCheck {
-    /// On in debug builds (so every test checks its problem), off in release; [`CHECK_ENV`]
-    /// overrides both.
-    fn default_for<E: Real>() -> Self {
-        let on = match std::env::var(CHECK_ENV).as_deref() {
-            Ok("1") => true,
-            Ok("0") => false,
-            _ => cfg!(debug_assertions),
-        };
-        if on {
-            Self::Pending(CheckConfig::for_precision::<E>())
-        } else {
-            Self::Off
-        }
-    }
-}
-
-/// The sharded passes, instantiated by [`Oracles::sharded`] where the problem's thread-safety
-/// bounds are known, so that `Oracles` and the methods using it need no such bounds.
-struct Sharding<E: Real, P: BilevelProblem<E>>
-where
-    Cpu: Device<E>,
-{
-    pool: ShardPool,
-    upper: UpperSharded<E, P>,
-    lower: LowerSharded<E, P>,
-}
-
-type UpperSharded<E, P> =
-    fn(
-        &ShardPool,
-        &P,
-        &<P as BilevelProblem<E>>::X,
-        &<P as BilevelProblem<E>>::Y,
-        &<P as BilevelProblem<E>>::UpperBatch,
-    ) -> LossGrad<E, <P as BilevelProblem<E>>::X, <P as BilevelProblem<E>>::Y>;
-
-type LowerSharded<E, P> = fn(
-    &ShardPool,
-    &P,
-    &<P as BilevelProblem<E>>::X,
-    &<P as BilevelProblem<E>>::Y,
-    &<P as BilevelProblem<E>>::LowerBatch,
-    LowerPass<'_, <P as BilevelProblem<E>>::Y>,
-) -> Result<
-    LowerResult<E, <P as BilevelProblem<E>>::X, <P as BilevelProblem<E>>::Y>,
-    BilevelError,
->;
 
 impl<E: Real, P: BilevelProblem<E>> Oracles<E, P>
 where
@@ -444,216 +339,6 @@ where
         match &self.sharding {
             Some(s) => (s.lower)(&s.pool, &self.problem, x, y, batch, pass),
             None => lower_pass(&self.problem, x, y, batch, pass),
-        }
-    }
-}
-
-/// What a pass over a lower batch computes.
-enum LowerPass<'v, Y> {
-    /// `G`, `∇_x G`, `∇_y G` by autodiff of the lower loss.
-    Grad,
-    /// `G`, `∇_y G` by autodiff of [`BilevelProblem::lower_loss_in_y`].
-    GradY,
-    /// `∇_y G` written, then `H·v` and `J·v` by one backward over `⟨∇_y G, v⟩`.
-    SecondOrder(&'v Y),
-}
-
-// By hand: derived impls would require `Y: Copy`.
-impl<Y> Clone for LowerPass<'_, Y> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<Y> Copy for LowerPass<'_, Y> {}
-
-enum LowerResult<E, X, Y> {
-    Grad(LossGrad<E, X, Y>),
-    GradY(LossGradY<E, Y>),
-    SecondOrder(SecondOrder<X, Y>),
-}
-
-struct LossGradY<E, Y> {
-    value: E,
-    dy: Y,
-}
-
-fn lower_pass<E: Real, P: BilevelProblem<E>>(
-    problem: &P,
-    x: &P::X,
-    y: &P::Y,
-    batch: &P::LowerBatch,
-    pass: LowerPass<'_, P::Y>,
-) -> Result<LowerResult<E, P::X, P::Y>, BilevelError>
-where
-    Cpu: Device<E>,
-{
-    Ok(match pass {
-        LowerPass::Grad => LowerResult::Grad(lower_grad_pass(problem, x, y, batch)),
-        LowerPass::GradY => {
-            let loss = problem.lower_loss_in_y(x, y, batch);
-            let value = loss.array();
-            let grads = anchored(loss, x, y).backward();
-            LowerResult::GradY(LossGradY {
-                value,
-                dy: y.gradient_from(&grads),
-            })
-        }
-        LowerPass::SecondOrder(v) => {
-            LowerResult::SecondOrder(written_second_order_pass(problem, x, y, v, batch)?)
-        }
-    })
-}
-
-/// `t` itself on shard 0 (the calling thread), a copy on this worker's device otherwise.
-fn on_shard<E: Real, T: Params<E>>(t: &T, k: usize) -> Cow<'_, T>
-where
-    Cpu: Device<E>,
-{
-    if k == 0 {
-        Cow::Borrowed(t)
-    } else {
-        Cow::Owned(t.on_device(&crate::real::device()))
-    }
-}
-
-fn upper_sharded<E: Real, P>(
-    pool: &ShardPool,
-    problem: &P,
-    x: &P::X,
-    y: &P::Y,
-    batch: &P::UpperBatch,
-) -> LossGrad<E, P::X, P::Y>
-where
-    Cpu: Device<E>,
-    P: ShardedProblem<E> + Sync,
-    P::X: Send + Sync,
-    P::Y: Send + Sync,
-    P::UpperBatch: Sync,
-{
-    let parts = pool.run(|k| {
-        let (w, shard) = problem.upper_shard(batch, k, pool.shards())?;
-        let r = upper_pass(problem, &*on_shard(x, k), &*on_shard(y, k), &shard);
-        Some((w, r))
-    });
-    weighted_sum(parts)
-}
-
-fn lower_sharded<E: Real, P>(
-    pool: &ShardPool,
-    problem: &P,
-    x: &P::X,
-    y: &P::Y,
-    batch: &P::LowerBatch,
-    pass: LowerPass<'_, P::Y>,
-) -> Result<LowerResult<E, P::X, P::Y>, BilevelError>
-where
-    Cpu: Device<E>,
-    P: ShardedProblem<E> + Sync,
-    P::X: Send + Sync,
-    P::Y: Send + Sync,
-    P::LowerBatch: Sync,
-{
-    let parts = pool.run(|k| {
-        let (w, shard) = problem.lower_shard(batch, k, pool.shards())?;
-        let (x, y) = (on_shard(x, k), on_shard(y, k));
-        let r = match pass {
-            LowerPass::SecondOrder(v) => {
-                let v = on_shard(v, k);
-                lower_pass(problem, &*x, &*y, &shard, LowerPass::SecondOrder(&*v))
-            }
-            other => lower_pass(problem, &*x, &*y, &shard, other),
-        };
-        Some(r.map(|r| (w, r)))
-    });
-    let parts = parts.into_iter().flatten().collect::<Result<Vec<_>, _>>()?;
-    Ok(weighted_sum(parts.into_iter().map(Some).collect()))
-}
-
-/// What the shards of a pass return, added with the shards' weights.
-trait Accumulate<E> {
-    /// `self ← w · self`.
-    fn scale(&mut self, w: f64);
-    /// `self ← self + w · other`.
-    fn add_scaled(&mut self, w: f64, other: &Self);
-}
-
-/// `Σ_k w_k r_k` over the shards that had samples, in shard order (so a run is reproducible).
-fn weighted_sum<E, T: Accumulate<E>>(parts: Vec<Option<(f64, T)>>) -> T {
-    let mut parts = parts.into_iter().flatten();
-    let (w0, mut sum) = parts.next().expect("a batch with at least one sample");
-    if w0 != 1.0 {
-        sum.scale(w0);
-    }
-    for (w, r) in parts {
-        sum.add_scaled(w, &r);
-    }
-    sum
-}
-
-impl<E: Real, X: Params<E>, Y: Params<E>> Accumulate<E> for LossGrad<E, X, Y>
-where
-    Cpu: Device<E>,
-{
-    fn scale(&mut self, w: f64) {
-        self.value = E::of(self.value.f64() * w);
-        self.dx.scale(E::of(w));
-        self.dy.scale(E::of(w));
-    }
-    fn add_scaled(&mut self, w: f64, other: &Self) {
-        self.value = E::of(self.value.f64() + w * other.value.f64());
-        self.dx.add_scaled(E::of(w), &other.dx);
-        self.dy.add_scaled(E::of(w), &other.dy);
-    }
-}
-
-impl<E: Real, Y: Params<E>> Accumulate<E> for LossGradY<E, Y>
-where
-    Cpu: Device<E>,
-{
-    fn scale(&mut self, w: f64) {
-        self.value = E::of(self.value.f64() * w);
-        self.dy.scale(E::of(w));
-    }
-    fn add_scaled(&mut self, w: f64, other: &Self) {
-        self.value = E::of(self.value.f64() + w * other.value.f64());
-        self.dy.add_scaled(E::of(w), &other.dy);
-    }
-}
-
-impl<E: Real, X: Params<E>, Y: Params<E>> Accumulate<E> for SecondOrder<X, Y>
-where
-    Cpu: Device<E>,
-{
-    fn scale(&mut self, w: f64) {
-        self.written_grad_y.scale(E::of(w));
-        self.hvp.scale(E::of(w));
-        self.jvp.scale(E::of(w));
-    }
-    fn add_scaled(&mut self, w: f64, other: &Self) {
-        self.written_grad_y
-            .add_scaled(E::of(w), &other.written_grad_y);
-        self.hvp.add_scaled(E::of(w), &other.hvp);
-        self.jvp.add_scaled(E::of(w), &other.jvp);
-    }
-}
-
-impl<E: Real, X: Params<E>, Y: Params<E>> Accumulate<E> for LowerResult<E, X, Y>
-where
-    Cpu: Device<E>,
-{
-    fn scale(&mut self, w: f64) {
-        match self {
-            Self::Grad(r) => r.scale(w),
-            Self::GradY(r) => r.scale(w),
-            Self::SecondOrder(r) => r.scale(w),
-        }
-    }
-    fn add_scaled(&mut self, w: f64, other: &Self) {
-        match (self, other) {
-            (Self::Grad(a), Self::Grad(b)) => a.add_scaled(w, b),
-            (Self::GradY(a), Self::GradY(b)) => a.add_scaled(w, b),
-            (Self::SecondOrder(a), Self::SecondOrder(b)) => a.add_scaled(w, b),
-            _ => unreachable!("every shard runs the same pass"),
         }
     }
 }

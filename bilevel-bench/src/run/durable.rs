@@ -3,7 +3,7 @@
 //!
 //! A file that is replaced (summary, configuration, a log rewritten on resume, tables) is written
 //! whole to `<name>.tmp` beside it, synced, and renamed over it: a reader sees the old version or
-//! the new one, never a mix. Every operation is a write point of [`crate::faults`], and every
+//! the new one, never a mix. Every operation is a write point of [`crate::run::faults`], and every
 //! error names the file.
 
 use std::fs::File;
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::faults::{self, Watched};
+use crate::run::faults::{self, Watched};
 
 /// A log file opened for writing (created, or truncated), buffered.
 pub type LogFile = BufWriter<Watched<File>>;

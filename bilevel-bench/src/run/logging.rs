@@ -9,7 +9,7 @@ use anyhow::Context;
 use bilevel_optim::optimizer::StepReport;
 use bilevel_optim::tensorboard::EventWriter;
 
-use crate::durable::{self, LogFile};
+use crate::run::durable::{self, LogFile};
 use crate::tasks::Metrics;
 
 /// The TensorBoard tags of the per-iteration quantities, in the order of `steps.csv`: the
@@ -30,7 +30,7 @@ pub const STEP_TAGS: [&str; 12] = [
 ];
 
 /// The writer of a run's logs: TensorBoard events, `steps.csv` and `evaluations.csv`. Its files
-/// are written through [`crate::durable`], and [`RunLogger::sync`] puts them on the disk before
+/// are written through [`crate::run::durable`], and [`RunLogger::sync`] puts them on the disk before
 /// each checkpoint, so the logs always reach at least as far as the checkpoint.
 pub struct RunLogger {
     dir: PathBuf,

@@ -1,0 +1,72 @@
+//! One run of (task, method, seed) into its own directory, and everything that keeps that
+//! directory whole: the configuration ([`config`]), the loop ([`iterate`]), logs
+//! ([`logging`]), checkpoints ([`checkpoint`]), the directory lock ([`lock`]), atomic writes
+//! ([`durable`]), fault injection for the tests ([`faults`]), and the methods the bench can run
+//! by name ([`methods`]).
+
+pub mod checkpoint;
+pub mod config;
+pub mod durable;
+pub mod faults;
+pub mod iterate;
+pub mod lock;
+pub mod logging;
+pub mod methods;
+pub mod summary;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use checkpoint::Checkpoint;
+use config::RunConfig;
+use lock::RunLock;
+use summary::RunSummary;
+
+/// Where a run writes: `<out>/<task>/<method>/seed-<seed>`.
+pub fn run_dir(out: &Path, config: &RunConfig) -> PathBuf {
+    out.join(config.task.as_str())
+        .join(config.method().name())
+        .join(format!("seed-{}", config.seed))
+}
+
+/// Runs `config` on the data in `data_dir`, writing into `dir`, which it holds locked
+/// ([`RunLock`]) while it runs. Nothing in `dir` is touched before the data is loaded and the
+/// problem built; a run that fails before its first iteration (bad data, say) removes the
+/// directory if it created it, so nothing is left that looks like a run; a run that fails later
+/// keeps its logs and its last good checkpoint.
+pub fn run(
+    config: &RunConfig,
+    data_dir: &Path,
+    dir: &Path,
+    progress: bool,
+) -> anyhow::Result<RunSummary> {
+    config.validate()?;
+    config.method().validate()?;
+    let created = !dir.exists();
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create the run directory", dir.display()))?;
+    let lock = RunLock::acquire(dir)?;
+    let execute = methods::entry(config.method().name())?.execute;
+    let result = execute(config, data_dir, dir, progress, None);
+    drop(lock);
+    if result.is_err() && created && !dir.join(crate::run::checkpoint::FILE).exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+/// Continues the run in `dir` from its last good checkpoint, with the configuration saved there
+/// (which must be the one the checkpoint was written with, but for a larger `iters`). On the
+/// CPU the result is bit-identical to a run that was never interrupted.
+pub fn resume(data_dir: &Path, dir: &Path, progress: bool) -> anyhow::Result<RunSummary> {
+    if !dir.is_dir() {
+        anyhow::bail!("{}: no such run directory", dir.display());
+    }
+    let _lock = RunLock::acquire(dir)?;
+    let checkpoint = Checkpoint::read(dir)?;
+    let config = RunConfig::from_file(&dir.join("config.toml"))?;
+    config.validate()?;
+    let execute = methods::entry(config.method().name())?.execute;
+    execute(&config, data_dir, dir, progress, Some(checkpoint))
+}
