@@ -468,7 +468,7 @@ fn main() -> Result<()> {
             if oracle {
                 let tasks = match task {
                     Some(t) => vec![t],
-                    None => vec![TaskName::HyperRep, TaskName::HyperOpt, TaskName::HyperClean],
+                    None => TaskName::ALL.to_vec(),
                 };
                 for t in tasks {
                     let figures = perf::measure_oracles(&options(t), &data_dir)?;

@@ -81,13 +81,6 @@ pub struct CompareReport {
     pub runs: Vec<RunSummary>,
 }
 
-/// The metric the plots show and the table leads with.
-pub fn main_metric(task: TaskName) -> &'static str {
-    match task {
-        TaskName::HyperRep | TaskName::HyperOpt | TaskName::HyperClean => "test/accuracy",
-    }
-}
-
 /// Runs (or reuses) every method × seed and writes the tables and plots.
 pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<CompareReport> {
     if options.jobs == 0 {
@@ -256,7 +249,7 @@ fn write_table(
         .into_iter()
         .collect();
     let mut csv = String::from("method,metric,median,q20,q80,seeds\n");
-    let main = main_metric(task);
+    let main = task.main_metric();
     let mut ordered: Vec<&String> = metric_names.iter().filter(|m| m.as_str() == main).collect();
     ordered.extend(metric_names.iter().filter(|m| m.as_str() != main));
     let mut md = format!(
@@ -331,7 +324,7 @@ fn write_plots(
     methods: &[String],
     runs: &[RunSummary],
 ) -> anyhow::Result<()> {
-    let metric = main_metric(task);
+    let metric = task.main_metric();
     let axes: [(&str, &str, XAxis); 3] = [
         ("iterations", "iterations", |e| e.iteration as f64),
         (

@@ -147,19 +147,6 @@ pub struct TuneReport {
     pub markdown: String,
 }
 
-/// The metric the grid search maximizes: the validation split's, never the test split's.
-/// hyper-rep's validation tasks are the bench's addition (`HyperRepConfig::validation_tasks`);
-/// with none there is nothing to choose on.
-fn selection_metric(config: &RunConfig) -> anyhow::Result<(&'static str, &'static str)> {
-    if config.task == TaskName::HyperRep && config.hyper_rep.validation_tasks == 0 {
-        bail!(
-            "hyper_rep.validation_tasks is 0: hyper-rep needs validation tasks to tune on \
-             (tuning on its test tasks would report a tuned test score)"
-        );
-    }
-    Ok(("validation/accuracy", "validation/loss"))
-}
-
 /// Whether `e` is a divergence (a non-finite value) rather than a failure of the bench itself.
 fn is_divergence(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
@@ -357,7 +344,7 @@ fn best<'a>(points: impl Iterator<Item = &'a GridPoint>) -> Option<&'a GridPoint
 /// The search: every pair of every method's grid, rung by rung (one rung without halving),
 /// then each method's best pair and the files that record it.
 pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport> {
-    let (accuracy, loss) = selection_metric(&options.base)?;
+    let (accuracy, loss) = options.base.selection_metric()?;
     check_options(options)?;
     let pairs = grid_pairs(options)?;
     let iters = options.base.iters;

@@ -8,44 +8,113 @@ use bilevel_optim::methods::borep::BoRepConfig;
 use bilevel_optim::methods::MethodConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::tasks::hyper_clean::HyperCleanConfig;
-use crate::tasks::hyper_opt::HyperOptConfig;
-use crate::tasks::hyper_rep::HyperRepConfig;
+use crate::tasks::task::Task;
 
-/// The three text tasks of `tasks.md`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum TaskName {
-    /// Hyper-representation (meta-learning) on Amazon reviews.
-    HyperRep,
-    /// Hyperparameter optimization (L2 coefficients) on Amazon reviews.
-    HyperOpt,
-    /// Data hyper-cleaning on Sentiment140.
-    HyperClean,
+/// Declares [`TaskName`] and the task-dependent parts of [`RunConfig`] from the task list
+/// ([`crate::with_task_list`]).
+macro_rules! declare_tasks {
+    ($($variant:ident, $key:ident, $task:ty, $doc:literal;)+) => {
+        /// The text tasks of `tasks.md`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+        #[serde(rename_all = "kebab-case")]
+        pub enum TaskName {
+            $(#[doc = $doc] $variant,)+
+        }
+
+        impl TaskName {
+            /// Every task, in the order of the documentation.
+            pub const ALL: &[TaskName] = &[$(TaskName::$variant),+];
+
+            /// The task's name as in configurations and directories.
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $(Self::$variant => <$task as Task>::NAME,)+
+                }
+            }
+
+            /// BO-REP's configuration with the official run's values for this task.
+            pub fn official_borep(&self) -> BoRepConfig {
+                match self {
+                    $(Self::$variant => <$task as Task>::official_borep(),)+
+                }
+            }
+
+            /// The metric the tables lead with and the plots show.
+            pub fn main_metric(&self) -> &'static str {
+                match self {
+                    $(Self::$variant => <$task as Task>::main_metric(),)+
+                }
+            }
+        }
+
+        /// One run. In TOML: top-level keys, a `[method]` table (`method = "soba"` and its fields) and
+        /// one table per task.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct RunConfig {
+            /// The task.
+            pub task: TaskName,
+            /// The seed of the data split, the initialization and the batches.
+            pub seed: u64,
+            /// Outer iterations.
+            pub iters: usize,
+            /// Evaluate every this many iterations (and before the first and after the last).
+            pub eval_every: usize,
+            /// Write a checkpoint every this many iterations (and after the last).
+            pub checkpoint_every: usize,
+            /// What to do on a non-finite value.
+            pub on_divergence: OnDivergence,
+            /// Rollbacks allowed before the run stops anyway.
+            pub max_rollbacks: usize,
+            /// Threads per run: every oracle call splits its batch into this many shards, one thread
+            /// each (docs/performance.md). Results differ from one thread's only by rounding.
+            pub threads: usize,
+            /// The method; absent = BO-REP with the task's official values.
+            pub method: Option<MethodConfig>,
+            $(#[doc = concat!("The settings of: ", $doc)] pub $key: <$task as Task>::Config,)+
+        }
+
+        impl Default for RunConfig {
+            fn default() -> Self {
+                Self {
+                    task: TaskName::HyperClean,
+                    seed: 0,
+                    iters: 300,
+                    eval_every: 50,
+                    checkpoint_every: 50,
+                    on_divergence: OnDivergence::Stop,
+                    max_rollbacks: 3,
+                    threads: 1,
+                    method: None,
+                    $($key: Default::default(),)+
+                }
+            }
+        }
+
+        impl RunConfig {
+            /// Checks the run's task settings, and that its method means something there.
+            fn validate_task(&self) -> anyhow::Result<()> {
+                match self.task {
+                    $(TaskName::$variant => <$task as Task>::validate(&self.$key, &self.method()),)+
+                }
+            }
+
+            /// The (accuracy, loss) a grid search on this run's task chooses by.
+            pub fn selection_metric(&self) -> anyhow::Result<(&'static str, &'static str)> {
+                match self.task {
+                    $(TaskName::$variant => <$task as Task>::selection_metric(&self.$key),)+
+                }
+            }
+        }
+    };
 }
 
-impl TaskName {
-    /// The task's name as in configurations and directories.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::HyperRep => "hyper-rep",
-            Self::HyperOpt => "hyper-opt",
-            Self::HyperClean => "hyper-clean",
-        }
-    }
+crate::with_task_list!(declare_tasks);
 
+impl TaskName {
     /// BO-REP with the official run's values for this task (`tasks.md`).
     pub fn default_method(&self) -> MethodConfig {
         MethodConfig::new(self.official_borep())
-    }
-
-    /// BO-REP's configuration with the official run's values for this task.
-    pub fn official_borep(&self) -> BoRepConfig {
-        match self {
-            Self::HyperRep => crate::tasks::hyper_rep::official_borep(),
-            Self::HyperOpt => crate::tasks::hyper_opt::official_borep(),
-            Self::HyperClean => crate::tasks::hyper_clean::official_borep(),
-        }
     }
 }
 
@@ -59,57 +128,6 @@ pub enum OnDivergence {
     Stop,
     /// Go back to the last checkpoint and continue with every step size halved.
     Rollback,
-}
-
-/// One run. In TOML: top-level keys, a `[method]` table (`method = "soba"` and its fields) and
-/// one table per task.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RunConfig {
-    /// The task.
-    pub task: TaskName,
-    /// The seed of the data split, the initialization and the batches.
-    pub seed: u64,
-    /// Outer iterations.
-    pub iters: usize,
-    /// Evaluate every this many iterations (and before the first and after the last).
-    pub eval_every: usize,
-    /// Write a checkpoint every this many iterations (and after the last).
-    pub checkpoint_every: usize,
-    /// What to do on a non-finite value.
-    pub on_divergence: OnDivergence,
-    /// Rollbacks allowed before the run stops anyway.
-    pub max_rollbacks: usize,
-    /// Threads per run: every oracle call splits its batch into this many shards, one thread
-    /// each (docs/performance.md). Results differ from one thread's only by rounding.
-    pub threads: usize,
-    /// The method; absent = BO-REP with the task's official values.
-    pub method: Option<MethodConfig>,
-    /// Hyper-representation's sizes.
-    pub hyper_rep: HyperRepConfig,
-    /// Hyperparameter optimization's sizes.
-    pub hyper_opt: HyperOptConfig,
-    /// Data hyper-cleaning's sizes.
-    pub hyper_clean: HyperCleanConfig,
-}
-
-impl Default for RunConfig {
-    fn default() -> Self {
-        Self {
-            task: TaskName::HyperClean,
-            seed: 0,
-            iters: 300,
-            eval_every: 50,
-            checkpoint_every: 50,
-            on_divergence: OnDivergence::Stop,
-            max_rollbacks: 3,
-            threads: 1,
-            method: None,
-            hyper_rep: HyperRepConfig::default(),
-            hyper_opt: HyperOptConfig::default(),
-            hyper_clean: HyperCleanConfig::default(),
-        }
-    }
 }
 
 impl RunConfig {
@@ -178,19 +196,7 @@ impl RunConfig {
         if self.threads == 0 {
             bail!("threads must be at least 1");
         }
-        if self.task == TaskName::HyperRep && self.method().name() == "maml" {
-            bail!(
-                "method maml on hyper-rep: MAML meta-learns y's initialization and never steps x \
-                 (the encoder), while hyper-rep's metric fits fresh heads on x alone, so every \
-                 evaluation would score the random encoder; use anil, which learns the encoder \
-                 through the adaptation"
-            );
-        }
-        match self.task {
-            TaskName::HyperRep => self.hyper_rep.validate(),
-            TaskName::HyperOpt => self.hyper_opt.validate(),
-            TaskName::HyperClean => self.hyper_clean.validate(),
-        }
+        self.validate_task()
     }
 }
 
@@ -215,6 +221,23 @@ fn method_key_error(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::RunConfig;
+
+    /// A task's name in configuration files (serde's kebab-case of its variant) is the name its
+    /// `Task` declares, which directories and tables use.
+    #[test]
+    fn every_task_is_named_alike_in_files_and_directories() {
+        for task in super::TaskName::ALL {
+            let config = RunConfig {
+                task: *task,
+                ..Default::default()
+            };
+            let text = toml::to_string(&config).unwrap();
+            assert!(
+                text.contains(&format!("task = \"{}\"", task.as_str())),
+                "{text}"
+            );
+        }
+    }
 
     /// A wrong value inside `[method]` is reported with its key, not just the table's line.
     #[test]

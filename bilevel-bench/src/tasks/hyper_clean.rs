@@ -2,6 +2,8 @@
 //! fraction of whose labels are flipped, so that a classifier trained on the weighted loss does
 //! well on a clean validation set.
 
+use super::task::{Task, TaskVisitor};
+use bilevel_optim::methods::MethodConfig;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -319,4 +321,50 @@ where
         },
     );
     m
+}
+
+/// Data hyper-cleaning on Sentiment140 (`[hyper_clean]`).
+pub struct HyperCleanTask;
+
+impl Task for HyperCleanTask {
+    const NAME: &'static str = "hyper-clean";
+    type Config = HyperCleanConfig;
+
+    fn official_borep() -> BoRepConfig {
+        official_borep()
+    }
+
+    fn validate(config: &HyperCleanConfig, _method: &MethodConfig) -> anyhow::Result<()> {
+        config.validate()
+    }
+
+    fn with_problem<F: Real, V: TaskVisitor<F>>(
+        c: &HyperCleanConfig,
+        seed: u64,
+        data_dir: &Path,
+        dev: &Cpu,
+        visitor: V,
+    ) -> anyhow::Result<V::Output>
+    where
+        Cpu: Device<F>,
+    {
+        let data = load(data_dir, c, seed)?;
+        let y = cpu::Classifier::<F>::build(dev);
+        match c.train_size {
+            20_000 => visitor.visit(
+                "20000 training tweets",
+                problem::<F, 20_000>(&data, c)?,
+                initial_weights(c),
+                y,
+                |x: &_, y: &_| evaluate(&data, c, x, y),
+            ),
+            _ => visitor.visit(
+                "2000 training tweets",
+                problem::<F, 2_000>(&data, c)?,
+                initial_weights(c),
+                y,
+                |x: &_, y: &_| evaluate(&data, c, x, y),
+            ),
+        }
+    }
 }

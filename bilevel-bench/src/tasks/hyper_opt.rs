@@ -1,6 +1,8 @@
 //! Hyperparameter optimization on Amazon reviews (FDU-MTL): learn one L2 log-coefficient per
 //! parameter tensor of the classifier (or one shared) on a validation split.
 
+use super::task::{Task, TaskVisitor};
+use bilevel_optim::methods::MethodConfig;
 use std::path::Path;
 
 use anyhow::bail;
@@ -234,4 +236,47 @@ where
         coefficients.iter().map(|&c| c.f64()).sum::<f64>() / coefficients.len().max(1) as f64;
     m.insert("coefficients/mean_log".into(), mean);
     m
+}
+
+/// Hyperparameter optimization (L2 coefficients) on Amazon reviews (`[hyper_opt]`).
+pub struct HyperOptTask;
+
+impl Task for HyperOptTask {
+    const NAME: &'static str = "hyper-opt";
+    type Config = HyperOptConfig;
+
+    fn official_borep() -> BoRepConfig {
+        official_borep()
+    }
+
+    fn validate(config: &HyperOptConfig, _method: &MethodConfig) -> anyhow::Result<()> {
+        config.validate()
+    }
+
+    fn with_problem<F: Real, V: TaskVisitor<F>>(
+        c: &HyperOptConfig,
+        seed: u64,
+        data_dir: &Path,
+        dev: &Cpu,
+        visitor: V,
+    ) -> anyhow::Result<V::Output>
+    where
+        Cpu: Device<F>,
+    {
+        let data = load(data_dir, c, seed)?;
+        let y = cpu::Classifier::<F>::build(dev);
+        if c.scalar_coefficient {
+            let x: Shared<F> = initial_coefficients(&dev.zeros(), c);
+            let problem = problem(&data, c, &y, &x)?;
+            visitor.visit("one shared coefficient", problem, x, y, |x, y| {
+                evaluate(&data, c, x, y)
+            })
+        } else {
+            let x: PerTensor<F> = initial_coefficients(&dev.zeros(), c);
+            let problem = problem(&data, c, &y, &x)?;
+            visitor.visit("one coefficient per tensor", problem, x, y, |x, y| {
+                evaluate(&data, c, x, y)
+            })
+        }
+    }
 }

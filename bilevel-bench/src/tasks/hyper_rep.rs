@@ -1,6 +1,8 @@
 //! Hyper-representation (meta-learning) on Amazon reviews (ARSC): a shared encoder x and one head
 //! per training task y_i, on 2-way 10-shot tasks drawn from product domains.
 
+use super::task::{self, TaskVisitor};
+use bilevel_optim::methods::MethodConfig;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -391,4 +393,71 @@ where
         metrics.insert(format!("{split}/accuracy"), acc);
     }
     metrics
+}
+
+/// Hyper-representation (meta-learning) on Amazon reviews (`[hyper_rep]`).
+pub struct HyperRepTask;
+
+impl task::Task for HyperRepTask {
+    const NAME: &'static str = "hyper-rep";
+    type Config = HyperRepConfig;
+
+    fn official_borep() -> BoRepConfig {
+        official_borep()
+    }
+
+    /// Tuning needs the validation tasks drawn from the training domains.
+    fn selection_metric(config: &HyperRepConfig) -> anyhow::Result<(&'static str, &'static str)> {
+        if config.validation_tasks == 0 {
+            bail!(
+                "hyper_rep.validation_tasks is 0: hyper-rep needs validation tasks to tune on \
+                 (tuning on its test tasks would report a tuned test score)"
+            );
+        }
+        Ok(("validation/accuracy", "validation/loss"))
+    }
+
+    /// MAML is refused: it meta-learns y's initialization and never steps x (the encoder),
+    /// while this task's metric fits fresh heads on x alone.
+    fn validate(config: &HyperRepConfig, method: &MethodConfig) -> anyhow::Result<()> {
+        if method.name() == "maml" {
+            bail!(
+                "method maml on hyper-rep: MAML meta-learns y's initialization and never steps x \
+                 (the encoder), while hyper-rep's metric fits fresh heads on x alone, so every \
+                 evaluation would score the random encoder; use anil, which learns the encoder \
+                 through the adaptation"
+            );
+        }
+        config.validate()
+    }
+
+    fn with_problem<F: Real, V: TaskVisitor<F>>(
+        c: &HyperRepConfig,
+        seed: u64,
+        data_dir: &Path,
+        dev: &Cpu,
+        visitor: V,
+    ) -> anyhow::Result<V::Output>
+    where
+        Cpu: Device<F>,
+    {
+        let data = load(data_dir, c, seed)?;
+        let x = cpu::Encoder::<F>::build(dev);
+        match c.train_tasks {
+            400 => visitor.visit(
+                "400 training tasks",
+                problem::<F, 400>(&data, c)?,
+                x,
+                dfdx::nn::modules::Repeated::<cpu::Head<F>, 400>::build(dev),
+                |x, _| evaluate(&data, c, x, seed),
+            ),
+            _ => visitor.visit(
+                "40 training tasks",
+                problem::<F, 40>(&data, c)?,
+                x,
+                dfdx::nn::modules::Repeated::<cpu::Head<F>, 40>::build(dev),
+                |x, _| evaluate(&data, c, x, seed),
+            ),
+        }
+    }
 }

@@ -7,6 +7,8 @@ pub mod dispatch;
 pub mod hyper_clean;
 pub mod hyper_opt;
 pub mod hyper_rep;
+pub mod list;
+pub mod task;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -85,46 +85,7 @@ where
     type UpperBatch = TextBatch<E, EMB>;
     type LowerBatch = TextBatch<E, EMB>;
 
-    fn sample_upper(&mut self, rng: &mut SampleRng) -> TextBatch<E, EMB> {
-        let ids = draw(rng, self.validation.len(), self.config.upper_batch);
-        self.validation.batch(&ids, self.config.max_len)
-    }
-
-    fn sample_lower(&mut self, rng: &mut SampleRng) -> TextBatch<E, EMB> {
-        let ids = draw(rng, self.train.len(), self.config.lower_batch);
-        self.train.batch(&ids, self.config.max_len)
-    }
-
-    fn lower_parts(&self) -> Option<usize> {
-        Some(fixed_batch_count(self.train.len(), self.config.lower_batch))
-    }
-
-    fn lower_part(&mut self, k: usize) -> Option<TextBatch<E, EMB>> {
-        let ids: Vec<usize> = fixed_batch(self.train.len(), self.config.lower_batch, k)?.collect();
-        Some(self.train.batch(&ids, self.config.max_len))
-    }
-
-    /// The batches average their rows: a shorter last batch has a smaller share.
-    fn lower_part_share(&self, k: usize) -> f64 {
-        fixed_batch_share(self.train.len(), self.config.lower_batch, k)
-    }
-
-    fn upper_part_share(&self, k: usize) -> f64 {
-        fixed_batch_share(self.validation.len(), self.config.upper_batch, k)
-    }
-
-    fn upper_parts(&self) -> Option<usize> {
-        Some(fixed_batch_count(
-            self.validation.len(),
-            self.config.upper_batch,
-        ))
-    }
-
-    fn upper_part(&mut self, k: usize) -> Option<TextBatch<E, EMB>> {
-        let ids: Vec<usize> =
-            fixed_batch(self.validation.len(), self.config.upper_batch, k)?.collect();
-        Some(self.validation.batch(&ids, self.config.max_len))
-    }
+    text_batches!();
 
     fn upper_loss(&self, _: &X, y: &M, batch: &TextBatch<E, EMB>) -> Taped<Rank0, E> {
         loss(y, batch.sequence(), &batch.targets(), None)
@@ -154,21 +115,5 @@ where
     M: Params<E> + WrittenLayer<E, Sequence<E, EMB>, Output = Activations<E, C>>,
     X: Params<E> + L2Coefficients<E>,
 {
-    fn upper_shard(
-        &self,
-        batch: &TextBatch<E, EMB>,
-        k: usize,
-        parts: usize,
-    ) -> Option<(f64, TextBatch<E, EMB>)> {
-        text_shard(&self.validation, batch, self.config.max_len, k, parts)
-    }
-
-    fn lower_shard(
-        &self,
-        batch: &TextBatch<E, EMB>,
-        k: usize,
-        parts: usize,
-    ) -> Option<(f64, TextBatch<E, EMB>)> {
-        text_shard(&self.train, batch, self.config.max_len, k, parts)
-    }
+    text_shards!();
 }

@@ -9,6 +9,80 @@
 //! Each is generic over the models, so any classifier built from [`crate::layer::WrittenLayer`]s
 //! works, and each uses only the core's problem interface.
 
+/// The batch methods of a [`bilevel_optim::problem::BilevelProblem`] over two text
+/// collections, `self.train` (the lower level's) and `self.validation` (the upper level's), with
+/// `self.config` a [`BatchConfig`]: random batches, fixed batches and their shares. Written once
+/// for the forms whose levels are plain text collections.
+macro_rules! text_batches {
+    () => {
+        fn sample_upper(&mut self, rng: &mut SampleRng) -> TextBatch<E, EMB> {
+            let ids = draw(rng, self.validation.len(), self.config.upper_batch);
+            self.validation.batch(&ids, self.config.max_len)
+        }
+
+        fn sample_lower(&mut self, rng: &mut SampleRng) -> TextBatch<E, EMB> {
+            let ids = draw(rng, self.train.len(), self.config.lower_batch);
+            self.train.batch(&ids, self.config.max_len)
+        }
+
+        fn lower_parts(&self) -> Option<usize> {
+            Some(fixed_batch_count(self.train.len(), self.config.lower_batch))
+        }
+
+        fn lower_part(&mut self, k: usize) -> Option<TextBatch<E, EMB>> {
+            let ids: Vec<usize> =
+                fixed_batch(self.train.len(), self.config.lower_batch, k)?.collect();
+            Some(self.train.batch(&ids, self.config.max_len))
+        }
+
+        /// The batches average their texts: a shorter last batch has a smaller share.
+        fn lower_part_share(&self, k: usize) -> f64 {
+            fixed_batch_share(self.train.len(), self.config.lower_batch, k)
+        }
+
+        fn upper_part_share(&self, k: usize) -> f64 {
+            fixed_batch_share(self.validation.len(), self.config.upper_batch, k)
+        }
+
+        fn upper_parts(&self) -> Option<usize> {
+            Some(fixed_batch_count(
+                self.validation.len(),
+                self.config.upper_batch,
+            ))
+        }
+
+        fn upper_part(&mut self, k: usize) -> Option<TextBatch<E, EMB>> {
+            let ids: Vec<usize> =
+                fixed_batch(self.validation.len(), self.config.upper_batch, k)?.collect();
+            Some(self.validation.batch(&ids, self.config.max_len))
+        }
+    };
+}
+
+/// The [`bilevel_optim::problem::ShardedProblem`] methods of the forms whose losses are means
+/// over texts plus a penalty in y: a shard is a share of the batch's texts.
+macro_rules! text_shards {
+    () => {
+        fn upper_shard(
+            &self,
+            batch: &TextBatch<E, EMB>,
+            k: usize,
+            parts: usize,
+        ) -> Option<(f64, TextBatch<E, EMB>)> {
+            text_shard(&self.validation, batch, self.config.max_len, k, parts)
+        }
+
+        fn lower_shard(
+            &self,
+            batch: &TextBatch<E, EMB>,
+            k: usize,
+            parts: usize,
+        ) -> Option<(f64, TextBatch<E, EMB>)> {
+            text_shard(&self.train, batch, self.config.max_len, k, parts)
+        }
+    };
+}
+
 mod hyper_clean;
 mod hyper_opt;
 mod hyper_rep;

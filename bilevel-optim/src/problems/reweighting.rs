@@ -13,7 +13,7 @@ use dfdx::prelude::*;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::rows::Rows;
+use super::rows::{row_batches, Rows};
 use super::ClosedForm;
 use crate::linalg::{add_scaled, dot, norm, sigmoid, softplus, Matrix};
 use crate::problem::{BilevelProblem, SampleRng, ShardedProblem, Taped, Tp};
@@ -190,59 +190,11 @@ where
     type UpperBatch = Rows<E, D>;
     type LowerBatch = Rows<E, D>;
 
-    fn sample_upper(&mut self, rng: &mut SampleRng) -> Self::UpperBatch {
-        Rows::sample(&self.dev, &self.val_a, &self.val_t, self.upper_batch, rng)
-    }
-
-    fn sample_lower(&mut self, rng: &mut SampleRng) -> Self::LowerBatch {
-        Rows::sample(
-            &self.dev,
-            &self.train_a,
-            &self.train_t,
-            self.lower_batch,
-            rng,
-        )
-    }
-
-    fn lower_parts(&self) -> Option<usize> {
-        Some(Rows::<E, D>::part_count(
-            self.train_a.rows,
-            self.lower_batch,
-        ))
-    }
-
-    fn lower_part(&mut self, k: usize) -> Option<Self::LowerBatch> {
-        Some(Rows::part(
-            &self.dev,
-            &self.train_a,
-            &self.train_t,
-            self.lower_batch,
-            k,
-        ))
-    }
-
-    /// The batches average their rows: a shorter last batch has a smaller share.
-    fn lower_part_share(&self, k: usize) -> f64 {
-        Rows::<E, D>::part_share(self.train_a.rows, self.lower_batch, k)
-    }
-
-    fn upper_part_share(&self, k: usize) -> f64 {
-        Rows::<E, D>::part_share(self.val_a.rows, self.upper_batch, k)
-    }
-
-    fn upper_parts(&self) -> Option<usize> {
-        Some(Rows::<E, D>::part_count(self.val_a.rows, self.upper_batch))
-    }
-
-    fn upper_part(&mut self, k: usize) -> Option<Self::UpperBatch> {
-        Some(Rows::part(
-            &self.dev,
-            &self.val_a,
-            &self.val_t,
-            self.upper_batch,
-            k,
-        ))
-    }
+    row_batches!(
+        device: dev,
+        lower: (train_a, train_t, lower_batch),
+        upper: (val_a, val_t, upper_batch),
+    );
 
     fn upper_loss(&self, _x: &Self::X, y: &Self::Y, batch: &Self::UpperBatch) -> Taped<Rank0, E> {
         Self::row_losses(y, batch).sum() / E::of(batch.len() as f64)

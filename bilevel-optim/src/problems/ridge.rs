@@ -12,7 +12,7 @@ use dfdx::prelude::*;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::rows::Rows;
+use super::rows::{row_batches, Rows};
 use super::ClosedForm;
 use crate::linalg::Matrix;
 use crate::params::Params;
@@ -223,59 +223,11 @@ where
     type UpperBatch = Rows<E, D>;
     type LowerBatch = Rows<E, D>;
 
-    fn sample_upper(&mut self, rng: &mut SampleRng) -> Self::UpperBatch {
-        Rows::sample(&self.dev, &self.val_a, &self.val_b, self.upper_batch, rng)
-    }
-
-    fn sample_lower(&mut self, rng: &mut SampleRng) -> Self::LowerBatch {
-        Rows::sample(
-            &self.dev,
-            &self.train_a,
-            &self.train_b,
-            self.lower_batch,
-            rng,
-        )
-    }
-
-    fn lower_parts(&self) -> Option<usize> {
-        Some(Rows::<E, D>::part_count(
-            self.train_a.rows,
-            self.lower_batch,
-        ))
-    }
-
-    fn lower_part(&mut self, k: usize) -> Option<Self::LowerBatch> {
-        Some(Rows::part(
-            &self.dev,
-            &self.train_a,
-            &self.train_b,
-            self.lower_batch,
-            k,
-        ))
-    }
-
-    /// The batches average their rows: a shorter last batch has a smaller share.
-    fn lower_part_share(&self, k: usize) -> f64 {
-        Rows::<E, D>::part_share(self.train_a.rows, self.lower_batch, k)
-    }
-
-    fn upper_part_share(&self, k: usize) -> f64 {
-        Rows::<E, D>::part_share(self.val_a.rows, self.upper_batch, k)
-    }
-
-    fn upper_parts(&self) -> Option<usize> {
-        Some(Rows::<E, D>::part_count(self.val_a.rows, self.upper_batch))
-    }
-
-    fn upper_part(&mut self, k: usize) -> Option<Self::UpperBatch> {
-        Some(Rows::part(
-            &self.dev,
-            &self.val_a,
-            &self.val_b,
-            self.upper_batch,
-            k,
-        ))
-    }
+    row_batches!(
+        device: dev,
+        lower: (train_a, train_b, lower_batch),
+        upper: (val_a, val_b, upper_batch),
+    );
 
     fn upper_loss(&self, x: &X, y: &Self::Y, batch: &Self::UpperBatch) -> Taped<Rank0, E> {
         // f does not depend on x; touching x keeps the signature uniform at no cost.

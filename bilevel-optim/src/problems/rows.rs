@@ -126,3 +126,79 @@ where
         self.indices.is_empty()
     }
 }
+
+/// The batch methods of a [`crate::problem::BilevelProblem`] whose data are rows: random and
+/// fixed batches of `self.$lower_rows` (matrix) and `self.$lower_targets` for the lower level,
+/// of the upper fields for the upper level, `self.$lower_batch` and `self.$upper_batch` rows each
+/// (`None`: all), built on `self.$dev`. Written once for the closed-form problems.
+macro_rules! row_batches {
+    (
+        device: $dev:ident,
+        lower: ($lower_rows:ident, $lower_targets:ident, $lower_batch:ident),
+        upper: ($upper_rows:ident, $upper_targets:ident, $upper_batch:ident) $(,)?
+    ) => {
+        fn sample_upper(&mut self, rng: &mut SampleRng) -> Self::UpperBatch {
+            Rows::sample(
+                &self.$dev,
+                &self.$upper_rows,
+                &self.$upper_targets,
+                self.$upper_batch,
+                rng,
+            )
+        }
+
+        fn sample_lower(&mut self, rng: &mut SampleRng) -> Self::LowerBatch {
+            Rows::sample(
+                &self.$dev,
+                &self.$lower_rows,
+                &self.$lower_targets,
+                self.$lower_batch,
+                rng,
+            )
+        }
+
+        fn lower_parts(&self) -> Option<usize> {
+            Some(Rows::<E, D>::part_count(
+                self.$lower_rows.rows,
+                self.$lower_batch,
+            ))
+        }
+
+        fn lower_part(&mut self, k: usize) -> Option<Self::LowerBatch> {
+            Some(Rows::part(
+                &self.$dev,
+                &self.$lower_rows,
+                &self.$lower_targets,
+                self.$lower_batch,
+                k,
+            ))
+        }
+
+        /// The batches average their rows: a shorter last batch has a smaller share.
+        fn lower_part_share(&self, k: usize) -> f64 {
+            Rows::<E, D>::part_share(self.$lower_rows.rows, self.$lower_batch, k)
+        }
+
+        fn upper_part_share(&self, k: usize) -> f64 {
+            Rows::<E, D>::part_share(self.$upper_rows.rows, self.$upper_batch, k)
+        }
+
+        fn upper_parts(&self) -> Option<usize> {
+            Some(Rows::<E, D>::part_count(
+                self.$upper_rows.rows,
+                self.$upper_batch,
+            ))
+        }
+
+        fn upper_part(&mut self, k: usize) -> Option<Self::UpperBatch> {
+            Some(Rows::part(
+                &self.$dev,
+                &self.$upper_rows,
+                &self.$upper_targets,
+                self.$upper_batch,
+                k,
+            ))
+        }
+    };
+}
+pub(crate) use row_batches;
