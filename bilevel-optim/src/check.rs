@@ -342,10 +342,11 @@ where
             return;
         }
         let grad_y = as_f64(&autodiff.dy);
-        if !self.written_gradient(&grad_y) {
+        let (v, u) = (self.unit_direction(self.y), self.unit_direction(self.y));
+        let terms = self.term_scale(&v);
+        if !self.written_gradient(&grad_y, &terms) {
             return;
         }
-        let (v, u) = (self.unit_direction(self.y), self.unit_direction(self.y));
         let products = (
             written_second_order_pass(self.problem, self.x, self.y, &v, self.lower),
             written_second_order_pass(self.problem, self.x, self.y, &u, self.lower),
@@ -377,9 +378,26 @@ where
         }
     }
 
-    /// Structure (every tensor once) and value of the written gradient, per tensor of y. Returns
-    /// whether the gradient is well-formed and finite, so the products can be checked.
-    fn written_gradient(&mut self, autodiff: &[f64]) -> bool {
+    /// The size of the terms the lower gradient sums, as a flat vector over y: the autodiff
+    /// gradient one step `s = max(1, ‖y‖)` away along `v`, of the order of `s‖H v‖`. Both
+    /// gradients round relative to their terms, not to their sum, so at a stationary y (a
+    /// converged run), where the gradient itself is rounding noise, the comparison is judged
+    /// against this; elsewhere it is of the gradient's own order and changes little. Zero where
+    /// it is not finite.
+    fn term_scale(&self, v: &P::Y) -> Vec<f64> {
+        let mut shifted = self.y.duplicate();
+        shifted.add_scaled(E::of(self.y.norm().f64().max(1.0)), v);
+        let terms = as_f64(&lower_grad_pass(self.problem, self.x, &shifted, self.lower).dy);
+        terms
+            .into_iter()
+            .map(|t| if t.is_finite() { t } else { 0.0 })
+            .collect()
+    }
+
+    /// Structure (every tensor once) and value of the written gradient, per tensor of y, judged
+    /// relative to the larger of the two gradients and the size of their terms (`terms`).
+    /// Returns whether the gradient is well-formed and finite, so the products can be checked.
+    fn written_gradient(&mut self, autodiff: &[f64], terms: &[f64]) -> bool {
         let mut grad = WrittenGrad::new(self.y, None);
         self.problem
             .write_lower_grad_y(self.x, self.y, self.lower, &mut grad);
@@ -419,8 +437,9 @@ where
         }
         let tol = self.config.exact_tolerance;
         for (name, span) in labelled("y", self.y) {
+            let floor = norm(&terms[span.clone()]);
             let (w, a) = (&values[span.clone()], &autodiff[span]);
-            let error = relative(w, a, 0.0);
+            let error = relative(w, a, floor);
             let (verdict, diagnosis) = if error <= tol {
                 (Verdict::Passed, String::new())
             } else {

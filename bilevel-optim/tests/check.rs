@@ -96,14 +96,46 @@ fn check<E: Real>(mode: &'static str) -> CheckReport
 where
     Cpu: Device<E>,
 {
+    check_point::<E>(mode, [0.7, -1.1], [0.5, 0.9])
+}
+
+/// The check at x = (0.2, −0.4) and y = (y0, y1).
+fn check_point<E: Real>(mode: &'static str, y0: [f64; 2], y1: [f64; 2]) -> CheckReport
+where
+    Cpu: Device<E>,
+{
     let dev = Cpu::default();
     let x: X<E> = dev.tensor([E::of(0.2), E::of(-0.4)]);
-    let y: Y<E> = (
-        dev.tensor([E::of(0.7), E::of(-1.1)]),
-        dev.tensor([E::of(0.5), E::of(0.9)]),
-    );
+    let y: Y<E> = (dev.tensor(y0.map(E::of)), dev.tensor(y1.map(E::of)));
     let config = CheckConfig::for_precision::<E>();
     check_problem(&mut Planted { mode }, &x, &y, &config)
+}
+
+/// At a stationary y (a converged run) both gradients are rounding noise (dfdx's and the written
+/// one differ there by 1e-17): that is not a fault, and a wrong term is still named there.
+#[test]
+fn at_a_stationary_point_rounding_is_no_fault_and_a_wrong_term_still_is() {
+    let mut quadratic = Quadratic::<f64, 3, 4>::new(QuadraticConfig::default());
+    let dev = Cpu::default();
+    let at = [0.3, -0.2, 0.5];
+    let x: Tensor<Rank1<3>, f64, Cpu> = dev.tensor(at);
+    let y_star = quadratic.y_star(&at);
+    let y: Tensor<Rank1<4>, f64, Cpu> = dev.tensor([y_star[0], y_star[1], y_star[2], y_star[3]]);
+    let report = check_problem(&mut quadratic, &x, &y, &CheckConfig::for_precision::<f64>());
+    assert!(report.passed(), "{report}");
+
+    // ∇_y G = 0 for the planted problem: e^x ⊙ y0 + 0.3 y1 = 0 and y1 + 0.3 y0 + x = 0.
+    let x = [0.2f64, -0.4];
+    let y0 = x.map(|x| 0.3 * x / (x.exp() - 0.09));
+    let y1 = [-x[0] - 0.3 * y0[0], -x[1] - 0.3 * y0[1]];
+    let report = check_point::<f64>("ok", y0, y1);
+    assert!(report.passed(), "{report}");
+    let report = check_point::<f64>("asymmetric", y0, y1);
+    assert!(
+        report.faults().any(|f| f.tensor == "y.1"
+            && f.verdict == bilevel_optim::check::Verdict::Fault(Fault::GradientWrong)),
+        "{report}"
+    );
 }
 
 #[test]
