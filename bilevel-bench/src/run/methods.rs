@@ -7,11 +7,10 @@
 //! ([`crate::run::iterate::execute`]) instantiated for its type.
 
 use std::path::Path;
-use std::sync::{OnceLock, RwLock};
 
 use anyhow::{anyhow, Result};
-use bilevel_optim::methods::registry::for_each_builtin;
-use bilevel_optim::methods::{Method, MethodVisitor};
+use bilevel_optim::methods::registry::{MethodEntry, MethodTable};
+use bilevel_optim::methods::Method;
 
 use crate::run::checkpoint::Checkpoint;
 use crate::run::config::RunConfig;
@@ -24,34 +23,20 @@ pub type Execute = fn(&RunConfig, &Path, &Path, bool, Option<Checkpoint>) -> Res
 /// What the bench does with one method, instantiated for its type.
 #[derive(Clone, Copy)]
 pub struct Entry {
-    name: &'static str,
     /// The run of one (task, method, seed).
     pub execute: Execute,
 }
 
-impl Entry {
+impl MethodEntry for Entry {
     fn of<M: Method>() -> Self {
         Self {
-            name: M::NAME,
             execute: crate::run::iterate::execute::<M>,
         }
     }
 }
 
-fn entries() -> &'static RwLock<Vec<Entry>> {
-    static ENTRIES: OnceLock<RwLock<Vec<Entry>>> = OnceLock::new();
-    ENTRIES.get_or_init(|| {
-        struct Collect(Vec<Entry>);
-        impl MethodVisitor for Collect {
-            fn visit<M: Method>(&mut self) {
-                self.0.push(Entry::of::<M>());
-            }
-        }
-        let mut collect = Collect(Vec::new());
-        for_each_builtin(&mut collect);
-        RwLock::new(collect.0)
-    })
-}
+/// The methods the bench runs.
+static BENCH: MethodTable<Entry> = MethodTable::new();
 
 /// Makes method `M`, written outside the library, runnable by name: its configuration is then
 /// read from TOML (`method = "<M::NAME>"`), and `run`, `compare` and `tune` run it like any
@@ -59,24 +44,16 @@ fn entries() -> &'static RwLock<Vec<Entry>> {
 /// another method is refused.
 pub fn register<M: Method>() -> Result<()> {
     bilevel_optim::methods::register::<M>()?;
-    let mut entries = entries().write().unwrap_or_else(|e| e.into_inner());
-    if !entries.iter().any(|e| e.name == M::NAME) {
-        entries.push(Entry::of::<M>());
-    }
+    BENCH.register::<M>()?;
     Ok(())
 }
 
 /// What the bench does with the method called `name`.
 pub fn entry(name: &str) -> Result<Entry> {
-    let entries = entries().read().unwrap_or_else(|e| e.into_inner());
-    entries
-        .iter()
-        .find(|e| e.name == name)
-        .copied()
-        .ok_or_else(|| {
-            anyhow!(
-                "method '{name}' is not known to the bench: register it with \
+    BENCH.find(name).ok_or_else(|| {
+        anyhow!(
+            "method '{name}' is not known to the bench: register it with \
              bilevel_bench::run::methods::register"
-            )
-        })
+        )
+    })
 }

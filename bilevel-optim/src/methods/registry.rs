@@ -53,11 +53,98 @@ builtin_methods![
     anil::AnilConfig,
 ];
 
+/// What a [`MethodTable`] keeps per method, made from the method's type when the method is
+/// listed or registered: instantiations of generic code for that type, which a caller holding
+/// only a method's name then reaches.
+pub trait MethodEntry: Copy + Send + Sync + 'static {
+    /// The entry of method `M`.
+    fn of<M: Method>() -> Self;
+}
+
+/// A table of entries by method name: the built-in methods in the order of the documentation,
+/// then those registered, in registration order. The library keeps one (reading configurations
+/// by name); `bilevel-bench` keeps another (running methods by name).
+pub struct MethodTable<T> {
+    rows: OnceLock<RwLock<Vec<Row<T>>>>,
+}
+
+struct Row<T> {
+    name: &'static str,
+    type_id: TypeId,
+    entry: T,
+}
+
+impl<T: MethodEntry> Row<T> {
+    fn of<M: Method>() -> Self {
+        Self {
+            name: M::NAME,
+            type_id: TypeId::of::<M>(),
+            entry: T::of::<M>(),
+        }
+    }
+}
+
+impl<T: MethodEntry> Default for MethodTable<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: MethodEntry> MethodTable<T> {
+    /// A table that lists the built-in methods when first read.
+    pub const fn new() -> Self {
+        Self {
+            rows: OnceLock::new(),
+        }
+    }
+
+    fn rows(&self) -> &RwLock<Vec<Row<T>>> {
+        self.rows.get_or_init(|| {
+            struct Collect<T>(Vec<Row<T>>);
+            impl<T: MethodEntry> MethodVisitor for Collect<T> {
+                fn visit<M: Method>(&mut self) {
+                    self.0.push(Row::of::<M>());
+                }
+            }
+            let mut collect = Collect(Vec::new());
+            for_each_builtin(&mut collect);
+            RwLock::new(collect.0)
+        })
+    }
+
+    /// Adds method `M`. Adding the same type twice is harmless; a name already taken by another
+    /// method is refused.
+    pub fn register<M: Method>(&self) -> Result<(), BilevelError> {
+        let mut rows = self.rows().write().unwrap_or_else(|e| e.into_inner());
+        match rows.iter().find(|r| r.name == M::NAME) {
+            Some(r) if r.type_id == TypeId::of::<M>() => Ok(()),
+            Some(_) => Err(BilevelError::InvalidConfig {
+                field: "method",
+                reason: format!("the name '{}' is taken by another method", M::NAME),
+            }),
+            None => {
+                rows.push(Row::of::<M>());
+                Ok(())
+            }
+        }
+    }
+
+    /// The entry of the method called `name`, if it is listed.
+    pub fn find(&self, name: &str) -> Option<T> {
+        let rows = self.rows().read().unwrap_or_else(|e| e.into_inner());
+        rows.iter().find(|r| r.name == name).map(|r| r.entry)
+    }
+
+    /// Every listed method's name.
+    pub fn names(&self) -> Vec<&'static str> {
+        let rows = self.rows().read().unwrap_or_else(|e| e.into_inner());
+        rows.iter().map(|r| r.name).collect()
+    }
+}
+
 /// What the library needs to read a method's configuration by name, without knowing its type.
 #[derive(Clone, Copy)]
 pub(crate) struct Entry {
-    pub(crate) name: &'static str,
-    type_id: TypeId,
     pub(crate) default: fn() -> MethodConfig,
     /// The configuration from its fields (without `method`), or serde's message. The fields
     /// are held as JSON values, which TOML's and JSON's values (`null` included) all map to.
@@ -65,11 +152,9 @@ pub(crate) struct Entry {
         fn(serde_json::Map<String, serde_json::Value>) -> Result<MethodConfig, String>,
 }
 
-impl Entry {
+impl MethodEntry for Entry {
     fn of<M: Method>() -> Self {
         Self {
-            name: M::NAME,
-            type_id: TypeId::of::<M>(),
             default: || MethodConfig::new(M::default()),
             from_table: |table| {
                 serde_json::from_value::<M>(serde_json::Value::Object(table))
@@ -80,51 +165,25 @@ impl Entry {
     }
 }
 
-/// The built-in methods followed by those registered, in registration order.
-fn entries() -> &'static RwLock<Vec<Entry>> {
-    static ENTRIES: OnceLock<RwLock<Vec<Entry>>> = OnceLock::new();
-    ENTRIES.get_or_init(|| {
-        struct Collect(Vec<Entry>);
-        impl MethodVisitor for Collect {
-            fn visit<M: Method>(&mut self) {
-                self.0.push(Entry::of::<M>());
-            }
-        }
-        let mut collect = Collect(Vec::new());
-        for_each_builtin(&mut collect);
-        RwLock::new(collect.0)
-    })
-}
+/// The methods the library reads configurations of.
+static LIBRARY: MethodTable<Entry> = MethodTable::new();
 
 /// Makes a method written outside the library known by its name, so configurations can select
 /// it. Registering the same type twice is harmless; a name already taken by another method is
 /// refused.
 pub fn register<M: Method>() -> Result<(), BilevelError> {
-    let mut entries = entries().write().unwrap_or_else(|e| e.into_inner());
-    match entries.iter().find(|e| e.name == M::NAME) {
-        Some(e) if e.type_id == TypeId::of::<M>() => Ok(()),
-        Some(_) => Err(BilevelError::InvalidConfig {
-            field: "method",
-            reason: format!("the name '{}' is taken by another method", M::NAME),
-        }),
-        None => {
-            entries.push(Entry::of::<M>());
-            Ok(())
-        }
-    }
+    LIBRARY.register::<M>()
 }
 
 /// Every method's name: the built-in ones in the order of the documentation, then the
 /// registered ones.
 pub fn names() -> Vec<&'static str> {
-    let entries = entries().read().unwrap_or_else(|e| e.into_inner());
-    entries.iter().map(|e| e.name).collect()
+    LIBRARY.names()
 }
 
 /// The method called `name`, if it is built in or registered.
 pub(crate) fn find(name: &str) -> Option<Entry> {
-    let entries = entries().read().unwrap_or_else(|e| e.into_inner());
-    entries.iter().find(|e| e.name == name).copied()
+    LIBRARY.find(name)
 }
 
 impl MethodConfig {
