@@ -4,7 +4,7 @@
 //! steps on y, then K conjugate-gradient steps on `∇²_yy G·v = ∇_y F` with exact
 //! Hessian-vector products on one lower batch (warm-started from the last v), and a plain step
 //! `x ← x − η (∇_x F − ∇²_xy G·v)`. The whole method is this file's first half: a configuration
-//! implementing `Method` and an optimizer implementing `BilevelOptimizer`.
+//! implementing `Method` and its memory (v) implementing `Rule`, the iteration.
 //!
 //! The second half registers it with `bilevel_bench::run::methods::register` and runs it with
 //! `compare` and `tune` on the data hyper-cleaning task at small sizes:
@@ -20,13 +20,15 @@ use bilevel_bench::report::tune::{tune, TuneOptions};
 use bilevel_bench::run::config::RunConfig;
 use bilevel_optim::error::BilevelError;
 use bilevel_optim::methods::method::{Built, Start, Steps};
+use bilevel_optim::methods::rule::{Iteration, Rule};
 use bilevel_optim::methods::Method;
-use bilevel_optim::optimizer::{BilevelOptimizer, StepReport};
 use bilevel_optim::oracles::Oracles;
 use bilevel_optim::params::Params;
 use bilevel_optim::problem::BilevelProblem;
 use bilevel_optim::real::Real;
-use bilevel_optim::steps::{plain_step, sgd_on_lower, upper_grad_checked, IterationScope, Outcome};
+use bilevel_optim::steps::{
+    plain_step, project_and_check_x, sgd_on_lower, upper_grad_checked, Outcome,
+};
 use bilevel_optim::validate;
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
@@ -58,6 +60,7 @@ impl Default for AidCgConfig {
 
 impl Method for AidCgConfig {
     const NAME: &'static str = "aid-cg";
+    const HINT: &'static str = "eta for x, gamma for y";
 
     fn validate(&self) -> Result<(), BilevelError> {
         validate::positive("eta", self.eta)?;
@@ -73,40 +76,35 @@ impl Method for AidCgConfig {
     where
         Cpu: Device<E>,
     {
-        Ok(Box::new(AidCg {
-            config: self.clone(),
+        self.optimizer_with(AidCg {
             v: at.y.zeros_like(),
-            t: 0,
-        }))
+        })
     }
 }
 
-/// AID-CG's state: the last linear-system solution, the warm start of the next.
+/// AID-CG's memory: the last linear-system solution, the warm start of the next.
 pub struct AidCg<Y> {
-    config: AidCgConfig,
     v: Y,
-    t: u64,
 }
 
-const HINT: &str = "eta for x, gamma for y";
-
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for AidCg<P::Y>
+impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for AidCg<P::Y>
 where
     Cpu: Device<E>,
 {
-    bilevel_optim::saved_state!(AidCgConfig::NAME; counter t, vector v);
+    type Config = AidCgConfig;
+    bilevel_optim::saved_memory!(vector v);
 
-    fn step(
+    fn iterate(
         &mut self,
+        it: Iteration<'_, AidCgConfig>,
         oracles: &mut Oracles<E, P>,
         x: &mut P::X,
         y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(AidCgConfig::NAME, HINT, self.t, oracles);
-        let c = &self.config;
-        let lower_loss = sgd_on_lower(oracles, x, y, E::of(c.gamma), c.inner_steps, scope.site)?;
+    ) -> Result<Outcome, BilevelError> {
+        let (c, site) = (it.config, it.site);
+        let lower_loss = sgd_on_lower(oracles, x, y, E::of(c.gamma), c.inner_steps, site)?;
         let xi = oracles.upper_batch();
-        let upper = upper_grad_checked(oracles, x, y, &xi, scope.site)?;
+        let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
         // Conjugate gradients on H v = ∇_y F, H on one batch, from the last v.
         let zeta = oracles.lower_batch();
         let mut residual = upper.dy.clone();
@@ -127,25 +125,20 @@ where
             direction.add_scaled(E::one(), &residual);
             rr = rr_next;
         }
-        scope.site.check("linear-system solution v", &self.v)?;
+        site.check("linear-system solution v", &self.v)?;
         let mut h = upper.dx.clone();
         h.add_scaled(-E::one(), &oracles.jvp(x, y, &self.v, &zeta)?);
         let (step_size, x_step_norm) = plain_step(x, &h, E::of(c.eta));
-        oracles.project_x(x);
-        scope.site.check("upper variable x", x)?;
-        self.t += 1;
-        Ok(scope.report(
-            oracles,
-            Outcome {
-                upper_loss: Some(upper.value.f64()),
-                lower_loss,
-                hypergrad_norm: h.norm().f64(),
-                linear_system_residual: Some(rr.f64().sqrt()),
-                step_size,
-                x_step_norm,
-                ..Default::default()
-            },
-        ))
+        project_and_check_x(oracles, x, site)?;
+        Ok(Outcome {
+            upper_loss: Some(upper.value.f64()),
+            lower_loss,
+            hypergrad_norm: h.norm().f64(),
+            linear_system_residual: Some(rr.f64().sqrt()),
+            step_size,
+            x_step_norm,
+            ..Default::default()
+        })
     }
 }
 

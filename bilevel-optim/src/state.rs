@@ -1,15 +1,17 @@
 //! What a method saves to survive a restart, and the macro that writes its saving and loading
 //! from one list of its fields.
 //!
-//! A method declares its memory once, inside its [`BilevelOptimizer`] impl:
+//! A method written as a [`Rule`] declares its memory once, inside that impl:
 //!
 //! ```text
-//! saved_state!(NAME; counter t, vector z, vector m);
+//! saved_memory!(vector z, vector m);
 //! ```
 //!
-//! which writes `name`, `state` (every field under its name) and `load_state` (the method name
-//! checked, every field read and checked, and only then all of them assigned, so a state that
-//! does not fit leaves the method as it was). A field is named by its path (`memory.hz`, saved
+//! which writes `save` (every field under its name) and `load` (every field read and checked,
+//! and only then all of them assigned, so a state that does not fit leaves the method as it
+//! was); its [`RuleOptimizer`] adds the counter `t` and the method's name. A
+//! [`BilevelOptimizer`] written by hand uses `saved_state!(NAME; counter t, vector z)`, which
+//! writes `name`, `state` and `load_state` the same way. A field is named by its path (`memory.hz`, saved
 //! under `"memory.hz"`), or given a key of its own with `as "key"`. The kinds:
 //! - `counter`: a `u64` iteration counter, saved as a scalar;
 //! - `scalar`: an `f64`;
@@ -17,6 +19,8 @@
 //! - `table`: a [`SagaMemory`], one vector per fixed batch and the weighted sum.
 //!
 //! [`BilevelOptimizer`]: crate::optimizer::BilevelOptimizer
+//! [`Rule`]: crate::methods::rule::Rule
+//! [`RuleOptimizer`]: crate::methods::rule::RuleOptimizer
 //! [`SagaMemory`]: crate::variance::SagaMemory
 
 use std::collections::BTreeMap;
@@ -216,7 +220,9 @@ pub mod kinds {
 /// Writes `name`, `state` and `load_state` of a [`BilevelOptimizer`] impl from the method's name
 /// and one list of its fields: `saved_state!(NAME; counter t, vector z, table memory.hz, vector moments.first as
 /// "m")` (the module documentation lists the kinds). Loading checks the method name, reads every
-/// field, and assigns them only when all fit.
+/// field, and assigns them only when all fit. A method written as a
+/// [`Rule`](crate::methods::rule::Rule) declares its memory with [`crate::saved_memory!`]
+/// instead.
 ///
 /// [`BilevelOptimizer`]: crate::optimizer::BilevelOptimizer
 #[macro_export]
@@ -228,13 +234,7 @@ macro_rules! saved_state {
 
         fn state(&self) -> $crate::state::MethodState {
             let mut state = $crate::state::MethodState::new($name);
-            $(
-                $crate::state::kinds::$kind::save(
-                    &self.$field $(.$sub)*,
-                    $crate::saved_state!(@key $field $(. $sub)* $(as $key)?),
-                    &mut state,
-                );
-            )+
+            $crate::saved_memory!(@save self, &mut state; $($kind $field $(. $sub)* $(as $key)?),+);
             state
         }
 
@@ -243,21 +243,64 @@ macro_rules! saved_state {
             state: &$crate::state::MethodState,
         ) -> ::std::result::Result<(), $crate::error::BilevelError> {
             state.expect_method($name)?;
-            let loaded = ($(
-                $crate::state::kinds::$kind::load(
-                    &self.$field $(.$sub)*,
-                    $crate::saved_state!(@key $field $(. $sub)* $(as $key)?),
-                    state,
-                )?,
-            )+);
-            ($(self.$field $(.$sub)*,)+) = loaded;
+            $crate::saved_memory!(@load self, state; $($kind $field $(. $sub)* $(as $key)?),+);
             Ok(())
         }
+    };
+}
+
+/// Writes `save` and `load` of a [`Rule`](crate::methods::rule::Rule) from one list of the
+/// memory's fields, as [`crate::saved_state!`] does (the same kinds and keys; the counter `t`
+/// and the method's name are the [`RuleOptimizer`](crate::methods::rule::RuleOptimizer)'s):
+/// `saved_memory!(vector z, vector m)`, or `saved_memory!()` for a rule with no memory.
+#[macro_export]
+macro_rules! saved_memory {
+    (@save $self:ident, $state:expr; $($kind:ident $field:tt $(. $sub:tt)* $(as $key:literal)?),+) => {
+        $(
+            $crate::state::kinds::$kind::save(
+                &$self.$field $(.$sub)*,
+                $crate::saved_memory!(@key $field $(. $sub)* $(as $key)?),
+                $state,
+            );
+        )+
+    };
+    (@load $self:ident, $state:ident; $($kind:ident $field:tt $(. $sub:tt)* $(as $key:literal)?),+) => {
+        let loaded = ($(
+            $crate::state::kinds::$kind::load(
+                &$self.$field $(.$sub)*,
+                $crate::saved_memory!(@key $field $(. $sub)* $(as $key)?),
+                $state,
+            )?,
+        )+);
+        ($($self.$field $(.$sub)*,)+) = loaded;
     };
     (@key $field:tt $(. $sub:tt)* as $key:literal) => {
         $key
     };
     (@key $field:tt $(. $sub:tt)*) => {
         concat!(stringify!($field) $(, ".", stringify!($sub))*)
+    };
+    () => {
+        fn save(&self, _: &mut $crate::state::MethodState) {}
+
+        fn load(
+            &mut self,
+            _: &$crate::state::MethodState,
+        ) -> ::std::result::Result<(), $crate::error::BilevelError> {
+            Ok(())
+        }
+    };
+    ($($kind:ident $field:tt $(. $sub:tt)* $(as $key:literal)?),+ $(,)?) => {
+        fn save(&self, state: &mut $crate::state::MethodState) {
+            $crate::saved_memory!(@save self, state; $($kind $field $(. $sub)* $(as $key)?),+);
+        }
+
+        fn load(
+            &mut self,
+            state: &$crate::state::MethodState,
+        ) -> ::std::result::Result<(), $crate::error::BilevelError> {
+            $crate::saved_memory!(@load self, state; $($kind $field $(. $sub)* $(as $key)?),+);
+            Ok(())
+        }
     };
 }

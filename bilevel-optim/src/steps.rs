@@ -119,19 +119,33 @@ where
 }
 
 /// The normalized step `x ← x − η d/‖d‖` with the global norm of d. Returns the multiplier
-/// `η/‖d‖` (0 when d = 0, in which case x stays put).
-pub fn normalized_step<E: Real, X: Params<E>>(x: &mut X, d: &X, eta: E) -> E
+/// `η/‖d‖` (0 when d = 0, in which case x stays put) and the step's length, for the report.
+pub fn normalized_step<E: Real, X: Params<E>>(x: &mut X, d: &X, eta: E) -> (f64, f64)
 where
     Cpu: Device<E>,
 {
     let n = d.norm();
-    if n > E::zero() {
+    let s = if n > E::zero() {
         let s = eta / n;
         x.add_scaled(-s, d);
         s
     } else {
         E::zero()
-    }
+    };
+    (s.f64(), (s * n).f64())
+}
+
+/// The end of every x step: x projected onto the problem's domain, then checked.
+pub fn project_and_check_x<E: Real, P: BilevelProblem<E>>(
+    oracles: &Oracles<E, P>,
+    x: &mut P::X,
+    site: Site,
+) -> Result<(), BilevelError>
+where
+    Cpu: Device<E>,
+{
+    oracles.project_x(x);
+    site.check("upper variable x", x)
 }
 
 /// The bookkeeping every iteration shares: the site for non-finite checks and the oracle counts

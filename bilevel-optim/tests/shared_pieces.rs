@@ -179,7 +179,7 @@ fn maml_meta_gradient_equals_the_closed_form_for_one_and_several_steps() {
             .upper_part(0)
             .expect("noise-free: one fixed batch");
         let scope = IterationScope::begin("maml", "", 0, &o);
-        let got = task_meta_gradient(&mut o, &x, &theta, &config, &scope).unwrap();
+        let got = task_meta_gradient(&mut o, &x, &theta, &config, scope.site).unwrap();
 
         let p = o.problem();
         let m = Matrix::from_fn(

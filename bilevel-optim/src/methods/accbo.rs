@@ -14,20 +14,19 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
-use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
-use crate::steps::{lower_grad_checked, normalized_step, sgd_on_lower, IterationScope, Outcome};
+use crate::steps::{
+    lower_grad_checked, normalized_step, project_and_check_x, sgd_on_lower, Outcome,
+};
 use crate::validate;
 use crate::variance::storm_update;
-
-const NAME: &str = "accbo";
-const HINT: &str = "eta for x, gamma for y";
 
 /// The knobs of AccBO (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,7 +63,8 @@ impl Default for AccBoConfig {
 }
 
 impl Method for AccBoConfig {
-    const NAME: &'static str = NAME;
+    const NAME: &'static str = "accbo";
+    const HINT: &'static str = "eta for x, gamma for y";
 
     fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
@@ -83,21 +83,18 @@ impl Method for AccBoConfig {
     where
         Cpu: Device<E>,
     {
-        Ok(Box::new(AccBo {
-            config: self.clone(),
+        self.optimizer_with(AccBo {
             y_now: at.y.duplicate(),
             y_before: at.y.duplicate(),
             m: at.x.zeros_like(),
             x_prev: at.x.duplicate(),
             y_avg_prev: at.y.duplicate(),
-            t: 0,
-        }))
+        })
     }
 }
 
 /// AccBO: Nesterov-accelerated y, normalized recursive momentum on x.
 pub struct AccBo<X, Y> {
-    config: AccBoConfig,
     /// The Nesterov iterates y_t and y_{t−1}.
     y_now: Y,
     y_before: Y,
@@ -105,25 +102,25 @@ pub struct AccBo<X, Y> {
     /// (x_{t−1}, ŷ_t): where the previous estimate was taken.
     x_prev: X,
     y_avg_prev: Y,
-    t: u64,
 }
 
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for AccBo<P::X, P::Y>
+impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for AccBo<P::X, P::Y>
 where
     Cpu: Device<E>,
 {
-    crate::saved_state!(NAME; counter t, vector y_now, vector y_before, vector m, vector x_prev, vector y_avg_prev);
+    type Config = AccBoConfig;
+    crate::saved_memory!(vector y_now, vector y_before, vector m, vector x_prev, vector y_avg_prev);
 
-    fn step(
+    fn iterate(
         &mut self,
+        it: Iteration<'_, AccBoConfig>,
         oracles: &mut Oracles<E, P>,
         x: &mut P::X,
         y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
-        let site = scope.site;
-        let c = &self.config;
-        if self.t == 0 {
+    ) -> Result<Outcome, BilevelError> {
+        let site = it.site;
+        let c = it.config;
+        if it.t == 0 {
             sgd_on_lower(oracles, x, y, E::of(c.gamma), c.warm_start, site)?;
             (self.y_now, self.y_before) = (y.duplicate(), y.duplicate());
         }
@@ -148,7 +145,7 @@ where
         // Upper level: recursive momentum on the same samples at the new and the old point.
         let samples = c.neumann.draw(oracles);
         let est = c.neumann.hypergradient(oracles, x, y, &samples, site)?;
-        if self.t == 0 {
+        if it.t == 0 {
             self.m = est.h.clone();
         } else {
             let old =
@@ -157,21 +154,16 @@ where
             storm_update(&mut self.m, &est.h, &old.h, E::one() - E::of(c.beta));
         }
         (self.x_prev, self.y_avg_prev) = (x.duplicate(), y.duplicate());
-        let step_size = normalized_step(x, &self.m, E::of(c.eta.at(self.t)));
-        oracles.project_x(x);
-        site.check("upper variable x", x)?;
-        self.t += 1;
-        Ok(scope.report(
-            oracles,
-            Outcome {
-                upper_loss: Some(est.upper_loss),
-                lower_loss: Some(g.value.f64()),
-                hypergrad_norm: est.h.norm().f64(),
-                lower_grad_norm: Some(g.dy.norm().f64()),
-                linear_system_residual: None,
-                step_size: step_size.f64(),
-                x_step_norm: (step_size * self.m.norm()).f64(),
-            },
-        ))
+        let (step_size, x_step_norm) = normalized_step(x, &self.m, E::of(c.eta.at(it.t)));
+        project_and_check_x(oracles, x, site)?;
+        Ok(Outcome {
+            upper_loss: Some(est.upper_loss),
+            lower_loss: Some(g.value.f64()),
+            hypergrad_norm: est.h.norm().f64(),
+            lower_grad_norm: Some(g.dy.norm().f64()),
+            linear_system_residual: None,
+            step_size,
+            x_step_norm,
+        })
     }
 }

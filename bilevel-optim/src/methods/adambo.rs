@@ -14,19 +14,16 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::neumann::{plain_step_outcome, sgd_then_estimate, NeumannConfig};
-use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
-use crate::steps::{sgd_on_lower, IterationScope};
+use crate::steps::{sgd_on_lower, Outcome};
 use crate::validate;
-
-const NAME: &str = "adambo";
-const HINT: &str = "eta for x, gamma for y";
 
 /// The knobs of AdamBO (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,7 +65,8 @@ impl Default for AdamBoConfig {
 }
 
 impl Method for AdamBoConfig {
-    const NAME: &'static str = NAME;
+    const NAME: &'static str = "adambo";
+    const HINT: &'static str = "eta for x, gamma for y";
 
     fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
@@ -88,11 +86,9 @@ impl Method for AdamBoConfig {
     where
         Cpu: Device<E>,
     {
-        Ok(Box::new(AdamBo {
-            config: self.clone(),
+        self.optimizer_with(AdamBo {
             moments: AdamMoments::new(at.x),
-            t: 0,
-        }))
+        })
     }
 }
 
@@ -141,27 +137,26 @@ impl<X> AdamMoments<X> {
 
 /// AdamBO: Adam on the Neumann hypergradient, y by SGD.
 pub struct AdamBo<X> {
-    config: AdamBoConfig,
     moments: AdamMoments<X>,
-    t: u64,
 }
 
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for AdamBo<P::X>
+impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for AdamBo<P::X>
 where
     Cpu: Device<E>,
 {
-    crate::saved_state!(NAME; counter t, vector moments.first as "m", vector moments.second as "v");
+    type Config = AdamBoConfig;
+    crate::saved_memory!(vector moments.first as "m", vector moments.second as "v");
 
-    fn step(
+    fn iterate(
         &mut self,
+        it: Iteration<'_, AdamBoConfig>,
         oracles: &mut Oracles<E, P>,
         x: &mut P::X,
         y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
-        let site = scope.site;
-        let c = &self.config;
-        if self.t == 0 {
+    ) -> Result<Outcome, BilevelError> {
+        let site = it.site;
+        let c = it.config;
+        if it.t == 0 {
             sgd_on_lower(oracles, x, y, E::of(c.gamma), c.warm_start, site)?;
         }
         let (lower_loss, est) = sgd_then_estimate(oracles, x, y, 1, c.gamma, &c.neumann, site)?;
@@ -169,17 +164,15 @@ where
         if c.weight_decay > 0.0 {
             h.add_scaled(E::of(c.weight_decay), x);
         }
-        let direction = self.moments.update(&h, self.t, c.beta1, c.beta2, c.epsilon);
-        let outcome = plain_step_outcome(
+        let direction = self.moments.update(&h, it.t, c.beta1, c.beta2, c.epsilon);
+        plain_step_outcome(
             oracles,
             x,
             &direction,
-            c.eta.at(self.t),
+            c.eta.at(it.t),
             &est,
             lower_loss,
             site,
-        )?;
-        self.t += 1;
-        Ok(scope.report(oracles, outcome))
+        )
     }
 }

@@ -11,7 +11,8 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
-use super::neumann_family::{NeumannIteration, NeumannMethod, NeumannRule};
+use super::neumann_family::{NeumannFamily, NeumannIteration, NeumannRule};
+use super::rule::RuleOptimizer;
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
 use crate::problem::BilevelProblem;
@@ -46,6 +47,7 @@ impl Default for AlsetConfig {
 
 impl Method for AlsetConfig {
     const NAME: &'static str = "alset";
+    const HINT: &'static str = "alpha for x, beta for y, neumann.scale";
 
     fn validate(&self) -> Result<(), BilevelError> {
         self.alpha.validate("alpha")?;
@@ -62,13 +64,11 @@ impl Method for AlsetConfig {
     where
         Cpu: Device<E>,
     {
-        Ok(Box::new(NeumannMethod::new(self.clone())))
+        self.optimizer_with(NeumannFamily::default())
     }
 }
 
 impl NeumannRule for AlsetConfig {
-    const HINT: &'static str = "alpha for x, beta for y, neumann.scale";
-
     fn plan(&self, t: u64) -> NeumannIteration<'_> {
         NeumannIteration {
             inner_steps: self.inner_steps,
@@ -80,4 +80,4 @@ impl NeumannRule for AlsetConfig {
 }
 
 /// Alset: the Neumann-family iteration with this module's rule.
-pub type Alset = NeumannMethod<AlsetConfig>;
+pub type Alset = RuleOptimizer<AlsetConfig, NeumannFamily<AlsetConfig>>;

@@ -11,21 +11,18 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::steps::{
-    hypergradient_estimate, linear_system_step, plain_step, sgd_on_lower, upper_grad_checked,
-    IterationScope, Outcome,
+    hypergradient_estimate, linear_system_step, plain_step, project_and_check_x, sgd_on_lower,
+    upper_grad_checked, Outcome,
 };
 use crate::validate;
-
-const NAME: &str = "amigo";
-const HINT: &str = "alpha for x, gamma for y, rho for z";
 
 /// The knobs of AmIGO (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,7 +53,8 @@ impl Default for AmigoConfig {
 }
 
 impl Method for AmigoConfig {
-    const NAME: &'static str = NAME;
+    const NAME: &'static str = "amigo";
+    const HINT: &'static str = "alpha for x, gamma for y, rho for z";
 
     fn validate(&self) -> Result<(), BilevelError> {
         self.alpha.validate("alpha")?;
@@ -73,36 +71,33 @@ impl Method for AmigoConfig {
     where
         Cpu: Device<E>,
     {
-        Ok(Box::new(Amigo {
-            config: self.clone(),
+        self.optimizer_with(Amigo {
             z: at.y.zeros_like(),
-            t: 0,
-        }))
+        })
     }
 }
 
 /// AmIGO: warm-started SGD on y and on the linear system for z, then a plain x step.
 pub struct Amigo<Y> {
-    config: AmigoConfig,
     z: Y,
-    t: u64,
 }
 
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Amigo<P::Y>
+impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for Amigo<P::Y>
 where
     Cpu: Device<E>,
 {
-    crate::saved_state!(NAME; counter t, vector z);
+    type Config = AmigoConfig;
+    crate::saved_memory!(vector z);
 
-    fn step(
+    fn iterate(
         &mut self,
+        it: Iteration<'_, AmigoConfig>,
         oracles: &mut Oracles<E, P>,
         x: &mut P::X,
         y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
-        let site = scope.site;
-        let c = &self.config;
+    ) -> Result<Outcome, BilevelError> {
+        let site = it.site;
+        let c = it.config;
         let lower_loss = sgd_on_lower(oracles, x, y, E::of(c.gamma), c.inner_steps, site)?;
         let xi = oracles.upper_batch();
         let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
@@ -118,21 +113,16 @@ where
         let jz = oracles.jvp(x, y, &self.z, &zeta)?;
         site.check("cross product ∇²_xy g·z", &jz)?;
         let h = hypergradient_estimate(&upper.dx, &jz);
-        let (step_size, x_step_norm) = plain_step(x, &h, E::of(c.alpha.at(self.t)));
-        oracles.project_x(x);
-        site.check("upper variable x", x)?;
-        self.t += 1;
-        Ok(scope.report(
-            oracles,
-            Outcome {
-                upper_loss: Some(upper.value.f64()),
-                lower_loss,
-                hypergrad_norm: h.norm().f64(),
-                lower_grad_norm: None,
-                linear_system_residual: Some(residual.f64()),
-                step_size,
-                x_step_norm,
-            },
-        ))
+        let (step_size, x_step_norm) = plain_step(x, &h, E::of(c.alpha.at(it.t)));
+        project_and_check_x(oracles, x, site)?;
+        Ok(Outcome {
+            upper_loss: Some(upper.value.f64()),
+            lower_loss,
+            hypergrad_norm: h.norm().f64(),
+            lower_grad_norm: None,
+            linear_system_residual: Some(residual.f64()),
+            step_size,
+            x_step_norm,
+        })
     }
 }

@@ -4,6 +4,7 @@
 //! encoder's meta-gradient comes from the cross products). The rule is in [`super::meta`].
 
 use super::meta::{Meta, MetaLearner, MetaVariant};
+use super::rule::RuleOptimizer;
 
 /// ANIL's place among the meta-learners.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -18,4 +19,4 @@ impl MetaVariant for AnilVariant {
 pub type AnilConfig = Meta<AnilVariant>;
 
 /// ANIL: MAML that also learns the shared body x through the adaptation.
-pub type Anil<X, Y> = MetaLearner<X, Y, AnilVariant>;
+pub type Anil<Y> = RuleOptimizer<AnilConfig, MetaLearner<Y, AnilVariant>>;

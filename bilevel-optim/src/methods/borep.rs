@@ -18,21 +18,18 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
+use super::rule::{Iteration, Rule, RuleOptimizer};
 use crate::epoch_sgd::{epoch_sgd, EpochSchedule, EpochSgdConfig};
 use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::steps::{
-    hypergradient_estimate, linear_system_step, momentum_update, normalized_step, sgd_on_lower,
-    upper_grad_checked, IterationScope, Outcome, Site,
+    hypergradient_estimate, linear_system_step, momentum_update, normalized_step,
+    project_and_check_x, sgd_on_lower, upper_grad_checked, Outcome,
 };
-
-const NAME: &str = "bo-rep";
-const HINT: &str = "eta for x, gamma for y, nu for z";
 
 /// How z starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,7 +145,8 @@ impl BoRepConfig {
 }
 
 impl Method for BoRepConfig {
-    const NAME: &'static str = NAME;
+    const NAME: &'static str = "bo-rep";
+    const HINT: &'static str = "eta for x, gamma for y, nu for z";
 
     fn validate(&self) -> Result<(), BilevelError> {
         let bad = |field, reason: &str| {
@@ -192,17 +190,18 @@ impl Method for BoRepConfig {
     }
 }
 
-/// BO-REP's state besides x and y.
-pub struct BoRep<E: Real, P: BilevelProblem<E>>
+/// BO-REP: its configuration and [`BoRepMemory`].
+pub type BoRep<E, P> = RuleOptimizer<BoRepConfig, BoRepMemory<E, P>>;
+
+/// BO-REP's memory besides x and y.
+pub struct BoRepMemory<E: Real, P: BilevelProblem<E>>
 where
     Cpu: Device<E>,
 {
-    config: BoRepConfig,
     /// z_t ≈ [∇²_yy g]⁻¹ ∇_y f.
     z: P::Y,
     /// m_t, the momentum of the hypergradient estimate.
     m: P::X,
-    t: u64,
     refinement: Vec<EpochSchedule>,
 }
 
@@ -219,46 +218,45 @@ where
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(config.seed);
             z.map_in_place(|s| s.iter_mut().for_each(|v| *v = E::of(rng.gen_range(-a..a))));
         }
-        Ok(Self {
-            config,
+        let memory = BoRepMemory {
             z,
             m: x.zeros_like(),
-            t: 0,
             refinement: Vec::new(),
-        })
-    }
-
-    /// The configuration the method runs with.
-    pub fn config(&self) -> &BoRepConfig {
-        &self.config
+        };
+        Ok(Self::start(config, memory))
     }
 
     /// The current z_t.
     pub fn z(&self) -> &P::Y {
-        &self.z
+        &self.memory().z
     }
 
     /// The current momentum m_t.
     pub fn momentum(&self) -> &P::X {
-        &self.m
+        &self.memory().m
     }
 
     /// The Epoch-SGD schedule that ran at t = 0 (empty for other refinements).
     pub fn refinement_schedule(&self) -> &[EpochSchedule] {
-        &self.refinement
+        &self.memory().refinement
     }
+}
 
+impl<E: Real, P: BilevelProblem<E>> BoRepMemory<E, P>
+where
+    Cpu: Device<E>,
+{
     /// Refines or periodically updates y, as the iteration index asks. Returns the last lower loss.
     fn update_lower(
         &mut self,
+        it: &Iteration<'_, BoRepConfig>,
         oracles: &mut Oracles<E, P>,
         x: &P::X,
         y: &mut P::Y,
-        site: Site,
     ) -> Result<Option<f64>, BilevelError> {
-        let c = &self.config;
+        let (c, site) = (it.config, it.site);
         let gamma = E::of(c.gamma);
-        if self.t == 0 {
+        if it.t == 0 {
             return match &c.init_refinement {
                 InitRefinement::None => Ok(None),
                 InitRefinement::Sgd { steps } => sgd_on_lower(oracles, x, y, gamma, *steps, site),
@@ -270,34 +268,34 @@ where
                 }
             };
         }
-        if self.t.is_multiple_of(c.period as u64) {
+        if it.t.is_multiple_of(c.period as u64) {
             return sgd_on_lower(oracles, x, y, gamma, c.lower_steps, site);
         }
         Ok(None)
     }
 }
 
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for BoRep<E, P>
+impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for BoRepMemory<E, P>
 where
     Cpu: Device<E>,
 {
-    crate::saved_state!(NAME; counter t, vector z, vector m);
+    type Config = BoRepConfig;
+    crate::saved_memory!(vector z, vector m);
 
-    fn step(
+    fn iterate(
         &mut self,
+        it: Iteration<'_, BoRepConfig>,
         oracles: &mut Oracles<E, P>,
         x: &mut P::X,
         y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
-        let site = scope.site;
-        let lower_loss = self.update_lower(oracles, x, y, site)?;
+    ) -> Result<Outcome, BilevelError> {
+        let lower_loss = self.update_lower(&it, oracles, x, y)?;
+        let (c, site) = (it.config, it.site);
 
         let xi = oracles.upper_batch();
         let zeta = oracles.lower_batch();
         let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
 
-        let c = &self.config;
         // The paper's rule needs one pass for both products; the official code's variants need two.
         let shared_pass = !c.jvp_with_updated_z && !c.separate_jvp_batch;
         let (hz, mut jz, lower_grad_norm) = if shared_pass {
@@ -330,22 +328,17 @@ where
 
         let h = hypergradient_estimate(&upper.dx, &jz);
         momentum_update(&mut self.m, &h, E::of(c.beta));
-        let step_size = normalized_step(x, &self.m, E::of(c.eta_schedule().at(self.t)));
-        oracles.project_x(x);
-        site.check("upper variable x", x)?;
-
-        self.t += 1;
-        Ok(scope.report(
-            oracles,
-            Outcome {
-                upper_loss: Some(upper.value.f64()),
-                lower_loss,
-                hypergrad_norm: h.norm().f64(),
-                lower_grad_norm,
-                linear_system_residual: Some(residual.f64()),
-                step_size: step_size.f64(),
-                x_step_norm: (step_size * self.m.norm()).f64(),
-            },
-        ))
+        let eta = E::of(c.eta_schedule().at(it.t));
+        let (step_size, x_step_norm) = normalized_step(x, &self.m, eta);
+        project_and_check_x(oracles, x, site)?;
+        Ok(Outcome {
+            upper_loss: Some(upper.value.f64()),
+            lower_loss,
+            hypergrad_norm: h.norm().f64(),
+            lower_grad_norm,
+            linear_system_residual: Some(residual.f64()),
+            step_size,
+            x_step_norm,
+        })
     }
 }

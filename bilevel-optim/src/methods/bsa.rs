@@ -11,7 +11,8 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
-use super::neumann_family::{NeumannIteration, NeumannMethod, NeumannRule};
+use super::neumann_family::{NeumannFamily, NeumannIteration, NeumannRule};
+use super::rule::RuleOptimizer;
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
 use crate::problem::BilevelProblem;
@@ -52,6 +53,7 @@ impl Default for BsaConfig {
 
 impl Method for BsaConfig {
     const NAME: &'static str = "bsa";
+    const HINT: &'static str = "eta for x, gamma for y, neumann.scale";
 
     fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
@@ -69,13 +71,11 @@ impl Method for BsaConfig {
     where
         Cpu: Device<E>,
     {
-        Ok(Box::new(NeumannMethod::new(self.clone())))
+        self.optimizer_with(NeumannFamily::default())
     }
 }
 
 impl NeumannRule for BsaConfig {
-    const HINT: &'static str = "eta for x, gamma for y, neumann.scale";
-
     fn plan(&self, t: u64) -> NeumannIteration<'_> {
         let grown =
             (self.inner_steps as f64 * ((t + 1) as f64).powf(self.inner_growth)).ceil() as usize;
@@ -89,4 +89,4 @@ impl NeumannRule for BsaConfig {
 }
 
 /// Bsa: the Neumann-family iteration with this module's rule.
-pub type Bsa = NeumannMethod<BsaConfig>;
+pub type Bsa = RuleOptimizer<BsaConfig, NeumannFamily<BsaConfig>>;

@@ -23,18 +23,17 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
-use crate::steps::{lower_grad_checked, plain_step, upper_grad_checked, IterationScope, Outcome};
+use crate::steps::{
+    lower_grad_checked, plain_step, project_and_check_x, upper_grad_checked, Outcome,
+};
 use crate::validate;
-
-const NAME: &str = "f2sa";
-const HINT: &str = "eta for x, gamma_y for y, gamma_z for z, or a slower lambda_increment";
 
 /// The knobs of F2SA (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,7 +83,9 @@ impl Default for F2saConfig {
 }
 
 impl Method for F2saConfig {
-    const NAME: &'static str = NAME;
+    const NAME: &'static str = "f2sa";
+    const HINT: &'static str =
+        "eta for x, gamma_y for y, gamma_z for z, or a slower lambda_increment";
 
     fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
@@ -103,22 +104,18 @@ impl Method for F2saConfig {
     where
         Cpu: Device<E>,
     {
-        Ok(Box::new(F2sa {
+        self.optimizer_with(F2sa {
             lambda: self.lambda,
-            config: self.clone(),
             z: at.y.duplicate(),
-            t: 0,
-        }))
+        })
     }
 }
 
 /// F2SA: the fully first-order penalty method with an increasing λ.
 pub struct F2sa<Y> {
-    config: F2saConfig,
     /// z ≈ argmin_y g(x, y).
     z: Y,
     lambda: f64,
-    t: u64,
 }
 
 impl<Y> F2sa<Y> {
@@ -128,21 +125,22 @@ impl<Y> F2sa<Y> {
     }
 }
 
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for F2sa<P::Y>
+impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for F2sa<P::Y>
 where
     Cpu: Device<E>,
 {
-    crate::saved_state!(NAME; counter t, vector z, scalar lambda);
+    type Config = F2saConfig;
+    crate::saved_memory!(vector z, scalar lambda);
 
-    fn step(
+    fn iterate(
         &mut self,
+        it: Iteration<'_, F2saConfig>,
         oracles: &mut Oracles<E, P>,
         x: &mut P::X,
         y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
-        let site = scope.site;
-        let c = &self.config;
+    ) -> Result<Outcome, BilevelError> {
+        let site = it.site;
+        let c = it.config;
         let lambda = E::of(self.lambda);
         let (xi, zeta) = (oracles.upper_batch(), oracles.lower_batch());
         let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
@@ -169,22 +167,17 @@ where
         dx.add_scaled(lambda, &at_y_dx);
         dx.add_scaled(-lambda, &at_z_dx);
         let (step_size, x_step_norm) =
-            plain_step(x, &dx, E::of(c.eta.at(self.t) / self.lambda.max(1.0)));
-        oracles.project_x(x);
-        site.check("upper variable x", x)?;
+            plain_step(x, &dx, E::of(c.eta.at(it.t) / self.lambda.max(1.0)));
+        project_and_check_x(oracles, x, site)?;
         self.lambda = (self.lambda + c.lambda_increment).min(c.lambda_max);
-        self.t += 1;
-        Ok(scope.report(
-            oracles,
-            Outcome {
-                upper_loss: Some(upper.value.f64()),
-                lower_loss: Some(at_y.value.f64()),
-                hypergrad_norm: dx.norm().f64(),
-                lower_grad_norm: Some(at_y.dy.norm().f64()),
-                linear_system_residual: None,
-                step_size,
-                x_step_norm,
-            },
-        ))
+        Ok(Outcome {
+            upper_loss: Some(upper.value.f64()),
+            lower_loss: Some(at_y.value.f64()),
+            hypergrad_norm: dx.norm().f64(),
+            lower_grad_norm: Some(at_y.dy.norm().f64()),
+            linear_system_residual: None,
+            step_size,
+            x_step_norm,
+        })
     }
 }

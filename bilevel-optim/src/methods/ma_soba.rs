@@ -13,18 +13,17 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
-use crate::steps::{momentum_update, plain_step, single_loop_lower_and_z, IterationScope};
+use crate::steps::{
+    momentum_update, plain_step, project_and_check_x, single_loop_lower_and_z, Outcome,
+};
 use crate::validate;
-
-const NAME: &str = "ma-soba";
-const HINT: &str = "alpha for x, beta for y, gamma for z";
 
 /// The knobs of MA-SOBA (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,7 +55,8 @@ impl Default for MaSobaConfig {
 }
 
 impl Method for MaSobaConfig {
-    const NAME: &'static str = NAME;
+    const NAME: &'static str = "ma-soba";
+    const HINT: &'static str = "alpha for x, beta for y, gamma for z";
 
     fn validate(&self) -> Result<(), BilevelError> {
         self.alpha.validate("alpha")?;
@@ -77,53 +77,51 @@ impl Method for MaSobaConfig {
     where
         Cpu: Device<E>,
     {
-        Ok(Box::new(MaSoba {
-            config: self.clone(),
+        self.optimizer_with(MaSoba {
             z: at.y.zeros_like(),
             m: at.x.zeros_like(),
-            t: 0,
-        }))
+        })
     }
 }
 
-/// MA-SOBA: SOBA with a moving average of the hypergradient estimate.
+/// MA-SOBA's memory: the linear-system variable z and the moving average m of the estimate.
 pub struct MaSoba<X, Y> {
-    config: MaSobaConfig,
-    z: Y,
-    m: X,
-    t: u64,
+    /// z_t ≈ [∇²_yy G]⁻¹ ∇_y F.
+    pub z: Y,
+    /// m_t, the moving average of the hypergradient estimate.
+    pub m: X,
 }
 
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for MaSoba<P::X, P::Y>
+impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for MaSoba<P::X, P::Y>
 where
     Cpu: Device<E>,
 {
-    crate::saved_state!(NAME; counter t, vector z, vector m);
+    type Config = MaSobaConfig;
+    crate::saved_memory!(vector z, vector m);
 
-    fn step(
+    fn iterate(
         &mut self,
+        it: Iteration<'_, MaSobaConfig>,
         oracles: &mut Oracles<E, P>,
         x: &mut P::X,
         y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
-        let c = &self.config;
-        let (y_step, z_step) = (E::of(c.beta.at(self.t)), E::of(c.gamma.at(self.t)));
-        let it = single_loop_lower_and_z(
+    ) -> Result<Outcome, BilevelError> {
+        let c = it.config;
+        let (y_step, z_step) = (E::of(c.beta.at(it.t)), E::of(c.gamma.at(it.t)));
+        let z_radius = c.z_radius.map(E::of);
+        let lower = single_loop_lower_and_z(
             oracles,
             x,
             y,
             &mut self.z,
             y_step,
             z_step,
-            c.z_radius.map(E::of),
-            scope.site,
+            z_radius,
+            it.site,
         )?;
-        momentum_update(&mut self.m, &it.h, E::one() - E::of(c.theta));
-        let (step_size, x_step_norm) = plain_step(x, &self.m, E::of(c.alpha.at(self.t)));
-        oracles.project_x(x);
-        scope.site.check("upper variable x", x)?;
-        self.t += 1;
-        Ok(scope.report(oracles, it.outcome(step_size, x_step_norm)))
+        momentum_update(&mut self.m, &lower.h, E::one() - E::of(c.theta));
+        let (step_size, x_step_norm) = plain_step(x, &self.m, E::of(c.alpha.at(it.t)));
+        project_and_check_x(oracles, x, it.site)?;
+        Ok(lower.outcome(step_size, x_step_norm))
     }
 }

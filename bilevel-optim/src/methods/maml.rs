@@ -3,6 +3,7 @@
 //! with exact Hessian-vector products. x is left as it is. The rule is in [`super::meta`].
 
 use super::meta::{Meta, MetaLearner, MetaVariant};
+use super::rule::RuleOptimizer;
 
 /// MAML's place among the meta-learners.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -17,4 +18,4 @@ impl MetaVariant for MamlVariant {
 pub type MamlConfig = Meta<MamlVariant>;
 
 /// MAML: meta-learns y's initialization; x is left as it is.
-pub type Maml<X, Y> = MetaLearner<X, Y, MamlVariant>;
+pub type Maml<Y> = RuleOptimizer<MamlConfig, MetaLearner<Y, MamlVariant>>;

@@ -18,16 +18,16 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::steps::{
-    lower_grad_checked, plain_step, second_order_checked, upper_grad_checked, IterationScope,
-    Outcome,
+    lower_grad_checked, plain_step, project_and_check_x, second_order_checked, upper_grad_checked,
+    Outcome, Site,
 };
 use crate::validate;
 
@@ -77,12 +77,11 @@ pub fn task_meta_gradient<E: Real, P: BilevelProblem<E>>(
     x: &P::X,
     init: &P::Y,
     config: &MetaConfig,
-    scope: &IterationScope,
+    site: Site,
 ) -> Result<MetaGradient<P::X, P::Y>, BilevelError>
 where
     Cpu: Device<E>,
 {
-    let site = scope.site;
     let alpha = E::of(config.inner_step);
     let (support, query) = (oracles.lower_batch(), oracles.upper_batch());
     let mut trajectory = vec![init.duplicate()];
@@ -143,6 +142,7 @@ impl<V: MetaVariant> From<MetaConfig> for Meta<V> {
 
 impl<V: MetaVariant> Method for Meta<V> {
     const NAME: &'static str = V::NAME;
+    const HINT: &'static str = "inner_step (α) or outer_step (η)";
 
     fn validate(&self) -> Result<(), BilevelError> {
         validate::positive("inner_step", self.config.inner_step)?;
@@ -158,99 +158,71 @@ impl<V: MetaVariant> Method for Meta<V> {
     where
         Cpu: Device<E>,
     {
-        Ok(Box::new(MetaLearner::<P::X, P::Y, V> {
-            config: self.config.clone(),
+        self.optimizer_with(MetaLearner::<P::Y, V> {
             init: at.y.duplicate(),
-            t: 0,
-            _x: PhantomData,
             variant: PhantomData,
-        }))
+        })
     }
 }
 
-/// A meta-learner, MAML or ANIL as `V` says.
-pub struct MetaLearner<X, Y, V> {
-    config: MetaConfig,
-    /// θ₀, the meta-learned initialization of y.
+/// A meta-learner's memory, MAML's or ANIL's as `V` says: θ₀, the meta-learned initialization
+/// of y.
+pub struct MetaLearner<Y, V> {
     init: Y,
-    t: u64,
-    _x: PhantomData<X>,
     variant: PhantomData<V>,
 }
 
-const HINT: &str = "inner_step (α) or outer_step (η)";
-
-impl<X, Y, V: MetaVariant> MetaLearner<X, Y, V> {
+impl<Y, V: MetaVariant> MetaLearner<Y, V> {
     /// θ₀.
     pub fn initialization(&self) -> &Y {
         &self.init
     }
+}
 
-    fn iterate<E: Real, P: BilevelProblem<E, X = X, Y = Y>>(
+impl<E: Real, P: BilevelProblem<E>, V: MetaVariant> Rule<E, P> for MetaLearner<P::Y, V>
+where
+    Cpu: Device<E>,
+{
+    type Config = Meta<V>;
+    crate::saved_memory!(vector init);
+
+    fn iterate(
         &mut self,
+        it: Iteration<'_, Meta<V>>,
         oracles: &mut Oracles<E, P>,
-        x: &mut X,
-        y: &mut Y,
-    ) -> Result<StepReport, BilevelError>
-    where
-        Cpu: Device<E>,
-        X: Params<E>,
-        Y: Params<E>,
-    {
-        let scope = IterationScope::begin(V::NAME, HINT, self.t, oracles);
-        let share = E::of(1.0 / self.config.tasks_per_batch as f64);
+        x: &mut P::X,
+        y: &mut P::Y,
+    ) -> Result<Outcome, BilevelError> {
+        let (c, site) = (&it.config.config, it.site);
+        let share = E::of(1.0 / c.tasks_per_batch as f64);
         let (mut d_init, mut d_upper) = (self.init.zeros_like(), x.zeros_like());
         let (mut query_loss, mut support_loss) = (0.0, None);
-        for _ in 0..self.config.tasks_per_batch {
-            let task = task_meta_gradient(oracles, x, &self.init, &self.config, &scope)?;
+        for _ in 0..c.tasks_per_batch {
+            let task = task_meta_gradient(oracles, x, &self.init, c, site)?;
             d_init.add_scaled(share, &task.init);
             d_upper.add_scaled(share, &task.upper);
             query_loss += share.f64() * task.query_loss;
             support_loss = task.support_loss;
             *y = task.adapted;
         }
-        let eta = E::of(self.config.outer_step.at(self.t));
+        let eta = E::of(c.outer_step.at(it.t));
         let (step_size, mut x_step_norm) = plain_step(&mut self.init, &d_init, eta);
-        scope
-            .site
-            .check("meta-learned initialization θ₀", &self.init)?;
+        site.check("meta-learned initialization θ₀", &self.init)?;
         if V::LEARNS_UPPER {
             x_step_norm = plain_step(x, &d_upper, eta).1;
-            oracles.project_x(x);
-            scope.site.check("upper variable x", x)?;
+            project_and_check_x(oracles, x, site)?;
         }
         let mut hypergrad = d_init.norm_sq().f64();
         if V::LEARNS_UPPER {
             hypergrad += d_upper.norm_sq().f64();
         }
-        self.t += 1;
-        Ok(scope.report(
-            oracles,
-            Outcome {
-                upper_loss: Some(query_loss),
-                lower_loss: support_loss,
-                hypergrad_norm: hypergrad.sqrt(),
-                step_size,
-                x_step_norm,
-                ..Default::default()
-            },
-        ))
-    }
-}
-
-impl<E: Real, P: BilevelProblem<E>, V: MetaVariant> BilevelOptimizer<E, P>
-    for MetaLearner<P::X, P::Y, V>
-where
-    Cpu: Device<E>,
-{
-    crate::saved_state!(V::NAME; counter t, vector init);
-
-    fn step(
-        &mut self,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        self.iterate(oracles, x, y)
+        Ok(Outcome {
+            upper_loss: Some(query_loss),
+            lower_loss: support_loss,
+            hypergrad_norm: hypergrad.sqrt(),
+            step_size,
+            x_step_norm,
+            ..Default::default()
+        })
     }
 }

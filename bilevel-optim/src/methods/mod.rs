@@ -25,6 +25,7 @@ pub mod method;
 pub mod mrbo;
 pub mod neumann_family;
 pub mod registry;
+pub mod rule;
 pub mod saba;
 pub mod slip;
 pub mod soba;

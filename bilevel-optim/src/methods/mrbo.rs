@@ -14,19 +14,16 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
-use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
-use crate::steps::{lower_grad_checked, plain_step, IterationScope, Outcome};
+use crate::steps::{lower_grad_checked, plain_step, Outcome};
 use crate::validate;
 use crate::variance::storm_update;
-
-const NAME: &str = "mrbo";
-const HINT: &str = "step_scale (η_k), x_scale (λ), y_scale (γ)";
 
 /// The knobs of MRBO (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,7 +67,8 @@ impl MrboConfig {
 }
 
 impl Method for MrboConfig {
-    const NAME: &'static str = NAME;
+    const NAME: &'static str = "mrbo";
+    const HINT: &'static str = "step_scale (η_k), x_scale (λ), y_scale (γ)";
 
     fn validate(&self) -> Result<(), BilevelError> {
         validate::positive("step_scale", self.step_scale)?;
@@ -91,51 +89,48 @@ impl Method for MrboConfig {
     where
         Cpu: Device<E>,
     {
-        Ok(Box::new(Mrbo {
-            config: self.clone(),
+        self.optimizer_with(Mrbo {
             u: at.y.zeros_like(),
             v: at.x.zeros_like(),
             x_prev: at.x.zeros_like(),
             y_prev: at.y.zeros_like(),
-            t: 0,
-        }))
+        })
     }
 }
 
 /// MRBO: STORM-style recursive momentum on both levels.
 pub struct Mrbo<X, Y> {
-    config: MrboConfig,
     u: Y,
     v: X,
     x_prev: X,
     y_prev: Y,
-    t: u64,
 }
 
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Mrbo<P::X, P::Y>
+impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for Mrbo<P::X, P::Y>
 where
     Cpu: Device<E>,
 {
-    crate::saved_state!(NAME; counter t, vector u, vector v, vector x_prev, vector y_prev);
+    type Config = MrboConfig;
+    crate::saved_memory!(vector u, vector v, vector x_prev, vector y_prev);
 
-    fn step(
+    fn iterate(
         &mut self,
+        it: Iteration<'_, MrboConfig>,
         oracles: &mut Oracles<E, P>,
         x: &mut P::X,
         y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
-        let site = scope.site;
-        let c = &self.config;
+    ) -> Result<Outcome, BilevelError> {
+        let site = it.site;
+        let c = it.config;
         let batch = oracles.lower_batch();
         let samples = c.neumann.draw(oracles);
         let g = lower_grad_checked(oracles, x, y, &batch, site)?;
         let est = c.neumann.hypergradient(oracles, x, y, &samples, site)?;
-        if self.t == 0 {
+        if it.t == 0 {
             self.u = g.dy.clone();
             self.v = est.h.clone();
         } else {
-            let eta_prev = c.eta(self.t - 1);
+            let eta_prev = c.eta(it.t - 1);
             let (a, b) = (
                 (c.x_momentum * eta_prev * eta_prev).min(1.0),
                 (c.y_momentum * eta_prev * eta_prev).min(1.0),
@@ -149,24 +144,20 @@ where
         }
         self.x_prev = x.duplicate();
         self.y_prev = y.duplicate();
-        let eta = c.eta(self.t);
+        let eta = c.eta(it.t);
         y.add_scaled(-E::of(c.y_scale * eta), &self.u);
         let (step_size, x_step_norm) = plain_step(x, &self.v, E::of(c.x_scale * eta));
         oracles.project_x(x);
         site.check("lower variable y", y)?;
         site.check("upper variable x", x)?;
-        self.t += 1;
-        Ok(scope.report(
-            oracles,
-            Outcome {
-                upper_loss: Some(est.upper_loss),
-                lower_loss: Some(g.value.f64()),
-                hypergrad_norm: est.h.norm().f64(),
-                lower_grad_norm: Some(g.dy.norm().f64()),
-                linear_system_residual: None,
-                step_size,
-                x_step_norm,
-            },
-        ))
+        Ok(Outcome {
+            upper_loss: Some(est.upper_loss),
+            lower_loss: Some(g.value.f64()),
+            hypergrad_norm: est.h.norm().f64(),
+            lower_grad_norm: Some(g.dy.norm().f64()),
+            linear_system_residual: None,
+            step_size,
+            x_step_norm,
+        })
     }
 }

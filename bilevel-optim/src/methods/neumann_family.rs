@@ -6,16 +6,18 @@
 //! y ← inner_steps SGD steps with step γ_t;  h = ∇_x F − J v (the rule's Neumann series);  x ← x − η_t h
 //! ```
 
+use std::marker::PhantomData;
+
 use dfdx::prelude::{Cpu, Device};
 
 use super::method::Method;
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::neumann::{sgd_then_neumann_step, NeumannConfig};
-use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
-use crate::steps::IterationScope;
+use crate::steps::Outcome;
 
 /// What one iteration does.
 pub struct NeumannIteration<'a> {
@@ -31,40 +33,36 @@ pub struct NeumannIteration<'a> {
 
 /// A Neumann-family method's configuration, which says what iteration t does.
 pub trait NeumannRule: Method {
-    /// The step sizes to lower after a divergence, named as in the configuration.
-    const HINT: &'static str;
     /// What iteration t does.
     fn plan(&self, t: u64) -> NeumannIteration<'_>;
 }
 
-/// A Neumann-family method: its rule and its iteration counter (its only state).
-pub struct NeumannMethod<C> {
-    config: C,
-    t: u64,
-}
+/// The Neumann family's rule for the configuration `C`. It has no memory: the iteration
+/// counter, its only state, is the [`super::rule::RuleOptimizer`]'s.
+pub struct NeumannFamily<C>(PhantomData<C>);
 
-impl<C: NeumannRule> NeumannMethod<C> {
-    /// A fresh method with the (valid) `config`.
-    pub fn new(config: C) -> Self {
-        Self { config, t: 0 }
+impl<C> Default for NeumannFamily<C> {
+    fn default() -> Self {
+        Self(PhantomData)
     }
 }
 
-impl<E: Real, P: BilevelProblem<E>, C: NeumannRule> BilevelOptimizer<E, P> for NeumannMethod<C>
+impl<E: Real, P: BilevelProblem<E>, C: NeumannRule> Rule<E, P> for NeumannFamily<C>
 where
     Cpu: Device<E>,
 {
-    crate::saved_state!(C::NAME; counter t);
+    type Config = C;
+    crate::saved_memory!();
 
-    fn step(
+    fn iterate(
         &mut self,
+        it: Iteration<'_, C>,
         oracles: &mut Oracles<E, P>,
         x: &mut P::X,
         y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(C::NAME, C::HINT, self.t, oracles);
-        let p = self.config.plan(self.t);
-        let outcome = sgd_then_neumann_step(
+    ) -> Result<Outcome, BilevelError> {
+        let p = it.config.plan(it.t);
+        sgd_then_neumann_step(
             oracles,
             x,
             y,
@@ -72,9 +70,7 @@ where
             p.gamma,
             p.neumann,
             p.eta,
-            scope.site,
-        )?;
-        self.t += 1;
-        Ok(scope.report(oracles, outcome))
+            it.site,
+        )
     }
 }

@@ -13,21 +13,18 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::steps::{
     hypergradient_estimate, lower_grad_in_y_checked, plain_step, second_order_checked,
-    upper_grad_checked, IterationScope, Outcome,
+    upper_grad_checked, Outcome,
 };
 use crate::validate;
 use crate::variance::SagaMemory;
-
-const NAME: &str = "saba";
-const HINT: &str = "gamma for x, rho for y and z";
 
 /// The knobs of SABA (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,7 +47,8 @@ impl Default for SabaConfig {
 }
 
 impl Method for SabaConfig {
-    const NAME: &'static str = NAME;
+    const NAME: &'static str = "saba";
+    const HINT: &'static str = "gamma for x, rho for y and z";
 
     fn validate(&self) -> Result<(), BilevelError> {
         validate::positive("rho", self.rho)?;
@@ -78,8 +76,7 @@ impl Method for SabaConfig {
         );
         let lower: Vec<f64> = (0..n_lower).map(|k| problem.lower_part_share(k)).collect();
         let upper: Vec<f64> = (0..n_upper).map(|k| problem.upper_part_share(k)).collect();
-        Ok(Box::new(Saba {
-            config: self.clone(),
+        self.optimizer_with(Saba {
             z: y.zeros_like(),
             memory: Memories {
                 grad_y_g: SagaMemory::new(y, &lower),
@@ -88,8 +85,7 @@ impl Method for SabaConfig {
                 grad_y_f: SagaMemory::new(y, &upper),
                 grad_x_f: SagaMemory::new(x, &upper),
             },
-            t: 0,
-        }))
+        })
     }
 }
 
@@ -104,26 +100,25 @@ struct Memories<X, Y> {
 
 /// SABA: SOBA with SAGA estimates over the problem's fixed batches.
 pub struct Saba<X, Y> {
-    config: SabaConfig,
     z: Y,
     memory: Memories<X, Y>,
-    t: u64,
 }
 
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Saba<P::X, P::Y>
+impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for Saba<P::X, P::Y>
 where
     Cpu: Device<E>,
 {
-    crate::saved_state!(NAME; counter t, vector z, table memory.grad_y_g, table memory.hz, table memory.jz, table memory.grad_y_f, table memory.grad_x_f);
+    type Config = SabaConfig;
+    crate::saved_memory!(vector z, table memory.grad_y_g, table memory.hz, table memory.jz, table memory.grad_y_f, table memory.grad_x_f);
 
-    fn step(
+    fn iterate(
         &mut self,
+        it: Iteration<'_, SabaConfig>,
         oracles: &mut Oracles<E, P>,
         x: &mut P::X,
         y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
-        let site = scope.site;
+    ) -> Result<Outcome, BilevelError> {
+        let site = it.site;
         let (i, zeta) = oracles.indexed_lower_batch()?;
         let (j, xi) = oracles.indexed_upper_batch()?;
         let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
@@ -138,26 +133,22 @@ where
             &mem.jz.estimate(i, &lower.jvp),
         );
 
-        let rho = E::of(self.config.rho);
+        let rho = E::of(it.config.rho);
         y.add_scaled(-rho, &d_y);
         self.z.add_scaled(-rho, &d_z);
-        let (step_size, x_step_norm) = plain_step(x, &d_x, E::of(self.config.gamma));
+        let (step_size, x_step_norm) = plain_step(x, &d_x, E::of(it.config.gamma));
         oracles.project_x(x);
         site.check("lower variable y", y)?;
         site.check("linear-system variable z", &self.z)?;
         site.check("upper variable x", x)?;
-        self.t += 1;
-        Ok(scope.report(
-            oracles,
-            Outcome {
-                upper_loss: Some(upper.value.f64()),
-                lower_loss: Some(lower_loss),
-                hypergrad_norm: d_x.norm().f64(),
-                lower_grad_norm: Some(grad_y.norm().f64()),
-                linear_system_residual: Some(d_z.norm().f64()),
-                step_size,
-                x_step_norm,
-            },
-        ))
+        Ok(Outcome {
+            upper_loss: Some(upper.value.f64()),
+            lower_loss: Some(lower_loss),
+            hypergrad_norm: d_x.norm().f64(),
+            lower_grad_norm: Some(grad_y.norm().f64()),
+            linear_system_residual: Some(d_z.norm().f64()),
+            step_size,
+            x_step_norm,
+        })
     }
 }

@@ -13,20 +13,18 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::steps::{
-    momentum_update, normalized_step, sgd_on_lower, single_loop_lower_and_z, IterationScope,
+    momentum_update, normalized_step, project_and_check_x, sgd_on_lower, single_loop_lower_and_z,
+    Outcome,
 };
 use crate::validate;
-
-const NAME: &str = "slip";
-const HINT: &str = "eta for x, gamma for y, nu for z";
 
 /// The knobs of SLIP (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,7 +59,8 @@ impl Default for SlipConfig {
 }
 
 impl Method for SlipConfig {
-    const NAME: &'static str = NAME;
+    const NAME: &'static str = "slip";
+    const HINT: &'static str = "eta for x, gamma for y, nu for z";
 
     fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
@@ -82,57 +81,54 @@ impl Method for SlipConfig {
     where
         Cpu: Device<E>,
     {
-        Ok(Box::new(Slip {
-            config: self.clone(),
+        self.optimizer_with(Slip {
             z: at.y.zeros_like(),
             m: at.x.zeros_like(),
-            t: 0,
-        }))
+        })
     }
 }
 
-/// SLIP: single-loop updates of y and z with a normalized momentum step on x.
+/// SLIP's memory: the linear-system variable z and the momentum m of x.
 pub struct Slip<X, Y> {
-    config: SlipConfig,
-    z: Y,
-    m: X,
-    t: u64,
+    /// z_t ≈ [∇²_yy G]⁻¹ ∇_y F.
+    pub z: Y,
+    /// m_t, the momentum of the hypergradient estimate.
+    pub m: X,
 }
 
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Slip<P::X, P::Y>
+impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for Slip<P::X, P::Y>
 where
     Cpu: Device<E>,
 {
-    crate::saved_state!(NAME; counter t, vector z, vector m);
+    type Config = SlipConfig;
+    crate::saved_memory!(vector z, vector m);
 
-    fn step(
+    fn iterate(
         &mut self,
+        it: Iteration<'_, SlipConfig>,
         oracles: &mut Oracles<E, P>,
         x: &mut P::X,
         y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
-        let c = &self.config;
+    ) -> Result<Outcome, BilevelError> {
+        let c = it.config;
         let gamma = E::of(c.gamma);
-        if self.t == 0 {
-            sgd_on_lower(oracles, x, y, gamma, c.warm_start, scope.site)?;
+        if it.t == 0 {
+            sgd_on_lower(oracles, x, y, gamma, c.warm_start, it.site)?;
         }
-        let it = single_loop_lower_and_z(
+        let z_radius = c.z_radius.map(E::of);
+        let lower = single_loop_lower_and_z(
             oracles,
             x,
             y,
             &mut self.z,
             gamma,
             E::of(c.nu),
-            c.z_radius.map(E::of),
-            scope.site,
+            z_radius,
+            it.site,
         )?;
-        momentum_update(&mut self.m, &it.h, E::of(c.beta));
-        let step_size = normalized_step(x, &self.m, E::of(c.eta.at(self.t)));
-        oracles.project_x(x);
-        scope.site.check("upper variable x", x)?;
-        self.t += 1;
-        let x_step_norm = (step_size * self.m.norm()).f64();
-        Ok(scope.report(oracles, it.outcome(step_size.f64(), x_step_norm)))
+        momentum_update(&mut self.m, &lower.h, E::of(c.beta));
+        let (step_size, x_step_norm) = normalized_step(x, &self.m, E::of(c.eta.at(it.t)));
+        project_and_check_x(oracles, x, it.site)?;
+        Ok(lower.outcome(step_size, x_step_norm))
     }
 }

@@ -13,17 +13,14 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
-use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
-use crate::steps::{plain_step, single_loop_lower_and_z, IterationScope};
-
-const NAME: &str = "soba";
-const HINT: &str = "gamma for x, rho for y and z";
+use crate::steps::{plain_step, project_and_check_x, single_loop_lower_and_z, Outcome};
 
 /// The knobs of SOBA (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,7 +49,8 @@ impl Default for SobaConfig {
 }
 
 impl Method for SobaConfig {
-    const NAME: &'static str = NAME;
+    const NAME: &'static str = "soba";
+    const HINT: &'static str = "gamma for x, rho for y and z";
 
     fn validate(&self) -> Result<(), BilevelError> {
         self.rho.validate("rho")?;
@@ -67,50 +65,39 @@ impl Method for SobaConfig {
     where
         Cpu: Device<E>,
     {
-        Ok(Box::new(Soba {
-            config: self.clone(),
+        self.optimizer_with(Soba {
             z: at.y.zeros_like(),
-            t: 0,
-        }))
+        })
     }
 }
 
-/// SOBA: one step each on y, on the linear system for z, and on x per iteration.
+/// SOBA's memory: the linear-system variable z.
 pub struct Soba<Y> {
-    config: SobaConfig,
-    z: Y,
-    t: u64,
+    /// z_t ≈ [∇²_yy G]⁻¹ ∇_y F.
+    pub z: Y,
 }
 
-impl<Y> Soba<Y> {
-    /// The linear-system variable z.
-    pub fn z(&self) -> &Y {
-        &self.z
-    }
-}
-
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Soba<P::Y>
+impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for Soba<P::Y>
 where
     Cpu: Device<E>,
 {
-    crate::saved_state!(NAME; counter t, vector z);
+    type Config = SobaConfig;
+    crate::saved_memory!(vector z);
 
-    fn step(
+    fn iterate(
         &mut self,
+        it: Iteration<'_, SobaConfig>,
         oracles: &mut Oracles<E, P>,
         x: &mut P::X,
         y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
+    ) -> Result<Outcome, BilevelError> {
         let (rho, gamma) = (
-            E::of(self.config.rho.at(self.t)),
-            E::of(self.config.gamma.at(self.t)),
+            E::of(it.config.rho.at(it.t)),
+            E::of(it.config.gamma.at(it.t)),
         );
-        let it = single_loop_lower_and_z(oracles, x, y, &mut self.z, rho, rho, None, scope.site)?;
-        let (step_size, x_step_norm) = plain_step(x, &it.h, gamma);
-        oracles.project_x(x);
-        scope.site.check("upper variable x", x)?;
-        self.t += 1;
-        Ok(scope.report(oracles, it.outcome(step_size, x_step_norm)))
+        let lower = single_loop_lower_and_z(oracles, x, y, &mut self.z, rho, rho, None, it.site)?;
+        let (step_size, x_step_norm) = plain_step(x, &lower.h, gamma);
+        project_and_check_x(oracles, x, it.site)?;
+        Ok(lower.outcome(step_size, x_step_norm))
     }
 }

@@ -13,7 +13,8 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
-use super::neumann_family::{NeumannIteration, NeumannMethod, NeumannRule};
+use super::neumann_family::{NeumannFamily, NeumannIteration, NeumannRule};
+use super::rule::RuleOptimizer;
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
 use crate::problem::BilevelProblem;
@@ -49,6 +50,7 @@ impl Default for StocBioConfig {
 
 impl Method for StocBioConfig {
     const NAME: &'static str = "stocbio";
+    const HINT: &'static str = "eta for x, gamma for y, neumann.scale";
 
     fn validate(&self) -> Result<(), BilevelError> {
         self.eta.validate("eta")?;
@@ -64,13 +66,11 @@ impl Method for StocBioConfig {
     where
         Cpu: Device<E>,
     {
-        Ok(Box::new(NeumannMethod::new(self.clone())))
+        self.optimizer_with(NeumannFamily::default())
     }
 }
 
 impl NeumannRule for StocBioConfig {
-    const HINT: &'static str = "eta for x, gamma for y, neumann.scale";
-
     fn plan(&self, t: u64) -> NeumannIteration<'_> {
         NeumannIteration {
             inner_steps: self.inner_steps,
@@ -82,4 +82,4 @@ impl NeumannRule for StocBioConfig {
 }
 
 /// StocBio: the Neumann-family iteration with this module's rule.
-pub type StocBio = NeumannMethod<StocBioConfig>;
+pub type StocBio = RuleOptimizer<StocBioConfig, NeumannFamily<StocBioConfig>>;

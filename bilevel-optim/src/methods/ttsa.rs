@@ -10,7 +10,8 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
-use super::neumann_family::{NeumannIteration, NeumannMethod, NeumannRule};
+use super::neumann_family::{NeumannFamily, NeumannIteration, NeumannRule};
+use super::rule::RuleOptimizer;
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
 use crate::problem::BilevelProblem;
@@ -48,6 +49,7 @@ impl Default for TtsaConfig {
 
 impl Method for TtsaConfig {
     const NAME: &'static str = "ttsa";
+    const HINT: &'static str = "alpha for x, beta for y, neumann.scale";
 
     fn validate(&self) -> Result<(), BilevelError> {
         self.alpha.validate("alpha")?;
@@ -63,13 +65,11 @@ impl Method for TtsaConfig {
     where
         Cpu: Device<E>,
     {
-        Ok(Box::new(NeumannMethod::new(self.clone())))
+        self.optimizer_with(NeumannFamily::default())
     }
 }
 
 impl NeumannRule for TtsaConfig {
-    const HINT: &'static str = "alpha for x, beta for y, neumann.scale";
-
     fn plan(&self, t: u64) -> NeumannIteration<'_> {
         NeumannIteration {
             inner_steps: 1,
@@ -81,4 +81,4 @@ impl NeumannRule for TtsaConfig {
 }
 
 /// Ttsa: the Neumann-family iteration with this module's rule.
-pub type Ttsa = NeumannMethod<TtsaConfig>;
+pub type Ttsa = RuleOptimizer<TtsaConfig, NeumannFamily<TtsaConfig>>;

@@ -17,19 +17,16 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
-use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
-use crate::steps::{lower_grad_checked, plain_step, IterationScope, Outcome};
+use crate::steps::{lower_grad_checked, plain_step, project_and_check_x, Outcome};
 use crate::validate;
 use crate::variance::spider_update;
-
-const NAME: &str = "vrbo";
-const HINT: &str = "alpha for x, beta for y";
 
 /// The knobs of VRBO (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,7 +61,8 @@ impl Default for VrboConfig {
 }
 
 impl Method for VrboConfig {
-    const NAME: &'static str = NAME;
+    const NAME: &'static str = "vrbo";
+    const HINT: &'static str = "alpha for x, beta for y";
 
     fn validate(&self) -> Result<(), BilevelError> {
         validate::positive("alpha", self.alpha)?;
@@ -84,40 +82,37 @@ impl Method for VrboConfig {
     where
         Cpu: Device<E>,
     {
-        Ok(Box::new(Vrbo {
-            config: self.clone(),
+        self.optimizer_with(Vrbo {
             v: at.x.zeros_like(),
             u: at.y.zeros_like(),
-            t: 0,
-        }))
+        })
     }
 }
 
 /// VRBO: SPIDER estimates of both levels, refreshed on anchor batches.
 pub struct Vrbo<X, Y> {
-    config: VrboConfig,
     v: X,
     u: Y,
-    t: u64,
 }
 
-impl<E: Real, P: BilevelProblem<E>> BilevelOptimizer<E, P> for Vrbo<P::X, P::Y>
+impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for Vrbo<P::X, P::Y>
 where
     Cpu: Device<E>,
 {
-    crate::saved_state!(NAME; counter t, vector v, vector u);
+    type Config = VrboConfig;
+    crate::saved_memory!(vector v, vector u);
 
-    fn step(
+    fn iterate(
         &mut self,
+        it: Iteration<'_, VrboConfig>,
         oracles: &mut Oracles<E, P>,
         x: &mut P::X,
         y: &mut P::Y,
-    ) -> Result<StepReport, BilevelError> {
-        let scope = IterationScope::begin(NAME, HINT, self.t, oracles);
-        let site = scope.site;
-        let c = &self.config;
+    ) -> Result<Outcome, BilevelError> {
+        let site = it.site;
+        let c = it.config;
         let mut upper_loss = None;
-        if self.t.is_multiple_of(c.period as u64) {
+        if it.t.is_multiple_of(c.period as u64) {
             let share = E::of(1.0 / c.anchor_batches as f64);
             let (mut v, mut u) = (x.zeros_like(), y.zeros_like());
             for _ in 0..c.anchor_batches {
@@ -134,8 +129,7 @@ where
         let hypergrad_norm = self.v.norm().f64();
         let (mut x_prev, mut y_prev) = (x.duplicate(), y.duplicate());
         let (step_size, x_step_norm) = plain_step(x, &self.v, E::of(c.alpha));
-        oracles.project_x(x);
-        site.check("upper variable x", x)?;
+        project_and_check_x(oracles, x, site)?;
         let mut lower_loss = None;
         for _ in 0..c.inner_steps {
             let samples = c.neumann.draw(oracles);
@@ -154,18 +148,14 @@ where
             upper_loss = Some(new.upper_loss);
             lower_loss = Some(g_new.value.f64());
         }
-        self.t += 1;
-        Ok(scope.report(
-            oracles,
-            Outcome {
-                upper_loss,
-                lower_loss,
-                hypergrad_norm,
-                lower_grad_norm: Some(self.u.norm().f64()),
-                linear_system_residual: None,
-                step_size,
-                x_step_norm,
-            },
-        ))
+        Ok(Outcome {
+            upper_loss,
+            lower_loss,
+            hypergrad_norm,
+            lower_grad_norm: Some(self.u.norm().f64()),
+            linear_system_residual: None,
+            step_size,
+            x_step_norm,
+        })
     }
 }

@@ -1,0 +1,128 @@
+//! What a method writes: its update rule over its memory ([`Rule`]). What every method shares
+//! on top of that, its name, its iteration counter, the oracle calls counted into the report,
+//! the site that names a non-finite value and the counter in its saved state, is
+//! [`RuleOptimizer`]'s, written once here, so a method's file holds its rule and nothing else.
+
+use dfdx::prelude::{Cpu, Device};
+
+use super::method::Method;
+use crate::error::BilevelError;
+use crate::optimizer::{BilevelOptimizer, StepReport};
+use crate::oracles::Oracles;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
+use crate::state::{kinds, MethodState};
+use crate::steps::{IterationScope, Outcome, Site};
+
+/// What an iteration of a rule is given besides the oracles and the variables.
+pub struct Iteration<'a, C> {
+    /// The method's (valid) configuration.
+    pub config: &'a C,
+    /// The iteration's index, from 0.
+    pub t: u64,
+    /// Where non-finite values are reported (the method, `t`, the steps to lower).
+    pub site: Site,
+}
+
+/// One method's iteration over the memory it keeps between iterations (z, momenta, tables),
+/// implemented by that memory. The memory's saved form is declared by
+/// [`crate::saved_memory!`]; [`RuleOptimizer`] adds the counter and the method's name.
+pub trait Rule<E: Real, P: BilevelProblem<E>>
+where
+    Cpu: Device<E>,
+{
+    /// The method's configuration, which names the method.
+    type Config: Method;
+
+    /// Runs one iteration: advances x, y and the memory, and says what it measured. Fails,
+    /// leaving x and y at their last finite values where it can, when a value is not finite.
+    fn iterate(
+        &mut self,
+        it: Iteration<'_, Self::Config>,
+        oracles: &mut Oracles<E, P>,
+        x: &mut P::X,
+        y: &mut P::Y,
+    ) -> Result<Outcome, BilevelError>;
+
+    /// Writes the memory into `state`.
+    fn save(&self, state: &mut MethodState);
+
+    /// Reads the memory back from `state`, all of it or, when any of it does not fit, nothing.
+    fn load(&mut self, state: &MethodState) -> Result<(), BilevelError>;
+}
+
+/// The [`BilevelOptimizer`] of a [`Rule`]: its configuration, its memory and the iteration
+/// counter (saved as `t`).
+pub struct RuleOptimizer<C, R> {
+    config: C,
+    memory: R,
+    t: u64,
+}
+
+impl<C: Method, R> RuleOptimizer<C, R> {
+    /// The method at its first iteration, with the (valid) `config` and its starting `memory`.
+    pub fn start(config: C, memory: R) -> Self {
+        Self {
+            config,
+            memory,
+            t: 0,
+        }
+    }
+
+    /// The configuration the method runs with.
+    pub fn config(&self) -> &C {
+        &self.config
+    }
+
+    /// The memory as the last iteration left it.
+    pub fn memory(&self) -> &R {
+        &self.memory
+    }
+
+    /// How many iterations have run.
+    pub fn iterations(&self) -> u64 {
+        self.t
+    }
+}
+
+impl<E: Real, P: BilevelProblem<E>, C: Method, R: Rule<E, P, Config = C>> BilevelOptimizer<E, P>
+    for RuleOptimizer<C, R>
+where
+    Cpu: Device<E>,
+{
+    fn name(&self) -> &'static str {
+        C::NAME
+    }
+
+    fn step(
+        &mut self,
+        oracles: &mut Oracles<E, P>,
+        x: &mut P::X,
+        y: &mut P::Y,
+    ) -> Result<StepReport, BilevelError> {
+        let scope = IterationScope::begin(C::NAME, C::HINT, self.t, oracles);
+        let it = Iteration {
+            config: &self.config,
+            t: self.t,
+            site: scope.site,
+        };
+        let outcome = self.memory.iterate(it, oracles, x, y)?;
+        self.t += 1;
+        Ok(scope.report(oracles, outcome))
+    }
+
+    fn state(&self) -> MethodState {
+        let mut state = MethodState::new(C::NAME);
+        kinds::counter::save(&self.t, "t", &mut state);
+        self.memory.save(&mut state);
+        state
+    }
+
+    fn load_state(&mut self, state: &MethodState) -> Result<(), BilevelError> {
+        state.expect_method(C::NAME)?;
+        let t = kinds::counter::load(&self.t, "t", state)?;
+        self.memory.load(state)?;
+        self.t = t;
+        Ok(())
+    }
+}
