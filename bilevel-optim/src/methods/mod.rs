@@ -2,8 +2,10 @@
 //!
 //! Each method's file reads like its pseudocode and declares everything about the method once:
 //! its configuration, which implements [`Method`] (name, step sizes, validation, how it is
-//! built), and its optimizer, which implements [`crate::optimizer::BilevelOptimizer`] with its
-//! saved state declared by [`crate::saved_state!`]. The shared pieces are in [`crate::steps`]
+//! built), and its memory, which implements [`rule::Rule`] (one iteration, with the memory's
+//! saved form declared by [`crate::saved_memory!`]); [`rule::RuleOptimizer`] makes the two a
+//! [`crate::optimizer::BilevelOptimizer`], doing the bookkeeping every method shares. The shared
+//! pieces are in [`crate::steps`]
 //! (SGD on y, the linear-system step, momentum, normalization, checked oracles, the iteration's
 //! bookkeeping), [`crate::neumann`] (Neumann series) and [`crate::variance`] (STORM, SPIDER,
 //! SAGA). [`registry`] lists the built-in methods and takes users' own; [`MethodConfig`] holds
