@@ -20,7 +20,7 @@ use bilevel_bench::report::tune::{tune, TuneOptions};
 use bilevel_bench::run::config::RunConfig;
 use bilevel_optim::error::BilevelError;
 use bilevel_optim::methods::method::{Built, Start, Steps};
-use bilevel_optim::methods::rule::{Iteration, Rule};
+use bilevel_optim::methods::rule::{Iteration, Rule, RuleOptimizer};
 use bilevel_optim::methods::Method;
 use bilevel_optim::oracles::Oracles;
 use bilevel_optim::params::Params;
@@ -76,9 +76,12 @@ impl Method for AidCgConfig {
     where
         Cpu: Device<E>,
     {
-        self.optimizer_with(AidCg {
-            v: at.y.zeros_like(),
-        })
+        RuleOptimizer::boxed(
+            self,
+            AidCg {
+                v: at.y.zeros_like(),
+            },
+        )
     }
 }
 

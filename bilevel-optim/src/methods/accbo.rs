@@ -14,7 +14,7 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule};
+use super::rule::{Iteration, Rule, RuleOptimizer};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
 use crate::oracles::Oracles;
@@ -83,13 +83,16 @@ impl Method for AccBoConfig {
     where
         Cpu: Device<E>,
     {
-        self.optimizer_with(AccBo {
-            y_now: at.y.duplicate(),
-            y_before: at.y.duplicate(),
-            m: at.x.zeros_like(),
-            x_prev: at.x.duplicate(),
-            y_avg_prev: at.y.duplicate(),
-        })
+        RuleOptimizer::boxed(
+            self,
+            AccBo {
+                y_now: at.y.duplicate(),
+                y_before: at.y.duplicate(),
+                m: at.x.zeros_like(),
+                x_prev: at.x.duplicate(),
+                y_avg_prev: at.y.duplicate(),
+            },
+        )
     }
 }
 

@@ -14,7 +14,7 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule};
+use super::rule::{Iteration, Rule, RuleOptimizer};
 use crate::error::BilevelError;
 use crate::neumann::{plain_step_outcome, sgd_then_estimate, NeumannConfig};
 use crate::oracles::Oracles;
@@ -86,9 +86,12 @@ impl Method for AdamBoConfig {
     where
         Cpu: Device<E>,
     {
-        self.optimizer_with(AdamBo {
-            moments: AdamMoments::new(at.x),
-        })
+        RuleOptimizer::boxed(
+            self,
+            AdamBo {
+                moments: AdamMoments::new(at.x),
+            },
+        )
     }
 }
 

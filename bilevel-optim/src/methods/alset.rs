@@ -64,7 +64,7 @@ impl Method for AlsetConfig {
     where
         Cpu: Device<E>,
     {
-        self.optimizer_with(NeumannFamily::default())
+        RuleOptimizer::boxed(self, NeumannFamily::default())
     }
 }
 

@@ -11,7 +11,7 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule};
+use super::rule::{Iteration, Rule, RuleOptimizer};
 use crate::error::BilevelError;
 use crate::oracles::Oracles;
 use crate::params::Params;
@@ -71,9 +71,12 @@ impl Method for AmigoConfig {
     where
         Cpu: Device<E>,
     {
-        self.optimizer_with(Amigo {
-            z: at.y.zeros_like(),
-        })
+        RuleOptimizer::boxed(
+            self,
+            Amigo {
+                z: at.y.zeros_like(),
+            },
+        )
     }
 }
 

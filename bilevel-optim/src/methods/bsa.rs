@@ -71,7 +71,7 @@ impl Method for BsaConfig {
     where
         Cpu: Device<E>,
     {
-        self.optimizer_with(NeumannFamily::default())
+        RuleOptimizer::boxed(self, NeumannFamily::default())
     }
 }
 

@@ -23,7 +23,7 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule};
+use super::rule::{Iteration, Rule, RuleOptimizer};
 use crate::error::BilevelError;
 use crate::oracles::Oracles;
 use crate::params::Params;
@@ -104,10 +104,13 @@ impl Method for F2saConfig {
     where
         Cpu: Device<E>,
     {
-        self.optimizer_with(F2sa {
-            lambda: self.lambda,
-            z: at.y.duplicate(),
-        })
+        RuleOptimizer::boxed(
+            self,
+            F2sa {
+                lambda: self.lambda,
+                z: at.y.duplicate(),
+            },
+        )
     }
 }
 

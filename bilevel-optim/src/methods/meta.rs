@@ -18,7 +18,7 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule};
+use super::rule::{Iteration, Rule, RuleOptimizer};
 use crate::error::BilevelError;
 use crate::oracles::Oracles;
 use crate::params::Params;
@@ -158,10 +158,13 @@ impl<V: MetaVariant> Method for Meta<V> {
     where
         Cpu: Device<E>,
     {
-        self.optimizer_with(MetaLearner::<P::Y, V> {
-            init: at.y.duplicate(),
-            variant: PhantomData,
-        })
+        RuleOptimizer::boxed(
+            self,
+            MetaLearner::<P::Y, V> {
+                init: at.y.duplicate(),
+                variant: PhantomData,
+            },
+        )
     }
 }
 

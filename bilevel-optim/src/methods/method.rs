@@ -7,7 +7,6 @@ use dfdx::prelude::{Cpu, Device};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::rule::{Rule, RuleOptimizer};
 use crate::error::BilevelError;
 use crate::optimizer::BilevelOptimizer;
 use crate::problem::BilevelProblem;
@@ -76,16 +75,6 @@ pub trait Method:
     ) -> Built<E, P>
     where
         Cpu: Device<E>;
-
-    /// The optimizer of a method written as a [`Rule`]: this configuration and the rule's
-    /// starting `memory`, which is what [`Method::optimizer`] returns for such a method.
-    fn optimizer_with<E: Real, P: BilevelProblem<E> + 'static, R>(&self, memory: R) -> Built<E, P>
-    where
-        Cpu: Device<E>,
-        R: Rule<E, P, Config = Self> + 'static,
-    {
-        Ok(Box::new(RuleOptimizer::start(self.clone(), memory)))
-    }
 
     /// The optimizer, starting at `start`, after checking the configuration.
     fn build<E: Real, P: BilevelProblem<E> + 'static>(&self, start: Start<'_, E, P>) -> Built<E, P>

@@ -14,7 +14,7 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule};
+use super::rule::{Iteration, Rule, RuleOptimizer};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
 use crate::oracles::Oracles;
@@ -89,12 +89,15 @@ impl Method for MrboConfig {
     where
         Cpu: Device<E>,
     {
-        self.optimizer_with(Mrbo {
-            u: at.y.zeros_like(),
-            v: at.x.zeros_like(),
-            x_prev: at.x.zeros_like(),
-            y_prev: at.y.zeros_like(),
-        })
+        RuleOptimizer::boxed(
+            self,
+            Mrbo {
+                u: at.y.zeros_like(),
+                v: at.x.zeros_like(),
+                x_prev: at.x.zeros_like(),
+                y_prev: at.y.zeros_like(),
+            },
+        )
     }
 }
 

@@ -5,7 +5,7 @@
 
 use dfdx::prelude::{Cpu, Device};
 
-use super::method::Method;
+use super::method::{Built, Method};
 use crate::error::BilevelError;
 use crate::optimizer::{BilevelOptimizer, StepReport};
 use crate::oracles::Oracles;
@@ -67,6 +67,16 @@ impl<C: Method, R> RuleOptimizer<C, R> {
             memory,
             t: 0,
         }
+    }
+
+    /// The boxed optimizer of `config` with its rule's starting `memory`: what
+    /// [`Method::optimizer`] returns for a method written as a [`Rule`].
+    pub fn boxed<E: Real, P: BilevelProblem<E> + 'static>(config: &C, memory: R) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+        R: Rule<E, P, Config = C> + 'static,
+    {
+        Ok(Box::new(Self::start(config.clone(), memory)))
     }
 
     /// The configuration the method runs with.

@@ -13,7 +13,7 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule};
+use super::rule::{Iteration, Rule, RuleOptimizer};
 use crate::error::BilevelError;
 use crate::oracles::Oracles;
 use crate::params::Params;
@@ -76,16 +76,19 @@ impl Method for SabaConfig {
         );
         let lower: Vec<f64> = (0..n_lower).map(|k| problem.lower_part_share(k)).collect();
         let upper: Vec<f64> = (0..n_upper).map(|k| problem.upper_part_share(k)).collect();
-        self.optimizer_with(Saba {
-            z: y.zeros_like(),
-            memory: Memories {
-                grad_y_g: SagaMemory::new(y, &lower),
-                hz: SagaMemory::new(y, &lower),
-                jz: SagaMemory::new(x, &lower),
-                grad_y_f: SagaMemory::new(y, &upper),
-                grad_x_f: SagaMemory::new(x, &upper),
+        RuleOptimizer::boxed(
+            self,
+            Saba {
+                z: y.zeros_like(),
+                memory: Memories {
+                    grad_y_g: SagaMemory::new(y, &lower),
+                    hz: SagaMemory::new(y, &lower),
+                    jz: SagaMemory::new(x, &lower),
+                    grad_y_f: SagaMemory::new(y, &upper),
+                    grad_x_f: SagaMemory::new(x, &upper),
+                },
             },
-        })
+        )
     }
 }
 

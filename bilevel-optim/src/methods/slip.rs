@@ -13,7 +13,7 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule};
+use super::rule::{Iteration, Rule, RuleOptimizer};
 use crate::error::BilevelError;
 use crate::oracles::Oracles;
 use crate::params::Params;
@@ -81,10 +81,13 @@ impl Method for SlipConfig {
     where
         Cpu: Device<E>,
     {
-        self.optimizer_with(Slip {
-            z: at.y.zeros_like(),
-            m: at.x.zeros_like(),
-        })
+        RuleOptimizer::boxed(
+            self,
+            Slip {
+                z: at.y.zeros_like(),
+                m: at.x.zeros_like(),
+            },
+        )
     }
 }
 

@@ -13,7 +13,7 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule};
+use super::rule::{Iteration, Rule, RuleOptimizer};
 use crate::error::BilevelError;
 use crate::oracles::Oracles;
 use crate::params::Params;
@@ -65,9 +65,12 @@ impl Method for SobaConfig {
     where
         Cpu: Device<E>,
     {
-        self.optimizer_with(Soba {
-            z: at.y.zeros_like(),
-        })
+        RuleOptimizer::boxed(
+            self,
+            Soba {
+                z: at.y.zeros_like(),
+            },
+        )
     }
 }
 

@@ -66,7 +66,7 @@ impl Method for StocBioConfig {
     where
         Cpu: Device<E>,
     {
-        self.optimizer_with(NeumannFamily::default())
+        RuleOptimizer::boxed(self, NeumannFamily::default())
     }
 }
 

@@ -65,7 +65,7 @@ impl Method for TtsaConfig {
     where
         Cpu: Device<E>,
     {
-        self.optimizer_with(NeumannFamily::default())
+        RuleOptimizer::boxed(self, NeumannFamily::default())
     }
 }
 

@@ -17,7 +17,7 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule};
+use super::rule::{Iteration, Rule, RuleOptimizer};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
 use crate::oracles::Oracles;
@@ -82,10 +82,13 @@ impl Method for VrboConfig {
     where
         Cpu: Device<E>,
     {
-        self.optimizer_with(Vrbo {
-            v: at.x.zeros_like(),
-            u: at.y.zeros_like(),
-        })
+        RuleOptimizer::boxed(
+            self,
+            Vrbo {
+                v: at.x.zeros_like(),
+                u: at.y.zeros_like(),
+            },
+        )
     }
 }
 
