@@ -1,12 +1,12 @@
-//! Dense layers: dfdx's own `Linear` and `Tanh` modules, given written backward passes.
+//! Dense layers: dfdx's own `Linear` module, given a written backward pass (activations are in
+//! [`crate::activations`]).
 //!
 //! - Linear `o = a Wᵀ + b`: `∂W = δᵀa`, `∂b = Σ_rows δ`, `∂a = δ W`.
-//! - tanh `h = tanh(a)`: `∂a = δ ⊙ (1 − h²)`.
 
 use bilevel_optim::problem::Tp;
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
-use dfdx::nn::modules::{Linear, Tanh};
+use dfdx::nn::modules::Linear;
 use dfdx::prelude::*;
 
 use crate::layer::WrittenLayer;
@@ -51,36 +51,6 @@ where
             Some(grad_output.matmul(self.weight.retaped::<Tp<E>>()))
         } else {
             grads.keep_tape(grad_output);
-            None
-        }
-    }
-}
-
-impl<const N: usize, E: Real> WrittenLayer<E, Activations<E, N>> for Tanh
-where
-    Cpu: Device<E>,
-{
-    type Output = Activations<E, N>;
-    type Saved = Held<(usize, Const<N>), E>;
-
-    fn forward(&self, input: Activations<E, N>) -> (Self::Output, Self::Saved) {
-        let out = crate::elementwise::tanh(input);
-        let saved = hold(&out);
-        (out, saved)
-    }
-
-    fn backward(
-        &self,
-        out: Self::Saved,
-        grad_output: Self::Output,
-        grads: &mut WrittenGrad<E>,
-        want_input: bool,
-    ) -> Option<Activations<E, N>> {
-        let grad = grad_output * crate::elementwise::tanh_slope(taped(&out));
-        if want_input {
-            Some(grad)
-        } else {
-            grads.keep_tape(grad);
             None
         }
     }

@@ -1,4 +1,5 @@
-//! Fused element-wise ops with their backward written by hand: `tanh` and its slope `1 − t²`.
+//! Fused element-wise ops with their backward written by hand: `tanh` and its slope `1 − t²`,
+//! and the slope `f'(x)` of any [`crate::activations::Pointwise`] activation.
 //!
 //! dfdx's `tanh` calls libm's `tanhf` per element (15% of a second-order pass) and `1 − t²` is
 //! three dfdx ops, each allocating its output and its gradient buffer. These are one pass each,
@@ -9,6 +10,8 @@
 use bilevel_optim::problem::Taped;
 use bilevel_optim::real::{device, Real};
 use dfdx::prelude::*;
+
+use crate::activations::Pointwise;
 
 /// `tanh(x)` element-wise (see [`Real::tanh_in_place`]); backward `∂x += ∂y ⊙ (1 − y²)`.
 pub fn tanh<S: Shape, E: Real>(x: Taped<S, E>) -> Taped<S, E>
@@ -32,6 +35,41 @@ where
     )
 }
 
+/// `f'(x)` element-wise for the activation `f`; backward `∂x += ∂out ⊙ f''(x)`. One pass, and
+/// the second derivative a written backward's H·v needs is recorded on the tape.
+pub fn slope<S: Shape, E: Real, A: Pointwise<E>>(x: Taped<S, E>, activation: A) -> Taped<S, E>
+where
+    Cpu: Device<E>,
+{
+    map(
+        x,
+        |v| {
+            v.iter_mut()
+                .for_each(|x| *x = E::of(activation.slope(x.f64())))
+        },
+        Keep::Input,
+        move |x| E::of(activation.curvature(x.f64())),
+    )
+}
+
+/// `value(x)` element-wise, computed in f64, with the backward `∂x += ∂y ⊙ f'(x)` of the
+/// activation `f` it computes: for a function whose dfdx op is missing or wrong.
+pub fn with_slope<S: Shape, E: Real, A: Pointwise<E>>(
+    x: Taped<S, E>,
+    activation: A,
+    value: fn(f64) -> f64,
+) -> Taped<S, E>
+where
+    Cpu: Device<E>,
+{
+    map(
+        x,
+        |v| v.iter_mut().for_each(|x| *x = E::of(value(x.f64()))),
+        Keep::Input,
+        move |x| E::of(activation.slope(x.f64())),
+    )
+}
+
 /// Which values the derivative is a function of.
 enum Keep {
     Input,
@@ -43,7 +81,7 @@ fn map<S: Shape, E: Real>(
     x: Taped<S, E>,
     f: impl FnOnce(&mut [E]),
     keep: Keep,
-    slope: fn(E) -> E,
+    slope: impl Fn(E) -> E + 'static,
 ) -> Taped<S, E>
 where
     Cpu: Device<E>,

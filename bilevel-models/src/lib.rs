@@ -2,7 +2,8 @@
 //! they plug into [`bilevel_optim::problem::BilevelProblem`] with exact second-order products.
 //!
 //! - [`layer`]: the [`layer::WrittenLayer`] trait (forward + written backward) and tuple composition.
-//! - [`dense`]: dfdx's `Linear` and `Tanh`; [`elman`], [`lstm`]: recurrent layers over packed
+//! - [`dense`]: dfdx's `Linear`; [`activations`]: dfdx's activation modules (ReLU, GeLU, sigmoid,
+//!   tanh, softmax, ...); [`elman`], [`lstm`]: recurrent layers over packed
 //!   sequences; [`pool`]: max-pooling over time; [`loss`]: softmax cross-entropy.
 //! - [`elementwise`]: fused tanh and tanh-slope ops with hand-written backward passes.
 //! - [`rows`]: row gather, scatter-add and concatenation for packed sequences.
@@ -28,6 +29,7 @@
 //! step.
 #![warn(missing_docs)]
 
+pub mod activations;
 pub mod classifier;
 pub mod dense;
 pub mod elementwise;

@@ -13,7 +13,7 @@ use bilevel_optim::oracles::Oracles;
 use bilevel_optim::params::Params;
 use bilevel_optim::problem::BilevelProblem;
 use common::*;
-use dfdx::nn::modules::Repeated;
+use dfdx::nn::modules::{FastGeLU, Repeated, Sigmoid, Sqrt, Tanh};
 use dfdx::prelude::*;
 
 const EMB: usize = 3;
@@ -169,6 +169,30 @@ fn hyper_clean_elman_classifier() {
 #[test]
 fn hyper_clean_lstm_classifier() {
     hyper_clean::<LstmClassifier>("2-layer LSTM classifier");
+}
+
+/// dfdx's element-wise modules on packed sequences, step by step.
+#[test]
+fn hyper_clean_with_activations_over_time() {
+    hyper_clean::<(
+        ElmanLayer<EMB, H, f64, Cpu>,
+        FastGeLU,
+        MaxPoolTime,
+        LinearHead<H, C, f64>,
+    )>("Elman, GeLU over time, max-pool");
+    hyper_clean::<(
+        ElmanLayer<EMB, H, f64, Cpu>,
+        Sigmoid,
+        Sqrt,
+        MaxPoolTime,
+        LinearHead<H, C, f64>,
+    )>("Elman, sigmoid and sqrt over time, max-pool");
+    hyper_clean::<(
+        ElmanLayer<EMB, H, f64, Cpu>,
+        Tanh,
+        MaxPoolTime,
+        LinearHead<H, C, f64>,
+    )>("Elman, tanh over time, max-pool");
 }
 
 const TASKS: usize = 4;

@@ -4,12 +4,10 @@
 mod common;
 
 use bilevel_models::classifier::{LinearHead, MlpHead};
-use bilevel_optim::oracles::Oracles;
 use common::*;
 use dfdx::nn::modules::{Linear, Tanh};
 use dfdx::prelude::*;
 
-const B: usize = 6;
 const F: usize = 5;
 const C: usize = 3;
 
@@ -23,18 +21,7 @@ where
             Output = bilevel_models::sequence::Activations<f64, C>,
         >,
 {
-    let dev = Cpu::seed_from_u64(3);
-    let y = M::build(&dev);
-    let x: (Tensor<Rank1<K>, f64, Cpu>, Tensor<Rank1<B>, f64, Cpu>) = (
-        dev.sample_normal::<Rank1<K>>() * 0.5 - 1.0,
-        dev.sample_normal(),
-    );
-    let problem = DenseProblem::<M, K, B, F, C> {
-        model: std::marker::PhantomData,
-        seed: 5,
-    };
-    let mut oracles = Oracles::new(problem, 0);
-    let checks = check_second_order(&mut oracles, &x, &y);
+    let checks = dense_checks::<M, K>();
     println!("{what}: {checks:?}");
     checks.assert_exact(what);
 }

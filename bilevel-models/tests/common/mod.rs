@@ -237,6 +237,36 @@ where
     check_second_order(&mut b, x, y).assert_exact(what);
 }
 
+/// A dense model M (5 features → 3 classes, K tensors) in [`DenseProblem`] on 6 samples, with
+/// a random x and M's seeded initialization.
+pub fn dense_setup<M, const K: usize>() -> (DenseProblem<M, K, 6, 5, 3>, DenseX<K, 6>, M)
+where
+    M: BuildModule<Cpu, f64>,
+{
+    let dev = Cpu::seed_from_u64(3);
+    let y = M::build(&dev);
+    let x: DenseX<K, 6> = (
+        dev.sample_normal::<Rank1<K>>() * 0.5 - 1.0,
+        dev.sample_normal(),
+    );
+    let problem = DenseProblem {
+        model: std::marker::PhantomData,
+        seed: 5,
+    };
+    (problem, x, y)
+}
+
+/// [`check_second_order`] of [`dense_setup`].
+pub fn dense_checks<M, const K: usize>() -> Checks
+where
+    M: Params<f64>
+        + BuildModule<Cpu, f64>
+        + WrittenLayer<f64, Activations<f64, 5>, Output = Activations<f64, 3>>,
+{
+    let (problem, x, y) = dense_setup::<M, K>();
+    check_second_order(&mut Oracles::new(problem, 0), &x, &y)
+}
+
 /// A fixed batch of dense inputs.
 pub struct DenseBatch<const F: usize, const C: usize> {
     pub input: Tensor<(usize, Const<F>), f64, Cpu>,
@@ -270,7 +300,7 @@ impl<M, const K: usize, const B: usize, const F: usize, const C: usize>
     }
 }
 
-type DenseX<const K: usize, const B: usize> =
+pub type DenseX<const K: usize, const B: usize> =
     (Tensor<Rank1<K>, f64, Cpu>, Tensor<Rank1<B>, f64, Cpu>);
 
 impl<M, const K: usize, const B: usize, const F: usize, const C: usize> BilevelProblem<f64>
