@@ -30,7 +30,7 @@ use dfdx::prelude::*;
 
 use crate::elementwise;
 use crate::layer::WrittenLayer;
-use crate::sequence::{Activations, Sequence};
+use crate::sequence::{backward_each_step, each_step, Activations, Sequence};
 use crate::tape::{hold, taped, Held};
 
 /// An element-wise activation `f`: its taped forward and, at a point x, its first and second
@@ -123,8 +123,8 @@ macro_rules! pointwise_layers {
                 grads: &mut WrittenGrad<E>,
                 want_input: bool,
             ) -> Option<Sequence<E, N>> {
-                backward_each_step(inputs, grad_output, grads, want_input, |x, d, g| {
-                    pointwise_backward(*self, x, d, g, true)
+                backward_each_step(inputs, grad_output, grads, want_input, |x, d, g, want| {
+                    pointwise_backward(*self, x, d, g, want)
                 })
             }
         }
@@ -146,50 +146,6 @@ pointwise_layers!(
     Cos,
     Abs,
 );
-
-/// Runs `forward` on every step of a sequence, keeping what each step saves.
-fn each_step<E: Real, const N: usize, const M: usize, T>(
-    input: Sequence<E, N>,
-    mut forward: impl FnMut(Activations<E, N>) -> (Activations<E, M>, T),
-) -> (Sequence<E, M>, Vec<T>)
-where
-    Cpu: Device<E>,
-{
-    let (steps, saved) = input.steps.into_iter().map(&mut forward).unzip();
-    let output = Sequence {
-        steps,
-        mask: input.mask,
-    };
-    (output, saved)
-}
-
-/// Runs `backward` on every step of a sequence's gradient (see [`WrittenLayer::backward`]).
-fn backward_each_step<E: Real, const N: usize, const M: usize, T>(
-    saved: Vec<T>,
-    grad_output: Sequence<E, M>,
-    grads: &mut WrittenGrad<E>,
-    want_input: bool,
-    mut backward: impl FnMut(T, Activations<E, M>, &mut WrittenGrad<E>) -> Option<Activations<E, N>>,
-) -> Option<Sequence<E, N>>
-where
-    Cpu: Device<E>,
-{
-    if !want_input {
-        for step in grad_output.steps {
-            grads.keep_tape(step);
-        }
-        return None;
-    }
-    let steps = saved
-        .into_iter()
-        .zip(grad_output.steps)
-        .map(|(s, d)| backward(s, d, grads).expect("an element-wise step returns its gradient"))
-        .collect();
-    Some(Sequence {
-        steps,
-        mask: grad_output.mask,
-    })
-}
 
 impl<E: Real> Pointwise<E> for ReLU
 where
@@ -483,8 +439,8 @@ where
         grads: &mut WrittenGrad<E>,
         want_input: bool,
     ) -> Option<Sequence<E, N>> {
-        backward_each_step(outputs, grad_output, grads, want_input, |y, d, g| {
-            WrittenLayer::<E, Activations<E, N>>::backward(self, y, d, g, true)
+        backward_each_step(outputs, grad_output, grads, want_input, |y, d, g, want| {
+            WrittenLayer::<E, Activations<E, N>>::backward(self, y, d, g, want)
         })
     }
 }

@@ -1,12 +1,13 @@
-//! Dense layers: dfdx's own `Linear` module, given a written backward pass (activations are in
-//! [`crate::activations`]).
+//! Dense layers: dfdx's own `Linear` and `UnbiasedLinear` modules, given written backward passes
+//! (activations are in [`crate::activations`]; on (batch, steps, features) tensors and packed
+//! sequences in [`crate::by_rows`]).
 //!
-//! - Linear `o = a Wᵀ + b`: `∂W = δᵀa`, `∂b = Σ_rows δ`, `∂a = δ W`.
+//! `o = a Wᵀ + b`: `∂W = δᵀa`, `∂b = Σ_rows δ`, `∂a = δ W`.
 
 use bilevel_optim::problem::Tp;
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
-use dfdx::nn::modules::Linear;
+use dfdx::nn::modules::{Linear, UnbiasedLinear};
 use dfdx::prelude::*;
 
 use crate::layer::WrittenLayer;
@@ -22,14 +23,7 @@ where
     type Saved = Held<(usize, Const<I>), E>;
 
     fn forward(&self, input: Activations<E, I>) -> (Self::Output, Self::Saved) {
-        let saved = hold(&input);
-        let rows = input.shape().0;
-        let out = input.matmul(self.weight.retaped::<Tp<E>>().permute::<Rank2<I, O>, _>())
-            + self
-                .bias
-                .retaped::<Tp<E>>()
-                .broadcast_like(&(rows, Const::<O>));
-        (out, saved)
+        dense_forward(&self.weight, Some(&self.bias), input)
     }
 
     fn backward(
@@ -39,19 +33,85 @@ where
         grads: &mut WrittenGrad<E>,
         want_input: bool,
     ) -> Option<Activations<E, I>> {
-        let delta = hold(&grad_output);
-        grads.add(
+        dense_backward(
             &self.weight,
-            taped(&delta)
-                .permute::<(Const<O>, usize), _>()
-                .matmul(taped(&input)),
-        );
-        grads.add(&self.bias, taped(&delta).sum::<Rank1<O>, _>());
-        if want_input {
-            Some(grad_output.matmul(self.weight.retaped::<Tp<E>>()))
-        } else {
-            grads.keep_tape(grad_output);
-            None
-        }
+            Some(&self.bias),
+            input,
+            grad_output,
+            grads,
+            want_input,
+        )
+    }
+}
+
+impl<const I: usize, const O: usize, E: Real> WrittenLayer<E, Activations<E, I>>
+    for UnbiasedLinear<I, O, E, Cpu>
+where
+    Cpu: Device<E>,
+{
+    type Output = Activations<E, O>;
+    type Saved = Held<(usize, Const<I>), E>;
+
+    fn forward(&self, input: Activations<E, I>) -> (Self::Output, Self::Saved) {
+        dense_forward(&self.weight, None, input)
+    }
+
+    fn backward(
+        &self,
+        input: Self::Saved,
+        grad_output: Self::Output,
+        grads: &mut WrittenGrad<E>,
+        want_input: bool,
+    ) -> Option<Activations<E, I>> {
+        dense_backward(&self.weight, None, input, grad_output, grads, want_input)
+    }
+}
+
+/// `a Wᵀ (+ b)`, as dfdx's `Linear` computes it, and the input for the backward.
+fn dense_forward<const I: usize, const O: usize, E: Real>(
+    weight: &Tensor<Rank2<O, I>, E, Cpu>,
+    bias: Option<&Tensor<Rank1<O>, E, Cpu>>,
+    input: Activations<E, I>,
+) -> (Activations<E, O>, Held<(usize, Const<I>), E>)
+where
+    Cpu: Device<E>,
+{
+    let saved = hold(&input);
+    let rows = input.shape().0;
+    let out = input.matmul(weight.retaped::<Tp<E>>().permute::<Rank2<I, O>, _>());
+    let out = match bias {
+        Some(b) => out + b.retaped::<Tp<E>>().broadcast_like(&(rows, Const::<O>)),
+        None => out,
+    };
+    (out, saved)
+}
+
+/// `∂W = δᵀa`, `∂b = Σ_rows δ` into `grads`; `∂a = δ W` when wanted.
+fn dense_backward<const I: usize, const O: usize, E: Real>(
+    weight: &Tensor<Rank2<O, I>, E, Cpu>,
+    bias: Option<&Tensor<Rank1<O>, E, Cpu>>,
+    input: Held<(usize, Const<I>), E>,
+    grad_output: Activations<E, O>,
+    grads: &mut WrittenGrad<E>,
+    want_input: bool,
+) -> Option<Activations<E, I>>
+where
+    Cpu: Device<E>,
+{
+    let delta = hold(&grad_output);
+    grads.add(
+        weight,
+        taped(&delta)
+            .permute::<(Const<O>, usize), _>()
+            .matmul(taped(&input)),
+    );
+    if let Some(b) = bias {
+        grads.add(b, taped(&delta).sum::<Rank1<O>, _>());
+    }
+    if want_input {
+        Some(grad_output.matmul(weight.retaped::<Tp<E>>()))
+    } else {
+        grads.keep_tape(grad_output);
+        None
     }
 }

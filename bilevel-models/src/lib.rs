@@ -2,7 +2,8 @@
 //! they plug into [`bilevel_optim::problem::BilevelProblem`] with exact second-order products.
 //!
 //! - [`layer`]: the [`layer::WrittenLayer`] trait (forward + written backward) and tuple composition.
-//! - [`dense`]: dfdx's `Linear`; [`activations`]: dfdx's activation modules (ReLU, GeLU, sigmoid,
+//! - [`dense`]: dfdx's `Linear` and `UnbiasedLinear`; [`norm`]: `LayerNorm1D`; [`by_rows`]: those
+//!   on (batch, steps, features) tensors and packed sequences; [`activations`]: dfdx's activation modules (ReLU, GeLU, sigmoid,
 //!   tanh, softmax, ...); [`elman`], [`lstm`]: recurrent layers over packed
 //!   sequences; [`pool`]: max-pooling over time; [`loss`]: softmax cross-entropy.
 //! - [`elementwise`]: fused tanh and tanh-slope ops with hand-written backward passes.
@@ -30,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod activations;
+pub mod by_rows;
 pub mod classifier;
 pub mod dense;
 pub mod elementwise;
@@ -38,6 +40,7 @@ pub mod forms;
 pub mod layer;
 pub mod loss;
 pub mod lstm;
+pub mod norm;
 pub mod penalty;
 pub mod pool;
 pub mod recurrent;

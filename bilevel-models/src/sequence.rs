@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bilevel_optim::problem::Taped;
 use bilevel_optim::real::Real;
+use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::prelude::{Const, Cpu, Device};
 
 /// A taped batch of `N`-dimensional activations: shape (batch, N).
@@ -89,4 +90,52 @@ where
     pub steps: Vec<Activations<E, N>>,
     /// The layout: lengths and order.
     pub mask: Arc<SequenceMask>,
+}
+
+/// Runs `forward` on every step of a sequence, keeping what each step saves.
+pub fn each_step<E: Real, const N: usize, const M: usize, T>(
+    input: Sequence<E, N>,
+    mut forward: impl FnMut(Activations<E, N>) -> (Activations<E, M>, T),
+) -> (Sequence<E, M>, Vec<T>)
+where
+    Cpu: Device<E>,
+{
+    let (steps, saved) = input.steps.into_iter().map(&mut forward).unzip();
+    let output = Sequence {
+        steps,
+        mask: input.mask,
+    };
+    (output, saved)
+}
+
+/// Runs `backward` on every step of a sequence's gradient (see
+/// [`crate::layer::WrittenLayer::backward`]): a layer applied to each step alike. Without
+/// `want_input`, each step's backward still adds the layer's own gradients and keeps its tape.
+pub fn backward_each_step<E: Real, const N: usize, const M: usize, T>(
+    saved: Vec<T>,
+    grad_output: Sequence<E, M>,
+    grads: &mut WrittenGrad<E>,
+    want_input: bool,
+    mut backward: impl FnMut(
+        T,
+        Activations<E, M>,
+        &mut WrittenGrad<E>,
+        bool,
+    ) -> Option<Activations<E, N>>,
+) -> Option<Sequence<E, N>>
+where
+    Cpu: Device<E>,
+{
+    let steps: Vec<_> = saved
+        .into_iter()
+        .zip(grad_output.steps)
+        .map(|(s, d)| backward(s, d, grads, want_input))
+        .collect();
+    want_input.then(|| Sequence {
+        steps: steps
+            .into_iter()
+            .map(|s| s.expect("a step's backward returns its input gradient when asked"))
+            .collect(),
+        mask: grad_output.mask,
+    })
 }

@@ -13,7 +13,7 @@ use bilevel_optim::oracles::Oracles;
 use bilevel_optim::params::Params;
 use bilevel_optim::problem::BilevelProblem;
 use common::*;
-use dfdx::nn::modules::{FastGeLU, Repeated, Sigmoid, Sqrt, Tanh};
+use dfdx::nn::modules::{FastGeLU, LayerNorm1D, Linear, ReLU, Repeated, Sigmoid, Sqrt, Tanh};
 use dfdx::prelude::*;
 
 const EMB: usize = 3;
@@ -171,9 +171,17 @@ fn hyper_clean_lstm_classifier() {
     hyper_clean::<LstmClassifier>("2-layer LSTM classifier");
 }
 
-/// dfdx's element-wise modules on packed sequences, step by step.
+/// dfdx's element-wise, dense and layer-norm modules on packed sequences, step by step.
 #[test]
-fn hyper_clean_with_activations_over_time() {
+fn hyper_clean_with_dfdx_layers_over_time() {
+    hyper_clean::<(
+        ElmanLayer<EMB, H, f64, Cpu>,
+        Linear<H, M, f64, Cpu>,
+        LayerNorm1D<M, f64, Cpu>,
+        ReLU,
+        MaxPoolTime,
+        LinearHead<M, C, f64>,
+    )>("Elman, Linear, LayerNorm1D, ReLU over time, max-pool");
     hyper_clean::<(
         ElmanLayer<EMB, H, f64, Cpu>,
         FastGeLU,

@@ -1,0 +1,192 @@
+//! Dense layers and layer norm on batches, on (batch, steps, features) tensors and on packed
+//! sequences: written gradient against dfdx's autodiff, H·v and J·v against finite differences,
+//! symmetry; the forward against dfdx's own module; and a broken layer norm that is caught.
+
+mod common;
+
+use bilevel_models::by_rows::Steps;
+use bilevel_models::layer::WrittenLayer;
+use bilevel_models::norm::LayerNormSaved;
+use bilevel_models::sequence::Activations;
+use bilevel_optim::oracles::Oracles;
+use bilevel_optim::problem::Tp;
+use bilevel_optim::written_grad::WrittenGrad;
+use common::*;
+use dfdx::nn::modules::{LayerNorm1D, Linear, Tanh, UnbiasedLinear};
+use dfdx::nn::{Module, ZeroSizedModule};
+use dfdx::prelude::*;
+
+const H: usize = 4;
+
+/// The 6 rows of a dense batch as 3 sequences of 2 steps.
+#[derive(Debug, Default, Clone, Copy)]
+struct Fold;
+impl ZeroSizedModule for Fold {}
+
+impl<const N: usize> WrittenLayer<f64, Activations<f64, N>> for Fold {
+    type Output = Steps<f64, N>;
+    type Saved = ();
+    fn forward(&self, input: Activations<f64, N>) -> (Steps<f64, N>, ()) {
+        let rows = input.shape().0;
+        (input.reshape_like(&(rows / 2, 2, Const::<N>)), ())
+    }
+    fn backward(
+        &self,
+        _: (),
+        grad_output: Steps<f64, N>,
+        grads: &mut WrittenGrad<f64>,
+        want_input: bool,
+    ) -> Option<Activations<f64, N>> {
+        let (b, s, _) = *grad_output.shape();
+        let grad = grad_output.reshape_like(&(b * s, Const::<N>));
+        if want_input {
+            Some(grad)
+        } else {
+            grads.keep_tape(grad);
+            None
+        }
+    }
+}
+
+/// Back from (batch, steps, N) to its rows.
+#[derive(Debug, Default, Clone, Copy)]
+struct Unfold;
+impl ZeroSizedModule for Unfold {}
+
+impl<const N: usize> WrittenLayer<f64, Steps<f64, N>> for Unfold {
+    type Output = Activations<f64, N>;
+    type Saved = usize;
+    fn forward(&self, input: Steps<f64, N>) -> (Activations<f64, N>, usize) {
+        let (b, s, _) = *input.shape();
+        (input.reshape_like(&(b * s, Const::<N>)), s)
+    }
+    fn backward(
+        &self,
+        steps: usize,
+        grad_output: Activations<f64, N>,
+        _: &mut WrittenGrad<f64>,
+        _: bool,
+    ) -> Option<Steps<f64, N>> {
+        let rows = grad_output.shape().0;
+        Some(grad_output.reshape_like(&(rows / steps, steps, Const::<N>)))
+    }
+}
+
+fn exact<M, const K: usize>(what: &str)
+where
+    M: bilevel_optim::params::Params<f64>
+        + BuildModule<Cpu, f64>
+        + WrittenLayer<f64, Activations<f64, 5>, Output = Activations<f64, 3>>,
+{
+    let checks = dense_checks::<M, K>();
+    println!("{what}: {checks:?}");
+    checks.assert_exact(what);
+}
+
+#[test]
+fn dense_layers_and_layer_norm_have_exact_products() {
+    exact::<(UnbiasedLinear<5, H, f64, Cpu>, Tanh, Linear<H, 3, f64, Cpu>), 3>("UnbiasedLinear");
+    exact::<
+        (
+            Linear<5, H, f64, Cpu>,
+            LayerNorm1D<H, f64, Cpu>,
+            Linear<H, 3, f64, Cpu>,
+        ),
+        6,
+    >("LayerNorm1D");
+    exact::<
+        (
+            Fold,
+            Linear<5, H, f64, Cpu>,
+            LayerNorm1D<H, f64, Cpu>,
+            Tanh,
+            UnbiasedLinear<H, 3, f64, Cpu>,
+            Unfold,
+        ),
+        5,
+    >("Linear, LayerNorm1D, UnbiasedLinear on (batch, steps, features)");
+}
+
+/// The forward of each layer is dfdx's module, to the last bit, on batches and on (batch,
+/// steps, features) tensors.
+#[test]
+fn forwards_are_dfdxs_modules() {
+    let dev = Cpu::seed_from_u64(2);
+    let linear = Linear::<5, H, f64, Cpu>::build(&dev);
+    let unbiased = UnbiasedLinear::<5, H, f64, Cpu>::build(&dev);
+    let mut norm = LayerNorm1D::<5, f64, Cpu>::build(&dev);
+    norm.gamma = dev.sample_normal();
+    norm.beta = dev.sample_normal();
+    let rows: Tensor<(usize, Const<5>), f64, Cpu> = dev.sample_normal_like(&(6, Const::<5>));
+    let steps: Tensor<(usize, usize, Const<5>), f64, Cpu> =
+        dev.sample_normal_like(&(2, 3, Const::<5>));
+    macro_rules! same {
+        ($layer:expr, $input:expr) => {
+            let ours = WrittenLayer::forward(&$layer, $input.retaped::<Tp<f64>>()).0;
+            let theirs = Module::forward(&$layer, $input.clone());
+            assert_eq!(ours.as_vec(), theirs.as_vec());
+        };
+    }
+    same!(linear, rows);
+    same!(unbiased, rows);
+    same!(norm, rows);
+    same!(linear, steps);
+    same!(norm, steps);
+}
+
+/// A layer norm that forgets that σ depends on x: its backward divides by a copy of σ's
+/// values, which has no history. Its gradient is right and its H·v is not.
+#[derive(Debug, Clone)]
+struct DetachedScale<E: Dtype, D: Storage<E>>(LayerNorm1D<H, E, D>);
+
+impl<E: Dtype, D: Device<E>> TensorCollection<E, D> for DetachedScale<E, D> {
+    type To<E2: Dtype, D2: Device<E2>> = DetachedScale<E2, D2>;
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(Self::module("0", |s| &s.0, |s| &mut s.0), DetachedScale)
+    }
+}
+
+impl WrittenLayer<f64, Activations<f64, H>> for DetachedScale<f64, Cpu> {
+    type Output = Activations<f64, H>;
+    type Saved = LayerNormSaved<f64, H>;
+    fn forward(&self, input: Activations<f64, H>) -> (Activations<f64, H>, Self::Saved) {
+        WrittenLayer::forward(&self.0, input)
+    }
+    fn backward(
+        &self,
+        mut saved: Self::Saved,
+        grad_output: Activations<f64, H>,
+        grads: &mut WrittenGrad<f64>,
+        want_input: bool,
+    ) -> Option<Activations<f64, H>> {
+        let copy = saved.deviation.as_vec();
+        saved.deviation = Cpu::default().tensor_from_vec(copy, *saved.deviation.shape());
+        WrittenLayer::backward(&self.0, saved, grad_output, grads, want_input)
+    }
+}
+
+#[test]
+fn a_layer_norm_with_a_detached_scale_is_caught() {
+    type Broken = (
+        Linear<5, H, f64, Cpu>,
+        DetachedScale<f64, Cpu>,
+        Linear<H, 3, f64, Cpu>,
+    );
+    let (problem, x, y) = dense_setup::<Broken, 6>();
+    let mut oracles = Oracles::new(problem, 0);
+    let batch = oracles.lower_batch();
+    let refused = oracles.hvp_jvp(&x, &y, &random_like(&y, 1), &batch).err();
+    assert!(
+        refused
+            .as_ref()
+            .is_some_and(|e| e.to_string().contains("HvpWrong")),
+        "the first-use check must refuse it: {refused:?}"
+    );
+    oracles.check_on_first_use(false);
+    let checks = check_second_order(&mut oracles, &x, &y);
+    println!("detached σ: {checks:?}");
+    assert!(checks.grad < 1e-10, "the gradient is right: {checks:?}");
+    assert!(checks.hvp > 1e-4, "H·v must be caught: {checks:?}");
+}
