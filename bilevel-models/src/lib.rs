@@ -4,7 +4,8 @@
 //! - [`layer`]: the [`layer::WrittenLayer`] trait (forward + written backward) and tuple composition.
 //! - [`dense`]: dfdx's `Linear` and `UnbiasedLinear`; [`norm`]: `LayerNorm1D`; [`by_rows`]: those
 //!   on (batch, steps, features) tensors and packed sequences; [`activations`]: dfdx's activation modules (ReLU, GeLU, sigmoid,
-//!   tanh, softmax, ...); [`elman`], [`lstm`]: recurrent layers over packed
+//!   tanh, softmax, ...); [`combinators`]: `Residual`, `GeneralizedResidual`, `AddInto`,
+//!   `SplitInto`, `Repeated`, `Dropout`; [`elman`], [`lstm`]: recurrent layers over packed
 //!   sequences; [`pool`]: max-pooling over time; [`loss`]: softmax cross-entropy.
 //! - [`elementwise`]: fused tanh and tanh-slope ops with hand-written backward passes.
 //! - [`rows`]: row gather, scatter-add and concatenation for packed sequences.
@@ -33,6 +34,7 @@
 pub mod activations;
 pub mod by_rows;
 pub mod classifier;
+pub mod combinators;
 pub mod dense;
 pub mod elementwise;
 pub mod elman;

@@ -1,0 +1,123 @@
+//! dfdx's composite modules (`Residual`, `GeneralizedResidual`, `SplitInto`, `AddInto`,
+//! `Repeated`, `Dropout`) as written layers: written gradient against dfdx's autodiff, H·v and
+//! J·v against finite differences, symmetry; the forward against dfdx's own; and a residual
+//! whose skip connection drops its tape is caught.
+
+mod common;
+
+use bilevel_models::layer::WrittenLayer;
+use bilevel_models::sequence::Activations;
+use bilevel_optim::oracles::Oracles;
+use bilevel_optim::problem::Tp;
+use bilevel_optim::written_grad::WrittenGrad;
+use common::*;
+use dfdx::nn::modules::{
+    AddInto, Dropout, DropoutOneIn, GeneralizedResidual, Linear, ReLU, Repeated, Residual, Sigmoid,
+    SplitInto, Tanh,
+};
+use dfdx::nn::{Module, ZeroSizedModule};
+use dfdx::prelude::*;
+
+const H: usize = 4;
+type Dense<const I: usize, const O: usize> = Linear<I, O, f64, Cpu>;
+
+fn exact<M, const K: usize>(what: &str)
+where
+    M: bilevel_optim::params::Params<f64>
+        + BuildModule<Cpu, f64>
+        + WrittenLayer<f64, Activations<f64, 5>, Output = Activations<f64, 3>>,
+{
+    let checks = dense_checks::<M, K>();
+    println!("{what}: {checks:?}");
+    checks.assert_exact(what);
+}
+
+type WithResidual = (Dense<5, H>, Residual<(Dense<H, H>, Tanh)>, Dense<H, 3>);
+type WithGeneralized = (
+    Dense<5, H>,
+    GeneralizedResidual<(Dense<H, H>, Sigmoid), Dense<H, H>>,
+    Tanh,
+    Dense<H, 3>,
+);
+type WithSplitAdd = (
+    Dense<5, H>,
+    SplitInto<(Dense<H, H>, (Tanh, Dense<H, H>))>,
+    AddInto<(Tanh, Sigmoid)>,
+    Dense<H, 3>,
+);
+type WithRepeated = (Dense<5, H>, Repeated<(Dense<H, H>, Tanh), 3>, Dense<H, 3>);
+type WithDropout = (Dense<5, H>, Dropout, ReLU, DropoutOneIn<3>, Dense<H, 3>);
+
+#[test]
+fn composite_modules_have_exact_products() {
+    exact::<WithResidual, 6>("Residual");
+    exact::<WithGeneralized, 8>("GeneralizedResidual");
+    exact::<WithSplitAdd, 8>("SplitInto and AddInto");
+    exact::<WithRepeated, 10>("Repeated");
+    exact::<WithDropout, 4>("Dropout");
+}
+
+/// The written forward of each composite is dfdx's own, to the last bit.
+#[test]
+fn forwards_are_dfdxs_modules() {
+    let dev = Cpu::seed_from_u64(4);
+    let input: Tensor<(usize, Const<5>), f64, Cpu> = dev.sample_normal_like(&(6, Const::<5>));
+    macro_rules! same {
+        ($model:ty) => {
+            let model = <$model>::build(&dev);
+            let ours = WrittenLayer::forward(&model, input.retaped::<Tp<f64>>()).0;
+            let theirs = Module::forward(&model, input.clone());
+            assert_eq!(ours.as_vec(), theirs.as_vec(), stringify!($model));
+        };
+    }
+    same!(WithResidual);
+    same!(WithGeneralized);
+    same!(WithSplitAdd);
+    same!(WithRepeated);
+    same!(WithDropout);
+}
+
+/// A residual block whose backward adds the skip connection's gradient from a tape-free handle
+/// and drops the tape that carried it: the gradient is right, H·v is not.
+#[derive(Debug, Default, Clone, Copy)]
+struct DroppedSkip;
+impl ZeroSizedModule for DroppedSkip {}
+
+impl WrittenLayer<f64, Activations<f64, H>> for DroppedSkip {
+    type Output = Activations<f64, H>;
+    type Saved = <Residual<Tanh> as WrittenLayer<f64, Activations<f64, H>>>::Saved;
+    fn forward(&self, input: Activations<f64, H>) -> (Activations<f64, H>, Self::Saved) {
+        WrittenLayer::forward(&Residual(Tanh), input)
+    }
+    fn backward(
+        &self,
+        saved: Self::Saved,
+        grad_output: Activations<f64, H>,
+        grads: &mut WrittenGrad<f64>,
+        want_input: bool,
+    ) -> Option<Activations<f64, H>> {
+        let delta = grad_output.retaped::<NoneTape>();
+        drop(grad_output); // the bug
+        WrittenLayer::backward(&Residual(Tanh), saved, delta.retaped(), grads, want_input)
+    }
+}
+
+#[test]
+fn a_residual_that_drops_a_tape_is_caught() {
+    type Broken = (Dense<5, H>, DroppedSkip, Dense<H, 3>);
+    let (problem, x, y) = dense_setup::<Broken, 4>();
+    let mut oracles = Oracles::new(problem, 0);
+    let batch = oracles.lower_batch();
+    let refused = oracles.hvp_jvp(&x, &y, &random_like(&y, 1), &batch).err();
+    assert!(
+        refused
+            .as_ref()
+            .is_some_and(|e| e.to_string().contains("HvpWrong")),
+        "the first-use check must refuse it: {refused:?}"
+    );
+    oracles.check_on_first_use(false);
+    let checks = check_second_order(&mut oracles, &x, &y);
+    println!("dropped skip: {checks:?}");
+    assert!(checks.grad < 1e-10, "the gradient is right: {checks:?}");
+    assert!(checks.hvp > 1e-4, "H·v must be caught: {checks:?}");
+}
