@@ -5,7 +5,7 @@
 //! - [`dense`]: dfdx's `Linear` and `UnbiasedLinear`; [`norm`]: `LayerNorm1D`; [`by_rows`]: those
 //!   on (batch, steps, features) tensors and packed sequences; [`activations`]: dfdx's activation modules (ReLU, GeLU, sigmoid,
 //!   tanh, softmax, ...); [`combinators`]: `Residual`, `GeneralizedResidual`, `AddInto`,
-//!   `SplitInto`, `Repeated`, `Dropout`; [`elman`], [`lstm`]: recurrent layers over packed
+//!   `SplitInto`, `Repeated`, `Dropout`; [`embedding`]: `Embedding` on token ids; [`elman`], [`lstm`]: recurrent layers over packed
 //!   sequences; [`pool`]: max-pooling over time; [`loss`]: softmax cross-entropy.
 //! - [`elementwise`]: fused tanh and tanh-slope ops with hand-written backward passes.
 //! - [`rows`]: row gather, scatter-add and concatenation for packed sequences.
@@ -38,6 +38,7 @@ pub mod combinators;
 pub mod dense;
 pub mod elementwise;
 pub mod elman;
+pub mod embedding;
 pub mod forms;
 pub mod layer;
 pub mod loss;

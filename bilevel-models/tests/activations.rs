@@ -8,7 +8,6 @@ mod common;
 use bilevel_models::activations::{pointwise_backward, pointwise_forward, Pointwise};
 use bilevel_models::layer::WrittenLayer;
 use bilevel_models::tape::Held;
-use bilevel_optim::oracles::Oracles;
 use bilevel_optim::problem::{Taped, Tp};
 use bilevel_optim::written_grad::WrittenGrad;
 use common::*;
@@ -190,8 +189,6 @@ where
     }
 }
 
-/// The broken `M` is refused by the oracles' check on first use, naming H·v, and with that
-/// check off the test's own differences see H·v wrong while the gradient is right.
 fn caught<M>(what: &str)
 where
     M: bilevel_optim::params::Params<f64>
@@ -203,24 +200,7 @@ where
         >,
 {
     let (problem, x, y) = dense_setup::<M, 4>();
-    let mut oracles = Oracles::new(problem, 0);
-    let batch = oracles.lower_batch();
-    let v = random_like(&y, 1);
-    let refused = oracles.hvp_jvp(&x, &y, &v, &batch).err();
-    assert!(
-        refused
-            .as_ref()
-            .is_some_and(|e| e.to_string().contains("HvpWrong")),
-        "{what}: the first-use check must refuse it: {refused:?}"
-    );
-    oracles.check_on_first_use(false);
-    let checks = check_second_order(&mut oracles, &x, &y);
-    println!("broken {what}: {checks:?}");
-    assert!(
-        checks.grad < 1e-10,
-        "{what}: the gradient is right {checks:?}"
-    );
-    assert!(checks.hvp > 1e-4, "{what}: H·v must be caught {checks:?}");
+    assert_caught(problem, &x, &y, what);
 }
 
 #[test]

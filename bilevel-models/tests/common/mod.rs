@@ -3,7 +3,9 @@
 //! symmetry).
 #![allow(dead_code)]
 
+use bilevel_models::by_rows::Steps;
 use bilevel_models::classifier::{add_loss_gradient, loss};
+use bilevel_models::embedding::{TokenSteps, Tokens};
 use bilevel_models::layer::WrittenLayer;
 use bilevel_models::penalty::{add_l2_gradient, l2_penalty};
 use bilevel_models::sequence::Activations;
@@ -13,6 +15,7 @@ use bilevel_optim::params::Params;
 use bilevel_optim::problem::{Batch, BilevelProblem, SampleRng, ShardedProblem, Taped, Tp};
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
+use dfdx::nn::ZeroSizedModule;
 use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
@@ -267,6 +270,29 @@ where
     check_second_order(&mut Oracles::new(problem, 0), &x, &y)
 }
 
+/// A broken written gradient is caught twice: the oracles' check on first use refuses the
+/// second-order pass naming H·v, and, with that check off, the gradient is right while the
+/// finite-difference check sees H·v wrong.
+pub fn assert_caught<P: BilevelProblem<f64>>(problem: P, x: &P::X, y: &P::Y, what: &str) {
+    let mut oracles = Oracles::new(problem, 0);
+    let batch = oracles.lower_batch();
+    let refused = oracles.hvp_jvp(x, y, &random_like(y, 1), &batch).err();
+    assert!(
+        refused
+            .as_ref()
+            .is_some_and(|e| e.to_string().contains("HvpWrong")),
+        "{what}: the first-use check must refuse it: {refused:?}"
+    );
+    oracles.check_on_first_use(false);
+    let checks = check_second_order(&mut oracles, x, y);
+    println!("broken {what}: {checks:?}");
+    assert!(
+        checks.grad < 1e-10,
+        "{what}: the gradient is right {checks:?}"
+    );
+    assert!(checks.hvp > 1e-4, "{what}: H·v must be caught {checks:?}");
+}
+
 /// A fixed batch of dense inputs.
 pub struct DenseBatch<const F: usize, const C: usize> {
     pub input: Tensor<(usize, Const<F>), f64, Cpu>,
@@ -336,4 +362,164 @@ where
         add_loss_gradient(y, b.input.retaped::<Tp<f64>>(), &b.targets, Some(w), grads);
         add_l2_gradient(&x.0, y, grads);
     }
+}
+
+/// The 6 rows of a dense batch as 3 sequences of 2 steps.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Fold;
+impl ZeroSizedModule for Fold {}
+
+impl<const N: usize> WrittenLayer<f64, Activations<f64, N>> for Fold {
+    type Output = Steps<f64, N>;
+    type Saved = ();
+    fn forward(&self, input: Activations<f64, N>) -> (Steps<f64, N>, ()) {
+        let rows = input.shape().0;
+        (input.reshape_like(&(rows / 2, 2, Const::<N>)), ())
+    }
+    fn backward(
+        &self,
+        _: (),
+        grad_output: Steps<f64, N>,
+        grads: &mut WrittenGrad<f64>,
+        want_input: bool,
+    ) -> Option<Activations<f64, N>> {
+        let (b, s, _) = *grad_output.shape();
+        let grad = grad_output.reshape_like(&(b * s, Const::<N>));
+        if want_input {
+            Some(grad)
+        } else {
+            grads.keep_tape(grad);
+            None
+        }
+    }
+}
+
+/// Back from (batch, steps, N) to its rows.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Unfold;
+impl ZeroSizedModule for Unfold {}
+
+impl<const N: usize> WrittenLayer<f64, Steps<f64, N>> for Unfold {
+    type Output = Activations<f64, N>;
+    type Saved = usize;
+    fn forward(&self, input: Steps<f64, N>) -> (Activations<f64, N>, usize) {
+        let (b, s, _) = *input.shape();
+        (input.reshape_like(&(b * s, Const::<N>)), s)
+    }
+    fn backward(
+        &self,
+        steps: usize,
+        grad_output: Activations<f64, N>,
+        _: &mut WrittenGrad<f64>,
+        _: bool,
+    ) -> Option<Steps<f64, N>> {
+        let rows = grad_output.shape().0;
+        Some(grad_output.reshape_like(&(rows / steps, steps, Const::<N>)))
+    }
+}
+
+/// Token ids of a test batch: 6 ids, or 3 sequences of 2.
+pub trait TokenInput: Sized {
+    fn sample(dev: &Cpu) -> Self;
+}
+
+impl TokenInput for Tokens {
+    fn sample(_: &Cpu) -> Self {
+        Cpu::default().tensor_from_vec(vec![3, 0, 7, 3, 9, 1], (6,))
+    }
+}
+
+impl TokenInput for TokenSteps {
+    fn sample(_: &Cpu) -> Self {
+        Cpu::default().tensor_from_vec(vec![3, 0, 7, 3, 9, 1], (3, 2))
+    }
+}
+
+/// [`DenseProblem`]'s `g` on token ids: x = (K log L2 coefficients, 6 weight logits), a model M
+/// from ids of type I to 6 rows of 3 class scores.
+pub struct TokenProblem<M, I, const K: usize> {
+    pub model: std::marker::PhantomData<(M, I)>,
+}
+
+pub struct TokenBatch<I> {
+    pub ids: I,
+    pub targets: Tensor<(usize, Const<3>), f64, Cpu>,
+    pub rows: Tensor<(usize,), usize, Cpu>,
+}
+impl<I> Batch for TokenBatch<I> {
+    fn size(&self) -> usize {
+        6
+    }
+}
+
+impl<M, I: TokenInput + Clone, const K: usize> TokenProblem<M, I, K> {
+    fn batch(&self) -> TokenBatch<I> {
+        let dev = Cpu::default();
+        let labels: Vec<usize> = (0..6).map(|i| (i * 7 + 1) % 3).collect();
+        TokenBatch {
+            ids: I::sample(&dev),
+            targets: bilevel_models::loss::one_hot(&labels),
+            rows: dev.tensor_from_vec((0..6).collect(), (6,)),
+        }
+    }
+}
+
+impl<M, I: TokenInput + Clone, const K: usize> BilevelProblem<f64> for TokenProblem<M, I, K>
+where
+    M: Params<f64> + WrittenLayer<f64, I, Output = Activations<f64, 3>>,
+{
+    type X = DenseX<K, 6>;
+    type Y = M;
+    type UpperBatch = TokenBatch<I>;
+    type LowerBatch = TokenBatch<I>;
+    fn sample_upper(&mut self, _: &mut SampleRng) -> TokenBatch<I> {
+        self.batch()
+    }
+    fn sample_lower(&mut self, _: &mut SampleRng) -> TokenBatch<I> {
+        self.batch()
+    }
+    fn upper_loss(&self, _: &Self::X, y: &M, b: &TokenBatch<I>) -> Taped<Rank0, f64> {
+        loss(y, b.ids.clone(), &b.targets, None)
+    }
+    fn lower_loss(&self, x: &Self::X, y: &M, b: &TokenBatch<I>) -> Taped<Rank0, f64> {
+        let w = x.1.retaped::<Tp<f64>>().gather(b.rows.clone()).sigmoid();
+        loss(y, b.ids.clone(), &b.targets, Some(w)) + l2_penalty(&x.0, y)
+    }
+    fn write_lower_grad_y(
+        &self,
+        x: &Self::X,
+        y: &M,
+        b: &TokenBatch<I>,
+        grads: &mut WrittenGrad<f64>,
+    ) {
+        let w = x.1.retaped::<Tp<f64>>().gather(b.rows.clone()).sigmoid();
+        add_loss_gradient(y, b.ids.clone(), &b.targets, Some(w), grads);
+        add_l2_gradient(&x.0, y, grads);
+    }
+}
+
+/// A token model M in [`TokenProblem`], with a random x and M's seeded initialization.
+pub fn token_setup<M, I, const K: usize>() -> (TokenProblem<M, I, K>, DenseX<K, 6>, M)
+where
+    M: BuildModule<Cpu, f64>,
+{
+    let dev = Cpu::seed_from_u64(3);
+    let y = M::build(&dev);
+    let x: DenseX<K, 6> = (
+        dev.sample_normal::<Rank1<K>>() * 0.5 - 1.0,
+        dev.sample_normal(),
+    );
+    let problem = TokenProblem {
+        model: std::marker::PhantomData,
+    };
+    (problem, x, y)
+}
+
+/// [`check_second_order`] of [`token_setup`].
+pub fn token_checks<M, I: TokenInput + Clone, const K: usize>() -> Checks
+where
+    M: Params<f64> + BuildModule<Cpu, f64> + WrittenLayer<f64, I, Output = Activations<f64, 3>>,
+{
+    let (problem, x, y) = token_setup::<M, I, K>();
+    check_second_order(&mut Oracles::new(problem, 0), &x, &y)
 }
