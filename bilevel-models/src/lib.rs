@@ -5,7 +5,8 @@
 //! - [`dense`]: dfdx's `Linear` and `UnbiasedLinear`; [`norm`]: `LayerNorm1D`; [`by_rows`]: those
 //!   on (batch, steps, features) tensors and packed sequences; [`activations`]: dfdx's activation modules (ReLU, GeLU, sigmoid,
 //!   tanh, softmax, ...); [`combinators`]: `Residual`, `GeneralizedResidual`, `AddInto`,
-//!   `SplitInto`, `Repeated`, `Dropout`; [`embedding`]: `Embedding` on token ids; [`elman`], [`lstm`]: recurrent layers over packed
+//!   `SplitInto`, `Repeated`, `Dropout`; [`attention`]: `MultiHeadAttention` and
+//!   `TransformerEncoderBlock`; [`embedding`]: `Embedding` on token ids; [`elman`], [`lstm`]: recurrent layers over packed
 //!   sequences; [`pool`]: max-pooling over time; [`loss`]: softmax cross-entropy.
 //! - [`elementwise`]: fused tanh and tanh-slope ops with hand-written backward passes.
 //! - [`rows`]: row gather, scatter-add and concatenation for packed sequences.
@@ -32,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod activations;
+pub mod attention;
 pub mod by_rows;
 pub mod classifier;
 pub mod combinators;

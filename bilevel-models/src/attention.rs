@@ -1,0 +1,197 @@
+//! dfdx's `MultiHeadAttention` (self-attention on (batch, steps, features) tensors) and
+//! `TransformerEncoderBlock` as written layers.
+//!
+//! Per head, with `Q = x W_qᵀ`, `K = x W_kᵀ`, `V = x W_vᵀ` split into heads, scale `s = 1/√d_k`:
+//! `A = softmax(s Q Kᵀ)`, `O = A V`, output `O W_oᵀ`. Backward, from `δO`:
+//! `δV = Aᵀ δO`, `δA = δO Vᵀ`, `δZ = A ⊙ (δA − rowsum(δA ⊙ A))`, `δQ = s δZ K`,
+//! `δK = s δZᵀ Q`, each through its projection's written backward; the input's gradient is the
+//! sum of the three. Q, K, V and A are kept as handles of the forward graph, so H·v reaches x
+//! through every one of them. The forward runs dfdx's ops in dfdx's order: its values are dfdx's.
+//!
+//! The encoder block is post-norm, as in dfdx: `x₁ = norm₁(x + attention(x))`,
+//! `out = norm₂(x₁ + ff(x₁))`, composed from the written layers of its parts.
+
+use bilevel_optim::problem::Taped;
+use bilevel_optim::real::Real;
+use bilevel_optim::written_grad::WrittenGrad;
+use dfdx::nn::modules::{Linear, MultiHeadAttention, ReLU, Residual, TransformerEncoderBlock};
+use dfdx::prelude::*;
+
+use crate::by_rows::{backward_by_rows, forward_by_rows, ByRows, Steps};
+use crate::layer::WrittenLayer;
+use crate::norm::LayerNormSaved;
+use crate::tape::{hold, taped, Held};
+
+/// (batch, heads, steps, per-head features), with every size known at run time.
+type Heads = (usize, usize, usize, usize);
+
+/// What the backward of an attention layer reads.
+pub struct AttentionSaved<E: Real, const M: usize, const K: usize, const V: usize>
+where
+    Cpu: Device<E>,
+{
+    /// The projections' inputs.
+    pub q_rows: ByRows<Held<(usize, Const<M>), E>>,
+    /// See `q_rows`.
+    pub k_rows: ByRows<Held<(usize, Const<M>), E>>,
+    /// See `q_rows`.
+    pub v_rows: ByRows<Held<(usize, Const<M>), E>>,
+    /// The output projection's input.
+    pub o_rows: ByRows<Held<(usize, Const<V>), E>>,
+    /// Q, (batch, heads, steps, d_k).
+    pub q: Held<Heads, E>,
+    /// Kᵀ, (batch, heads, d_k, steps).
+    pub k: Held<Heads, E>,
+    /// V, (batch, heads, steps, d_v).
+    pub v: Held<Heads, E>,
+    /// A, (batch, heads, steps, steps).
+    pub weights: Held<Heads, E>,
+}
+
+impl<const M: usize, const H: usize, const K: usize, const V: usize, E: Real>
+    WrittenLayer<E, Steps<E, M>> for MultiHeadAttention<M, H, K, V, E, Cpu>
+where
+    Cpu: Device<E>,
+{
+    type Output = Steps<E, M>;
+    type Saved = AttentionSaved<E, M, K, V>;
+
+    fn forward(&self, input: Steps<E, M>) -> (Steps<E, M>, Self::Saved) {
+        let x = hold(&input);
+        let (b, s, _) = *x.shape();
+        let (v, v_rows) = forward_by_rows(&self.w_v, taped(&x));
+        let v = v
+            .reshape_like(&(b, s, H, V / H))
+            .permute::<_, Axes4<0, 2, 1, 3>>();
+        let (k, k_rows) = forward_by_rows(&self.w_k, taped(&x));
+        let k = k
+            .reshape_like(&(b, s, H, K / H))
+            .permute::<_, Axes4<0, 2, 3, 1>>();
+        let (q, q_rows) = forward_by_rows(&self.w_q, input);
+        let q = q
+            .reshape_like(&(b, s, H, K / H))
+            .permute::<_, Axes4<0, 2, 1, 3>>();
+        let (q_held, k_held, v_held) = (hold(&q), hold(&k), hold(&v));
+        let weights = (q.matmul(k) * scale::<E>(K / H)).softmax::<Axis<3>>();
+        let weights_held = hold(&weights);
+        let tokens = weights
+            .matmul(v)
+            .permute::<_, Axes4<0, 2, 1, 3>>()
+            .reshape_like(&(b, s, Const::<V>));
+        let (out, o_rows) = forward_by_rows(&self.w_o, tokens);
+        let saved = AttentionSaved {
+            q_rows,
+            k_rows,
+            v_rows,
+            o_rows,
+            q: q_held,
+            k: k_held,
+            v: v_held,
+            weights: weights_held,
+        };
+        (out, saved)
+    }
+
+    fn backward(
+        &self,
+        saved: Self::Saved,
+        grad_output: Steps<E, M>,
+        grads: &mut WrittenGrad<E>,
+        want_input: bool,
+    ) -> Option<Steps<E, M>> {
+        let (b, s, _) = *grad_output.shape();
+        let tokens =
+            backward_by_rows(&self.w_o, saved.o_rows, grad_output, grads, true).expect("asked for");
+        let d_o = tokens
+            .reshape_like(&(b, s, H, V / H))
+            .permute::<_, Axes4<0, 2, 1, 3>>();
+        let d_o_held = hold(&d_o);
+        let a = || taped(&saved.weights);
+        // δV = Aᵀ δO.
+        let d_v = a().permute::<_, Axes4<0, 1, 3, 2>>().matmul(d_o);
+        // δA = δO Vᵀ, then through the softmax, then the scale.
+        let d_a = taped(&d_o_held).matmul(taped(&saved.v).permute::<_, Axes4<0, 1, 3, 2>>());
+        let d_a_held = hold(&d_a);
+        let shape = *d_a_held.shape();
+        let along_a = (d_a * a())
+            .sum::<(usize, usize, usize), Axis<3>>()
+            .broadcast_like::<_, Axis<3>>(&shape);
+        let d_z = (taped(&d_a_held) - along_a) * a() * scale::<E>(K / H);
+        let d_z_held = hold(&d_z);
+        // δQ = δZ K (K kept as Kᵀ), δKᵀ = Qᵀ δZ.
+        let d_q = d_z.matmul(taped(&saved.k).permute::<_, Axes4<0, 1, 3, 2>>());
+        let d_k = taped(&saved.q)
+            .permute::<_, Axes4<0, 1, 3, 2>>()
+            .matmul(taped(&d_z_held));
+        let rows = |t: Taped<Heads, E>| t.reshape_like(&(b, s, Const::<K>));
+        let d_q = rows(d_q.permute::<_, Axes4<0, 2, 1, 3>>());
+        let d_k = rows(d_k.permute::<_, Axes4<0, 3, 1, 2>>());
+        let d_v = d_v
+            .permute::<_, Axes4<0, 2, 1, 3>>()
+            .reshape_like(&(b, s, Const::<V>));
+        let from_q = backward_by_rows(&self.w_q, saved.q_rows, d_q, grads, want_input);
+        let from_k = backward_by_rows(&self.w_k, saved.k_rows, d_k, grads, want_input);
+        let from_v = backward_by_rows(&self.w_v, saved.v_rows, d_v, grads, want_input);
+        Some(from_q? + from_k? + from_v?)
+    }
+}
+
+/// `1/√d`, as dfdx rounds it.
+fn scale<E: Real>(d: usize) -> E {
+    E::of(1.0 / (d as f64).sqrt())
+}
+
+type FeedForward<const M: usize, const F: usize, E> =
+    Residual<(Linear<M, F, E, Cpu>, ReLU, Linear<F, M, E, Cpu>)>;
+
+/// What the backward of an encoder block reads: each part's saved values.
+pub struct EncoderBlockSaved<E: Real, const M: usize, const F: usize>
+where
+    Cpu: Device<E>,
+{
+    attention: AttentionSaved<E, M, M, M>,
+    norm1: ByRows<LayerNormSaved<E, M>>,
+    ff: <FeedForward<M, F, E> as WrittenLayer<E, Steps<E, M>>>::Saved,
+    norm2: ByRows<LayerNormSaved<E, M>>,
+}
+
+impl<const M: usize, const H: usize, const F: usize, E: Real> WrittenLayer<E, Steps<E, M>>
+    for TransformerEncoderBlock<M, H, F, E, Cpu>
+where
+    Cpu: Device<E>,
+{
+    type Output = Steps<E, M>;
+    type Saved = EncoderBlockSaved<E, M, F>;
+
+    fn forward(&self, input: Steps<E, M>) -> (Steps<E, M>, Self::Saved) {
+        let x = hold(&input);
+        let (attended, attention) = WrittenLayer::forward(&self.self_attn, input);
+        let (x1, norm1) = forward_by_rows(&self.norm1, attended + taped(&x));
+        let (x2, ff) = WrittenLayer::forward(&self.ff, x1);
+        let (out, norm2) = forward_by_rows(&self.norm2, x2);
+        let saved = EncoderBlockSaved {
+            attention,
+            norm1,
+            ff,
+            norm2,
+        };
+        (out, saved)
+    }
+
+    fn backward(
+        &self,
+        saved: Self::Saved,
+        grad_output: Steps<E, M>,
+        grads: &mut WrittenGrad<E>,
+        want_input: bool,
+    ) -> Option<Steps<E, M>> {
+        let asked = "an inner layer returns its input gradient when asked";
+        let d = backward_by_rows(&self.norm2, saved.norm2, grad_output, grads, true).expect(asked);
+        let d = WrittenLayer::backward(&self.ff, saved.ff, d, grads, true).expect(asked);
+        let d = backward_by_rows(&self.norm1, saved.norm1, d, grads, true).expect(asked);
+        let skip = hold(&d);
+        let through =
+            WrittenLayer::backward(&self.self_attn, saved.attention, d, grads, want_input)?;
+        Some(through + taped(&skip))
+    }
+}
