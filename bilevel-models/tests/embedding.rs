@@ -82,3 +82,24 @@ fn an_embedding_with_a_detached_gradient_is_caught() {
     let (problem, x, y) = token_setup::<Broken, Tokens, 3>();
     assert_caught(problem, &x, &y, "embedding with a detached gradient");
 }
+
+/// A model that is a tuple of dfdx modules (dfdx nests tuples beyond six), ids to class scores through an embedding, attention,
+/// layer norm and ReLU, has exact products with no calculus from its user: the problem's losses
+/// (`classifier::loss`, `add_loss_gradient`) are all it writes.
+#[test]
+fn a_tuple_of_dfdx_modules_with_attention_has_exact_products() {
+    type Model = (
+        (
+            Embedding<10, H, f64, Cpu>,
+            dfdx::nn::modules::MultiHeadAttention<H, 2, H, H, f64, Cpu>,
+            LayerNorm1D<H, f64, Cpu>,
+        ),
+        Linear<H, H, f64, Cpu>,
+        dfdx::nn::modules::ReLU,
+        Unfold,
+        Linear<H, 3, f64, Cpu>,
+    );
+    let checks = token_checks::<Model, TokenSteps, 15>();
+    println!("embedding, attention, layer norm, ReLU: {checks:?}");
+    checks.assert_exact("embedding, attention, layer norm, ReLU");
+}
