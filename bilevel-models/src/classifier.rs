@@ -13,7 +13,7 @@ use dfdx::prelude::*;
 
 use crate::elman::ElmanLayer;
 use crate::layer::WrittenLayer;
-use crate::loss::{cross_entropy, cross_entropy_grad, SampleWeights};
+use crate::loss::{CrossEntropy, Loss, SampleWeights};
 use crate::lstm::LstmLayer;
 use crate::pool::MaxPoolTime;
 use crate::sequence::Activations;
@@ -127,7 +127,7 @@ where
     Cpu: Device<E>,
     M: WrittenLayer<E, Input, Output = Activations<E, C>>,
 {
-    cross_entropy(logits(model, input), targets, weights)
+    loss_with(&CrossEntropy, model, input, targets, weights)
 }
 
 /// Adds the written gradient of [`loss`] with respect to every tensor of `model` to `grads`.
@@ -143,8 +143,40 @@ pub fn add_loss_gradient<E: Real, Input, M, const C: usize>(
     Cpu: Device<E>,
     M: WrittenLayer<E, Input, Output = Activations<E, C>>,
 {
-    let (logits, saved) = model.forward(input);
-    let delta = cross_entropy_grad(logits, targets, weights);
+    add_loss_gradient_with(&CrossEntropy, model, input, targets, weights, grads)
+}
+
+/// [`loss`] with another [`Loss`] (squared error, Huber, binary cross-entropy on logits, ...).
+pub fn loss_with<E: Real, Input, M, L, const C: usize>(
+    loss: &L,
+    model: &M,
+    input: Input,
+    targets: &Tensor<(usize, Const<C>), E, Cpu>,
+    weights: SampleWeights<E>,
+) -> Taped<Rank0, E>
+where
+    Cpu: Device<E>,
+    M: WrittenLayer<E, Input, Output = Activations<E, C>>,
+    L: Loss<E, C>,
+{
+    loss.value(logits(model, input), targets, weights)
+}
+
+/// [`add_loss_gradient`] with another [`Loss`].
+pub fn add_loss_gradient_with<E: Real, Input, M, L, const C: usize>(
+    loss: &L,
+    model: &M,
+    input: Input,
+    targets: &Tensor<(usize, Const<C>), E, Cpu>,
+    weights: SampleWeights<E>,
+    grads: &mut WrittenGrad<E>,
+) where
+    Cpu: Device<E>,
+    M: WrittenLayer<E, Input, Output = Activations<E, C>>,
+    L: Loss<E, C>,
+{
+    let (outputs, saved) = model.forward(input);
+    let delta = loss.gradient(outputs, targets, weights);
     let no_input_grad = model.backward(saved, delta, grads, false);
     debug_assert!(no_input_grad.is_none());
 }
