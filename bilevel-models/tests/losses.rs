@@ -15,6 +15,8 @@ use dfdx::prelude::*;
 
 type Outputs = Tensor<(usize, Const<3>), f64, Cpu>;
 type Weights = Tensor<(usize,), f64, Cpu>;
+type TapedOutputs = Tensor<(usize, Const<3>), f64, Cpu, Tp<f64>>;
+type TapedScalar = Tensor<Rank0, f64, Cpu, Tp<f64>>;
 
 /// Outputs, targets and weights of 6 samples; residuals stay clear of Huber's ±0.5. Targets are
 /// probabilities, one-hot for the cross-entropy (whose gradient assumes rows that sum to 1).
@@ -137,9 +139,7 @@ fn unweighted_values_are_dfdxs_losses() {
             "{what}: {a} against dfdx's {b}"
         );
     };
-    let ours = |l: &dyn Fn(
-        Tensor<(usize, Const<3>), f64, Cpu, Tp<f64>>,
-    ) -> Tensor<Rank0, f64, Cpu, Tp<f64>>| { l(p.retaped::<Tp<f64>>()).array() };
+    let ours = |l: &dyn Fn(TapedOutputs) -> TapedScalar| l(p.retaped::<Tp<f64>>()).array();
     close(
         ours(&|x| MeanSquaredError.value(x, &t, None)),
         mse_loss(p.clone(), t.clone()).array(),
