@@ -223,3 +223,20 @@ fn a_broken_variant_of_every_activation_is_caught() {
     caught::<Between<Detached<Softmax>>>("Softmax");
     caught::<Between<Detached<LogSoftmax>>>("LogSoftmax");
 }
+
+/// Tanh, Softmax and LogSoftmax run dfdx's values too (f64).
+#[test]
+fn row_activations_forward_as_dfdx() {
+    let dev = Cpu::seed_from_u64(9);
+    let x: Tensor<(usize, Const<5>), f64, Cpu> = dev.sample_normal_like(&(4, Const::<5>));
+    macro_rules! same {
+        ($module:expr) => {
+            let ours = WrittenLayer::forward(&$module, x.retaped::<Tp<f64>>()).0;
+            let theirs = Module::forward(&$module, x.clone());
+            assert_eq!(ours.as_vec(), theirs.as_vec(), stringify!($module));
+        };
+    }
+    same!(Tanh);
+    same!(Softmax);
+    same!(LogSoftmax);
+}
