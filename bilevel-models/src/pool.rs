@@ -1,4 +1,6 @@
-//! Max-pooling over the time steps of a packed sequence batch.
+//! Pooling over time: max-pooling over the steps of a packed sequence batch ([`MaxPoolTime`]),
+//! and the mean over the steps of a (batch, steps, features) tensor ([`MeanPoolSteps`], written
+//! backward `∂h_t = δ / steps`).
 //!
 //! The maximum is found on the values, then written as `pooled = Σ_t h_t ⊙ e_t`, where `e_t` is
 //! the indicator of "step t holds the maximum" (the first such step on a tie), and the rows are
@@ -15,6 +17,7 @@ use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::nn::ZeroSizedModule;
 use dfdx::prelude::*;
 
+use crate::by_rows::Steps;
 use crate::layer::WrittenLayer;
 use crate::recurrent::{extend_rows, first_rows};
 use crate::rows::gather_rows;
@@ -133,5 +136,40 @@ where
             steps,
             mask: saved.mask,
         })
+    }
+}
+
+/// The mean over the steps of a (batch, steps, N) tensor: a transformer's pooling.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MeanPoolSteps;
+
+impl ZeroSizedModule for MeanPoolSteps {}
+
+impl<const N: usize, E: Real> WrittenLayer<E, Steps<E, N>> for MeanPoolSteps
+where
+    Cpu: Device<E>,
+{
+    type Output = Activations<E, N>;
+    type Saved = usize;
+
+    fn forward(&self, input: Steps<E, N>) -> (Activations<E, N>, usize) {
+        let steps = input.shape().1;
+        (input.mean::<(usize, Const<N>), Axis<1>>(), steps)
+    }
+
+    fn backward(
+        &self,
+        steps: usize,
+        grad_output: Activations<E, N>,
+        grads: &mut WrittenGrad<E>,
+        want_input: bool,
+    ) -> Option<Steps<E, N>> {
+        if !want_input {
+            grads.keep_tape(grad_output);
+            return None;
+        }
+        let (rows, _) = *grad_output.shape();
+        let spread = grad_output.broadcast_like::<_, Axis<1>>(&(rows, steps, Const::<N>));
+        Some(spread / E::of(steps as f64))
     }
 }

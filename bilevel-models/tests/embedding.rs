@@ -6,6 +6,7 @@ mod common;
 
 use bilevel_models::embedding::{TokenSteps, Tokens};
 use bilevel_models::layer::WrittenLayer;
+use bilevel_models::pool::MeanPoolSteps;
 use common::*;
 use dfdx::nn::modules::{Embedding, LayerNorm1D, Linear, Tanh};
 use dfdx::nn::Module;
@@ -23,7 +24,7 @@ fn embeddings_have_exact_products() {
     type OnSequences = (
         Embedding<10, H, f64, Cpu>,
         LayerNorm1D<H, f64, Cpu>,
-        Unfold,
+        MeanPoolSteps,
         Tanh,
         Linear<H, 3, f64, Cpu>,
     );
@@ -83,8 +84,8 @@ fn an_embedding_with_a_detached_gradient_is_caught() {
     assert_caught(problem, &x, &y, "embedding with a detached gradient");
 }
 
-/// A model that is a tuple of dfdx modules (dfdx nests tuples beyond six), ids to class scores through an embedding, attention,
-/// layer norm and ReLU, has exact products with no calculus from its user: the problem's losses
+/// A model that is a tuple of dfdx modules (dfdx nests tuples beyond six), ids to class scores
+/// through an embedding, attention, layer norm, ReLU and a mean over the steps, has exact products with no calculus from its user: the problem's losses
 /// (`classifier::loss`, `add_loss_gradient`) are all it writes.
 #[test]
 fn a_tuple_of_dfdx_modules_with_attention_has_exact_products() {
@@ -96,7 +97,7 @@ fn a_tuple_of_dfdx_modules_with_attention_has_exact_products() {
         ),
         Linear<H, H, f64, Cpu>,
         dfdx::nn::modules::ReLU,
-        Unfold,
+        MeanPoolSteps,
         Linear<H, 3, f64, Cpu>,
     );
     let checks = token_checks::<Model, TokenSteps, 15>();

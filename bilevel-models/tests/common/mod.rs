@@ -418,7 +418,7 @@ impl<const N: usize> WrittenLayer<f64, Steps<f64, N>> for Unfold {
     }
 }
 
-/// Token ids of a test batch: 6 ids, or 3 sequences of 2.
+/// Token ids of a test batch: 6 ids, or 6 sequences of 3.
 pub trait TokenInput: Sized {
     fn sample(dev: &Cpu) -> Self;
 }
@@ -431,7 +431,8 @@ impl TokenInput for Tokens {
 
 impl TokenInput for TokenSteps {
     fn sample(_: &Cpu) -> Self {
-        Cpu::default().tensor_from_vec(vec![3, 0, 7, 3, 9, 1], (3, 2))
+        let ids = vec![3, 0, 7, 3, 9, 1, 2, 2, 8, 5, 0, 6, 4, 9, 3, 1, 1, 7];
+        Cpu::default().tensor_from_vec(ids, (6, 3))
     }
 }
 
