@@ -6,7 +6,8 @@
 //!   on (batch, steps, features) tensors and packed sequences; [`activations`]: dfdx's activation modules (ReLU, GeLU, sigmoid,
 //!   tanh, softmax, ...); [`combinators`]: `Residual`, `GeneralizedResidual`, `AddInto`,
 //!   `SplitInto`, `Repeated`, `Dropout`; [`attention`]: `MultiHeadAttention` and
-//!   `TransformerEncoderBlock`; [`embedding`]: `Embedding` on token ids; [`elman`], [`lstm`]: recurrent layers over packed
+//!   `TransformerEncoderBlock`; [`embedding`]: `Embedding` on token ids; [`images`]: `Bias2D`,
+//!   batch norms (running statistics) and the global pools; [`elman`], [`lstm`]: recurrent layers over packed
 //!   sequences; [`pool`]: max-pooling over time; [`loss`]: softmax cross-entropy.
 //! - [`elementwise`]: fused tanh and tanh-slope ops with hand-written backward passes.
 //! - [`rows`]: row gather, scatter-add and concatenation for packed sequences.
@@ -42,6 +43,7 @@ pub mod elementwise;
 pub mod elman;
 pub mod embedding;
 pub mod forms;
+pub mod images;
 pub mod layer;
 pub mod loss;
 pub mod lstm;

@@ -1,0 +1,139 @@
+//! dfdx's image modules (`Bias2D`, `BatchNorm2D`, the global pools) and `BatchNorm1D` as written
+//! layers: written gradient against dfdx's autodiff, H·v and J·v against finite differences,
+//! symmetry; the forward against dfdx's own; and a batch norm whose scale gradient reads a copy
+//! of its input is caught.
+
+mod common;
+
+use bilevel_models::images::Images;
+use bilevel_models::layer::WrittenLayer;
+use bilevel_models::sequence::Activations;
+use bilevel_optim::problem::Tp;
+use bilevel_optim::written_grad::WrittenGrad;
+use common::*;
+use dfdx::nn::modules::{
+    AvgPoolGlobal, BatchNorm1D, BatchNorm2D, Bias2D, Linear, MaxPoolGlobal, MinPoolGlobal, Tanh,
+};
+use dfdx::nn::{Module, ZeroSizedModule};
+use dfdx::prelude::*;
+
+/// Each row of 12 features as an image of 3 channels of 2 × 2 pixels.
+#[derive(Debug, Default, Clone, Copy)]
+struct ToImages;
+impl ZeroSizedModule for ToImages {}
+
+impl WrittenLayer<f64, Activations<f64, 12>> for ToImages {
+    type Output = Images<f64, 3>;
+    type Saved = ();
+    fn forward(&self, input: Activations<f64, 12>) -> (Images<f64, 3>, ()) {
+        let rows = input.shape().0;
+        (input.reshape_like(&(rows, Const::<3>, 2, 2)), ())
+    }
+    fn backward(
+        &self,
+        _: (),
+        grad_output: Images<f64, 3>,
+        _: &mut WrittenGrad<f64>,
+        _: bool,
+    ) -> Option<Activations<f64, 12>> {
+        let rows = grad_output.shape().0;
+        Some(grad_output.reshape_like(&(rows, Const::<12>)))
+    }
+}
+
+type Dense<const I: usize, const O: usize> = Linear<I, O, f64, Cpu>;
+type ImageModel<Pool> = (
+    (Dense<5, 12>, ToImages),
+    Bias2D<3, f64, Cpu>,
+    BatchNorm2D<3, f64, Cpu>,
+    Tanh,
+    Pool,
+    Dense<3, 3>,
+);
+
+fn exact<M, const K: usize>(what: &str)
+where
+    M: bilevel_optim::params::Params<f64>
+        + BuildModule<Cpu, f64>
+        + WrittenLayer<f64, Activations<f64, 5>, Output = Activations<f64, 3>>,
+{
+    let checks = dense_checks::<M, K>();
+    println!("{what}: {checks:?}");
+    checks.assert_exact(what);
+}
+
+#[test]
+fn image_modules_have_exact_products() {
+    exact::<ImageModel<AvgPoolGlobal>, 7>("Bias2D, BatchNorm2D, AvgPoolGlobal");
+    exact::<ImageModel<MaxPoolGlobal>, 7>("Bias2D, BatchNorm2D, MaxPoolGlobal");
+    exact::<ImageModel<MinPoolGlobal>, 7>("Bias2D, BatchNorm2D, MinPoolGlobal");
+    exact::<(Dense<5, 4>, BatchNorm1D<4, f64, Cpu>, Tanh, Dense<4, 3>), 6>("BatchNorm1D");
+}
+
+/// The written forwards are dfdx's own (batch norms with non-trivial running statistics).
+#[test]
+fn forwards_are_dfdxs_modules() {
+    let dev = Cpu::seed_from_u64(12);
+    let images: Tensor<(usize, Const<3>, usize, usize), f64, Cpu> =
+        dev.sample_normal_like(&(4, Const::<3>, 3, 5));
+    macro_rules! same {
+        ($module:expr, $input:expr) => {
+            let ours = WrittenLayer::forward(&$module, $input.retaped::<Tp<f64>>()).0;
+            let theirs = Module::forward(&$module, $input.clone());
+            assert_eq!(ours.as_vec(), theirs.as_vec(), stringify!($module));
+        };
+    }
+    let mut bias = Bias2D::<3, f64, Cpu>::build(&dev);
+    bias.bias = dev.sample_normal();
+    let mut norm = BatchNorm2D::<3, f64, Cpu>::build(&dev);
+    (norm.running_mean, norm.running_var) = (dev.sample_normal(), dev.sample_uniform());
+    (norm.scale, norm.bias) = (dev.sample_normal(), dev.sample_normal());
+    same!(bias, images);
+    same!(norm, images);
+    same!(AvgPoolGlobal, images);
+    same!(MaxPoolGlobal, images);
+    same!(MinPoolGlobal, images);
+    let rows: Tensor<(usize, Const<3>), f64, Cpu> = dev.sample_normal_like(&(4, Const::<3>));
+    let mut norm = BatchNorm1D::<3, f64, Cpu>::build(&dev);
+    (norm.running_mean, norm.running_var) = (dev.sample_normal(), dev.sample_uniform());
+    same!(norm, rows);
+}
+
+/// A batch norm whose scale gradient reads a copy of its centred input: the gradient is right,
+/// but H·v misses how the scale's gradient depends on y.
+#[derive(Debug, Clone)]
+struct DetachedNorm<E: Dtype, D: Storage<E>>(BatchNorm1D<4, E, D>);
+
+impl<E: Dtype + num_traits::Float, D: Device<E>> TensorCollection<E, D> for DetachedNorm<E, D> {
+    type To<E2: Dtype, D2: Device<E2>> = DetachedNorm<E2, D2>;
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(Self::module("0", |s| &s.0, |s| &mut s.0), DetachedNorm)
+    }
+}
+
+impl WrittenLayer<f64, Activations<f64, 4>> for DetachedNorm<f64, Cpu> {
+    type Output = Activations<f64, 4>;
+    type Saved = <BatchNorm1D<4, f64, Cpu> as WrittenLayer<f64, Activations<f64, 4>>>::Saved;
+    fn forward(&self, input: Activations<f64, 4>) -> (Activations<f64, 4>, Self::Saved) {
+        WrittenLayer::forward(&self.0, input)
+    }
+    fn backward(
+        &self,
+        centered: Self::Saved,
+        grad_output: Activations<f64, 4>,
+        grads: &mut WrittenGrad<f64>,
+        want_input: bool,
+    ) -> Option<Activations<f64, 4>> {
+        let copy = Cpu::default().tensor_from_vec(centered.as_vec(), *centered.shape());
+        WrittenLayer::backward(&self.0, copy, grad_output, grads, want_input)
+    }
+}
+
+#[test]
+fn a_batch_norm_with_a_detached_input_is_caught() {
+    type Broken = (Dense<5, 4>, DetachedNorm<f64, Cpu>, Tanh, Dense<4, 3>);
+    let (problem, x, y) = dense_setup::<Broken, 6>();
+    assert_caught(problem, &x, &y, "batch norm with a detached input");
+}
