@@ -29,7 +29,7 @@ use dfdx::nn::modules::{
 use dfdx::prelude::*;
 
 use crate::elementwise;
-use crate::layer::WrittenLayer;
+use crate::layer::{when_wanted, WrittenLayer};
 use crate::sequence::{backward_each_step, each_step, Activations, Sequence};
 use crate::tape::{hold, taped, Held};
 
@@ -70,10 +70,7 @@ pub fn pointwise_backward<S: Shape, E: Real, A: Pointwise<E>>(
 where
     Cpu: Device<E>,
 {
-    if !want_input {
-        grads.keep_tape(grad_output);
-        return None;
-    }
+    let grad_output = when_wanted(grad_output, grads, want_input)?;
     Some(grad_output * elementwise::slope(taped(&input), activation))
 }
 
@@ -410,12 +407,7 @@ where
         want_input: bool,
     ) -> Option<Taped<S, E>> {
         let grad = grad_output * elementwise::tanh_slope(taped(&out));
-        if want_input {
-            Some(grad)
-        } else {
-            grads.keep_tape(grad);
-            None
-        }
+        when_wanted(grad, grads, want_input)
     }
 }
 
@@ -466,10 +458,7 @@ where
         grads: &mut WrittenGrad<E>,
         want_input: bool,
     ) -> Option<Activations<E, N>> {
-        if !want_input {
-            grads.keep_tape(grad_output);
-            return None;
-        }
+        let grad_output = when_wanted(grad_output, grads, want_input)?;
         let delta = hold(&grad_output);
         let shape = *delta.shape();
         let along_y = (grad_output * taped(&out)).sum::<(usize,), Axis<1>>();
@@ -499,10 +488,7 @@ where
         grads: &mut WrittenGrad<E>,
         want_input: bool,
     ) -> Option<Activations<E, N>> {
-        if !want_input {
-            grads.keep_tape(grad_output);
-            return None;
-        }
+        let grad_output = when_wanted(grad_output, grads, want_input)?;
         let delta = hold(&grad_output);
         let shape = *delta.shape();
         let total = taped(&delta).sum::<(usize,), Axis<1>>();

@@ -15,7 +15,7 @@ use dfdx::nn::modules::{
 };
 use dfdx::prelude::*;
 
-use crate::layer::WrittenLayer;
+use crate::layer::{when_wanted, WrittenLayer};
 use crate::sequence::Sequence;
 use crate::tape::{hold, taped};
 
@@ -201,12 +201,7 @@ macro_rules! identity_layers {
                 grads: &mut WrittenGrad<E>,
                 want_input: bool,
             ) -> Option<Taped<S, E>> {
-                if want_input {
-                    Some(grad_output)
-                } else {
-                    grads.keep_tape(grad_output);
-                    None
-                }
+                when_wanted(grad_output, grads, want_input)
             }
         }
 

@@ -10,7 +10,7 @@ use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::nn::modules::{Linear, UnbiasedLinear};
 use dfdx::prelude::*;
 
-use crate::layer::WrittenLayer;
+use crate::layer::{when_wanted, WrittenLayer};
 use crate::sequence::Activations;
 use crate::tape::{hold, taped, Held};
 
@@ -108,10 +108,6 @@ where
     if let Some(b) = bias {
         grads.add(b, taped(&delta).sum::<Rank1<O>, _>());
     }
-    if want_input {
-        Some(grad_output.matmul(weight.retaped::<Tp<E>>()))
-    } else {
-        grads.keep_tape(grad_output);
-        None
-    }
+    let grad_output = when_wanted(grad_output, grads, want_input)?;
+    Some(grad_output.matmul(weight.retaped::<Tp<E>>()))
 }

@@ -19,7 +19,7 @@ use dfdx::nn::modules::{
 };
 use dfdx::prelude::*;
 
-use crate::layer::WrittenLayer;
+use crate::layer::{when_wanted, WrittenLayer};
 use crate::sequence::Activations;
 use crate::tape::{hold, taped, Held};
 
@@ -52,12 +52,7 @@ where
     ) -> Option<Images<E, C>> {
         let delta = hold(&grad_output);
         grads.add(&self.bias, taped(&delta).sum::<Rank1<C>, _>());
-        if want_input {
-            Some(grad_output)
-        } else {
-            grads.keep_tape(grad_output);
-            None
-        }
+        when_wanted(grad_output, grads, want_input)
     }
 }
 
@@ -97,12 +92,8 @@ macro_rules! batch_norm {
                     (taped(&delta) * taped(&centered) / deviation).sum::<Rank1<C>, _>(),
                 );
                 grads.add(&self.bias, taped(&delta).sum::<Rank1<C>, _>());
-                if want_input {
-                    Some(grad_output * self.gain().broadcast_like(&shape))
-                } else {
-                    grads.keep_tape(grad_output);
-                    None
-                }
+                let grad_output = when_wanted(grad_output, grads, want_input)?;
+                Some(grad_output * self.gain().broadcast_like(&shape))
             }
         }
 
@@ -152,10 +143,7 @@ where
         grads: &mut WrittenGrad<E>,
         want_input: bool,
     ) -> Option<Images<E, C>> {
-        if !want_input {
-            grads.keep_tape(grad_output);
-            return None;
-        }
+        let grad_output = when_wanted(grad_output, grads, want_input)?;
         let pixels = E::of((shape.2 * shape.3) as f64);
         Some(grad_output.broadcast_like::<_, Axes2<2, 3>>(&shape) / pixels)
     }
@@ -185,10 +173,7 @@ macro_rules! extreme_pool {
                 grads: &mut WrittenGrad<E>,
                 want_input: bool,
             ) -> Option<Images<E, C>> {
-                if !want_input {
-                    grads.keep_tape(grad_output);
-                    return None;
-                }
+                let grad_output = when_wanted(grad_output, grads, want_input)?;
                 let shape = *chosen.shape();
                 Some(grad_output.broadcast_like::<_, Axes2<2, 3>>(&shape) * chosen)
             }

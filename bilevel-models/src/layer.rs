@@ -18,9 +18,10 @@
 //! owned tape) must end up either in the returned input gradient or in
 //! [`WrittenGrad::keep_tape`]: a dropped tape silently removes operations from the HVP.
 
+use bilevel_optim::problem::Taped;
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
-use dfdx::prelude::{Cpu, Device};
+use dfdx::prelude::{Cpu, Device, Shape};
 
 /// A layer with a forward pass and a backward pass both written in taped dfdx ops, for inputs of
 /// type `Input` (a taped batch or a taped sequence; like dfdx's `Module<Input>`).
@@ -46,6 +47,26 @@ where
         grads: &mut WrittenGrad<E>,
         want_input: bool,
     ) -> Option<Input>;
+}
+
+/// `Some(grad)` when the caller wants the input gradient; otherwise `grad`'s tape is kept in
+/// `grads` (no operation is lost from H·v) and the answer is `None`. A backward ends with it, or
+/// starts with `let grad_output = when_wanted(grad_output, grads, want_input)?;` when the input
+/// gradient is all that is left to compute.
+pub fn when_wanted<S: Shape, E: Real>(
+    grad: Taped<S, E>,
+    grads: &mut WrittenGrad<E>,
+    want_input: bool,
+) -> Option<Taped<S, E>>
+where
+    Cpu: Device<E>,
+{
+    if want_input {
+        Some(grad)
+    } else {
+        grads.keep_tape(grad);
+        None
+    }
 }
 
 /// Implements [`WrittenLayer`] for a tuple: forward left to right, backward right to left.

@@ -15,7 +15,7 @@ use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::nn::modules::LayerNorm1D;
 use dfdx::prelude::*;
 
-use crate::layer::WrittenLayer;
+use crate::layer::{when_wanted, WrittenLayer};
 use crate::sequence::Activations;
 use crate::tape::{hold, taped, Held};
 
@@ -70,10 +70,7 @@ where
         let x_hat = || taped(&saved.normalized);
         grads.add(&self.gamma, (taped(&delta) * x_hat()).sum::<Rank1<M>, _>());
         grads.add(&self.beta, taped(&delta).sum::<Rank1<M>, _>());
-        if !want_input {
-            grads.keep_tape(grad_output);
-            return None;
-        }
+        let grad_output = when_wanted(grad_output, grads, want_input)?;
         let g = grad_output * self.gamma.retaped::<Tp<E>>().broadcast_like(&shape);
         let g_held = hold(&g);
         let mean_g = g.mean::<(usize,), Axis<1>>().broadcast_like(&shape);

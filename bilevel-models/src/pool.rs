@@ -18,7 +18,7 @@ use dfdx::nn::ZeroSizedModule;
 use dfdx::prelude::*;
 
 use crate::by_rows::Steps;
-use crate::layer::WrittenLayer;
+use crate::layer::{when_wanted, WrittenLayer};
 use crate::recurrent::{extend_rows, first_rows};
 use crate::rows::gather_rows;
 use crate::sequence::{Activations, Sequence, SequenceMask};
@@ -117,10 +117,7 @@ where
         grads: &mut WrittenGrad<E>,
         want_input: bool,
     ) -> Option<Sequence<E, N>> {
-        if !want_input {
-            grads.keep_tape(grad_output);
-            return None;
-        }
+        let grad_output = when_wanted(grad_output, grads, want_input)?;
         let packed = gather_rows(grad_output, saved.mask.order());
         let delta = hold(&packed);
         let steps = saved
@@ -164,10 +161,7 @@ where
         grads: &mut WrittenGrad<E>,
         want_input: bool,
     ) -> Option<Steps<E, N>> {
-        if !want_input {
-            grads.keep_tape(grad_output);
-            return None;
-        }
+        let grad_output = when_wanted(grad_output, grads, want_input)?;
         let (rows, _) = *grad_output.shape();
         let spread = grad_output.broadcast_like::<_, Axis<1>>(&(rows, steps, Const::<N>));
         Some(spread / E::of(steps as f64))

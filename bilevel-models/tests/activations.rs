@@ -26,40 +26,25 @@ type Between<A> = (Linear<5, H, f64, Cpu>, A, Linear<H, 3, f64, Cpu>);
 /// `A` on positive inputs (for `Ln` and `Sqrt`).
 type AfterSigmoid<A> = (Linear<5, H, f64, Cpu>, Sigmoid, A, Linear<H, 3, f64, Cpu>);
 
-fn exact<M>(what: &str)
-where
-    M: bilevel_optim::params::Params<f64>
-        + BuildModule<Cpu, f64>
-        + WrittenLayer<
-            f64,
-            bilevel_models::sequence::Activations<f64, 5>,
-            Output = bilevel_models::sequence::Activations<f64, 3>,
-        >,
-{
-    let checks = dense_checks::<M, 4>();
-    println!("{what}: {checks:?}");
-    checks.assert_exact(what);
-}
-
 #[test]
 #[allow(deprecated)]
 fn every_activation_has_exact_products() {
-    exact::<Between<ReLU>>("ReLU");
-    exact::<Between<LeakyReLU<f64>>>("LeakyReLU");
-    exact::<Between<FastGeLU>>("FastGeLU");
-    exact::<Between<GeLU>>("GeLU");
-    exact::<Between<AccurateGeLU>>("AccurateGeLU");
-    exact::<Between<Sigmoid>>("Sigmoid");
-    exact::<Between<Tanh>>("Tanh");
-    exact::<Between<Exp>>("Exp");
-    exact::<AfterSigmoid<Ln>>("Ln");
-    exact::<AfterSigmoid<Sqrt>>("Sqrt");
-    exact::<Between<Square>>("Square");
-    exact::<Between<Sin>>("Sin");
-    exact::<Between<Cos>>("Cos");
-    exact::<Between<Abs>>("Abs");
-    exact::<Between<Softmax>>("Softmax");
-    exact::<Between<LogSoftmax>>("LogSoftmax");
+    assert_dense_exact::<Between<ReLU>, 4>("ReLU");
+    assert_dense_exact::<Between<LeakyReLU<f64>>, 4>("LeakyReLU");
+    assert_dense_exact::<Between<FastGeLU>, 4>("FastGeLU");
+    assert_dense_exact::<Between<GeLU>, 4>("GeLU");
+    assert_dense_exact::<Between<AccurateGeLU>, 4>("AccurateGeLU");
+    assert_dense_exact::<Between<Sigmoid>, 4>("Sigmoid");
+    assert_dense_exact::<Between<Tanh>, 4>("Tanh");
+    assert_dense_exact::<Between<Exp>, 4>("Exp");
+    assert_dense_exact::<AfterSigmoid<Ln>, 4>("Ln");
+    assert_dense_exact::<AfterSigmoid<Sqrt>, 4>("Sqrt");
+    assert_dense_exact::<Between<Square>, 4>("Square");
+    assert_dense_exact::<Between<Sin>, 4>("Sin");
+    assert_dense_exact::<Between<Cos>, 4>("Cos");
+    assert_dense_exact::<Between<Abs>, 4>("Abs");
+    assert_dense_exact::<Between<Softmax>, 4>("Softmax");
+    assert_dense_exact::<Between<LogSoftmax>, 4>("LogSoftmax");
 }
 
 /// f' and f'' of `activation` at `points` against central differences of dfdx's forward (f')

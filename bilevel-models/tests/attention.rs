@@ -8,7 +8,6 @@ mod common;
 use bilevel_models::attention::AttentionSaved;
 use bilevel_models::by_rows::Steps;
 use bilevel_models::layer::WrittenLayer;
-use bilevel_models::sequence::Activations;
 use bilevel_optim::problem::Tp;
 use bilevel_optim::written_grad::WrittenGrad;
 use common::*;
@@ -21,21 +20,14 @@ type Dense<const I: usize, const O: usize> = Linear<I, O, f64, Cpu>;
 type Attention = MultiHeadAttention<H, 2, H, H, f64, Cpu>;
 type Block = TransformerEncoderBlock<H, 2, 6, f64, Cpu>;
 
-fn exact<M, const K: usize>(what: &str)
-where
-    M: bilevel_optim::params::Params<f64>
-        + BuildModule<Cpu, f64>
-        + WrittenLayer<f64, Activations<f64, 5>, Output = Activations<f64, 3>>,
-{
-    let checks = dense_checks::<M, K>();
-    println!("{what}: {checks:?}");
-    checks.assert_exact(what);
-}
-
 #[test]
 fn attention_and_the_encoder_block_have_exact_products() {
-    exact::<(Fold, Dense<5, H>, Attention, Unfold, Tanh, Dense<H, 3>), 12>("MultiHeadAttention");
-    exact::<(Fold, Dense<5, H>, Block, Unfold, Dense<H, 3>), 20>("TransformerEncoderBlock");
+    assert_dense_exact::<(Fold, Dense<5, H>, Attention, Unfold, Tanh, Dense<H, 3>), 12>(
+        "MultiHeadAttention",
+    );
+    assert_dense_exact::<(Fold, Dense<5, H>, Block, Unfold, Dense<H, 3>), 20>(
+        "TransformerEncoderBlock",
+    );
 }
 
 /// The written forwards are dfdx's own, to the last bit.

@@ -20,17 +20,6 @@ use dfdx::prelude::*;
 const H: usize = 4;
 type Dense<const I: usize, const O: usize> = Linear<I, O, f64, Cpu>;
 
-fn exact<M, const K: usize>(what: &str)
-where
-    M: bilevel_optim::params::Params<f64>
-        + BuildModule<Cpu, f64>
-        + WrittenLayer<f64, Activations<f64, 5>, Output = Activations<f64, 3>>,
-{
-    let checks = dense_checks::<M, K>();
-    println!("{what}: {checks:?}");
-    checks.assert_exact(what);
-}
-
 type WithResidual = (Dense<5, H>, Residual<(Dense<H, H>, Tanh)>, Dense<H, 3>);
 type WithGeneralized = (
     Dense<5, H>,
@@ -49,11 +38,11 @@ type WithDropout = (Dense<5, H>, Dropout, ReLU, DropoutOneIn<3>, Dense<H, 3>);
 
 #[test]
 fn composite_modules_have_exact_products() {
-    exact::<WithResidual, 6>("Residual");
-    exact::<WithGeneralized, 8>("GeneralizedResidual");
-    exact::<WithSplitAdd, 8>("SplitInto and AddInto");
-    exact::<WithRepeated, 10>("Repeated");
-    exact::<WithDropout, 4>("Dropout");
+    assert_dense_exact::<WithResidual, 6>("Residual");
+    assert_dense_exact::<WithGeneralized, 8>("GeneralizedResidual");
+    assert_dense_exact::<WithSplitAdd, 8>("SplitInto and AddInto");
+    assert_dense_exact::<WithRepeated, 10>("Repeated");
+    assert_dense_exact::<WithDropout, 4>("Dropout");
 }
 
 /// The written forward of each composite is dfdx's own, to the last bit.

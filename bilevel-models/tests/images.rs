@@ -51,23 +51,14 @@ type ImageModel<Pool> = (
     Dense<3, 3>,
 );
 
-fn exact<M, const K: usize>(what: &str)
-where
-    M: bilevel_optim::params::Params<f64>
-        + BuildModule<Cpu, f64>
-        + WrittenLayer<f64, Activations<f64, 5>, Output = Activations<f64, 3>>,
-{
-    let checks = dense_checks::<M, K>();
-    println!("{what}: {checks:?}");
-    checks.assert_exact(what);
-}
-
 #[test]
 fn image_modules_have_exact_products() {
-    exact::<ImageModel<AvgPoolGlobal>, 7>("Bias2D, BatchNorm2D, AvgPoolGlobal");
-    exact::<ImageModel<MaxPoolGlobal>, 7>("Bias2D, BatchNorm2D, MaxPoolGlobal");
-    exact::<ImageModel<MinPoolGlobal>, 7>("Bias2D, BatchNorm2D, MinPoolGlobal");
-    exact::<(Dense<5, 4>, BatchNorm1D<4, f64, Cpu>, Tanh, Dense<4, 3>), 6>("BatchNorm1D");
+    assert_dense_exact::<ImageModel<AvgPoolGlobal>, 7>("Bias2D, BatchNorm2D, AvgPoolGlobal");
+    assert_dense_exact::<ImageModel<MaxPoolGlobal>, 7>("Bias2D, BatchNorm2D, MaxPoolGlobal");
+    assert_dense_exact::<ImageModel<MinPoolGlobal>, 7>("Bias2D, BatchNorm2D, MinPoolGlobal");
+    assert_dense_exact::<(Dense<5, 4>, BatchNorm1D<4, f64, Cpu>, Tanh, Dense<4, 3>), 6>(
+        "BatchNorm1D",
+    );
 }
 
 /// The written forwards are dfdx's own (batch norms with non-trivial running statistics).

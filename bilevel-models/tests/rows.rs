@@ -16,21 +16,12 @@ use dfdx::prelude::*;
 
 const H: usize = 4;
 
-fn exact<M, const K: usize>(what: &str)
-where
-    M: bilevel_optim::params::Params<f64>
-        + BuildModule<Cpu, f64>
-        + WrittenLayer<f64, Activations<f64, 5>, Output = Activations<f64, 3>>,
-{
-    let checks = dense_checks::<M, K>();
-    println!("{what}: {checks:?}");
-    checks.assert_exact(what);
-}
-
 #[test]
 fn dense_layers_and_layer_norm_have_exact_products() {
-    exact::<(UnbiasedLinear<5, H, f64, Cpu>, Tanh, Linear<H, 3, f64, Cpu>), 3>("UnbiasedLinear");
-    exact::<
+    assert_dense_exact::<(UnbiasedLinear<5, H, f64, Cpu>, Tanh, Linear<H, 3, f64, Cpu>), 3>(
+        "UnbiasedLinear",
+    );
+    assert_dense_exact::<
         (
             Linear<5, H, f64, Cpu>,
             LayerNorm1D<H, f64, Cpu>,
@@ -38,7 +29,7 @@ fn dense_layers_and_layer_norm_have_exact_products() {
         ),
         6,
     >("LayerNorm1D");
-    exact::<
+    assert_dense_exact::<
         (
             Fold,
             Linear<5, H, f64, Cpu>,

@@ -270,6 +270,18 @@ where
     check_second_order(&mut Oracles::new(problem, 0), &x, &y)
 }
 
+/// [`dense_checks`] of M, asserted exact.
+pub fn assert_dense_exact<M, const K: usize>(what: &str)
+where
+    M: Params<f64>
+        + BuildModule<Cpu, f64>
+        + WrittenLayer<f64, Activations<f64, 5>, Output = Activations<f64, 3>>,
+{
+    let checks = dense_checks::<M, K>();
+    println!("{what}: {checks:?}");
+    checks.assert_exact(what);
+}
+
 /// A broken written gradient is caught twice: the oracles' check on first use refuses the
 /// second-order pass naming H·v, and, with that check off, the gradient is right while the
 /// finite-difference check sees H·v wrong.
