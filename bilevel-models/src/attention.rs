@@ -1,4 +1,5 @@
-//! dfdx's `MultiHeadAttention` (self-attention on (batch, steps, features) tensors) and
+//! dfdx's `MultiHeadAttention` (self-attention on (batch, steps, features) tensors, and
+//! attention of queries over keys and values given as a `(q, k, v)` triple) and
 //! `TransformerEncoderBlock` as written layers.
 //!
 //! Per head, with `Q = x W_qᵀ`, `K = x W_kᵀ`, `V = x W_vᵀ` split into heads, scale `s = 1/√d_k`:
@@ -11,7 +12,6 @@
 //! The encoder block is post-norm, as in dfdx: `x₁ = norm₁(x + attention(x))`,
 //! `out = norm₂(x₁ + ff(x₁))`, composed from the written layers of its parts.
 
-use bilevel_optim::problem::Taped;
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::nn::modules::{Linear, MultiHeadAttention, ReLU, Residual, TransformerEncoderBlock};
@@ -48,6 +48,7 @@ where
     pub weights: Held<Heads, E>,
 }
 
+/// Self-attention: `x` is the queries, keys and values; `∂x` sums the three gradients.
 impl<const M: usize, const H: usize, const K: usize, const V: usize, E: Real>
     WrittenLayer<E, Steps<E, M>> for MultiHeadAttention<M, H, K, V, E, Cpu>
 where
@@ -58,38 +59,7 @@ where
 
     fn forward(&self, input: Steps<E, M>) -> (Steps<E, M>, Self::Saved) {
         let x = hold(&input);
-        let (b, s, _) = *x.shape();
-        let (v, v_rows) = forward_by_rows(&self.w_v, taped(&x));
-        let v = v
-            .reshape_like(&(b, s, H, V / H))
-            .permute::<_, Axes4<0, 2, 1, 3>>();
-        let (k, k_rows) = forward_by_rows(&self.w_k, taped(&x));
-        let k = k
-            .reshape_like(&(b, s, H, K / H))
-            .permute::<_, Axes4<0, 2, 3, 1>>();
-        let (q, q_rows) = forward_by_rows(&self.w_q, input);
-        let q = q
-            .reshape_like(&(b, s, H, K / H))
-            .permute::<_, Axes4<0, 2, 1, 3>>();
-        let (q_held, k_held, v_held) = (hold(&q), hold(&k), hold(&v));
-        let weights = (q.matmul(k) * scale::<E>(K / H)).softmax::<Axis<3>>();
-        let weights_held = hold(&weights);
-        let tokens = weights
-            .matmul(v)
-            .permute::<_, Axes4<0, 2, 1, 3>>()
-            .reshape_like(&(b, s, Const::<V>));
-        let (out, o_rows) = forward_by_rows(&self.w_o, tokens);
-        let saved = AttentionSaved {
-            q_rows,
-            k_rows,
-            v_rows,
-            o_rows,
-            q: q_held,
-            k: k_held,
-            v: v_held,
-            weights: weights_held,
-        };
-        (out, saved)
+        attend::<M, H, K, V, E>(self, input, taped(&x), taped(&x))
     }
 
     fn backward(
@@ -99,41 +69,146 @@ where
         grads: &mut WrittenGrad<E>,
         want_input: bool,
     ) -> Option<Steps<E, M>> {
-        let (b, s, _) = *grad_output.shape();
-        let tokens =
-            backward_by_rows(&self.w_o, saved.o_rows, grad_output, grads, true).expect("asked for");
-        let d_o = tokens
-            .reshape_like(&(b, s, H, V / H))
-            .permute::<_, Axes4<0, 2, 1, 3>>();
-        let d_o_held = hold(&d_o);
-        let a = || taped(&saved.weights);
-        // δV = Aᵀ δO.
-        let d_v = a().permute::<_, Axes4<0, 1, 3, 2>>().matmul(d_o);
-        // δA = δO Vᵀ, then through the softmax, then the scale.
-        let d_a = taped(&d_o_held).matmul(taped(&saved.v).permute::<_, Axes4<0, 1, 3, 2>>());
-        let d_a_held = hold(&d_a);
-        let shape = *d_a_held.shape();
-        let along_a = (d_a * a())
-            .sum::<(usize, usize, usize), Axis<3>>()
-            .broadcast_like::<_, Axis<3>>(&shape);
-        let d_z = (taped(&d_a_held) - along_a) * a() * scale::<E>(K / H);
-        let d_z_held = hold(&d_z);
-        // δQ = δZ K (K kept as Kᵀ), δKᵀ = Qᵀ δZ.
-        let d_q = d_z.matmul(taped(&saved.k).permute::<_, Axes4<0, 1, 3, 2>>());
-        let d_k = taped(&saved.q)
-            .permute::<_, Axes4<0, 1, 3, 2>>()
-            .matmul(taped(&d_z_held));
-        let rows = |t: Taped<Heads, E>| t.reshape_like(&(b, s, Const::<K>));
-        let d_q = rows(d_q.permute::<_, Axes4<0, 2, 1, 3>>());
-        let d_k = rows(d_k.permute::<_, Axes4<0, 3, 1, 2>>());
-        let d_v = d_v
-            .permute::<_, Axes4<0, 2, 1, 3>>()
-            .reshape_like(&(b, s, Const::<V>));
-        let from_q = backward_by_rows(&self.w_q, saved.q_rows, d_q, grads, want_input);
-        let from_k = backward_by_rows(&self.w_k, saved.k_rows, d_k, grads, want_input);
-        let from_v = backward_by_rows(&self.w_v, saved.v_rows, d_v, grads, want_input);
-        Some(from_q? + from_k? + from_v?)
+        let (q, k, v) =
+            attend_backward::<M, H, K, V, E>(self, saved, grad_output, grads, want_input);
+        Some(q? + k? + v?)
     }
+}
+
+/// Attention of queries `q` (batch, s₁, M) over keys `k` and values `v` (batch, s₂, M), as
+/// dfdx's module on a `(q, k, v)` triple.
+impl<const M: usize, const H: usize, const K: usize, const V: usize, E: Real>
+    WrittenLayer<E, (Steps<E, M>, Steps<E, M>, Steps<E, M>)>
+    for MultiHeadAttention<M, H, K, V, E, Cpu>
+where
+    Cpu: Device<E>,
+{
+    type Output = Steps<E, M>;
+    type Saved = AttentionSaved<E, M, K, V>;
+
+    fn forward(
+        &self,
+        (q, k, v): (Steps<E, M>, Steps<E, M>, Steps<E, M>),
+    ) -> (Steps<E, M>, Self::Saved) {
+        attend::<M, H, K, V, E>(self, q, k, v)
+    }
+
+    fn backward(
+        &self,
+        saved: Self::Saved,
+        grad_output: Steps<E, M>,
+        grads: &mut WrittenGrad<E>,
+        want_input: bool,
+    ) -> Option<(Steps<E, M>, Steps<E, M>, Steps<E, M>)> {
+        let (q, k, v) =
+            attend_backward::<M, H, K, V, E>(self, saved, grad_output, grads, want_input);
+        Some((q?, k?, v?))
+    }
+}
+
+/// The forward of attention, in dfdx's order of operations (values, keys, queries).
+fn attend<const M: usize, const H: usize, const K: usize, const V: usize, E: Real>(
+    layer: &MultiHeadAttention<M, H, K, V, E, Cpu>,
+    q: Steps<E, M>,
+    k: Steps<E, M>,
+    v: Steps<E, M>,
+) -> (Steps<E, M>, AttentionSaved<E, M, K, V>)
+where
+    Cpu: Device<E>,
+{
+    let (b, s1, _) = *q.shape();
+    let s2 = k.shape().1;
+    let (v, v_rows) = forward_by_rows(&layer.w_v, v);
+    let v = v
+        .reshape_like(&(b, s2, H, V / H))
+        .permute::<_, Axes4<0, 2, 1, 3>>();
+    let (k, k_rows) = forward_by_rows(&layer.w_k, k);
+    let k = k
+        .reshape_like(&(b, s2, H, K / H))
+        .permute::<_, Axes4<0, 2, 3, 1>>();
+    let (q, q_rows) = forward_by_rows(&layer.w_q, q);
+    let q = q
+        .reshape_like(&(b, s1, H, K / H))
+        .permute::<_, Axes4<0, 2, 1, 3>>();
+    let (q_held, k_held, v_held) = (hold(&q), hold(&k), hold(&v));
+    let weights = (q.matmul(k) * scale::<E>(K / H)).softmax::<Axis<3>>();
+    let weights_held = hold(&weights);
+    let tokens = weights
+        .matmul(v)
+        .permute::<_, Axes4<0, 2, 1, 3>>()
+        .reshape_like(&(b, s1, Const::<V>));
+    let (out, o_rows) = forward_by_rows(&layer.w_o, tokens);
+    let saved = AttentionSaved {
+        q_rows,
+        k_rows,
+        v_rows,
+        o_rows,
+        q: q_held,
+        k: k_held,
+        v: v_held,
+        weights: weights_held,
+    };
+    (out, saved)
+}
+
+/// The gradients of the queries, keys and values (each `None` unless asked for).
+type AttentionInputGradients<E, const M: usize> = (
+    Option<Steps<E, M>>,
+    Option<Steps<E, M>>,
+    Option<Steps<E, M>>,
+);
+
+/// The queries', keys' and values' gradients (each `None` unless `want_input`); the projections'
+/// own gradients go to `grads`.
+fn attend_backward<const M: usize, const H: usize, const K: usize, const V: usize, E: Real>(
+    layer: &MultiHeadAttention<M, H, K, V, E, Cpu>,
+    saved: AttentionSaved<E, M, K, V>,
+    grad_output: Steps<E, M>,
+    grads: &mut WrittenGrad<E>,
+    want_input: bool,
+) -> AttentionInputGradients<E, M>
+where
+    Cpu: Device<E>,
+{
+    let (b, s1, _) = *grad_output.shape();
+    let s2 = saved.v.shape().2;
+    let tokens =
+        backward_by_rows(&layer.w_o, saved.o_rows, grad_output, grads, true).expect("asked for");
+    let d_o = tokens
+        .reshape_like(&(b, s1, H, V / H))
+        .permute::<_, Axes4<0, 2, 1, 3>>();
+    let d_o_held = hold(&d_o);
+    let a = || taped(&saved.weights);
+    // δV = Aᵀ δO.
+    let d_v = a().permute::<_, Axes4<0, 1, 3, 2>>().matmul(d_o);
+    // δA = δO Vᵀ, then through the softmax, then the scale.
+    let d_a = taped(&d_o_held).matmul(taped(&saved.v).permute::<_, Axes4<0, 1, 3, 2>>());
+    let d_a_held = hold(&d_a);
+    let shape = *d_a_held.shape();
+    let along_a = (d_a * a())
+        .sum::<(usize, usize, usize), Axis<3>>()
+        .broadcast_like::<_, Axis<3>>(&shape);
+    let d_z = (taped(&d_a_held) - along_a) * a() * scale::<E>(K / H);
+    let d_z_held = hold(&d_z);
+    // δQ = δZ K (K kept as Kᵀ), δKᵀ = Qᵀ δZ.
+    let d_q = d_z.matmul(taped(&saved.k).permute::<_, Axes4<0, 1, 3, 2>>());
+    let d_k = taped(&saved.q)
+        .permute::<_, Axes4<0, 1, 3, 2>>()
+        .matmul(taped(&d_z_held));
+    let d_q = d_q
+        .permute::<_, Axes4<0, 2, 1, 3>>()
+        .reshape_like(&(b, s1, Const::<K>));
+    let d_k = d_k
+        .permute::<_, Axes4<0, 3, 1, 2>>()
+        .reshape_like(&(b, s2, Const::<K>));
+    let d_v = d_v
+        .permute::<_, Axes4<0, 2, 1, 3>>()
+        .reshape_like(&(b, s2, Const::<V>));
+    (
+        backward_by_rows(&layer.w_q, saved.q_rows, d_q, grads, want_input),
+        backward_by_rows(&layer.w_k, saved.k_rows, d_k, grads, want_input),
+        backward_by_rows(&layer.w_v, saved.v_rows, d_v, grads, want_input),
+    )
 }
 
 /// `1/√d`, as dfdx rounds it.
@@ -165,7 +240,7 @@ where
 
     fn forward(&self, input: Steps<E, M>) -> (Steps<E, M>, Self::Saved) {
         let x = hold(&input);
-        let (attended, attention) = WrittenLayer::forward(&self.self_attn, input);
+        let (attended, attention) = WrittenLayer::<E, Steps<E, M>>::forward(&self.self_attn, input);
         let (x1, norm1) = forward_by_rows(&self.norm1, attended + taped(&x));
         let (x2, ff) = WrittenLayer::forward(&self.ff, x1);
         let (out, norm2) = forward_by_rows(&self.norm2, x2);
@@ -190,8 +265,13 @@ where
         let d = WrittenLayer::backward(&self.ff, saved.ff, d, grads, true).expect(asked);
         let d = backward_by_rows(&self.norm1, saved.norm1, d, grads, true).expect(asked);
         let skip = hold(&d);
-        let through =
-            WrittenLayer::backward(&self.self_attn, saved.attention, d, grads, want_input)?;
+        let through = WrittenLayer::<E, Steps<E, M>>::backward(
+            &self.self_attn,
+            saved.attention,
+            d,
+            grads,
+            want_input,
+        )?;
         Some(through + taped(&skip))
     }
 }

@@ -141,6 +141,79 @@ where
     }
 }
 
+/// `(a, b, c) ↦ A(a) + B(b) + C(c)`.
+impl<E: Real, T: Shape, Ia, Ib, Ic, A, B, C> WrittenLayer<E, (Ia, Ib, Ic)> for AddInto<(A, B, C)>
+where
+    Cpu: Device<E>,
+    A: WrittenLayer<E, Ia, Output = Taped<T, E>>,
+    B: WrittenLayer<E, Ib, Output = Taped<T, E>>,
+    C: WrittenLayer<E, Ic, Output = Taped<T, E>>,
+{
+    type Output = Taped<T, E>;
+    type Saved = (A::Saved, B::Saved, C::Saved);
+
+    fn forward(&self, (a, b, c): (Ia, Ib, Ic)) -> (Taped<T, E>, Self::Saved) {
+        let (out_a, a_saved) = self.0 .0.forward(a);
+        let (out_b, b_saved) = self.0 .1.forward(b);
+        let (out_c, c_saved) = self.0 .2.forward(c);
+        // dfdx adds right to left: a + (b + c).
+        (out_a + (out_b + out_c), (a_saved, b_saved, c_saved))
+    }
+
+    fn backward(
+        &self,
+        (a_saved, b_saved, c_saved): Self::Saved,
+        grad_output: Taped<T, E>,
+        grads: &mut WrittenGrad<E>,
+        want_input: bool,
+    ) -> Option<(Ia, Ib, Ic)> {
+        let delta = hold(&grad_output);
+        let a = self.0 .0.backward(a_saved, grad_output, grads, want_input);
+        let b = self
+            .0
+             .1
+            .backward(b_saved, taped(&delta), grads, want_input);
+        let c = self
+            .0
+             .2
+            .backward(c_saved, taped(&delta), grads, want_input);
+        Some((a?, b?, c?))
+    }
+}
+
+/// `x ↦ (A(x), B(x), C(x))`.
+impl<S: Shape, E: Real, A, B, C> WrittenLayer<E, Taped<S, E>> for SplitInto<(A, B, C)>
+where
+    Cpu: Device<E>,
+    A: WrittenLayer<E, Taped<S, E>>,
+    B: WrittenLayer<E, Taped<S, E>>,
+    C: WrittenLayer<E, Taped<S, E>>,
+{
+    type Output = (A::Output, B::Output, C::Output);
+    type Saved = (A::Saved, B::Saved, C::Saved);
+
+    fn forward(&self, input: Taped<S, E>) -> (Self::Output, Self::Saved) {
+        let x = hold(&input);
+        let (out_a, a_saved) = self.0 .0.forward(input);
+        let (out_b, b_saved) = self.0 .1.forward(taped(&x));
+        let (out_c, c_saved) = self.0 .2.forward(taped(&x));
+        ((out_a, out_b, out_c), (a_saved, b_saved, c_saved))
+    }
+
+    fn backward(
+        &self,
+        (a_saved, b_saved, c_saved): Self::Saved,
+        (grad_a, grad_b, grad_c): Self::Output,
+        grads: &mut WrittenGrad<E>,
+        want_input: bool,
+    ) -> Option<Taped<S, E>> {
+        let a = self.0 .0.backward(a_saved, grad_a, grads, want_input);
+        let b = self.0 .1.backward(b_saved, grad_b, grads, want_input);
+        let c = self.0 .2.backward(c_saved, grad_c, grads, want_input);
+        Some(a? + b? + c?)
+    }
+}
+
 /// N copies of a layer in sequence.
 impl<E: Real, I, T, const N: usize> WrittenLayer<E, I> for Repeated<T, N>
 where

@@ -11,7 +11,9 @@ use bilevel_models::layer::WrittenLayer;
 use bilevel_optim::problem::Tp;
 use bilevel_optim::written_grad::WrittenGrad;
 use common::*;
-use dfdx::nn::modules::{Linear, MultiHeadAttention, Tanh, TransformerEncoderBlock};
+use dfdx::nn::modules::{
+    Linear, MultiHeadAttention, Sigmoid, SplitInto, Tanh, TransformerEncoderBlock,
+};
 use dfdx::nn::Module;
 use dfdx::prelude::*;
 
@@ -25,6 +27,14 @@ fn attention_and_the_encoder_block_have_exact_products() {
     assert_dense_exact::<(Fold, Dense<5, H>, Attention, Unfold, Tanh, Dense<H, 3>), 12>(
         "MultiHeadAttention",
     );
+    type CrossAttention = (
+        (Fold, Dense<5, H>),
+        SplitInto<(Tanh, Sigmoid, Dense<H, H>)>,
+        Attention,
+        Unfold,
+        Dense<H, 3>,
+    );
+    assert_dense_exact::<CrossAttention, 14>("MultiHeadAttention on (q, k, v)");
     assert_dense_exact::<(Fold, Dense<5, H>, Block, Unfold, Dense<H, 3>), 20>(
         "TransformerEncoderBlock",
     );
@@ -41,6 +51,21 @@ fn forwards_are_dfdxs_modules() {
         ours.as_vec(),
         Module::forward(&attention, x.clone()).as_vec()
     );
+    // Queries and keys of different lengths, as dfdx's (q, k, v) form takes them.
+    let q: Tensor<(usize, usize, Const<H>), f64, Cpu> = dev.sample_normal_like(&(3, 2, Const::<H>));
+    let kv: Tensor<(usize, usize, Const<H>), f64, Cpu> =
+        dev.sample_normal_like(&(3, 4, Const::<H>));
+    let ours = WrittenLayer::forward(
+        &attention,
+        (
+            q.retaped::<Tp<f64>>(),
+            kv.retaped::<Tp<f64>>(),
+            kv.retaped::<Tp<f64>>(),
+        ),
+    )
+    .0;
+    let theirs = Module::forward(&attention, (q.clone(), kv.clone(), kv.clone()));
+    assert_eq!(ours.as_vec(), theirs.as_vec());
     let block = Block::build(&dev);
     let ours = WrittenLayer::forward(&block, x.retaped::<Tp<f64>>()).0;
     assert_eq!(ours.as_vec(), Module::forward(&block, x).as_vec());

@@ -33,6 +33,12 @@ type WithSplitAdd = (
     AddInto<(Tanh, Sigmoid)>,
     Dense<H, 3>,
 );
+type WithTriples = (
+    Dense<5, H>,
+    SplitInto<(Dense<H, H>, Tanh, Sigmoid)>,
+    AddInto<(Tanh, Sigmoid, Dense<H, H>)>,
+    Dense<H, 3>,
+);
 type WithRepeated = (Dense<5, H>, Repeated<(Dense<H, H>, Tanh), 3>, Dense<H, 3>);
 type WithDropout = (Dense<5, H>, Dropout, ReLU, DropoutOneIn<3>, Dense<H, 3>);
 
@@ -41,6 +47,7 @@ fn composite_modules_have_exact_products() {
     assert_dense_exact::<WithResidual, 6>("Residual");
     assert_dense_exact::<WithGeneralized, 8>("GeneralizedResidual");
     assert_dense_exact::<WithSplitAdd, 8>("SplitInto and AddInto");
+    assert_dense_exact::<WithTriples, 8>("SplitInto and AddInto of three");
     assert_dense_exact::<WithRepeated, 10>("Repeated");
     assert_dense_exact::<WithDropout, 4>("Dropout");
 }
@@ -61,6 +68,7 @@ fn forwards_are_dfdxs_modules() {
     same!(WithResidual);
     same!(WithGeneralized);
     same!(WithSplitAdd);
+    same!(WithTriples);
     same!(WithRepeated);
     same!(WithDropout);
 }
