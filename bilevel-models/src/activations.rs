@@ -29,23 +29,10 @@ use dfdx::nn::modules::{
 use dfdx::prelude::*;
 
 use crate::elementwise;
+pub use crate::elementwise::Pointwise;
 use crate::layer::{when_wanted, WrittenLayer};
 use crate::sequence::{backward_each_step, each_step, Activations, Sequence};
 use crate::tape::{hold, taped, Held};
-
-/// An element-wise activation `f`: its taped forward and, at a point x, its first and second
-/// derivatives (computed in f64).
-pub trait Pointwise<E: Real>: Copy + 'static
-where
-    Cpu: Device<E>,
-{
-    /// `f(x)`, taped, with the values the module's own `forward` computes.
-    fn apply<S: Shape>(self, x: Taped<S, E>) -> Taped<S, E>;
-    /// `f'(x)`.
-    fn slope(&self, x: f64) -> f64;
-    /// `f''(x)`.
-    fn curvature(&self, x: f64) -> f64;
-}
 
 /// The forward of an element-wise layer: `f(input)` and the input, kept for the backward.
 pub fn pointwise_forward<S: Shape, E: Real, A: Pointwise<E>>(

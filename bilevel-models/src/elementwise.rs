@@ -1,5 +1,6 @@
 //! Fused element-wise ops with their backward written by hand: `tanh` and its slope `1 − t²`,
-//! and the slope `f'(x)` of any [`crate::activations::Pointwise`] activation.
+//! and, for any element-wise function stated as a [`Pointwise`] (dfdx's activations in
+//! [`crate::activations`]), its slope `f'(x)`.
 //!
 //! dfdx's `tanh` calls libm's `tanhf` per element (15% of a second-order pass) and `1 − t²` is
 //! three dfdx ops, each allocating its output and its gradient buffer. These are one pass each,
@@ -11,7 +12,19 @@ use bilevel_optim::problem::Taped;
 use bilevel_optim::real::{device, Real};
 use dfdx::prelude::*;
 
-use crate::activations::Pointwise;
+/// An element-wise activation `f`: its taped forward and, at a point x, its first and second
+/// derivatives (computed in f64).
+pub trait Pointwise<E: Real>: Copy + 'static
+where
+    Cpu: Device<E>,
+{
+    /// `f(x)`, taped, with the values the module's own `forward` computes.
+    fn apply<S: Shape>(self, x: Taped<S, E>) -> Taped<S, E>;
+    /// `f'(x)`.
+    fn slope(&self, x: f64) -> f64;
+    /// `f''(x)`.
+    fn curvature(&self, x: f64) -> f64;
+}
 
 /// `tanh(x)` element-wise (see [`Real::tanh_in_place`]); backward `∂x += ∂y ⊙ (1 − y²)`.
 pub fn tanh<S: Shape, E: Real>(x: Taped<S, E>) -> Taped<S, E>
