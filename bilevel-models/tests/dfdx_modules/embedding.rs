@@ -2,12 +2,10 @@
 //! written gradient against dfdx's autodiff, H·v and J·v against finite differences, symmetry;
 //! the forward against dfdx's own.
 
-mod common;
-
+use crate::common::*;
 use bilevel_models::embedding::{TokenSteps, Tokens};
 use bilevel_models::layer::WrittenLayer;
 use bilevel_models::pool::MeanPoolSteps;
-use common::*;
 use dfdx::nn::modules::{Embedding, LayerNorm1D, Linear, Tanh};
 use dfdx::nn::Module;
 use dfdx::prelude::*;

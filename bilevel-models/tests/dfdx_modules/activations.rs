@@ -3,14 +3,12 @@
 //! module's f' and f'' against differences of dfdx's own forward; and a broken variant of each
 //! that the checks catch.
 
-mod common;
-
+use crate::common::*;
 use bilevel_models::activations::{pointwise_backward, pointwise_forward, Pointwise};
 use bilevel_models::layer::WrittenLayer;
 use bilevel_models::tape::Held;
 use bilevel_optim::problem::{Taped, Tp};
 use bilevel_optim::written_grad::WrittenGrad;
-use common::*;
 #[allow(deprecated)]
 use dfdx::nn::modules::GeLU;
 use dfdx::nn::modules::{

@@ -3,13 +3,11 @@
 //! J·v against finite differences, symmetry; the forward against dfdx's own; and a residual
 //! whose skip connection drops its tape is caught.
 
-mod common;
-
+use crate::common::*;
 use bilevel_models::layer::WrittenLayer;
 use bilevel_models::sequence::Activations;
 use bilevel_optim::problem::Tp;
 use bilevel_optim::written_grad::WrittenGrad;
-use common::*;
 use dfdx::nn::modules::{
     AddInto, Dropout, DropoutOneIn, GeneralizedResidual, Linear, ReLU, Repeated, Residual, Sigmoid,
     SplitInto, Tanh,

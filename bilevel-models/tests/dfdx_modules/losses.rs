@@ -3,13 +3,11 @@
 //! cross product with the sample weights against central differences, symmetry; and a gradient
 //! computed from a detached copy of the outputs is caught.
 
-mod common;
-
+use crate::common::rel_err;
 use bilevel_models::loss::{
     BinaryCrossEntropyWithLogits, CrossEntropy, Huber, Loss, MeanSquaredError,
 };
 use bilevel_optim::problem::Tp;
-use common::rel_err;
 use dfdx::losses::{binary_cross_entropy_with_logits_loss, huber_loss, mse_loss};
 use dfdx::prelude::*;
 

@@ -2,7 +2,7 @@
 //! synthetic sequences): its problem passes the checker, and BO-REP, with the exact products
 //! through the attention, gives the flipped sequences low weights and lifts validation accuracy.
 
-#[path = "../examples/transformer_cleaning.rs"]
+#[path = "../../examples/transformer_cleaning.rs"]
 mod example;
 
 #[test]

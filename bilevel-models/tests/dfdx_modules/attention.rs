@@ -3,14 +3,12 @@
 //! finite differences, symmetry; the forward against dfdx's own; and an attention whose
 //! backward forgets how its weights depend on y is caught.
 
-mod common;
-
+use crate::common::*;
 use bilevel_models::attention::AttentionSaved;
 use bilevel_models::by_rows::Steps;
 use bilevel_models::layer::WrittenLayer;
 use bilevel_optim::problem::Tp;
 use bilevel_optim::written_grad::WrittenGrad;
-use common::*;
 use dfdx::nn::modules::{
     Linear, MultiHeadAttention, Sigmoid, SplitInto, Tanh, TransformerEncoderBlock,
 };

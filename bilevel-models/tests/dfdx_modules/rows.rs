@@ -2,14 +2,12 @@
 //! sequences: written gradient against dfdx's autodiff, H·v and J·v against finite differences,
 //! symmetry; the forward against dfdx's own module; and a broken layer norm that is caught.
 
-mod common;
-
+use crate::common::*;
 use bilevel_models::layer::WrittenLayer;
 use bilevel_models::norm::LayerNormSaved;
 use bilevel_models::sequence::Activations;
 use bilevel_optim::problem::Tp;
 use bilevel_optim::written_grad::WrittenGrad;
-use common::*;
 use dfdx::nn::modules::{LayerNorm1D, Linear, Tanh, UnbiasedLinear};
 use dfdx::nn::Module;
 use dfdx::prelude::*;

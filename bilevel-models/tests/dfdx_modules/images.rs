@@ -3,14 +3,12 @@
 //! symmetry; the forward against dfdx's own; and a batch norm whose scale gradient reads a copy
 //! of its input is caught.
 
-mod common;
-
+use crate::common::*;
 use bilevel_models::images::Images;
 use bilevel_models::layer::WrittenLayer;
 use bilevel_models::sequence::Activations;
 use bilevel_optim::problem::Tp;
 use bilevel_optim::written_grad::WrittenGrad;
-use common::*;
 use dfdx::nn::modules::{
     AvgPoolGlobal, BatchNorm1D, BatchNorm2D, Bias2D, Linear, MaxPoolGlobal, MinPoolGlobal, Tanh,
 };
