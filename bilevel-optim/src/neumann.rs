@@ -17,9 +17,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::BilevelError;
 use crate::oracles::Oracles;
 use crate::params::Params;
+use crate::passes::LossGrad;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
-use crate::steps::{plain_step, sgd_on_lower, upper_grad_checked, Outcome, Site};
+use crate::steps::{
+    plain_step, project_and_check_x, sgd_on_lower, upper_grad_checked, Outcome, Site,
+};
 
 /// Deterministic truncation (sum of every term) or randomized truncation (one random term).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +198,31 @@ pub struct NeumannEstimate<X> {
     pub upper_loss: f64,
 }
 
+impl<X> NeumannEstimate<X> {
+    /// The report of an iteration that took this estimate, the lower gradient `lower` and an
+    /// x step of multiplier `step_size` and length `x_step_norm` (the momentum methods' report).
+    pub fn outcome<E: Real, Y: Params<E>>(
+        &self,
+        lower: &LossGrad<E, X, Y>,
+        step_size: f64,
+        x_step_norm: f64,
+    ) -> Outcome
+    where
+        Cpu: Device<E>,
+        X: Params<E>,
+    {
+        Outcome {
+            upper_loss: Some(self.upper_loss),
+            lower_loss: Some(lower.value.f64()),
+            hypergrad_norm: self.h.norm().f64(),
+            lower_grad_norm: Some(lower.dy.norm().f64()),
+            linear_system_residual: None,
+            step_size,
+            x_step_norm,
+        }
+    }
+}
+
 /// `inner_steps` SGD steps on y with step γ, then the Neumann hypergradient estimate at the new y.
 /// Returns the last lower loss and the estimate.
 #[allow(clippy::too_many_arguments)]
@@ -230,8 +258,7 @@ where
     Cpu: Device<E>,
 {
     let (step_size, x_step_norm) = plain_step(x, direction, E::of(eta));
-    oracles.project_x(x);
-    site.check("upper variable x", x)?;
+    project_and_check_x(oracles, x, site)?;
     Ok(Outcome {
         upper_loss: Some(estimate.upper_loss),
         lower_loss,

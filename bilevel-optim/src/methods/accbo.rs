@@ -159,14 +159,6 @@ where
         (self.x_prev, self.y_avg_prev) = (x.duplicate(), y.duplicate());
         let (step_size, x_step_norm) = normalized_step(x, &self.m, E::of(c.eta.at(it.t)));
         project_and_check_x(oracles, x, site)?;
-        Ok(Outcome {
-            upper_loss: Some(est.upper_loss),
-            lower_loss: Some(g.value.f64()),
-            hypergrad_norm: est.h.norm().f64(),
-            lower_grad_norm: Some(g.dy.norm().f64()),
-            linear_system_residual: None,
-            step_size,
-            x_step_norm,
-        })
+        Ok(est.outcome(&g, step_size, x_step_norm))
     }
 }

@@ -153,14 +153,6 @@ where
         oracles.project_x(x);
         site.check("lower variable y", y)?;
         site.check("upper variable x", x)?;
-        Ok(Outcome {
-            upper_loss: Some(est.upper_loss),
-            lower_loss: Some(g.value.f64()),
-            hypergrad_norm: est.h.norm().f64(),
-            lower_grad_norm: Some(g.dy.norm().f64()),
-            linear_system_residual: None,
-            step_size,
-            x_step_norm,
-        })
+        Ok(est.outcome(&g, step_size, x_step_norm))
     }
 }
