@@ -31,6 +31,7 @@ use dfdx::prelude::*;
 use crate::elementwise;
 pub use crate::elementwise::Pointwise;
 use crate::layer::{when_wanted, WrittenLayer};
+use crate::padded::on_padded;
 use crate::sequence::{backward_each_step, each_step, Activations, Sequence};
 use crate::tape::{hold, taped, Held};
 
@@ -129,6 +130,23 @@ pointwise_layers!(
     Sin,
     Cos,
     Abs,
+);
+
+// On padded batches, the activations that are finite at every value (the padding's values are
+// whatever the layers before made of zeros; `ln`, `sqrt` and `exp` could make them infinite,
+// and an infinite value times a zero weight is NaN).
+on_padded!(
+    [const N: usize] ReLU: N -> N,
+    [const N: usize] LeakyReLU<E>: N -> N,
+    [const N: usize] FastGeLU: N -> N,
+    [const N: usize] GeLU: N -> N,
+    [const N: usize] AccurateGeLU: N -> N,
+    [const N: usize] Sigmoid: N -> N,
+    [const N: usize] Tanh: N -> N,
+    [const N: usize] Square: N -> N,
+    [const N: usize] Sin: N -> N,
+    [const N: usize] Cos: N -> N,
+    [const N: usize] Abs: N -> N,
 );
 
 impl<E: Real> Pointwise<E> for ReLU

@@ -20,6 +20,7 @@ use dfdx::prelude::*;
 use crate::by_rows::{backward_by_rows, forward_by_rows, ByRows, Steps};
 use crate::layer::WrittenLayer;
 use crate::norm::LayerNormSaved;
+use crate::padded::Padded;
 use crate::tape::{hold, taped, Held};
 
 /// (batch, heads, steps, per-head features), with every size known at run time.
@@ -59,7 +60,7 @@ where
 
     fn forward(&self, input: Steps<E, M>) -> (Steps<E, M>, Self::Saved) {
         let x = hold(&input);
-        attend::<M, H, K, V, E>(self, input, taped(&x), taped(&x))
+        attend::<M, H, K, V, E>(self, input, taped(&x), taped(&x), None)
     }
 
     fn backward(
@@ -72,6 +73,48 @@ where
         let (q, k, v) =
             attend_backward::<M, H, K, V, E>(self, saved, grad_output, grads, want_input);
         Some(q? + k? + v?)
+    }
+}
+
+/// Self-attention over padded sequences: padded keys get zero weight, so each real step
+/// attends only to the real steps of its sequence (the padded steps' outputs are computed and
+/// never read).
+impl<const M: usize, const H: usize, const K: usize, const V: usize, E: Real>
+    WrittenLayer<E, Padded<E, M>> for MultiHeadAttention<M, H, K, V, E, Cpu>
+where
+    Cpu: Device<E>,
+{
+    type Output = Padded<E, M>;
+    type Saved = AttentionSaved<E, M, K, V>;
+
+    fn forward(&self, input: Padded<E, M>) -> (Padded<E, M>, Self::Saved) {
+        let bias = input.key_bias();
+        let x = hold(&input.steps);
+        let (out, saved) =
+            attend::<M, H, K, V, E>(self, input.steps, taped(&x), taped(&x), Some(&bias));
+        (
+            Padded {
+                steps: out,
+                mask: input.mask,
+            },
+            saved,
+        )
+    }
+
+    fn backward(
+        &self,
+        saved: Self::Saved,
+        grad_output: Padded<E, M>,
+        grads: &mut WrittenGrad<E>,
+        want_input: bool,
+    ) -> Option<Padded<E, M>> {
+        let mask = grad_output.mask;
+        let (q, k, v) =
+            attend_backward::<M, H, K, V, E>(self, saved, grad_output.steps, grads, want_input);
+        Some(Padded {
+            steps: q? + k? + v?,
+            mask,
+        })
     }
 }
 
@@ -90,7 +133,7 @@ where
         &self,
         (q, k, v): (Steps<E, M>, Steps<E, M>, Steps<E, M>),
     ) -> (Steps<E, M>, Self::Saved) {
-        attend::<M, H, K, V, E>(self, q, k, v)
+        attend::<M, H, K, V, E>(self, q, k, v, None)
     }
 
     fn backward(
@@ -106,12 +149,15 @@ where
     }
 }
 
-/// The forward of attention, in dfdx's order of operations (values, keys, queries).
+/// The forward of attention, in dfdx's order of operations (values, keys, queries). `key_bias`
+/// (batch, keys) is added to every query's scores before the softmax: a padded key's weight is
+/// then zero (see [`Padded::key_bias`]).
 fn attend<const M: usize, const H: usize, const K: usize, const V: usize, E: Real>(
     layer: &MultiHeadAttention<M, H, K, V, E, Cpu>,
     q: Steps<E, M>,
     k: Steps<E, M>,
     v: Steps<E, M>,
+    key_bias: Option<&Held<(usize, usize), E>>,
 ) -> (Steps<E, M>, AttentionSaved<E, M, K, V>)
 where
     Cpu: Device<E>,
@@ -131,7 +177,15 @@ where
         .reshape_like(&(b, s1, H, K / H))
         .permute::<_, Axes4<0, 2, 1, 3>>();
     let (q_held, k_held, v_held) = (hold(&q), hold(&k), hold(&v));
-    let weights = (q.matmul(k) * scale::<E>(K / H)).softmax::<Axis<3>>();
+    let scores = q.matmul(k) * scale::<E>(K / H);
+    let scores = match key_bias {
+        None => scores,
+        Some(bias) => {
+            let shape = *scores.shape();
+            scores + bias.clone().broadcast_like::<_, Axes2<1, 2>>(&shape)
+        }
+    };
+    let weights = scores.softmax::<Axis<3>>();
     let weights_held = hold(&weights);
     let tokens = weights
         .matmul(v)
@@ -230,6 +284,51 @@ where
     norm2: ByRows<LayerNormSaved<E, M>>,
 }
 
+/// The block's forward, with `key_bias` masking padded keys (see [`attend`]).
+fn block_forward<const M: usize, const H: usize, const F: usize, E: Real>(
+    block: &TransformerEncoderBlock<M, H, F, E, Cpu>,
+    input: Steps<E, M>,
+    key_bias: Option<&Held<(usize, usize), E>>,
+) -> (Steps<E, M>, EncoderBlockSaved<E, M, F>)
+where
+    Cpu: Device<E>,
+{
+    let x = hold(&input);
+    let (attended, attention) =
+        attend::<M, H, M, M, E>(&block.self_attn, input, taped(&x), taped(&x), key_bias);
+    let (x1, norm1) = forward_by_rows(&block.norm1, attended + taped(&x));
+    let (x2, ff) = WrittenLayer::forward(&block.ff, x1);
+    let (out, norm2) = forward_by_rows(&block.norm2, x2);
+    let saved = EncoderBlockSaved {
+        attention,
+        norm1,
+        ff,
+        norm2,
+    };
+    (out, saved)
+}
+
+/// The backward of [`block_forward`] (the mask is already in the saved attention weights).
+fn block_backward<const M: usize, const H: usize, const F: usize, E: Real>(
+    block: &TransformerEncoderBlock<M, H, F, E, Cpu>,
+    saved: EncoderBlockSaved<E, M, F>,
+    grad_output: Steps<E, M>,
+    grads: &mut WrittenGrad<E>,
+    want_input: bool,
+) -> Option<Steps<E, M>>
+where
+    Cpu: Device<E>,
+{
+    let asked = "an inner layer returns its input gradient when asked";
+    let d = backward_by_rows(&block.norm2, saved.norm2, grad_output, grads, true).expect(asked);
+    let d = WrittenLayer::backward(&block.ff, saved.ff, d, grads, true).expect(asked);
+    let d = backward_by_rows(&block.norm1, saved.norm1, d, grads, true).expect(asked);
+    let skip = hold(&d);
+    let (q, k, v) =
+        attend_backward::<M, H, M, M, E>(&block.self_attn, saved.attention, d, grads, want_input);
+    Some(q? + k? + v? + taped(&skip))
+}
+
 impl<const M: usize, const H: usize, const F: usize, E: Real> WrittenLayer<E, Steps<E, M>>
     for TransformerEncoderBlock<M, H, F, E, Cpu>
 where
@@ -239,18 +338,7 @@ where
     type Saved = EncoderBlockSaved<E, M, F>;
 
     fn forward(&self, input: Steps<E, M>) -> (Steps<E, M>, Self::Saved) {
-        let x = hold(&input);
-        let (attended, attention) = WrittenLayer::<E, Steps<E, M>>::forward(&self.self_attn, input);
-        let (x1, norm1) = forward_by_rows(&self.norm1, attended + taped(&x));
-        let (x2, ff) = WrittenLayer::forward(&self.ff, x1);
-        let (out, norm2) = forward_by_rows(&self.norm2, x2);
-        let saved = EncoderBlockSaved {
-            attention,
-            norm1,
-            ff,
-            norm2,
-        };
-        (out, saved)
+        block_forward(self, input, None)
     }
 
     fn backward(
@@ -260,18 +348,40 @@ where
         grads: &mut WrittenGrad<E>,
         want_input: bool,
     ) -> Option<Steps<E, M>> {
-        let asked = "an inner layer returns its input gradient when asked";
-        let d = backward_by_rows(&self.norm2, saved.norm2, grad_output, grads, true).expect(asked);
-        let d = WrittenLayer::backward(&self.ff, saved.ff, d, grads, true).expect(asked);
-        let d = backward_by_rows(&self.norm1, saved.norm1, d, grads, true).expect(asked);
-        let skip = hold(&d);
-        let through = WrittenLayer::<E, Steps<E, M>>::backward(
-            &self.self_attn,
-            saved.attention,
-            d,
-            grads,
-            want_input,
-        )?;
-        Some(through + taped(&skip))
+        block_backward(self, saved, grad_output, grads, want_input)
+    }
+}
+
+/// The encoder block over padded sequences: its attention masks the padded keys.
+impl<const M: usize, const H: usize, const F: usize, E: Real> WrittenLayer<E, Padded<E, M>>
+    for TransformerEncoderBlock<M, H, F, E, Cpu>
+where
+    Cpu: Device<E>,
+{
+    type Output = Padded<E, M>;
+    type Saved = EncoderBlockSaved<E, M, F>;
+
+    fn forward(&self, input: Padded<E, M>) -> (Padded<E, M>, Self::Saved) {
+        let bias = input.key_bias();
+        let (out, saved) = block_forward(self, input.steps, Some(&bias));
+        (
+            Padded {
+                steps: out,
+                mask: input.mask,
+            },
+            saved,
+        )
+    }
+
+    fn backward(
+        &self,
+        saved: Self::Saved,
+        grad_output: Padded<E, M>,
+        grads: &mut WrittenGrad<E>,
+        want_input: bool,
+    ) -> Option<Padded<E, M>> {
+        let mask = grad_output.mask;
+        block_backward(self, saved, grad_output.steps, grads, want_input)
+            .map(|steps| Padded { steps, mask })
     }
 }

@@ -8,14 +8,16 @@
 use bilevel_optim::problem::Taped;
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
-use dfdx::nn::modules::{Linear, Tanh};
+use dfdx::nn::modules::{Linear, Repeated, Tanh, TransformerEncoderBlock};
 use dfdx::prelude::*;
 
 use crate::elman::ElmanLayer;
 use crate::layer::WrittenLayer;
 use crate::loss::{CrossEntropy, Loss, SampleWeights};
 use crate::lstm::LstmLayer;
-use crate::pool::MaxPoolTime;
+use crate::padded::PadSequence;
+use crate::pool::{MaxPoolTime, MeanPoolSteps};
+use crate::positions::SinusoidalPositions;
 use crate::sequence::Activations;
 
 /// `Linear(F→M)`, tanh, `Linear(M→M)`, tanh, `Linear(M→C)`.
@@ -44,6 +46,24 @@ pub type LstmEncoder<const I: usize, const H: usize, E> = (
     MaxPoolTime,
 );
 
+/// A transformer over the words of each text: pad the packed batch, project `I → D`, add the
+/// sinusoidal positions, `L` post-norm encoder blocks (`HEADS` heads, feed-forward width `F`;
+/// padded words masked), and the mean over each text's real words.
+pub type TransformerEncoder<
+    const I: usize,
+    const D: usize,
+    const HEADS: usize,
+    const F: usize,
+    const L: usize,
+    E,
+> = (
+    PadSequence,
+    Linear<I, D, E, Cpu>,
+    SinusoidalPositions,
+    Repeated<TransformerEncoderBlock<D, HEADS, F, E, Cpu>, L>,
+    MeanPoolSteps,
+);
+
 /// An encoder followed by a head.
 pub type TextClassifier<Encoder, Head> = (Encoder, Head);
 
@@ -70,6 +90,21 @@ pub mod cpu {
     pub type Classifier<E> = TextClassifier<Encoder<E>, Head<E>>;
     /// The LSTM classifier.
     pub type LstmClassifier<E> = TextClassifier<Lstm<E>, Head<E>>;
+    /// Attention heads of each transformer block (32 features each).
+    pub const ATTENTION_HEADS: usize = 4;
+    /// Feed-forward width of each transformer block.
+    pub const FEED_FORWARD: usize = 128;
+    /// Transformer blocks.
+    pub const BLOCKS: usize = 2;
+    /// A transformer of [`HIDDEN`] features (so it feeds the same head as the recurrent
+    /// encoders) and [`BLOCKS`] blocks, and the mean over each text's words.
+    pub type Transformer<E> =
+        TransformerEncoder<EMBEDDING, HIDDEN, ATTENTION_HEADS, FEED_FORWARD, BLOCKS, E>;
+    /// The transformer classifier.
+    pub type TransformerClassifier<E> = TextClassifier<Transformer<E>, Head<E>>;
+    /// Trainable tensors of [`TransformerClassifier`]: 2 in the input projection, 16 per block
+    /// (4 projections of attention, 2 layer norms and 2 feed-forward layers), 6 in the head.
+    pub const TRANSFORMER_CLASSIFIER_TENSORS: usize = 2 + 16 * BLOCKS + 6;
     /// Trainable tensors of [`Classifier`] (8 in the encoder, 6 in the head): the length of
     /// hyper-opt's per-tensor log-coefficients.
     pub const CLASSIFIER_TENSORS: usize = 14;

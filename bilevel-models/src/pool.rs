@@ -19,10 +19,11 @@ use dfdx::prelude::*;
 
 use crate::by_rows::Steps;
 use crate::layer::{when_wanted, WrittenLayer};
+use crate::padded::Padded;
 use crate::recurrent::{extend_rows, first_rows};
 use crate::rows::gather_rows;
 use crate::sequence::{Activations, Sequence, SequenceMask};
-use crate::tape::hold;
+use crate::tape::{hold, Held};
 use bilevel_optim::real::values;
 
 /// Element-wise maximum over the valid steps of a sequence.
@@ -165,5 +166,38 @@ where
         let (rows, _) = *grad_output.shape();
         let spread = grad_output.broadcast_like::<_, Axis<1>>(&(rows, steps, Const::<N>));
         Some(spread / E::of(steps as f64))
+    }
+}
+
+/// The mean over each sequence's real steps of a padded batch: `Σ_t w_t h_t` with
+/// `w_t = 1/length` at a real step and 0 at padding; written backward `∂h_t = w_t δ`.
+impl<const N: usize, E: Real> WrittenLayer<E, Padded<E, N>> for MeanPoolSteps
+where
+    Cpu: Device<E>,
+{
+    type Output = Activations<E, N>;
+    type Saved = (Held<(usize, usize), E>, Arc<SequenceMask>);
+
+    fn forward(&self, input: Padded<E, N>) -> (Activations<E, N>, Self::Saved) {
+        let weights = input.mean_weights();
+        let shape = *input.steps.shape();
+        let spread = weights.clone().broadcast_like::<_, Axis<2>>(&shape);
+        let pooled = (input.steps * spread).sum::<(usize, Const<N>), Axis<1>>();
+        (pooled, (weights, input.mask))
+    }
+
+    fn backward(
+        &self,
+        (weights, mask): Self::Saved,
+        grad_output: Activations<E, N>,
+        grads: &mut WrittenGrad<E>,
+        want_input: bool,
+    ) -> Option<Padded<E, N>> {
+        let grad_output = when_wanted(grad_output, grads, want_input)?;
+        let (rows, steps) = *weights.shape();
+        let shape = (rows, steps, Const::<N>);
+        let spread = grad_output.broadcast_like::<_, Axis<1>>(&shape);
+        let steps = spread * weights.broadcast_like::<_, Axis<2>>(&shape);
+        Some(Padded { steps, mask })
     }
 }

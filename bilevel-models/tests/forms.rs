@@ -4,16 +4,22 @@
 
 mod common;
 
-use bilevel_models::classifier::{ElmanEncoder, LinearHead, LstmEncoder, MlpHead, TextClassifier};
+use bilevel_models::classifier::{
+    ElmanEncoder, LinearHead, LstmEncoder, MlpHead, TextClassifier, TransformerEncoder,
+};
 use bilevel_models::elman::ElmanLayer;
 use bilevel_models::forms::{BatchConfig, HyperClean, HyperOpt, HyperRep, Task};
 use bilevel_models::lstm::LstmLayer;
+use bilevel_models::padded::PadSequence;
 use bilevel_models::pool::MaxPoolTime;
+use bilevel_models::pool::MeanPoolSteps;
 use bilevel_optim::oracles::Oracles;
 use bilevel_optim::params::Params;
 use bilevel_optim::problem::BilevelProblem;
 use common::*;
-use dfdx::nn::modules::{FastGeLU, LayerNorm1D, Linear, ReLU, Repeated, Sigmoid, Sqrt, Tanh};
+use dfdx::nn::modules::{
+    FastGeLU, LayerNorm1D, Linear, ReLU, Repeated, Sigmoid, Sqrt, Tanh, TransformerEncoderBlock,
+};
 use dfdx::prelude::*;
 
 const EMB: usize = 3;
@@ -203,6 +209,25 @@ fn hyper_clean_with_dfdx_layers_over_time() {
     )>("Elman, tanh over time, max-pool");
 }
 
+/// A transformer over the words (padded batch, masked attention, mean over the real words), and
+/// one over an Elman layer's outputs, so the padding's written backward carries a gradient into
+/// a layer with parameters.
+#[test]
+fn hyper_clean_transformers() {
+    hyper_clean::<(
+        TransformerEncoder<EMB, H, 2, M, 2, f64>,
+        LinearHead<H, C, f64>,
+    )>("2-block transformer");
+    hyper_clean::<(
+        ElmanLayer<EMB, H, f64, Cpu>,
+        PadSequence,
+        TransformerEncoderBlock<H, 2, M, f64, Cpu>,
+        ReLU,
+        MeanPoolSteps,
+        LinearHead<H, C, f64>,
+    )>("Elman, padding, an encoder block, ReLU, masked mean");
+}
+
 const TASKS: usize = 4;
 
 fn hyper_rep<Enc>(what: &str)
@@ -263,6 +288,13 @@ fn hyper_rep_elman_encoder() {
 #[test]
 fn hyper_rep_lstm_encoder() {
     hyper_rep::<LstmEncoder<EMB, H, f64>>("LSTM encoder");
+}
+
+/// x is a transformer: every cross product runs through the padding, the masked attention and
+/// the masked mean.
+#[test]
+fn hyper_rep_transformer_encoder() {
+    hyper_rep::<TransformerEncoder<EMB, H, 2, M, 1, f64>>("1-block transformer encoder");
 }
 
 /// Every form's passes split over 2 and 3 batch shards (one thread and one device each) equal

@@ -48,6 +48,28 @@ fn cpu_presets_have_the_documented_tensor_counts_and_run() {
     assert!(w.iter().all(|v| v.abs() <= bound) && w.iter().any(|v| v.abs() > 0.9 * bound));
 }
 
+/// The transformer preset: its tensor count (one log-coefficient each in hyper-opt) and exact
+/// products on uneven texts (hyper-opt with per-tensor coefficients exercises every tensor).
+#[test]
+fn transformer_preset_has_its_tensor_count_and_exact_products() {
+    let dev = Cpu::seed_from_u64(1);
+    let y = cpu::TransformerClassifier::<f64>::build(&dev);
+    let x: Tensor<Rank1<{ cpu::TRANSFORMER_CLASSIFIER_TENSORS }>, f64, Cpu> =
+        dev.tensor([-3.0; cpu::TRANSFORMER_CLASSIFIER_TENSORS]);
+    let texts = || synthetic_texts(4, cpu::EMBEDDING, 3, 2, 5);
+    let problem = HyperOpt::<
+        f64,
+        cpu::TransformerClassifier<f64>,
+        _,
+        { cpu::EMBEDDING },
+        { cpu::CLASSES },
+    >::new(texts(), texts(), tiny_config(), &y, &x)
+    .unwrap();
+    let checks = check_second_order_with_step(&mut Oracles::new(problem, 0), &x, &y, 1e-5);
+    println!("cpu transformer preset: {checks:?}");
+    checks.assert_exact("cpu transformer preset");
+}
+
 #[test]
 fn paper_preset_runs_a_second_order_pass_in_f32() {
     let dev = Cpu::seed_from_u64(0);

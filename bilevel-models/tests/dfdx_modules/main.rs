@@ -12,5 +12,6 @@ mod combinators;
 mod embedding;
 mod images;
 mod losses;
+mod padded;
 mod rows;
 mod transformer_example;
