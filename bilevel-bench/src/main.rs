@@ -11,6 +11,7 @@ use bilevel_bench::report::tune::{tune, Halving, TuneOptions};
 use bilevel_bench::report::tuned::Tuned;
 use bilevel_bench::run::config::{RunConfig, TaskName};
 use bilevel_bench::run::{run, run_dir};
+use bilevel_bench::tasks::model::ModelName;
 use bilevel_bench::tasks::resolve_data_dir;
 use bilevel_optim::methods::registry::names;
 use clap::{Parser, Subcommand};
@@ -153,6 +154,9 @@ enum Command {
         /// A TOML file whose task tables change the sizes (batch, T, ...); its method is ignored.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The text encoder: the recurrent network (default) or a transformer.
+        #[arg(long, value_enum)]
+        model: Option<ModelName>,
         /// The data directory (default: ../shared/data next to the checkout, or BILEVEL_DATA_DIR).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -169,6 +173,9 @@ enum Command {
         /// A TOML file whose task tables change the sizes; its method is ignored.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The text encoder: the recurrent network (default) or a transformer.
+        #[arg(long, value_enum)]
+        model: Option<ModelName>,
         /// The seed of the data split, the batches and the random directions.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -212,6 +219,9 @@ struct Common {
     /// each (default 1; see docs/performance.md).
     #[arg(long)]
     threads: Option<usize>,
+    /// The text encoder: the recurrent network (default) or a transformer.
+    #[arg(long, value_enum)]
+    model: Option<ModelName>,
 }
 
 impl Common {
@@ -231,6 +241,9 @@ impl Common {
         }
         if let Some(threads) = self.threads {
             config.threads = threads;
+        }
+        if let Some(model) = self.model {
+            config.model = model;
         }
         Ok(config)
     }
@@ -301,6 +314,7 @@ fn refuse_flags_a_resume_ignores(
         ("--iters", common.iters.is_some()),
         ("--eval-every", common.eval_every.is_some()),
         ("--threads", common.threads.is_some()),
+        ("--model", common.model.is_some()),
         ("--method", method.is_some()),
         ("--seed", seed.is_some()),
     ]
@@ -445,12 +459,16 @@ fn main() -> Result<()> {
             reps,
             seed,
             config,
+            model,
             data_dir,
         } => {
-            let base = match &config {
+            let mut base = match &config {
                 Some(path) => RunConfig::from_file(path)?,
                 None => RunConfig::default(),
             };
+            if let Some(model) = model {
+                base.model = model;
+            }
             base.validate()?;
             if threads == 0 || iters == 0 || reps == 0 {
                 anyhow::bail!("--threads, --iters and --reps must be at least 1");
@@ -486,6 +504,7 @@ fn main() -> Result<()> {
         Command::Check {
             task,
             config,
+            model,
             seed,
             data_dir,
         } => {
@@ -493,6 +512,9 @@ fn main() -> Result<()> {
                 Some(path) => RunConfig::from_file(path)?,
                 None => RunConfig::default(),
             };
+            if let Some(model) = model {
+                run_config.model = model;
+            }
             if let Some(task) = task {
                 run_config.task = task;
             }

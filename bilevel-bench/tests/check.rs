@@ -1,7 +1,9 @@
-//! `bilevel-bench check` passes on the three tasks (tiny sizes, real data, in f64), and the
+//! `bilevel-bench check` passes on the three tasks with both models (tiny sizes, real data, in
+//! f64), and the
 //! command prints its comparisons and says so.
 
 use bilevel_bench::commands::check::check_task;
+use bilevel_bench::tasks::model::ModelName;
 use bilevel_bench::tasks::resolve_data_dir;
 use bilevel_optim::check::Quantity;
 use common::tiny;
@@ -9,10 +11,16 @@ use common::tiny;
 mod common;
 
 #[test]
-fn every_task_passes_its_check() {
+fn every_task_passes_its_check_with_either_model() {
     let data = resolve_data_dir(None).unwrap();
-    for task in ["hyper-clean", "hyper-opt", "hyper-rep"] {
-        let (model, report) = check_task(&tiny(task), &data).unwrap();
+    let tasks = ["hyper-clean", "hyper-opt", "hyper-rep"];
+    for (task, model) in tasks
+        .into_iter()
+        .flat_map(|t| [(t, ModelName::Rnn), (t, ModelName::Transformer)])
+    {
+        let mut config = tiny(task);
+        config.model = model;
+        let (model, report) = check_task(&config, &data).unwrap();
         println!("{task} ({model}):\n{report}");
         assert!(report.passed(), "{task}:\n{report}");
         for q in [Quantity::WrittenGradient, Quantity::Hvp, Quantity::Jvp] {

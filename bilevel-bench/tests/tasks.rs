@@ -8,6 +8,8 @@ use bilevel_bench::tasks::hyper_opt::{self, HyperOptConfig};
 use bilevel_bench::tasks::hyper_rep::{self, HyperRepConfig};
 use bilevel_bench::tasks::resolve_data_dir;
 
+mod common;
+
 #[test]
 fn hyper_clean_splits_are_balanced_and_a_fixed_fraction_is_flipped() {
     let config = HyperCleanConfig {
@@ -256,6 +258,49 @@ fn a_run_on_two_threads_matches_one_thread() {
                 a.iteration
             );
         }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `bilevel-bench run --model transformer` runs each task (BO-REP, tiny sizes): its runs go to
+/// `<task>-transformer/`, its configuration names the model, and every metric is finite.
+#[test]
+fn the_transformer_runs_every_task_from_the_command_line() {
+    let out = std::env::temp_dir().join(format!("bilevel-transformer-{}", std::process::id()));
+    for task in ["hyper-rep", "hyper-opt", "hyper-clean"] {
+        let config = out.join(format!("{task}.toml"));
+        let mut tiny = common::tiny(task);
+        tiny.iters = 2;
+        tiny.eval_every = 2;
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(&config, toml::to_string(&tiny).unwrap()).unwrap();
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_bilevel-bench"))
+            .args(["run", "--quiet", "--model", "transformer", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{task}: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let dir = out.join(format!("{task}-transformer/bo-rep/seed-0"));
+        let saved = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+        assert!(saved.contains("model = \"transformer\""), "{saved}");
+        let summary: bilevel_bench::run::summary::RunSummary =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
+        let metrics = &summary.evaluations.last().unwrap().metrics;
+        assert!(metrics.contains_key("test/accuracy"), "{task}: {metrics:?}");
+        for (name, value) in metrics {
+            assert!(value.is_finite(), "{task}: {name} = {value}");
+        }
+        assert!(
+            !out.join(task).exists(),
+            "{task}: a transformer run left {task}/"
+        );
     }
     let _ = std::fs::remove_dir_all(&out);
 }

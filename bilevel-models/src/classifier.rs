@@ -90,21 +90,29 @@ pub mod cpu {
     pub type Classifier<E> = TextClassifier<Encoder<E>, Head<E>>;
     /// The LSTM classifier.
     pub type LstmClassifier<E> = TextClassifier<Lstm<E>, Head<E>>;
-    /// Attention heads of each transformer block (32 features each).
+    /// Features of each transformer block: half the recurrent encoder's, which keeps a
+    /// transformer step within a few times a recurrent one on 2 cores (docs/performance.md).
+    pub const MODEL: usize = 64;
+    /// Attention heads of each transformer block (16 features each).
     pub const ATTENTION_HEADS: usize = 4;
     /// Feed-forward width of each transformer block.
     pub const FEED_FORWARD: usize = 128;
     /// Transformer blocks.
     pub const BLOCKS: usize = 2;
-    /// A transformer of [`HIDDEN`] features (so it feeds the same head as the recurrent
-    /// encoders) and [`BLOCKS`] blocks, and the mean over each text's words.
-    pub type Transformer<E> =
-        TransformerEncoder<EMBEDDING, HIDDEN, ATTENTION_HEADS, FEED_FORWARD, BLOCKS, E>;
+    /// A transformer of [`MODEL`] features and [`BLOCKS`] blocks, the mean over each text's
+    /// words, and a pooler (`Linear(MODEL → HIDDEN)`, tanh, as BERT's) to the [`HIDDEN`]
+    /// features the recurrent encoders give, so both feed the same head.
+    pub type Transformer<E> = (
+        TransformerEncoder<EMBEDDING, MODEL, ATTENTION_HEADS, FEED_FORWARD, BLOCKS, E>,
+        Linear<MODEL, HIDDEN, E, Cpu>,
+        Tanh,
+    );
     /// The transformer classifier.
     pub type TransformerClassifier<E> = TextClassifier<Transformer<E>, Head<E>>;
     /// Trainable tensors of [`TransformerClassifier`]: 2 in the input projection, 16 per block
-    /// (4 projections of attention, 2 layer norms and 2 feed-forward layers), 6 in the head.
-    pub const TRANSFORMER_CLASSIFIER_TENSORS: usize = 2 + 16 * BLOCKS + 6;
+    /// (4 projections of attention, 2 layer norms and 2 feed-forward layers), 2 in the pooler,
+    /// 6 in the head.
+    pub const TRANSFORMER_CLASSIFIER_TENSORS: usize = 2 + 16 * BLOCKS + 2 + 6;
     /// Trainable tensors of [`Classifier`] (8 in the encoder, 6 in the head): the length of
     /// hyper-opt's per-tensor log-coefficients.
     pub const CLASSIFIER_TENSORS: usize = 14;

@@ -150,7 +150,7 @@ pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<Comp
     .collect::<anyhow::Result<Vec<_>>>()?;
     job.finish();
     let task = options.base.task;
-    let dir = options.out.join(task.as_str()).join("compare");
+    let dir = options.base.task_dir(&options.out).join("compare");
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut markdown = write_table(&dir, "results", task, &options.methods, &runs)?;
     if let Some(stopped) = stopped_at_best_validation(&runs) {

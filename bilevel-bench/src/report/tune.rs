@@ -25,7 +25,7 @@ use bilevel_optim::error::BilevelError;
 use crate::report::parallel::{map_in_threads, JobProgress};
 use crate::report::stats::{ensure_distinct, quantile};
 use crate::report::tuned::Tuned;
-use crate::run::config::{RunConfig, TaskName};
+use crate::run::config::RunConfig;
 use crate::run::{resume, run, summary::RunSummary};
 use crate::tasks::Metrics;
 
@@ -158,16 +158,16 @@ fn is_divergence(e: &anyhow::Error) -> bool {
 }
 
 /// The directory of one grid point's run with one seed:
-/// `<out>/<task>/tune/<method>/lower-L_upper-U/seed-S/`.
+/// `<out>/<task>/tune/<method>/lower-L_upper-U/seed-S/` (see [`RunConfig::task_dir`]).
 fn point_dir(
     out: &Path,
-    task: TaskName,
+    base: &RunConfig,
     method: &str,
     lower: f64,
     upper: f64,
     seed: u64,
 ) -> PathBuf {
-    out.join(task.as_str())
+    base.task_dir(out)
         .join("tune")
         .join(method)
         .join(format!("lower-{lower}_upper-{upper}"))
@@ -465,7 +465,6 @@ fn run_rung(
     rung: &Rung,
     progress: &JobProgress,
 ) -> anyhow::Result<Vec<(usize, GridPoint)>> {
-    let task = options.base.task;
     let work: Vec<(usize, RunConfig)> = alive
         .iter()
         .flat_map(|&k| {
@@ -484,7 +483,7 @@ fn run_rung(
             upper,
             ..
         } = &pairs[*k];
-        let dir = point_dir(&options.out, task, method, *lower, *upper, config.seed);
+        let dir = point_dir(&options.out, config, method, *lower, *upper, config.seed);
         let (accuracy, loss) = rung.metric;
         let outcome = run_point(config, data_dir, &dir, accuracy, loss)
             .with_context(|| format!("{method} at ({lower}, {upper}), seed {}", config.seed));
@@ -586,7 +585,7 @@ fn write_search(
     loss: &str,
 ) -> anyhow::Result<(PathBuf, String)> {
     let task = options.base.task;
-    let dir = options.out.join(task.as_str()).join("tune");
+    let dir = options.base.task_dir(&options.out).join("tune");
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let header = format!(
         "# Chosen by `bilevel-bench tune` on {}, {}, {} iterations{}: the best {}final\n\
@@ -623,7 +622,7 @@ fn remove_stopped_checkpoints(
         for &seed in &options.seeds {
             let dir = point_dir(
                 &options.out,
-                options.base.task,
+                &options.base,
                 &pair.method,
                 pair.lower,
                 pair.upper,

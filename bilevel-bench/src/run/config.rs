@@ -8,6 +8,7 @@ use bilevel_optim::methods::borep::BoRepConfig;
 use bilevel_optim::methods::MethodConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::tasks::model::ModelName;
 use crate::tasks::task::Task;
 
 /// Declares [`TaskName`] and the task-dependent parts of [`RunConfig`] from the task list
@@ -69,6 +70,9 @@ macro_rules! declare_tasks {
             /// Threads per run: every oracle call splits its batch into this many shards, one thread
             /// each (docs/performance.md). Results differ from one thread's only by rounding.
             pub threads: usize,
+            /// The text encoder of the task's classifier (absent: the recurrent network).
+            #[serde(skip_serializing_if = "ModelName::is_default")]
+            pub model: ModelName,
             /// The method; absent = BO-REP with the task's official values.
             pub method: Option<MethodConfig>,
             $(#[doc = concat!("The settings of: ", $doc)] pub $key: <$task as Task>::Config,)+
@@ -85,6 +89,7 @@ macro_rules! declare_tasks {
                     on_divergence: OnDivergence::Stop,
                     max_rollbacks: 3,
                     threads: 1,
+                    model: ModelName::Rnn,
                     method: None,
                     $($key: Default::default(),)+
                 }
@@ -173,6 +178,17 @@ impl RunConfig {
             }
         }
         Ok(self)
+    }
+
+    /// The directory under an output directory that holds this task's runs, comparisons and
+    /// grid searches: the task's name, with the model's when it is not the default (so a
+    /// transformer's runs never meet the recurrent network's).
+    pub fn task_dir(&self, out: &Path) -> std::path::PathBuf {
+        if self.model.is_default() {
+            out.join(self.task.as_str())
+        } else {
+            out.join(format!("{}-{}", self.task.as_str(), self.model.as_str()))
+        }
     }
 
     /// The method to run.

@@ -23,9 +23,10 @@ use config::RunConfig;
 use lock::RunLock;
 use summary::RunSummary;
 
-/// Where a run writes: `<out>/<task>/<method>/seed-<seed>`.
+/// Where a run writes: `<out>/<task>/<method>/seed-<seed>` (see [`RunConfig::task_dir`]).
 pub fn run_dir(out: &Path, config: &RunConfig) -> PathBuf {
-    out.join(config.task.as_str())
+    config
+        .task_dir(out)
         .join(config.method().name())
         .join(format!("seed-{}", config.seed))
 }

@@ -23,6 +23,38 @@ pub const EMB: usize = cpu::EMBEDDING;
 /// The number of classes.
 pub const C: usize = cpu::CLASSES;
 
+/// A classifier the tasks can run: a written layer from a batch of word-vector sequences to
+/// logits (`cpu::Classifier`, `cpu::TransformerClassifier`, or any tuple of written layers).
+pub trait TextClassifier<F: Real>:
+    WrittenLayer<F, Sequence<F, EMB>, Output = Activations<F, C>>
+where
+    Cpu: Device<F>,
+{
+}
+
+impl<F: Real, M> TextClassifier<F> for M
+where
+    Cpu: Device<F>,
+    M: WrittenLayer<F, Sequence<F, EMB>, Output = Activations<F, C>>,
+{
+}
+
+/// An encoder the tasks can run: a written layer from a batch of word-vector sequences to
+/// `cpu::HIDDEN` features (`cpu::Encoder`, `cpu::Transformer`).
+pub trait TextEncoder<F: Real>:
+    WrittenLayer<F, Sequence<F, EMB>, Output = Activations<F, { cpu::HIDDEN }>>
+where
+    Cpu: Device<F>,
+{
+}
+
+impl<F: Real, M> TextEncoder<F> for M
+where
+    Cpu: Device<F>,
+    M: WrittenLayer<F, Sequence<F, EMB>, Output = Activations<F, { cpu::HIDDEN }>>,
+{
+}
+
 /// Token ids over the words that actually occur, and their vectors (the full GloVe table is
 /// 58k words; a task uses a fraction).
 #[derive(Default)]

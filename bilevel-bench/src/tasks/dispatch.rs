@@ -29,7 +29,7 @@ macro_rules! declare_with_task {
         {
             match config.task {
                 $(TaskName::$variant => {
-                    <$task as Task>::with_problem(&config.$key, config.seed, data_dir, dev, visitor)
+                    <$task as Task>::with_problem(&config.$key, config.model, config.seed, data_dir, dev, visitor)
                 })+
             }
         }

@@ -2,7 +2,8 @@
 //! fraction of whose labels are flipped, so that a classifier trained on the weighted loss does
 //! well on a clean validation set.
 
-use super::task::{Task, TaskVisitor};
+use super::model::ModelName;
+use super::task::{Task, TaskProblem, TaskVisitor};
 use bilevel_optim::methods::MethodConfig;
 use std::path::Path;
 
@@ -17,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::common::{embed, measure, Vocabulary, C, EMB};
+use super::common::{embed, measure, TextClassifier, Vocabulary, C, EMB};
 use super::{load_word_vectors, Metrics};
 use crate::data::tweets::{load_lines, load_sentiment140_csv};
 use crate::data::LabelledText;
@@ -221,14 +222,15 @@ pub fn load(
     })
 }
 
-/// The bilevel problem with `N` training tweets, in precision `F`.
-pub type Problem<F, const N: usize> = HyperClean<F, cpu::Classifier<F>, N, EMB, C>;
+/// The bilevel problem with `N` training tweets and classifier `Y` (by default the recurrent
+/// one), in precision `F`.
+pub type Problem<F, const N: usize, Y = cpu::Classifier<F>> = HyperClean<F, Y, N, EMB, C>;
 
 /// The bilevel problem over `data`'s training and validation splits.
-pub fn problem<F: Real, const N: usize>(
+pub fn problem<F: Real, Y, const N: usize>(
     data: &HyperCleanData,
     config: &HyperCleanConfig,
-) -> anyhow::Result<Problem<F, N>>
+) -> anyhow::Result<Problem<F, N, Y>>
 where
     Cpu: Device<F>,
 {
@@ -257,11 +259,11 @@ where
 }
 
 /// Loss and accuracy on every split, and how well small weights find the flipped labels.
-pub fn evaluate<F: Real, const N: usize>(
+pub fn evaluate<F: Real, Y: TextClassifier<F>, const N: usize>(
     data: &HyperCleanData,
     config: &HyperCleanConfig,
     x: &Tensor<Rank1<N>, F, Cpu>,
-    y: &cpu::Classifier<F>,
+    y: &Y,
 ) -> Metrics
 where
     Cpu: Device<F>,
@@ -340,6 +342,7 @@ impl Task for HyperCleanTask {
 
     fn with_problem<F: Real, V: TaskVisitor<F>>(
         c: &HyperCleanConfig,
+        model: ModelName,
         seed: u64,
         data_dir: &Path,
         dev: &Cpu,
@@ -349,22 +352,50 @@ impl Task for HyperCleanTask {
         Cpu: Device<F>,
     {
         let data = load(data_dir, c, seed)?;
-        let y = cpu::Classifier::<F>::build(dev);
-        match c.train_size {
-            20_000 => visitor.visit(
-                "20000 training tweets",
-                problem::<F, 20_000>(&data, c)?,
-                initial_weights(c),
-                y,
-                |x: &_, y: &_| evaluate(&data, c, x, y),
+        let data = &data;
+        match (model, c.train_size) {
+            (ModelName::Rnn, 20_000) => {
+                visit::<F, _, _, 20_000>(model, data, c, cpu::Classifier::build(dev), visitor)
+            }
+            (ModelName::Rnn, _) => {
+                visit::<F, _, _, 2_000>(model, data, c, cpu::Classifier::build(dev), visitor)
+            }
+            (ModelName::Transformer, 20_000) => visit::<F, _, _, 20_000>(
+                model,
+                data,
+                c,
+                cpu::TransformerClassifier::build(dev),
+                visitor,
             ),
-            _ => visitor.visit(
-                "2000 training tweets",
-                problem::<F, 2_000>(&data, c)?,
-                initial_weights(c),
-                y,
-                |x: &_, y: &_| evaluate(&data, c, x, y),
+            (ModelName::Transformer, _) => visit::<F, _, _, 2_000>(
+                model,
+                data,
+                c,
+                cpu::TransformerClassifier::build(dev),
+                visitor,
             ),
         }
     }
+}
+
+/// Hands the problem with `N` training tweets and classifier `y` to `visitor`.
+fn visit<F: Real, Y, V: TaskVisitor<F>, const N: usize>(
+    model: ModelName,
+    data: &HyperCleanData,
+    c: &HyperCleanConfig,
+    y: Y,
+    visitor: V,
+) -> anyhow::Result<V::Output>
+where
+    Cpu: Device<F>,
+    Y: TextClassifier<F>,
+    Problem<F, N, Y>: TaskProblem<F, UpperVariable = Tensor<Rank1<N>, F, Cpu>, LowerVariable = Y>,
+{
+    visitor.visit(
+        &model.describe(&format!("{N} training tweets")),
+        problem::<F, Y, N>(data, c)?,
+        initial_weights(c),
+        y,
+        |x: &_, y: &_| evaluate(data, c, x, y),
+    )
 }

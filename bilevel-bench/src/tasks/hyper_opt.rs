@@ -1,7 +1,8 @@
 //! Hyperparameter optimization on Amazon reviews (FDU-MTL): learn one L2 log-coefficient per
 //! parameter tensor of the classifier (or one shared) on a validation split.
 
-use super::task::{Task, TaskVisitor};
+use super::model::ModelName;
+use super::task::{Task, TaskProblem, TaskVisitor};
 use bilevel_optim::methods::MethodConfig;
 use std::path::Path;
 
@@ -17,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::common::{embed, measure, Vocabulary, C, EMB};
+use super::common::{embed, measure, TextClassifier, Vocabulary, C, EMB};
 use super::{load_word_vectors, Metrics};
 use crate::data::reviews::load_fdu_mtl;
 
@@ -168,23 +169,28 @@ pub fn load(data_dir: &Path, config: &HyperOptConfig, seed: u64) -> anyhow::Resu
     })
 }
 
-/// x: one log-coefficient per tensor of the classifier.
+/// x: one log-coefficient per tensor of the recurrent classifier.
 pub type PerTensor<F> = Tensor<Rank1<{ cpu::CLASSIFIER_TENSORS }>, F, Cpu>;
+/// x: one log-coefficient per tensor of the transformer classifier.
+pub type TransformerPerTensor<F> = Tensor<Rank1<{ cpu::TRANSFORMER_CLASSIFIER_TENSORS }>, F, Cpu>;
 /// x: one shared log-coefficient.
 pub type Shared<F> = Tensor<Rank0, F, Cpu>;
 
-/// The bilevel problem with coefficients `X`, in precision `F`.
-pub type Problem<F, X> = HyperOpt<F, cpu::Classifier<F>, X, EMB, C>;
+/// The bilevel problem with coefficients `X` and classifier `Y` (by default the recurrent one),
+/// in precision `F`.
+pub type Problem<F, X, Y = cpu::Classifier<F>> = HyperOpt<F, Y, X, EMB, C>;
 
 /// The bilevel problem over `data`'s training and validation splits.
-pub fn problem<F: Real, X: Params<F> + bilevel_models::penalty::L2Coefficients<F>>(
+pub fn problem<F: Real, X, Y>(
     data: &HyperOptData,
     config: &HyperOptConfig,
-    y: &cpu::Classifier<F>,
+    y: &Y,
     x: &X,
-) -> anyhow::Result<Problem<F, X>>
+) -> anyhow::Result<Problem<F, X, Y>>
 where
     Cpu: Device<F>,
+    X: Params<F> + bilevel_models::penalty::L2Coefficients<F>,
+    Y: Params<F>,
 {
     let batches = BatchConfig {
         lower_batch: config.batch,
@@ -209,11 +215,11 @@ where
 }
 
 /// Loss and accuracy on every split, and the mean log-coefficient.
-pub fn evaluate<F: Real, X: Params<F>>(
+pub fn evaluate<F: Real, X: Params<F>, Y: TextClassifier<F>>(
     data: &HyperOptData,
     config: &HyperOptConfig,
     x: &X,
-    y: &cpu::Classifier<F>,
+    y: &Y,
 ) -> Metrics
 where
     Cpu: Device<F>,
@@ -255,6 +261,7 @@ impl Task for HyperOptTask {
 
     fn with_problem<F: Real, V: TaskVisitor<F>>(
         c: &HyperOptConfig,
+        model: ModelName,
         seed: u64,
         data_dir: &Path,
         dev: &Cpu,
@@ -264,19 +271,53 @@ impl Task for HyperOptTask {
         Cpu: Device<F>,
     {
         let data = load(data_dir, c, seed)?;
-        let y = cpu::Classifier::<F>::build(dev);
-        if c.scalar_coefficient {
-            let x: Shared<F> = initial_coefficients(&dev.zeros(), c);
-            let problem = problem(&data, c, &y, &x)?;
-            visitor.visit("one shared coefficient", problem, x, y, |x, y| {
-                evaluate(&data, c, x, y)
-            })
-        } else {
-            let x: PerTensor<F> = initial_coefficients(&dev.zeros(), c);
-            let problem = problem(&data, c, &y, &x)?;
-            visitor.visit("one coefficient per tensor", problem, x, y, |x, y| {
-                evaluate(&data, c, x, y)
-            })
+        let data = &data;
+        let (rnn, transformer) = (
+            || cpu::Classifier::<F>::build(dev),
+            || cpu::TransformerClassifier::<F>::build(dev),
+        );
+        let shared = || initial_coefficients::<F, Shared<F>>(&dev.zeros(), c);
+        match (model, c.scalar_coefficient) {
+            (ModelName::Rnn, true) => visit(model, data, c, shared(), rnn(), visitor),
+            (ModelName::Rnn, false) => {
+                let x: PerTensor<F> = initial_coefficients(&dev.zeros(), c);
+                visit(model, data, c, x, rnn(), visitor)
+            }
+            (ModelName::Transformer, true) => {
+                visit(model, data, c, shared(), transformer(), visitor)
+            }
+            (ModelName::Transformer, false) => {
+                let x: TransformerPerTensor<F> = initial_coefficients(&dev.zeros(), c);
+                visit(model, data, c, x, transformer(), visitor)
+            }
         }
     }
+}
+
+/// Hands the problem with coefficients `x` and classifier `y` to `visitor`.
+fn visit<F: Real, X, Y, V: TaskVisitor<F>>(
+    model: ModelName,
+    data: &HyperOptData,
+    c: &HyperOptConfig,
+    x: X,
+    y: Y,
+    visitor: V,
+) -> anyhow::Result<V::Output>
+where
+    Cpu: Device<F>,
+    X: Params<F> + bilevel_models::penalty::L2Coefficients<F>,
+    Y: TextClassifier<F> + Params<F>,
+    Problem<F, X, Y>: TaskProblem<F, UpperVariable = X, LowerVariable = Y>,
+{
+    let variant = match x.tensors() {
+        None => "one shared coefficient",
+        Some(_) => "one coefficient per tensor",
+    };
+    visitor.visit(
+        &model.describe(variant),
+        problem(data, c, &y, &x)?,
+        x,
+        y,
+        |x, y| evaluate(data, c, x, y),
+    )
 }

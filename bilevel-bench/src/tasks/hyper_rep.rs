@@ -1,14 +1,14 @@
 //! Hyper-representation (meta-learning) on Amazon reviews (ARSC): a shared encoder x and one head
 //! per training task y_i, on 2-way 10-shot tasks drawn from product domains.
 
-use super::task::{self, TaskVisitor};
+use super::model::ModelName;
+use super::task::{self, TaskProblem, TaskVisitor};
 use bilevel_optim::methods::MethodConfig;
 use std::path::Path;
 
 use anyhow::{bail, Context};
 use bilevel_models::classifier::{add_loss_gradient, cpu, logits};
 use bilevel_models::forms::{HyperRep, Task};
-use bilevel_models::layer::WrittenLayer;
 use bilevel_models::loss::{accuracy, cross_entropy};
 use bilevel_models::penalty::{add_l2_gradient, FixedL2};
 use bilevel_models::text::EmbeddedTexts;
@@ -22,7 +22,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::common::{embed, Vocabulary, C, EMB};
+use super::common::{embed, TextEncoder, Vocabulary, C, EMB};
 use super::{load_word_vectors, Metrics};
 use crate::data::reviews::load_arsc;
 use crate::data::LabelledText;
@@ -264,14 +264,16 @@ pub fn load(data_dir: &Path, config: &HyperRepConfig, seed: u64) -> anyhow::Resu
     })
 }
 
-/// The bilevel problem with `NT` training tasks, in precision `F`.
-pub type Problem<F, const NT: usize> = HyperRep<F, cpu::Encoder<F>, cpu::Head<F>, NT, EMB, C>;
+/// The bilevel problem with `NT` training tasks and encoder `X` (by default the recurrent one),
+/// in precision `F`.
+pub type Problem<F, const NT: usize, X = cpu::Encoder<F>> =
+    HyperRep<F, X, cpu::Head<F>, NT, EMB, C>;
 
 /// The bilevel problem over `data`'s texts and training tasks.
-pub fn problem<F: Real, const NT: usize>(
+pub fn problem<F: Real, X, const NT: usize>(
     data: &HyperRepData,
     config: &HyperRepConfig,
-) -> anyhow::Result<Problem<F, NT>>
+) -> anyhow::Result<Problem<F, NT, X>>
 where
     Cpu: Device<F>,
 {
@@ -288,8 +290,8 @@ where
 type Features<F> = Tensor<(usize, Const<{ cpu::HIDDEN }>), F, Cpu>;
 
 /// The encoder's features of `ids` (no tape).
-fn features<F: Real>(
-    x: &cpu::Encoder<F>,
+fn features<F: Real, X: TextEncoder<F>>(
+    x: &X,
     texts: &EmbeddedTexts,
     ids: &[usize],
     max_len: usize,
@@ -337,10 +339,10 @@ where
 
 /// Mean query loss and accuracy over `tasks` after fitting a fresh head per task, the heads
 /// drawn from a device seeded with `head_seed` (the same heads at every evaluation).
-fn adapt_and_score<F: Real>(
+fn adapt_and_score<F: Real, X: TextEncoder<F>>(
     data: &HyperRepData,
     config: &HyperRepConfig,
-    x: &cpu::Encoder<F>,
+    x: &X,
     tasks: &[Task],
     head_seed: u64,
 ) -> (f64, f64)
@@ -370,10 +372,10 @@ where
 }
 
 /// Mean query loss and accuracy over the test tasks and, if there are any, the validation tasks.
-pub fn evaluate<F: Real>(
+pub fn evaluate<F: Real, X: TextEncoder<F>>(
     data: &HyperRepData,
     config: &HyperRepConfig,
-    x: &cpu::Encoder<F>,
+    x: &X,
     seed: u64,
 ) -> Metrics
 where
@@ -433,6 +435,7 @@ impl task::Task for HyperRepTask {
 
     fn with_problem<F: Real, V: TaskVisitor<F>>(
         c: &HyperRepConfig,
+        model: ModelName,
         seed: u64,
         data_dir: &Path,
         dev: &Cpu,
@@ -442,22 +445,51 @@ impl task::Task for HyperRepTask {
         Cpu: Device<F>,
     {
         let data = load(data_dir, c, seed)?;
-        let x = cpu::Encoder::<F>::build(dev);
-        match c.train_tasks {
-            400 => visitor.visit(
-                "400 training tasks",
-                problem::<F, 400>(&data, c)?,
-                x,
-                dfdx::nn::modules::Repeated::<cpu::Head<F>, 400>::build(dev),
-                |x, _| evaluate(&data, c, x, seed),
-            ),
-            _ => visitor.visit(
-                "40 training tasks",
-                problem::<F, 40>(&data, c)?,
-                x,
-                dfdx::nn::modules::Repeated::<cpu::Head<F>, 40>::build(dev),
-                |x, _| evaluate(&data, c, x, seed),
-            ),
+        let data = &data;
+        let (rnn, transformer) = (
+            || cpu::Encoder::<F>::build(dev),
+            || cpu::Transformer::<F>::build(dev),
+        );
+        match (model, c.train_tasks) {
+            (ModelName::Rnn, 400) => {
+                visit::<F, _, _, 400>(model, data, c, seed, rnn(), dev, visitor)
+            }
+            (ModelName::Rnn, _) => visit::<F, _, _, 40>(model, data, c, seed, rnn(), dev, visitor),
+            (ModelName::Transformer, 400) => {
+                visit::<F, _, _, 400>(model, data, c, seed, transformer(), dev, visitor)
+            }
+            (ModelName::Transformer, _) => {
+                visit::<F, _, _, 40>(model, data, c, seed, transformer(), dev, visitor)
+            }
         }
     }
+}
+
+/// Hands the problem with `NT` training tasks and encoder `x` to `visitor`, with one fresh head
+/// per task.
+fn visit<F: Real, X, V: TaskVisitor<F>, const NT: usize>(
+    model: ModelName,
+    data: &HyperRepData,
+    c: &HyperRepConfig,
+    seed: u64,
+    x: X,
+    dev: &Cpu,
+    visitor: V,
+) -> anyhow::Result<V::Output>
+where
+    Cpu: Device<F>,
+    X: TextEncoder<F>,
+    Problem<F, NT, X>: TaskProblem<
+        F,
+        UpperVariable = X,
+        LowerVariable = dfdx::nn::modules::Repeated<cpu::Head<F>, NT>,
+    >,
+{
+    visitor.visit(
+        &model.describe(&format!("{NT} training tasks")),
+        problem::<F, X, NT>(data, c)?,
+        x,
+        dfdx::nn::modules::Repeated::<cpu::Head<F>, NT>::build(dev),
+        |x, _| evaluate(data, c, x, seed),
+    )
 }

@@ -8,6 +8,7 @@ pub mod hyper_clean;
 pub mod hyper_opt;
 pub mod hyper_rep;
 pub mod list;
+pub mod model;
 pub mod task;
 
 use std::collections::BTreeMap;

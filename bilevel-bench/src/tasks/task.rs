@@ -13,6 +13,7 @@ use dfdx::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::tasks::model::ModelName;
 use crate::tasks::Metrics;
 
 /// A task of the bench: its name, its settings (its `[section]` of a run's configuration), the
@@ -43,10 +44,11 @@ pub trait Task {
     /// Checks the settings, and that `method` means something on this task.
     fn validate(config: &Self::Config, method: &MethodConfig) -> anyhow::Result<()>;
 
-    /// Loads the task's data for `seed` from `data_dir`, builds its problem and initial variables
-    /// on `dev` and passes them to `visitor`.
+    /// Loads the task's data for `seed` from `data_dir`, builds its problem with `model`'s
+    /// encoder and its initial variables on `dev` and passes them to `visitor`.
     fn with_problem<F: Real, V: TaskVisitor<F>>(
         config: &Self::Config,
+        model: ModelName,
         seed: u64,
         data_dir: &Path,
         dev: &Cpu,
