@@ -49,21 +49,108 @@ where
     pub weights: Held<Heads, E>,
 }
 
-/// Self-attention: `x` is the queries, keys and values; `∂x` sums the three gradients.
-impl<const M: usize, const H: usize, const K: usize, const V: usize, E: Real>
-    WrittenLayer<E, Steps<E, M>> for MultiHeadAttention<M, H, K, V, E, Cpu>
+/// A layer over (batch, steps, M) tensors whose attention can mask keys: self-attention and the
+/// encoder block. [`masked_or_not`] makes each a written layer on steps (nothing masked) and on
+/// [`Padded`] batches (the padded keys masked, so each real step attends only to the real steps
+/// of its sequence; the padded steps' outputs are computed and never read).
+trait MaskableKeys<E: Real, const M: usize>
 where
     Cpu: Device<E>,
 {
-    type Output = Steps<E, M>;
+    type Saved;
+
+    /// The forward, with `key_bias` (batch, keys) added to every query's scores.
+    fn forward_masked(
+        &self,
+        input: Steps<E, M>,
+        key_bias: Option<&Held<(usize, usize), E>>,
+    ) -> (Steps<E, M>, Self::Saved);
+
+    /// Its backward (the mask is already in the saved attention weights).
+    fn backward_masked(
+        &self,
+        saved: Self::Saved,
+        grad_output: Steps<E, M>,
+        grads: &mut WrittenGrad<E>,
+        want_input: bool,
+    ) -> Option<Steps<E, M>>;
+}
+
+/// Implements [`WrittenLayer`] on steps and on padded batches for a [`MaskableKeys`] layer.
+macro_rules! masked_or_not {
+    ([$($generics:tt)*] $module:ty, $saved:ty) => {
+        impl<$($generics)*, E: Real> WrittenLayer<E, Steps<E, M>> for $module
+        where
+            Cpu: Device<E>,
+        {
+            type Output = Steps<E, M>;
+            type Saved = $saved;
+
+            fn forward(&self, input: Steps<E, M>) -> (Steps<E, M>, Self::Saved) {
+                self.forward_masked(input, None)
+            }
+
+            fn backward(
+                &self,
+                saved: Self::Saved,
+                grad_output: Steps<E, M>,
+                grads: &mut WrittenGrad<E>,
+                want_input: bool,
+            ) -> Option<Steps<E, M>> {
+                self.backward_masked(saved, grad_output, grads, want_input)
+            }
+        }
+
+        impl<$($generics)*, E: Real> WrittenLayer<E, Padded<E, M>> for $module
+        where
+            Cpu: Device<E>,
+        {
+            type Output = Padded<E, M>;
+            type Saved = $saved;
+
+            fn forward(&self, input: Padded<E, M>) -> (Padded<E, M>, Self::Saved) {
+                let bias = input.key_bias();
+                let (steps, saved) = self.forward_masked(input.steps, Some(&bias));
+                let output = Padded {
+                    steps,
+                    mask: input.mask,
+                };
+                (output, saved)
+            }
+
+            fn backward(
+                &self,
+                saved: Self::Saved,
+                grad_output: Padded<E, M>,
+                grads: &mut WrittenGrad<E>,
+                want_input: bool,
+            ) -> Option<Padded<E, M>> {
+                let mask = grad_output.mask;
+                self.backward_masked(saved, grad_output.steps, grads, want_input)
+                    .map(|steps| Padded { steps, mask })
+            }
+        }
+    };
+}
+
+/// Self-attention: `x` is the queries, keys and values; `∂x` sums the three gradients.
+impl<const M: usize, const H: usize, const K: usize, const V: usize, E: Real> MaskableKeys<E, M>
+    for MultiHeadAttention<M, H, K, V, E, Cpu>
+where
+    Cpu: Device<E>,
+{
     type Saved = AttentionSaved<E, M, K, V>;
 
-    fn forward(&self, input: Steps<E, M>) -> (Steps<E, M>, Self::Saved) {
+    fn forward_masked(
+        &self,
+        input: Steps<E, M>,
+        key_bias: Option<&Held<(usize, usize), E>>,
+    ) -> (Steps<E, M>, Self::Saved) {
         let x = hold(&input);
-        attend::<M, H, K, V, E>(self, input, taped(&x), taped(&x), None)
+        attend::<M, H, K, V, E>(self, input, taped(&x), taped(&x), key_bias)
     }
 
-    fn backward(
+    fn backward_masked(
         &self,
         saved: Self::Saved,
         grad_output: Steps<E, M>,
@@ -76,47 +163,11 @@ where
     }
 }
 
-/// Self-attention over padded sequences: padded keys get zero weight, so each real step
-/// attends only to the real steps of its sequence (the padded steps' outputs are computed and
-/// never read).
-impl<const M: usize, const H: usize, const K: usize, const V: usize, E: Real>
-    WrittenLayer<E, Padded<E, M>> for MultiHeadAttention<M, H, K, V, E, Cpu>
-where
-    Cpu: Device<E>,
-{
-    type Output = Padded<E, M>;
-    type Saved = AttentionSaved<E, M, K, V>;
-
-    fn forward(&self, input: Padded<E, M>) -> (Padded<E, M>, Self::Saved) {
-        let bias = input.key_bias();
-        let x = hold(&input.steps);
-        let (out, saved) =
-            attend::<M, H, K, V, E>(self, input.steps, taped(&x), taped(&x), Some(&bias));
-        (
-            Padded {
-                steps: out,
-                mask: input.mask,
-            },
-            saved,
-        )
-    }
-
-    fn backward(
-        &self,
-        saved: Self::Saved,
-        grad_output: Padded<E, M>,
-        grads: &mut WrittenGrad<E>,
-        want_input: bool,
-    ) -> Option<Padded<E, M>> {
-        let mask = grad_output.mask;
-        let (q, k, v) =
-            attend_backward::<M, H, K, V, E>(self, saved, grad_output.steps, grads, want_input);
-        Some(Padded {
-            steps: q? + k? + v?,
-            mask,
-        })
-    }
-}
+masked_or_not!(
+    [const M: usize, const H: usize, const K: usize, const V: usize]
+    MultiHeadAttention<M, H, K, V, E, Cpu>,
+    AttentionSaved<E, M, K, V>
+);
 
 /// Attention of queries `q` (batch, s₁, M) over keys `k` and values `v` (batch, s₂, M), as
 /// dfdx's module on a `(q, k, v)` triple.
@@ -284,104 +335,54 @@ where
     norm2: ByRows<LayerNormSaved<E, M>>,
 }
 
-/// The block's forward, with `key_bias` masking padded keys (see [`attend`]).
-fn block_forward<const M: usize, const H: usize, const F: usize, E: Real>(
-    block: &TransformerEncoderBlock<M, H, F, E, Cpu>,
-    input: Steps<E, M>,
-    key_bias: Option<&Held<(usize, usize), E>>,
-) -> (Steps<E, M>, EncoderBlockSaved<E, M, F>)
-where
-    Cpu: Device<E>,
-{
-    let x = hold(&input);
-    let (attended, attention) =
-        attend::<M, H, M, M, E>(&block.self_attn, input, taped(&x), taped(&x), key_bias);
-    let (x1, norm1) = forward_by_rows(&block.norm1, attended + taped(&x));
-    let (x2, ff) = WrittenLayer::forward(&block.ff, x1);
-    let (out, norm2) = forward_by_rows(&block.norm2, x2);
-    let saved = EncoderBlockSaved {
-        attention,
-        norm1,
-        ff,
-        norm2,
-    };
-    (out, saved)
-}
-
-/// The backward of [`block_forward`] (the mask is already in the saved attention weights).
-fn block_backward<const M: usize, const H: usize, const F: usize, E: Real>(
-    block: &TransformerEncoderBlock<M, H, F, E, Cpu>,
-    saved: EncoderBlockSaved<E, M, F>,
-    grad_output: Steps<E, M>,
-    grads: &mut WrittenGrad<E>,
-    want_input: bool,
-) -> Option<Steps<E, M>>
-where
-    Cpu: Device<E>,
-{
-    let asked = "an inner layer returns its input gradient when asked";
-    let d = backward_by_rows(&block.norm2, saved.norm2, grad_output, grads, true).expect(asked);
-    let d = WrittenLayer::backward(&block.ff, saved.ff, d, grads, true).expect(asked);
-    let d = backward_by_rows(&block.norm1, saved.norm1, d, grads, true).expect(asked);
-    let skip = hold(&d);
-    let (q, k, v) =
-        attend_backward::<M, H, M, M, E>(&block.self_attn, saved.attention, d, grads, want_input);
-    Some(q? + k? + v? + taped(&skip))
-}
-
-impl<const M: usize, const H: usize, const F: usize, E: Real> WrittenLayer<E, Steps<E, M>>
+/// The post-norm block; its attention masks keys as [`MaskableKeys`] says.
+impl<const M: usize, const H: usize, const F: usize, E: Real> MaskableKeys<E, M>
     for TransformerEncoderBlock<M, H, F, E, Cpu>
 where
     Cpu: Device<E>,
 {
-    type Output = Steps<E, M>;
     type Saved = EncoderBlockSaved<E, M, F>;
 
-    fn forward(&self, input: Steps<E, M>) -> (Steps<E, M>, Self::Saved) {
-        block_forward(self, input, None)
+    fn forward_masked(
+        &self,
+        input: Steps<E, M>,
+        key_bias: Option<&Held<(usize, usize), E>>,
+    ) -> (Steps<E, M>, Self::Saved) {
+        let x = hold(&input);
+        let (attended, attention) = self.self_attn.forward_masked(input, key_bias);
+        let (x1, norm1) = forward_by_rows(&self.norm1, attended + taped(&x));
+        let (x2, ff) = WrittenLayer::forward(&self.ff, x1);
+        let (out, norm2) = forward_by_rows(&self.norm2, x2);
+        let saved = EncoderBlockSaved {
+            attention,
+            norm1,
+            ff,
+            norm2,
+        };
+        (out, saved)
     }
 
-    fn backward(
+    fn backward_masked(
         &self,
         saved: Self::Saved,
         grad_output: Steps<E, M>,
         grads: &mut WrittenGrad<E>,
         want_input: bool,
     ) -> Option<Steps<E, M>> {
-        block_backward(self, saved, grad_output, grads, want_input)
+        let asked = "an inner layer returns its input gradient when asked";
+        let d = backward_by_rows(&self.norm2, saved.norm2, grad_output, grads, true).expect(asked);
+        let d = WrittenLayer::backward(&self.ff, saved.ff, d, grads, true).expect(asked);
+        let d = backward_by_rows(&self.norm1, saved.norm1, d, grads, true).expect(asked);
+        let skip = hold(&d);
+        let through = self
+            .self_attn
+            .backward_masked(saved.attention, d, grads, want_input)?;
+        Some(through + taped(&skip))
     }
 }
 
-/// The encoder block over padded sequences: its attention masks the padded keys.
-impl<const M: usize, const H: usize, const F: usize, E: Real> WrittenLayer<E, Padded<E, M>>
-    for TransformerEncoderBlock<M, H, F, E, Cpu>
-where
-    Cpu: Device<E>,
-{
-    type Output = Padded<E, M>;
-    type Saved = EncoderBlockSaved<E, M, F>;
-
-    fn forward(&self, input: Padded<E, M>) -> (Padded<E, M>, Self::Saved) {
-        let bias = input.key_bias();
-        let (out, saved) = block_forward(self, input.steps, Some(&bias));
-        (
-            Padded {
-                steps: out,
-                mask: input.mask,
-            },
-            saved,
-        )
-    }
-
-    fn backward(
-        &self,
-        saved: Self::Saved,
-        grad_output: Padded<E, M>,
-        grads: &mut WrittenGrad<E>,
-        want_input: bool,
-    ) -> Option<Padded<E, M>> {
-        let mask = grad_output.mask;
-        block_backward(self, saved, grad_output.steps, grads, want_input)
-            .map(|steps| Padded { steps, mask })
-    }
-}
+masked_or_not!(
+    [const M: usize, const H: usize, const F: usize]
+    TransformerEncoderBlock<M, H, F, E, Cpu>,
+    EncoderBlockSaved<E, M, F>
+);
