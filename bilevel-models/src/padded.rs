@@ -53,7 +53,7 @@ where
         }
     }
 
-    /// (batch, steps): 0 at a real step, [`MASKED_SCORE`] at padding; attention adds it to
+    /// (batch, steps): 0 at a real step, −10⁹ at padding; attention adds it to
     /// every query's scores.
     pub fn key_bias(&self) -> Held<(usize, usize), E> {
         per_step(&self.mask, |_| E::zero(), E::of(MASKED_SCORE))
