@@ -1,7 +1,9 @@
-//! dfdx's `Embedding` as a written layer: token ids (a batch of them, or a batch of sequences of
-//! them) to rows of its table. `∂W = Σ_positions e_{id}ᵀ δ`, a scatter-add of the output's
+//! dfdx's `Embedding` as a written layer: token ids (a batch of them, a batch of sequences of
+//! them, or padded sequences of them with their lengths) to rows of its table. `∂W = Σ_positions e_{id}ᵀ δ`, a scatter-add of the output's
 //! gradient rows into the table's rows, whose own backward is the gather: exact to second order.
 //! The ids are data, so an embedding is a model's first layer and gives no input gradient.
+
+use std::sync::Arc;
 
 use bilevel_optim::problem::{Taped, Tp};
 use bilevel_optim::real::Real;
@@ -11,8 +13,9 @@ use dfdx::prelude::*;
 
 use crate::by_rows::Steps;
 use crate::layer::WrittenLayer;
+use crate::padded::Padded;
 use crate::rows::scatter_rows;
-use crate::sequence::Activations;
+use crate::sequence::{Activations, SequenceMask};
 
 /// A batch of token ids.
 pub type Tokens = Tensor<(usize,), usize, Cpu>;
@@ -65,6 +68,69 @@ where
     ) -> Option<TokenSteps> {
         let rows = grad_output.reshape_like(&(ids.len(), Const::<M>));
         add_table_gradient(&self.weight, rows, &ids, grads);
+        None
+    }
+}
+
+/// Token ids of padded sequences: `ids` is (batch, steps), any id past a sequence's length (a
+/// padding id); `mask` holds the lengths. An embedding turns them into a [`Padded`] batch, whose
+/// padded steps attention masks and the mean over steps skips.
+#[derive(Debug, Clone)]
+pub struct PaddedTokens {
+    /// (batch, steps) ids.
+    pub ids: TokenSteps,
+    /// The lengths.
+    pub mask: Arc<SequenceMask>,
+}
+
+impl PaddedTokens {
+    /// `ids` with one length per row, each from 1 to the number of steps.
+    pub fn new(ids: TokenSteps, lengths: Vec<usize>) -> Result<Self, String> {
+        let (batch, steps) = *ids.shape();
+        if lengths.len() != batch {
+            return Err(format!("{} lengths for {batch} rows of ids", lengths.len()));
+        }
+        if let Some((row, len)) = lengths
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l == 0 || l > steps)
+        {
+            return Err(format!(
+                "row {row} has length {len}; lengths go from 1 to the {steps} steps"
+            ));
+        }
+        Ok(Self {
+            ids,
+            mask: Arc::new(SequenceMask::from_lengths(lengths)),
+        })
+    }
+}
+
+impl<const V: usize, const M: usize, E: Real> WrittenLayer<E, PaddedTokens>
+    for Embedding<V, M, E, Cpu>
+where
+    Cpu: Device<E>,
+{
+    type Output = Padded<E, M>;
+    type Saved = Vec<usize>;
+
+    fn forward(&self, input: PaddedTokens) -> (Self::Output, Vec<usize>) {
+        let (steps, saved) = WrittenLayer::forward(self, input.ids);
+        let output = Padded {
+            steps,
+            mask: input.mask,
+        };
+        (output, saved)
+    }
+
+    fn backward(
+        &self,
+        ids: Vec<usize>,
+        grad_output: Self::Output,
+        grads: &mut WrittenGrad<E>,
+        want_input: bool,
+    ) -> Option<PaddedTokens> {
+        WrittenLayer::<E, TokenSteps>::backward(self, ids, grad_output.steps, grads, want_input);
         None
     }
 }

@@ -26,12 +26,13 @@ use crate::sequence::{Sequence, SequenceMask};
 use crate::tape::{hold, taped, Held};
 
 /// A taped batch of padded sequences: `steps` is (batch, steps, N) in the caller's row order,
-/// zero past each sequence's length on input; `mask` holds the lengths.
+/// with at least as many steps as the longest sequence (zero, or anything finite, past each
+/// sequence's length); `mask` holds the lengths.
 pub struct Padded<E: Real, const N: usize>
 where
     Cpu: Device<E>,
 {
-    /// (batch, longest length, N).
+    /// (batch, steps, N).
     pub steps: Steps<E, N>,
     /// The lengths (and the packed layout the batch came from).
     pub mask: Arc<SequenceMask>,
@@ -56,26 +57,36 @@ where
     /// (batch, steps): 0 at a real step, −10⁹ at padding; attention adds it to
     /// every query's scores.
     pub fn key_bias(&self) -> Held<(usize, usize), E> {
-        per_step(&self.mask, |_| E::zero(), E::of(MASKED_SCORE))
+        per_step(
+            &self.mask,
+            self.steps.shape().1,
+            |_| E::zero(),
+            E::of(MASKED_SCORE),
+        )
     }
 
     /// (batch, steps): `1/length` at a real step, 0 at padding; the weights of the mean over a
     /// sequence's steps.
     pub fn mean_weights(&self) -> Held<(usize, usize), E> {
-        per_step(&self.mask, |len| E::of(1.0 / len as f64), E::zero())
+        per_step(
+            &self.mask,
+            self.steps.shape().1,
+            |len| E::of(1.0 / len as f64),
+            E::zero(),
+        )
     }
 }
 
 /// A (batch, steps) table: `real(length)` at the steps of each sequence, `pad` after them.
 fn per_step<E: Real>(
     mask: &SequenceMask,
+    steps: usize,
     real: impl Fn(usize) -> E,
     pad: E,
 ) -> Held<(usize, usize), E>
 where
     Cpu: Device<E>,
 {
-    let steps = mask.steps();
     let values = mask
         .lengths()
         .iter()

@@ -448,6 +448,17 @@ impl TokenInput for TokenSteps {
     }
 }
 
+impl TokenInput for bilevel_models::embedding::PaddedTokens {
+    /// 6 sequences padded to 3 steps, of lengths 3, 1, 2, 3, 2, 1 (padding id 0).
+    fn sample(dev: &Cpu) -> Self {
+        let ids = vec![3, 0, 0, 9, 0, 0, 2, 2, 0, 5, 0, 6, 4, 9, 0, 1, 0, 0];
+        let ids = TokenSteps::sample(dev)
+            .device()
+            .tensor_from_vec(ids, (6, 3));
+        Self::new(ids, vec![3, 1, 2, 3, 2, 1]).expect("valid lengths")
+    }
+}
+
 /// [`DenseProblem`]'s `g` on token ids: x = (K log L2 coefficients, 6 weight logits), a model M
 /// from ids of type I to 6 rows of 3 class scores.
 pub struct TokenProblem<M, I, const K: usize> {

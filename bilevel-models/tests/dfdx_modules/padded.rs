@@ -8,14 +8,16 @@ use std::sync::Arc;
 use crate::common::*;
 use bilevel_models::classifier::{LinearHead, TransformerEncoder};
 use bilevel_models::elman::ElmanLayer;
+use bilevel_models::embedding::PaddedTokens;
 use bilevel_models::forms::{BatchConfig, HyperClean};
 use bilevel_models::layer::WrittenLayer;
 use bilevel_models::padded::{PadSequence, Padded};
 use bilevel_models::pool::MeanPoolSteps;
+use bilevel_models::positions::SinusoidalPositions;
 use bilevel_models::sequence::Sequence;
 use bilevel_optim::problem::Tp;
 use bilevel_optim::written_grad::WrittenGrad;
-use dfdx::nn::modules::TransformerEncoderBlock;
+use dfdx::nn::modules::{Embedding, Linear, Tanh, TransformerEncoderBlock};
 use dfdx::nn::ZeroSizedModule;
 use dfdx::prelude::*;
 
@@ -50,6 +52,45 @@ fn a_texts_features_do_not_depend_on_its_batch() {
             lengths[i]
         );
     }
+}
+
+type TokenModel = (
+    Embedding<10, D, f64, Cpu>,
+    SinusoidalPositions,
+    TransformerEncoderBlock<D, 2, 5, f64, Cpu>,
+    MeanPoolSteps,
+    Tanh,
+    Linear<D, 3, f64, Cpu>,
+);
+
+/// A transformer on padded token ids with their lengths (a dfdx user's usual input): exact
+/// products, and the padding ids change nothing.
+#[test]
+fn padded_token_ids_have_exact_products_and_their_padding_is_ignored() {
+    // 1 embedding table, 16 block tensors, 2 of the last layer.
+    let checks = token_checks::<TokenModel, PaddedTokens, 19>();
+    println!("transformer on padded ids: {checks:?}");
+    checks.assert_exact("transformer on padded ids");
+
+    let dev = Cpu::seed_from_u64(4);
+    let model = TokenModel::build(&dev);
+    let tokens = PaddedTokens::sample(&dev);
+    let mut other = tokens.ids.as_vec();
+    for (row, &len) in tokens.mask.lengths().iter().enumerate() {
+        for t in len..3 {
+            other[row * 3 + t] = 7;
+        }
+    }
+    let other = PaddedTokens {
+        ids: dev.tensor_from_vec(other, (6, 3)),
+        mask: Arc::clone(&tokens.mask),
+    };
+    assert_eq!(
+        model.forward(tokens).0.as_vec(),
+        model.forward(other).0.as_vec()
+    );
+    let err = PaddedTokens::new(dev.tensor_from_vec(vec![1, 2], (1, 2)), vec![3]).unwrap_err();
+    assert!(err.contains("row 0 has length 3"), "{err}");
 }
 
 /// Padding whose backward reads a copy of the gradient: the values are right, but H·v misses
