@@ -110,5 +110,7 @@ fn loaders_never_panic_on_random_input() {
         }
     }
     println!("{loaded} inputs loaded, {rejected} rejected with a message, no panic");
+    // 14,000 files: never left behind in the temporary directory.
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(loaded > 0 && rejected > 0);
 }
