@@ -110,12 +110,7 @@ macro_rules! masked_or_not {
 
             fn forward(&self, input: Padded<E, M>) -> (Padded<E, M>, Self::Saved) {
                 let bias = input.key_bias();
-                let (steps, saved) = self.forward_masked(input.steps, Some(&bias));
-                let output = Padded {
-                    steps,
-                    mask: input.mask,
-                };
-                (output, saved)
+                input.forward_on_steps(|steps| self.forward_masked(steps, Some(&bias)))
             }
 
             fn backward(
@@ -125,9 +120,9 @@ macro_rules! masked_or_not {
                 grads: &mut WrittenGrad<E>,
                 want_input: bool,
             ) -> Option<Padded<E, M>> {
-                let mask = grad_output.mask;
-                self.backward_masked(saved, grad_output.steps, grads, want_input)
-                    .map(|steps| Padded { steps, mask })
+                grad_output.backward_on_steps(|steps| {
+                    self.backward_masked(saved, steps, grads, want_input)
+                })
             }
         }
     };

@@ -2,7 +2,7 @@
 //! the lengths that say which steps are real ([`Padded`]), and [`PadSequence`], the layer that
 //! turns a packed [`Sequence`] (the text pipeline's batches) into one.
 //!
-//! Padding is linear and so is its transpose: the forward gathers the packed rows into place
+//! Padding is linear and so is its transpose: the forward scatters the packed rows into place
 //! (zeros past each length), the written backward gathers them back out, and each one's tape
 //! derivative is the other, exact to any order. Layers that act on each step alike (dense
 //! layers, layer norm, the activations that are finite at every value) run on a `Padded` as on
@@ -21,7 +21,7 @@ use dfdx::prelude::*;
 
 use crate::by_rows::Steps;
 use crate::layer::{when_wanted, WrittenLayer};
-use crate::rows::{concat_rows, gather_rows};
+use crate::rows::{concat_rows, gather_rows, scatter_rows};
 use crate::sequence::{Sequence, SequenceMask};
 use crate::tape::{hold, taped, Held};
 
@@ -46,12 +46,28 @@ impl<E: Real, const N: usize> Padded<E, N>
 where
     Cpu: Device<E>,
 {
-    /// The same lengths over another tensor (a layer's output, or a gradient).
-    pub fn with_steps<const M: usize>(&self, steps: Steps<E, M>) -> Padded<E, M> {
-        Padded {
+    /// Runs `forward` (a layer's, on (batch, steps, N) tensors) on the tensor; the lengths pass
+    /// through.
+    pub fn forward_on_steps<const M: usize, S>(
+        self,
+        forward: impl FnOnce(Steps<E, N>) -> (Steps<E, M>, S),
+    ) -> (Padded<E, M>, S) {
+        let (steps, saved) = forward(self.steps);
+        let output = Padded {
             steps,
-            mask: self.mask.clone(),
-        }
+            mask: self.mask,
+        };
+        (output, saved)
+    }
+
+    /// Runs `backward` (a layer's, on (batch, steps, ·) gradients) on the tensor of this
+    /// gradient; the lengths pass through.
+    pub fn backward_on_steps<const M: usize>(
+        self,
+        backward: impl FnOnce(Steps<E, N>) -> Option<Steps<E, M>>,
+    ) -> Option<Padded<E, M>> {
+        let mask = self.mask;
+        backward(self.steps).map(|steps| Padded { steps, mask })
     }
 
     /// (batch, steps): 0 at a real step, −10⁹ at padding; attention adds it to
@@ -125,27 +141,18 @@ where
     fn forward(&self, input: Sequence<E, N>) -> (Padded<E, N>, ()) {
         let mask = input.mask;
         let (batch, steps) = (mask.batch_size(), mask.steps());
-        // The packed steps one after the other, then one zero row for the padding to read.
+        // The packed steps one after the other, each row then moved to its padded place.
         let mut history = Tp::<E>::default();
-        let mut parts: Vec<Held<(usize, Const<N>), E>> = Vec::with_capacity(steps + 1);
+        let mut parts: Vec<Held<(usize, Const<N>), E>> = Vec::with_capacity(steps);
         for step in input.steps {
             let (step, tape) = step.split_tape();
             history = history.merge(tape);
             parts.push(step);
         }
-        parts.push(device().zeros_like(&(1, Const::<N>)));
         let take: Vec<usize> = parts.iter().map(|p| p.shape().0).collect();
-        let zero_row = take.iter().sum::<usize>() - 1;
-        let mut source = vec![zero_row; batch * steps];
-        let mut next = 0;
-        for rows in padded_rows(&mask) {
-            for row in rows {
-                source[row] = next;
-                next += 1;
-            }
-        }
         let (flat, tape) = concat_rows(&parts, &take).split_tape();
-        let padded = gather_rows(flat.put_tape(tape.merge(history)), &source);
+        let places = padded_rows(&mask).concat();
+        let padded = scatter_rows(flat.put_tape(tape.merge(history)), &places, batch * steps);
         let steps = padded.reshape_like(&(batch, steps, Const::<N>));
         (Padded { steps, mask }, ())
     }
@@ -190,9 +197,7 @@ macro_rules! on_padded {
                 &self,
                 input: $crate::padded::Padded<E, $i>,
             ) -> (Self::Output, Self::Saved) {
-                let (steps, saved) = WrittenLayer::forward(self, input.steps);
-                let output = $crate::padded::Padded { steps, mask: input.mask };
-                (output, saved)
+                input.forward_on_steps(|steps| WrittenLayer::forward(self, steps))
             }
 
             fn backward(
@@ -202,15 +207,11 @@ macro_rules! on_padded {
                 grads: &mut WrittenGrad<E>,
                 want_input: bool,
             ) -> Option<$crate::padded::Padded<E, $i>> {
-                let mask = grad_output.mask;
-                WrittenLayer::<E, $crate::by_rows::Steps<E, $i>>::backward(
-                    self,
-                    saved,
-                    grad_output.steps,
-                    grads,
-                    want_input,
-                )
-                .map(|steps| $crate::padded::Padded { steps, mask })
+                grad_output.backward_on_steps(|steps| {
+                    WrittenLayer::<E, $crate::by_rows::Steps<E, $i>>::backward(
+                        self, saved, steps, grads, want_input,
+                    )
+                })
             }
         }
     )+};

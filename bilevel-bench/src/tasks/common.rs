@@ -25,14 +25,14 @@ pub const C: usize = cpu::CLASSES;
 
 /// A classifier the tasks can run: a written layer from a batch of word-vector sequences to
 /// logits (`cpu::Classifier`, `cpu::TransformerClassifier`, or any tuple of written layers).
-pub trait TextClassifier<F: Real>:
+pub trait TaskClassifier<F: Real>:
     WrittenLayer<F, Sequence<F, EMB>, Output = Activations<F, C>>
 where
     Cpu: Device<F>,
 {
 }
 
-impl<F: Real, M> TextClassifier<F> for M
+impl<F: Real, M> TaskClassifier<F> for M
 where
     Cpu: Device<F>,
     M: WrittenLayer<F, Sequence<F, EMB>, Output = Activations<F, C>>,
@@ -41,14 +41,14 @@ where
 
 /// An encoder the tasks can run: a written layer from a batch of word-vector sequences to
 /// `cpu::HIDDEN` features (`cpu::Encoder`, `cpu::Transformer`).
-pub trait TextEncoder<F: Real>:
+pub trait TaskEncoder<F: Real>:
     WrittenLayer<F, Sequence<F, EMB>, Output = Activations<F, { cpu::HIDDEN }>>
 where
     Cpu: Device<F>,
 {
 }
 
-impl<F: Real, M> TextEncoder<F> for M
+impl<F: Real, M> TaskEncoder<F> for M
 where
     Cpu: Device<F>,
     M: WrittenLayer<F, Sequence<F, EMB>, Output = Activations<F, { cpu::HIDDEN }>>,

@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::common::{embed, measure, TextClassifier, Vocabulary, C, EMB};
+use super::common::{embed, measure, TaskClassifier, Vocabulary, C, EMB};
 use super::{load_word_vectors, Metrics};
 use crate::data::tweets::{load_lines, load_sentiment140_csv};
 use crate::data::LabelledText;
@@ -259,7 +259,7 @@ where
 }
 
 /// Loss and accuracy on every split, and how well small weights find the flipped labels.
-pub fn evaluate<F: Real, Y: TextClassifier<F>, const N: usize>(
+pub fn evaluate<F: Real, Y: TaskClassifier<F>, const N: usize>(
     data: &HyperCleanData,
     config: &HyperCleanConfig,
     x: &Tensor<Rank1<N>, F, Cpu>,
@@ -388,7 +388,7 @@ fn visit<F: Real, Y, V: TaskVisitor<F>, const N: usize>(
 ) -> anyhow::Result<V::Output>
 where
     Cpu: Device<F>,
-    Y: TextClassifier<F>,
+    Y: TaskClassifier<F>,
     Problem<F, N, Y>: TaskProblem<F, UpperVariable = Tensor<Rank1<N>, F, Cpu>, LowerVariable = Y>,
 {
     visitor.visit(

@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::common::{embed, measure, TextClassifier, Vocabulary, C, EMB};
+use super::common::{embed, measure, TaskClassifier, Vocabulary, C, EMB};
 use super::{load_word_vectors, Metrics};
 use crate::data::reviews::load_fdu_mtl;
 
@@ -215,7 +215,7 @@ where
 }
 
 /// Loss and accuracy on every split, and the mean log-coefficient.
-pub fn evaluate<F: Real, X: Params<F>, Y: TextClassifier<F>>(
+pub fn evaluate<F: Real, X: Params<F>, Y: TaskClassifier<F>>(
     data: &HyperOptData,
     config: &HyperOptConfig,
     x: &X,
@@ -306,7 +306,7 @@ fn visit<F: Real, X, Y, V: TaskVisitor<F>>(
 where
     Cpu: Device<F>,
     X: Params<F> + bilevel_models::penalty::L2Coefficients<F>,
-    Y: TextClassifier<F> + Params<F>,
+    Y: TaskClassifier<F> + Params<F>,
     Problem<F, X, Y>: TaskProblem<F, UpperVariable = X, LowerVariable = Y>,
 {
     let variant = match x.tensors() {

@@ -22,7 +22,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::common::{embed, TextEncoder, Vocabulary, C, EMB};
+use super::common::{embed, TaskEncoder, Vocabulary, C, EMB};
 use super::{load_word_vectors, Metrics};
 use crate::data::reviews::load_arsc;
 use crate::data::LabelledText;
@@ -290,7 +290,7 @@ where
 type Features<F> = Tensor<(usize, Const<{ cpu::HIDDEN }>), F, Cpu>;
 
 /// The encoder's features of `ids` (no tape).
-fn features<F: Real, X: TextEncoder<F>>(
+fn features<F: Real, X: TaskEncoder<F>>(
     x: &X,
     texts: &EmbeddedTexts,
     ids: &[usize],
@@ -339,7 +339,7 @@ where
 
 /// Mean query loss and accuracy over `tasks` after fitting a fresh head per task, the heads
 /// drawn from a device seeded with `head_seed` (the same heads at every evaluation).
-fn adapt_and_score<F: Real, X: TextEncoder<F>>(
+fn adapt_and_score<F: Real, X: TaskEncoder<F>>(
     data: &HyperRepData,
     config: &HyperRepConfig,
     x: &X,
@@ -372,7 +372,7 @@ where
 }
 
 /// Mean query loss and accuracy over the test tasks and, if there are any, the validation tasks.
-pub fn evaluate<F: Real, X: TextEncoder<F>>(
+pub fn evaluate<F: Real, X: TaskEncoder<F>>(
     data: &HyperRepData,
     config: &HyperRepConfig,
     x: &X,
@@ -478,7 +478,7 @@ fn visit<F: Real, X, V: TaskVisitor<F>, const NT: usize>(
 ) -> anyhow::Result<V::Output>
 where
     Cpu: Device<F>,
-    X: TextEncoder<F>,
+    X: TaskEncoder<F>,
     Problem<F, NT, X>: TaskProblem<
         F,
         UpperVariable = X,
