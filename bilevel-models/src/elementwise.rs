@@ -131,7 +131,7 @@ where
 
 /// A gradient buffer as a slice. (Inside functions bound by `Cpu: Device<E>` the compiler does
 /// not see that the buffer type is dfdx's vector; here, with `E: Unit` only, it does.)
-fn buffer<E: Unit>(v: &mut <Cpu as Storage<E>>::Vec) -> &mut [E] {
+pub(crate) fn buffer<E: Unit>(v: &mut <Cpu as Storage<E>>::Vec) -> &mut [E] {
     &mut v[..]
 }
 

@@ -8,8 +8,8 @@
 //! the first position holding the maximum (minimum) of each channel, an average pool's equally
 //! to all.
 //!
-//! dfdx's convolutions, 2-D pools and `Flatten2D` need its `nightly` feature, which the stable
-//! compiler this project builds with does not provide; they have no written layer.
+//! dfdx's convolutions, 2-D pools and `Flatten2D` need its `nightly` feature, which no current
+//! compiler builds; [`crate::conv`] provides them on stable Rust.
 
 use bilevel_optim::problem::{Taped, Tp};
 use bilevel_optim::real::{values, Real};
@@ -25,7 +25,8 @@ use crate::tape::{hold, taped, Held};
 
 /// A taped batch of `C`-channel images of any height and width.
 pub type Images<E, const C: usize> = Taped<(usize, Const<C>, usize, usize), E>;
-type ImageShape<const C: usize> = (usize, Const<C>, usize, usize);
+/// The shape of [`Images`].
+pub type ImageShape<const C: usize> = (usize, Const<C>, usize, usize);
 
 /// `x + b` per channel: `∂b = Σ δ`, `∂x = δ`.
 impl<const C: usize, E: Real> WrittenLayer<E, Images<E, C>> for Bias2D<C, E, Cpu>
@@ -162,7 +163,8 @@ macro_rules! extreme_pool {
             type Saved = Tensor<ImageShape<C>, E, Cpu>;
 
             fn forward(&self, input: Images<E, C>) -> (Activations<E, C>, Self::Saved) {
-                let chosen = first_extreme(&hold(&input), $better);
+                let (_, _, height, width) = *input.shape();
+                let chosen = first_extremes(&hold(&input), height * width, $better);
                 (input.$reduce::<(usize, Const<C>), Axes2<2, 3>>(), chosen)
             }
 
@@ -184,33 +186,33 @@ macro_rules! extreme_pool {
 extreme_pool!(MaxPoolGlobal, max, |a: f64, b: f64| a > b);
 extreme_pool!(MinPoolGlobal, min, |a: f64, b: f64| a < b);
 
-/// The indicator of the first pixel of each (image, channel) that no later pixel beats.
-fn first_extreme<E: Real, const C: usize>(
-    images: &Held<ImageShape<C>, E>,
+/// The indicator of the first entry of each run of `group` consecutive entries (in row-major
+/// order) that no later entry of the run beats: where a max or min pool sends its gradient.
+pub(crate) fn first_extremes<S: Shape, E: Real>(
+    t: &Held<S, E>,
+    group: usize,
     better: fn(f64, f64) -> bool,
-) -> Tensor<ImageShape<C>, E, Cpu>
+) -> Tensor<S, E, Cpu>
 where
     Cpu: Device<E>,
 {
-    let shape = *images.shape();
-    let pixels = shape.2 * shape.3;
-    let data = values(images);
+    let data = values(t);
     let mut chosen = vec![E::zero(); data.len()];
-    for (start, plane) in data
-        .chunks(pixels.max(1))
+    for (start, run) in data
+        .chunks(group.max(1))
         .enumerate()
-        .map(|(k, p)| (k * pixels, p))
+        .map(|(k, r)| (k * group, r))
     {
-        let best = (1..plane.len()).fold(0, |best, i| {
-            if better(plane[i].f64(), plane[best].f64()) {
+        let best = (1..run.len()).fold(0, |best, i| {
+            if better(run[i].f64(), run[best].f64()) {
                 i
             } else {
                 best
             }
         });
-        if !plane.is_empty() {
+        if !run.is_empty() {
             chosen[start + best] = E::one();
         }
     }
-    bilevel_optim::real::device().tensor_from_vec(chosen, shape)
+    bilevel_optim::real::device().tensor_from_vec(chosen, *t.shape())
 }

@@ -7,7 +7,8 @@
 //!   tanh, softmax, ...); [`combinators`]: `Residual`, `GeneralizedResidual`, `AddInto`,
 //!   `SplitInto`, `Repeated`, `Dropout`; [`attention`]: `MultiHeadAttention` and
 //!   `TransformerEncoderBlock`; [`embedding`]: `Embedding` on token ids; [`images`]: `Bias2D`,
-//!   batch norms (running statistics) and the global pools; [`elman`], [`lstm`]: recurrent layers over packed
+//!   batch norms (running statistics) and the global pools; [`conv`]: `Conv2D`, the 2-D pools and
+//!   `Flatten2D` on stable Rust ([`patches`]: their im2col kernel); [`elman`], [`lstm`]: recurrent layers over packed
 //!   sequences; [`pool`]: max-pooling over time; [`loss`]: softmax cross-entropy.
 //! - [`elementwise`]: fused tanh and tanh-slope ops with hand-written backward passes.
 //! - [`rows`]: row gather, scatter-add and concatenation for packed sequences.
@@ -38,6 +39,7 @@ pub mod attention;
 pub mod by_rows;
 pub mod classifier;
 pub mod combinators;
+pub mod conv;
 pub mod dense;
 pub mod elementwise;
 pub mod elman;
@@ -49,6 +51,7 @@ pub mod loss;
 pub mod lstm;
 pub mod norm;
 pub mod padded;
+pub mod patches;
 pub mod penalty;
 pub mod pool;
 pub mod positions;

@@ -10,6 +10,7 @@ use bilevel_optim::problem::{Taped, Tp};
 use bilevel_optim::real::{device, values, Real};
 use dfdx::prelude::*;
 
+use crate::elementwise::buffer;
 use crate::tape::Held;
 
 type Rows<const N: usize> = (usize, Const<N>);
@@ -131,11 +132,6 @@ fn add_rows<E: Real>(
             *d += *s;
         }
     }
-}
-
-/// A gradient buffer as a slice (see `elementwise::buffer`).
-fn buffer<E: Unit>(v: &mut <Cpu as Storage<E>>::Vec) -> &mut [E] {
-    &mut v[..]
 }
 
 #[cfg(test)]

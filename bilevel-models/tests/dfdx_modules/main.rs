@@ -9,6 +9,7 @@ mod common;
 mod activations;
 mod attention;
 mod combinators;
+mod conv;
 mod embedding;
 mod images;
 mod losses;
