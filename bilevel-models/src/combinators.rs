@@ -1,7 +1,8 @@
 //! dfdx's composite modules as written layers: `Residual`, `GeneralizedResidual`, `AddInto`,
 //! `SplitInto` and `Repeated` compose the written passes of their parts, so a model built with
 //! them needs no calculus either. `Dropout` and `DropoutOneIn` are the identity, as in dfdx's
-//! own `forward` (the deterministic passes every oracle makes).
+//! own `forward` (the deterministic passes every oracle makes). `Reshape` reshapes the gradient
+//! back.
 //!
 //! Where a value feeds two branches, one branch takes it with its tape and the other a tape-free
 //! handle to the same tensor (gradients meet by id); where two gradients meet, their sum carries
@@ -10,6 +11,7 @@
 use bilevel_optim::problem::Taped;
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
+use dfdx::nn::builders::Reshape;
 use dfdx::nn::modules::{
     AddInto, Dropout, DropoutOneIn, GeneralizedResidual, Repeated, Residual, SplitInto,
 };
@@ -309,3 +311,28 @@ macro_rules! identity_layers {
 }
 
 identity_layers!([] Dropout, [const P: usize] DropoutOneIn<P>);
+
+/// dfdx's `Reshape<Dst>`: the input (of any shape with as many entries) as `Dst`, and the
+/// gradient back to the input's shape.
+impl<Src: Shape, Dst: ConstShape, E: Real> WrittenLayer<E, Taped<Src, E>> for Reshape<Dst>
+where
+    Cpu: Device<E>,
+{
+    type Output = Taped<Dst, E>;
+    type Saved = Src;
+
+    fn forward(&self, input: Taped<Src, E>) -> (Taped<Dst, E>, Src) {
+        let shape = *input.shape();
+        (input.reshape_like(&Dst::default()), shape)
+    }
+
+    fn backward(
+        &self,
+        shape: Src,
+        grad_output: Taped<Dst, E>,
+        grads: &mut WrittenGrad<E>,
+        want_input: bool,
+    ) -> Option<Taped<Src, E>> {
+        Some(when_wanted(grad_output, grads, want_input)?.reshape_like(&shape))
+    }
+}

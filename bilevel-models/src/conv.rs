@@ -1,6 +1,6 @@
 //! 2-D convolution, 2-D pools and flattening as written layers, on stable Rust.
 //!
-//! dfdx 0.13 defines `Conv2D`, `MaxPool2D`, `AvgPool2D`, `MinPool2D` and `Flatten2D` (and their
+//! dfdx 0.13 defines `Conv2D`, `ConvTrans2D`, `MaxPool2D`, `AvgPool2D`, `MinPool2D` and `Flatten2D` (and their
 //! tensor ops) only with its `nightly` feature, which a current compiler does not build (stable
 //! refuses its feature gates; its `gemm` 0.15 dependency asks for `stdsimd`, which nightly
 //! removed in early 2024). These
@@ -8,6 +8,8 @@
 //! model written for dfdx's reads the same:
 //! - [`Conv2D<IN, OUT, KERNEL, STRIDE, PADDING, DILATION>`](Conv2D): weight (OUT, IN, K, K), no
 //!   bias (add dfdx's `Bias2D`), zero padding; one group only.
+//! - [`ConvTrans2D<IN, OUT, KERNEL, STRIDE, PADDING, DILATION>`](ConvTrans2D): weight
+//!   (IN, OUT, K, K), output side `(h − 1)·s − 2p + d(k − 1) + 1`; one group only.
 //! - [`MaxPool2D`], [`MinPool2D`], [`AvgPool2D`] with `<KERNEL, STRIDE, PADDING, DILATION>`:
 //!   padding never wins a max or min pool, and counts as zeros in the average's K·K divisor, as
 //!   in dfdx.
@@ -71,15 +73,22 @@ impl<
                 "weight",
                 |s| &s.weight,
                 |s| &mut s.weight,
-                // dfdx's initialization: uniform in ±1/√(IN·K·K).
-                TensorOptions::reset_with(|t| {
-                    let bound = E::from((IN * K * K) as f64).unwrap().sqrt().recip();
-                    t.try_fill_with_distr(rand_distr::Uniform::new(-bound, bound))
-                }),
+                TensorOptions::reset_with(dfdx_kernel_init::<IN, K, _, E, D>),
             ),
             |weight| Conv2D { weight },
         )
     }
+}
+
+/// dfdx's initialization of a (transposed) convolution's kernels: uniform in ±1/√(IN·K·K).
+fn dfdx_kernel_init<const IN: usize, const K: usize, S: Shape, E, D: Device<E>>(
+    t: &mut Tensor<S, E, D>,
+) -> Result<(), D::Err>
+where
+    E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
+{
+    let bound = E::from((IN * K * K) as f64).unwrap().sqrt().recip();
+    t.try_fill_with_distr(rand_distr::Uniform::new(-bound, bound))
 }
 
 /// What a convolution's backward reads: where the windows are, and the patch matrix.
@@ -161,6 +170,156 @@ where
         );
         let delta = when_wanted(delta, grads, want_input)?;
         Some(fold(delta.matmul(self.kernel_matrix()), &saved.map))
+    }
+}
+
+/// A 2-D transposed convolution from `IN` to `OUT` channels with a `K`×`K` kernel, dfdx's
+/// `ConvTrans2D` on stable Rust: each input pixel adds its kernel-weighted copy onto the output
+/// at stride `STRIDE`, which is `(h − 1)·s − 2p + d(k − 1) + 1` pixels high. It is the transpose
+/// of a `Conv2D` with the same window: `y = fold(x W)` over the output's windows, written
+/// backward `∂W = xᵀ unfold(δ)`, `∂x = unfold(δ) Wᵀ`.
+#[derive(Debug, Clone)]
+pub struct ConvTrans2D<
+    const IN: usize,
+    const OUT: usize,
+    const K: usize,
+    const STRIDE: usize = 1,
+    const PADDING: usize = 0,
+    const DILATION: usize = 1,
+    E: Dtype = f32,
+    D: Storage<E> = Cpu,
+> {
+    /// The kernels, (IN, OUT, K, K), as dfdx lays them out.
+    pub weight: Tensor<Rank4<IN, OUT, K, K>, E, D>,
+}
+
+impl<
+        const IN: usize,
+        const OUT: usize,
+        const K: usize,
+        const S: usize,
+        const P: usize,
+        const L: usize,
+        E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
+        D: Device<E>,
+    > TensorCollection<E, D> for ConvTrans2D<IN, OUT, K, S, P, L, E, D>
+{
+    type To<E2: Dtype, D2: Device<E2>> = ConvTrans2D<IN, OUT, K, S, P, L, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            Self::tensor(
+                "weight",
+                |s| &s.weight,
+                |s| &mut s.weight,
+                TensorOptions::reset_with(dfdx_kernel_init::<IN, K, _, E, D>),
+            ),
+            |weight| ConvTrans2D { weight },
+        )
+    }
+}
+
+/// What a transposed convolution's backward reads: the output's windows (one per input pixel),
+/// and the input as rows.
+pub struct ConvTransSaved<const OUT: usize, const IN: usize, E: Real>
+where
+    Cpu: Device<E>,
+{
+    /// The windows of the output, one per input pixel.
+    pub map: PatchMap<OUT>,
+    /// The input as (pixels, IN) rows.
+    pub rows: Held<(usize, Const<IN>), E>,
+}
+
+impl<
+        const IN: usize,
+        const OUT: usize,
+        const K: usize,
+        const S: usize,
+        const P: usize,
+        const L: usize,
+        E: Real,
+    > WrittenLayer<E, Images<E, IN>> for ConvTrans2D<IN, OUT, K, S, P, L, E, Cpu>
+where
+    Cpu: Device<E>,
+{
+    type Output = Images<E, OUT>;
+    type Saved = ConvTransSaved<OUT, IN, E>;
+
+    fn forward(&self, input: Images<E, IN>) -> (Images<E, OUT>, Self::Saved) {
+        let (batch, _, height, width) = *input.shape();
+        // (h − 1)·s − 2p + d(k − 1) + 1, when positive.
+        let grown = |side: usize| {
+            (side > 0 && K > 0 && S > 0)
+                .then(|| ((side - 1) * S + L * (K - 1) + 1).checked_sub(2 * P))
+                .flatten()
+                .filter(|&out| out > 0)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "ConvTrans2D<{IN}, {OUT}, {K}, {S}, {P}, {L}> has no output for images \
+                         of {height} × {width} pixels"
+                    )
+                })
+        };
+        let map = window::<K, S, P, L>().map((batch, Const::<OUT>, grown(height), grown(width)));
+        assert_eq!(
+            (map.out_h, map.out_w),
+            (height, width),
+            "one window per input pixel"
+        );
+        let rows = images_to_rows(input);
+        let saved_rows = hold(&rows);
+        let out = fold(rows.matmul(self.kernel_matrix()), &map);
+        (
+            out,
+            ConvTransSaved {
+                map,
+                rows: saved_rows,
+            },
+        )
+    }
+
+    fn backward(
+        &self,
+        saved: Self::Saved,
+        grad_output: Images<E, OUT>,
+        grads: &mut WrittenGrad<E>,
+        want_input: bool,
+    ) -> Option<Images<E, IN>> {
+        let delta = unfold(grad_output, &saved.map, E::zero());
+        let held = hold(&delta);
+        let grad_weight = taped(&saved.rows)
+            .permute::<(Const<IN>, usize), Axes2<1, 0>>()
+            .matmul(taped(&held));
+        grads.add(
+            &self.weight,
+            grad_weight.reshape_like(&(Const::<IN>, Const::<OUT>, Const::<K>, Const::<K>)),
+        );
+        let delta = when_wanted(delta, grads, want_input)?;
+        let rows = delta.matmul(self.kernel_matrix().permute::<_, Axes2<1, 0>>());
+        Some(rows_to_images(rows, &saved.map))
+    }
+}
+
+impl<
+        const IN: usize,
+        const OUT: usize,
+        const K: usize,
+        const S: usize,
+        const P: usize,
+        const L: usize,
+        E: Real,
+    > ConvTrans2D<IN, OUT, K, S, P, L, E, Cpu>
+where
+    Cpu: Device<E>,
+{
+    /// The weight as an (IN, OUT·K·K) matrix on a fresh tape (same tensor id).
+    fn kernel_matrix(&self) -> Taped<(Const<IN>, usize), E> {
+        self.weight
+            .retaped::<Tp<E>>()
+            .reshape_like(&(Const::<IN>, OUT * K * K))
     }
 }
 

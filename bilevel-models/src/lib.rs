@@ -4,7 +4,7 @@
 //! - [`layer`]: the [`layer::WrittenLayer`] trait (forward + written backward) and tuple composition.
 //! - [`dense`]: dfdx's `Linear` and `UnbiasedLinear`; [`norm`]: `LayerNorm1D`; [`by_rows`]: those
 //!   on (batch, steps, features) tensors and packed sequences; [`activations`]: dfdx's activation modules (ReLU, GeLU, sigmoid,
-//!   tanh, softmax, ...); [`combinators`]: `Residual`, `GeneralizedResidual`, `AddInto`,
+//!   tanh, softmax, ...); [`prelu`]: `PReLU`, `PReLU1D`; [`combinators`]: `Residual`, `GeneralizedResidual`, `AddInto`,
 //!   `SplitInto`, `Repeated`, `Dropout`; [`attention`]: `MultiHeadAttention` and
 //!   `TransformerEncoderBlock`; [`embedding`]: `Embedding` on token ids; [`images`]: `Bias2D`,
 //!   batch norms (running statistics) and the global pools; [`conv`]: `Conv2D`, the 2-D pools and
@@ -55,6 +55,7 @@ pub mod patches;
 pub mod penalty;
 pub mod pool;
 pub mod positions;
+pub mod prelu;
 pub mod recurrent;
 pub mod rows;
 pub mod sequence;

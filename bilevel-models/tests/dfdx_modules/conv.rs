@@ -1,9 +1,11 @@
-//! The stable-Rust `Conv2D`, 2-D pools and `Flatten2D` (`bilevel_models::conv`): written gradient
+//! The stable-Rust `Conv2D`, `ConvTrans2D`, 2-D pools and `Flatten2D` (`bilevel_models::conv`): written gradient
 //! against dfdx's autodiff, H·v and J·v against finite differences, symmetry, forwards against a
-//! direct loop over dfdx's formulas, and two broken variants that are caught.
+//! direct loop over dfdx's formulas, and broken variants that are caught.
 
 use crate::common::*;
-use bilevel_models::conv::{AvgPool2D, Conv2D, ConvSaved, Flatten2D, MaxPool2D, MinPool2D};
+use bilevel_models::conv::{
+    AvgPool2D, Conv2D, ConvSaved, ConvTrans2D, ConvTransSaved, Flatten2D, MaxPool2D, MinPool2D,
+};
 use bilevel_models::images::Images;
 use bilevel_models::layer::WrittenLayer;
 use bilevel_models::sequence::Activations;
@@ -16,7 +18,7 @@ use dfdx::prelude::*;
 
 /// Each row of `N` features as an image of `C` channels of `H` × `W` pixels.
 #[derive(Debug, Default, Clone, Copy)]
-struct AsImages<const N: usize, const C: usize, const H: usize, const W: usize>;
+pub(crate) struct AsImages<const N: usize, const C: usize, const H: usize, const W: usize>;
 impl<const N: usize, const C: usize, const H: usize, const W: usize> ZeroSizedModule
     for AsImages<N, C, H, W>
 {
@@ -80,8 +82,35 @@ type StackedMin = (
     (Flatten2D<32>, Dense<32, 3>),
 );
 
+type ConvTrans<
+    const I: usize,
+    const O: usize,
+    const K: usize,
+    const S: usize,
+    const P: usize,
+    const L: usize,
+> = ConvTrans2D<I, O, K, S, P, L, f64, Cpu>;
+/// A strided, padded transposed convolution (4 × 4 to 7 × 7), then a max pool back down.
+type Upsampled = (
+    (Dense<5, 48>, AsImages<48, 3, 4, 4>),
+    ConvTrans<3, 2, 3, 2, 1, 1>,
+    Tanh,
+    MaxPool2D<3, 2>,
+    (Flatten2D<18>, Dense<18, 3>),
+);
+/// A dilated transposed convolution (3 × 3 to 7 × 7) after a convolution.
+type ConvThenTrans = (
+    (Dense<5, 48>, AsImages<48, 3, 4, 4>),
+    Conv<3, 2, 2, 1, 0, 1>,
+    Tanh,
+    ConvTrans<2, 1, 3, 2, 1, 2>,
+    (Flatten2D<49>, Dense<49, 3>),
+);
+
 #[test]
 fn convolutions_and_2d_pools_have_exact_products() {
+    assert_dense_exact::<Upsampled, 5>("ConvTrans2D (stride 2, padded), MaxPool2D");
+    assert_dense_exact::<ConvThenTrans, 6>("Conv2D, ConvTrans2D (dilation 2)");
     assert_dense_exact::<PaddedMax, 6>("Conv2D (padded), Bias2D, MaxPool2D (stride 2), Flatten2D");
     assert_dense_exact::<StridedAvg, 5>("Conv2D (stride 2, dilation 2), AvgPool2D (padded)");
     assert_dense_exact::<StackedMin, 6>("two Conv2D, MinPool2D (padded)");
@@ -121,6 +150,44 @@ fn direct_conv(
                         }
                     }
                     y[((n * o + f) * oh + i) * ow + j] = sum;
+                }
+            }
+        }
+    }
+    y
+}
+
+/// y[b, o, s·i + l·u − p, s·j + l·v − p] += w[c, o, u, v] · x[b, c, i, j] where inside the
+/// output (dfdx's transposed convolution, written out).
+fn direct_conv_trans(
+    x: &[f64],
+    (b, c, h, w): (usize, usize, usize, usize),
+    weight: &[f64],
+    (o, k): (usize, usize),
+    (s, p, l): (usize, usize, usize),
+) -> Vec<f64> {
+    let (oh, ow) = (
+        (h - 1) * s + l * (k - 1) + 1 - 2 * p,
+        (w - 1) * s + l * (k - 1) + 1 - 2 * p,
+    );
+    let mut y = vec![0.0; b * o * oh * ow];
+    for n in 0..b {
+        for ch in 0..c {
+            for i in 0..h {
+                for j in 0..w {
+                    for f in 0..o {
+                        for u in 0..k {
+                            for v in 0..k {
+                                let r = (s * i + l * u) as isize - p as isize;
+                                let q = (s * j + l * v) as isize - p as isize;
+                                if r >= 0 && q >= 0 && (r as usize) < oh && (q as usize) < ow {
+                                    y[((n * o + f) * oh + r as usize) * ow + q as usize] += weight
+                                        [((ch * o + f) * k + u) * k + v]
+                                        * x[((n * c + ch) * h + i) * w + j];
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -205,6 +272,20 @@ fn forwards_follow_dfdxs_formulas() {
     conv_case!(2, 3, 2, 1, 1);
     conv_case!(5, 2, 1, 2, 2);
     conv_case!(1, 1, 3, 0, 1);
+    macro_rules! conv_trans_case {
+        ($o:literal, $k:literal, $s:literal, $p:literal, $l:literal) => {{
+            let conv = ConvTrans::<3, $o, $k, $s, $p, $l>::build(&dev);
+            let got = ours(&|x| WrittenLayer::forward(&conv, x).0.as_vec());
+            let want = direct_conv_trans(&xs, dims, &conv.weight.as_vec(), ($o, $k), ($s, $p, $l));
+            assert_eq!(got.len(), want.len());
+            let err = rel_err(&got, &want);
+            let what = format!("ConvTrans2D<3, {}, {}, {}, {}, {}>", $o, $k, $s, $p, $l);
+            assert!(err < 1e-14, "{what}: {err:e}");
+        }};
+    }
+    conv_trans_case!(4, 3, 1, 0, 1);
+    conv_trans_case!(2, 3, 2, 1, 1);
+    conv_trans_case!(5, 2, 3, 2, 2);
     macro_rules! pool_case {
         ($pool:ident, $reduce:expr, $k:literal, $s:literal, $p:literal, $l:literal) => {{
             let got = ours(&|x| {
@@ -290,6 +371,61 @@ fn a_convolution_with_detached_patches_is_caught() {
     );
     let (problem, x, y) = dense_setup::<Broken, 5>();
     assert_caught(problem, &x, &y, "convolution with detached patches");
+}
+
+/// A transposed convolution whose weight gradient reads a copy of its input.
+#[derive(Debug, Clone)]
+struct DetachedConvTrans<E: Dtype, D: Storage<E>>(ConvTrans2D<3, 2, 3, 2, 1, 1, E, D>);
+
+impl<E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform, D: Device<E>>
+    TensorCollection<E, D> for DetachedConvTrans<E, D>
+{
+    type To<E2: Dtype, D2: Device<E2>> = DetachedConvTrans<E2, D2>;
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(Self::module("0", |s| &s.0, |s| &mut s.0), DetachedConvTrans)
+    }
+}
+
+impl WrittenLayer<f64, Images<f64, 3>> for DetachedConvTrans<f64, Cpu> {
+    type Output = Images<f64, 2>;
+    type Saved = ConvTransSaved<2, 3, f64>;
+    fn forward(&self, input: Images<f64, 3>) -> (Images<f64, 2>, Self::Saved) {
+        WrittenLayer::forward(&self.0, input)
+    }
+    fn backward(
+        &self,
+        saved: Self::Saved,
+        grad_output: Images<f64, 2>,
+        grads: &mut WrittenGrad<f64>,
+        want_input: bool,
+    ) -> Option<Images<f64, 3>> {
+        let rows = &saved.rows;
+        let copy = Cpu::default().tensor_from_vec(rows.as_vec(), *rows.shape());
+        let saved = ConvTransSaved {
+            rows: copy,
+            ..saved
+        };
+        WrittenLayer::backward(&self.0, saved, grad_output, grads, want_input)
+    }
+}
+
+#[test]
+fn a_transposed_convolution_with_a_detached_input_is_caught() {
+    type Broken = (
+        (Dense<5, 48>, AsImages<48, 3, 4, 4>),
+        DetachedConvTrans<f64, Cpu>,
+        Tanh,
+        (Flatten2D<98>, Dense<98, 3>),
+    );
+    let (problem, x, y) = dense_setup::<Broken, 5>();
+    assert_caught(
+        problem,
+        &x,
+        &y,
+        "transposed convolution with a detached input",
+    );
 }
 
 /// A max pool whose backward takes the gradient from a tape-free handle and drops the tape

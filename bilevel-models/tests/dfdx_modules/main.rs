@@ -14,5 +14,6 @@ mod embedding;
 mod images;
 mod losses;
 mod padded;
+mod prelu;
 mod rows;
 mod transformer_example;
