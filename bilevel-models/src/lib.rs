@@ -8,7 +8,8 @@
 //!   `SplitInto`, `Repeated`, `Dropout`; [`attention`]: `MultiHeadAttention` and
 //!   `TransformerEncoderBlock`; [`embedding`]: `Embedding` on token ids; [`images`]: `Bias2D`,
 //!   batch norms (running statistics) and the global pools; [`conv`]: `Conv2D`, the 2-D pools and
-//!   `Flatten2D` on stable Rust ([`patches`]: their im2col kernel); [`elman`], [`lstm`]: recurrent layers over packed
+//!   `Flatten2D` on stable Rust ([`patches`]: their im2col kernel); [`upscale`]: `Upscale2D`,
+//!   `Upscale2DBy`; [`elman`], [`lstm`]: recurrent layers over packed
 //!   sequences; [`pool`]: max-pooling over time; [`loss`]: softmax cross-entropy.
 //! - [`elementwise`]: fused tanh and tanh-slope ops with hand-written backward passes.
 //! - [`rows`]: row gather, scatter-add and concatenation for packed sequences.
@@ -61,3 +62,4 @@ pub mod rows;
 pub mod sequence;
 pub mod tape;
 pub mod text;
+pub mod upscale;

@@ -428,34 +428,31 @@ fn a_transposed_convolution_with_a_detached_input_is_caught() {
     );
 }
 
-/// A max pool whose backward takes the gradient from a tape-free handle and drops the tape
-/// that carried it: the gradient is right, H·v is not.
+/// `L` with a backward that takes the gradient from a tape-free handle and drops the tape that
+/// carried it: the gradient is right, H·v is not.
 #[derive(Debug, Default, Clone, Copy)]
-struct DroppedPoolTape;
-impl ZeroSizedModule for DroppedPoolTape {}
+pub(crate) struct DroppedTape<L>(L);
+impl<L: Default> ZeroSizedModule for DroppedTape<L> {}
 
-impl WrittenLayer<f64, Images<f64, 4>> for DroppedPoolTape {
-    type Output = Images<f64, 4>;
-    type Saved = <MaxPool2D<2, 2> as WrittenLayer<f64, Images<f64, 4>>>::Saved;
-    fn forward(&self, input: Images<f64, 4>) -> (Images<f64, 4>, Self::Saved) {
-        WrittenLayer::forward(&MaxPool2D::<2, 2>, input)
+impl<const C: usize, const O: usize, L> WrittenLayer<f64, Images<f64, C>> for DroppedTape<L>
+where
+    L: WrittenLayer<f64, Images<f64, C>, Output = Images<f64, O>>,
+{
+    type Output = Images<f64, O>;
+    type Saved = L::Saved;
+    fn forward(&self, input: Images<f64, C>) -> (Images<f64, O>, Self::Saved) {
+        self.0.forward(input)
     }
     fn backward(
         &self,
         saved: Self::Saved,
-        grad_output: Images<f64, 4>,
+        grad_output: Images<f64, O>,
         grads: &mut WrittenGrad<f64>,
         want_input: bool,
-    ) -> Option<Images<f64, 4>> {
+    ) -> Option<Images<f64, C>> {
         let delta = grad_output.retaped::<NoneTape>();
         drop(grad_output); // the bug
-        WrittenLayer::backward(
-            &MaxPool2D::<2, 2>,
-            saved,
-            delta.retaped(),
-            grads,
-            want_input,
-        )
+        self.0.backward(saved, delta.retaped(), grads, want_input)
     }
 }
 
@@ -465,7 +462,7 @@ fn a_pool_that_drops_a_tape_is_caught() {
         (Dense<5, 48>, AsImages<48, 3, 4, 4>),
         Conv<3, 4, 3, 1, 1, 1>,
         Tanh,
-        DroppedPoolTape,
+        DroppedTape<MaxPool2D<2, 2>>,
         (Flatten2D<16>, Dense<16, 3>),
     );
     let (problem, x, y) = dense_setup::<Broken, 5>();

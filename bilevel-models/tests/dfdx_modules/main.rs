@@ -17,3 +17,4 @@ mod padded;
 mod prelu;
 mod rows;
 mod transformer_example;
+mod upscale;
