@@ -53,7 +53,7 @@ where
 /// encoder block. [`masked_or_not`] makes each a written layer on steps (nothing masked) and on
 /// [`Padded`] batches (the padded keys masked, so each real step attends only to the real steps
 /// of its sequence; the padded steps' outputs are computed and never read).
-trait MaskableKeys<E: Real, const M: usize>
+pub(crate) trait MaskableKeys<E: Real, const M: usize>
 where
     Cpu: Device<E>,
 {
@@ -198,7 +198,7 @@ where
 /// The forward of attention, in dfdx's order of operations (values, keys, queries). `key_bias`
 /// (batch, keys) is added to every query's scores before the softmax: a padded key's weight is
 /// then zero (see [`Padded::key_bias`]).
-fn attend<const M: usize, const H: usize, const K: usize, const V: usize, E: Real>(
+pub(crate) fn attend<const M: usize, const H: usize, const K: usize, const V: usize, E: Real>(
     layer: &MultiHeadAttention<M, H, K, V, E, Cpu>,
     q: Steps<E, M>,
     k: Steps<E, M>,
@@ -252,7 +252,7 @@ where
 }
 
 /// The gradients of the queries, keys and values (each `None` unless asked for).
-type AttentionInputGradients<E, const M: usize> = (
+pub(crate) type AttentionInputGradients<E, const M: usize> = (
     Option<Steps<E, M>>,
     Option<Steps<E, M>>,
     Option<Steps<E, M>>,
@@ -260,7 +260,13 @@ type AttentionInputGradients<E, const M: usize> = (
 
 /// The queries', keys' and values' gradients (each `None` unless `want_input`); the projections'
 /// own gradients go to `grads`.
-fn attend_backward<const M: usize, const H: usize, const K: usize, const V: usize, E: Real>(
+pub(crate) fn attend_backward<
+    const M: usize,
+    const H: usize,
+    const K: usize,
+    const V: usize,
+    E: Real,
+>(
     layer: &MultiHeadAttention<M, H, K, V, E, Cpu>,
     saved: AttentionSaved<E, M, K, V>,
     grad_output: Steps<E, M>,
@@ -316,7 +322,8 @@ fn scale<E: Real>(d: usize) -> E {
     E::of(1.0 / (d as f64).sqrt())
 }
 
-type FeedForward<const M: usize, const F: usize, E> =
+/// The feed-forward part of dfdx's encoder and decoder blocks.
+pub(crate) type FeedForward<const M: usize, const F: usize, E> =
     Residual<(Linear<M, F, E, Cpu>, ReLU, Linear<F, M, E, Cpu>)>;
 
 /// What the backward of an encoder block reads: each part's saved values.

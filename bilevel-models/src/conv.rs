@@ -1,9 +1,9 @@
 //! 2-D convolution, 2-D pools and flattening as written layers, on stable Rust.
 //!
-//! dfdx 0.13 defines `Conv2D`, `ConvTrans2D`, `MaxPool2D`, `AvgPool2D`, `MinPool2D` and `Flatten2D` (and their
-//! tensor ops) only with its `nightly` feature, which a current compiler does not build (stable
-//! refuses its feature gates; its `gemm` 0.15 dependency asks for `stdsimd`, which nightly
-//! removed in early 2024). These
+//! dfdx 0.13 defines `Conv2D`, `ConvTrans2D`, `MaxPool2D`, `AvgPool2D`, `MinPool2D` and
+//! `Flatten2D` (and their tensor ops) only with its `nightly` feature, which a current compiler
+//! does not build (stable refuses its feature gates; its `gemm` 0.15 dependency asks for
+//! `stdsimd`, which nightly removed in early 2024). These
 //! layers take their place with dfdx's names, generics, weight layout and initialization, so a
 //! model written for dfdx's reads the same:
 //! - [`Conv2D<IN, OUT, KERNEL, STRIDE, PADDING, DILATION>`](Conv2D): weight (OUT, IN, K, K), no

@@ -6,7 +6,8 @@
 //!   on (batch, steps, features) tensors and packed sequences; [`activations`]: dfdx's activation modules (ReLU, GeLU, sigmoid,
 //!   tanh, softmax, ...); [`prelu`]: `PReLU`, `PReLU1D`; [`combinators`]: `Residual`, `GeneralizedResidual`, `AddInto`,
 //!   `SplitInto`, `Repeated`, `Dropout`; [`attention`]: `MultiHeadAttention` and
-//!   `TransformerEncoderBlock`; [`embedding`]: `Embedding` on token ids; [`images`]: `Bias2D`,
+//!   `TransformerEncoderBlock`; [`decoder`]: `TransformerDecoderBlock`, `TransformerDecoder`,
+//!   `Transformer`; [`embedding`]: `Embedding` on token ids; [`images`]: `Bias2D`,
 //!   batch norms (running statistics) and the global pools; [`conv`]: `Conv2D`, the 2-D pools and
 //!   `Flatten2D` on stable Rust ([`patches`]: their im2col kernel); [`upscale`]: `Upscale2D`,
 //!   `Upscale2DBy`; [`elman`], [`lstm`]: recurrent layers over packed
@@ -41,6 +42,7 @@ pub mod by_rows;
 pub mod classifier;
 pub mod combinators;
 pub mod conv;
+pub mod decoder;
 pub mod dense;
 pub mod elementwise;
 pub mod elman;

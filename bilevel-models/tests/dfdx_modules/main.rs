@@ -10,6 +10,7 @@ mod activations;
 mod attention;
 mod combinators;
 mod conv;
+mod decoder;
 mod embedding;
 mod images;
 mod losses;
