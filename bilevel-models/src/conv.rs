@@ -35,50 +35,94 @@ use crate::patches::{fold, unfold, PatchMap, PatchShape, Window};
 use crate::sequence::Activations;
 use crate::tape::{hold, taped, Held};
 
-/// A 2-D convolution from `IN` to `OUT` channels with a `K`×`K` kernel, dfdx's `Conv2D` on
-/// stable Rust (see the module's documentation).
-#[derive(Debug, Clone)]
-pub struct Conv2D<
-    const IN: usize,
-    const OUT: usize,
-    const K: usize,
-    const STRIDE: usize = 1,
-    const PADDING: usize = 0,
-    const DILATION: usize = 1,
-    E: Dtype = f32,
-    D: Storage<E> = Cpu,
-> {
-    /// The kernels, (OUT, IN, K, K).
-    pub weight: Tensor<Rank4<OUT, IN, K, K>, E, D>,
+/// Defines a (transposed) convolution module: its struct with dfdx's generics, its tensor
+/// collection with dfdx's initialization, and `kernel_matrix`, the weight as a
+/// (`$rows`, `$cols`·K·K) matrix on a fresh tape (same tensor id).
+macro_rules! convolution_module {
+    ($(#[$doc:meta])* $name:ident, weight ($rows:ident, $cols:ident), $weight_doc:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name<
+            const IN: usize,
+            const OUT: usize,
+            const K: usize,
+            const STRIDE: usize = 1,
+            const PADDING: usize = 0,
+            const DILATION: usize = 1,
+            E: Dtype = f32,
+            D: Storage<E> = Cpu,
+        > {
+            #[doc = $weight_doc]
+            pub weight: Tensor<Rank4<$rows, $cols, K, K>, E, D>,
+        }
+
+        impl<
+                const IN: usize,
+                const OUT: usize,
+                const K: usize,
+                const S: usize,
+                const P: usize,
+                const L: usize,
+                E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
+                D: Device<E>,
+            > TensorCollection<E, D> for $name<IN, OUT, K, S, P, L, E, D>
+        {
+            type To<E2: Dtype, D2: Device<E2>> = $name<IN, OUT, K, S, P, L, E2, D2>;
+
+            fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+                visitor: &mut V,
+            ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+                visitor.visit_fields(
+                    Self::tensor(
+                        "weight",
+                        |s| &s.weight,
+                        |s| &mut s.weight,
+                        TensorOptions::reset_with(dfdx_kernel_init::<IN, K, _, E, D>),
+                    ),
+                    |weight| $name { weight },
+                )
+            }
+        }
+
+        impl<
+                const IN: usize,
+                const OUT: usize,
+                const K: usize,
+                const S: usize,
+                const P: usize,
+                const L: usize,
+                E: Real,
+            > $name<IN, OUT, K, S, P, L, E, Cpu>
+        where
+            Cpu: Device<E>,
+        {
+            fn kernel_matrix(&self) -> Taped<(Const<$rows>, usize), E> {
+                self.weight
+                    .retaped::<Tp<E>>()
+                    .reshape_like(&(Const::<$rows>, $cols * K * K))
+            }
+        }
+    };
 }
 
-impl<
-        const IN: usize,
-        const OUT: usize,
-        const K: usize,
-        const S: usize,
-        const P: usize,
-        const L: usize,
-        E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
-        D: Device<E>,
-    > TensorCollection<E, D> for Conv2D<IN, OUT, K, S, P, L, E, D>
-{
-    type To<E2: Dtype, D2: Device<E2>> = Conv2D<IN, OUT, K, S, P, L, E2, D2>;
+convolution_module!(
+    /// A 2-D convolution from `IN` to `OUT` channels with a `K`×`K` kernel, dfdx's `Conv2D` on
+    /// stable Rust (see the module's documentation).
+    Conv2D,
+    weight(OUT, IN),
+    "The kernels, (OUT, IN, K, K)."
+);
 
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(
-            Self::tensor(
-                "weight",
-                |s| &s.weight,
-                |s| &mut s.weight,
-                TensorOptions::reset_with(dfdx_kernel_init::<IN, K, _, E, D>),
-            ),
-            |weight| Conv2D { weight },
-        )
-    }
-}
+convolution_module!(
+    /// A 2-D transposed convolution from `IN` to `OUT` channels with a `K`×`K` kernel, dfdx's
+    /// `ConvTrans2D` on stable Rust: each input pixel adds its kernel-weighted copy onto the
+    /// output at stride `STRIDE`, which is `(h − 1)·s − 2p + d(k − 1) + 1` pixels high. It is the
+    /// transpose of a `Conv2D` with the same window: `y = fold(x W)` over the output's windows,
+    /// written backward `∂W = xᵀ unfold(δ)`, `∂x = unfold(δ) Wᵀ`.
+    ConvTrans2D,
+    weight(IN, OUT),
+    "The kernels, (IN, OUT, K, K), as dfdx lays them out."
+);
 
 /// dfdx's initialization of a (transposed) convolution's kernels: uniform in ±1/√(IN·K·K).
 fn dfdx_kernel_init<const IN: usize, const K: usize, S: Shape, E, D: Device<E>>(
@@ -100,26 +144,6 @@ where
     pub map: PatchMap<IN>,
     /// The patch matrix `X` (windows, IN·K·K).
     pub patches: Held<PatchShape, E>,
-}
-
-impl<
-        const IN: usize,
-        const OUT: usize,
-        const K: usize,
-        const S: usize,
-        const P: usize,
-        const L: usize,
-        E: Real,
-    > Conv2D<IN, OUT, K, S, P, L, E, Cpu>
-where
-    Cpu: Device<E>,
-{
-    /// The weight as an (OUT, IN·K·K) matrix on a fresh tape (same tensor id).
-    fn kernel_matrix(&self) -> Taped<(Const<OUT>, usize), E> {
-        self.weight
-            .retaped::<Tp<E>>()
-            .reshape_like(&(Const::<OUT>, IN * K * K))
-    }
 }
 
 impl<
@@ -170,54 +194,6 @@ where
         );
         let delta = when_wanted(delta, grads, want_input)?;
         Some(fold(delta.matmul(self.kernel_matrix()), &saved.map))
-    }
-}
-
-/// A 2-D transposed convolution from `IN` to `OUT` channels with a `K`×`K` kernel, dfdx's
-/// `ConvTrans2D` on stable Rust: each input pixel adds its kernel-weighted copy onto the output
-/// at stride `STRIDE`, which is `(h − 1)·s − 2p + d(k − 1) + 1` pixels high. It is the transpose
-/// of a `Conv2D` with the same window: `y = fold(x W)` over the output's windows, written
-/// backward `∂W = xᵀ unfold(δ)`, `∂x = unfold(δ) Wᵀ`.
-#[derive(Debug, Clone)]
-pub struct ConvTrans2D<
-    const IN: usize,
-    const OUT: usize,
-    const K: usize,
-    const STRIDE: usize = 1,
-    const PADDING: usize = 0,
-    const DILATION: usize = 1,
-    E: Dtype = f32,
-    D: Storage<E> = Cpu,
-> {
-    /// The kernels, (IN, OUT, K, K), as dfdx lays them out.
-    pub weight: Tensor<Rank4<IN, OUT, K, K>, E, D>,
-}
-
-impl<
-        const IN: usize,
-        const OUT: usize,
-        const K: usize,
-        const S: usize,
-        const P: usize,
-        const L: usize,
-        E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
-        D: Device<E>,
-    > TensorCollection<E, D> for ConvTrans2D<IN, OUT, K, S, P, L, E, D>
-{
-    type To<E2: Dtype, D2: Device<E2>> = ConvTrans2D<IN, OUT, K, S, P, L, E2, D2>;
-
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(
-            Self::tensor(
-                "weight",
-                |s| &s.weight,
-                |s| &mut s.weight,
-                TensorOptions::reset_with(dfdx_kernel_init::<IN, K, _, E, D>),
-            ),
-            |weight| ConvTrans2D { weight },
-        )
     }
 }
 
@@ -300,26 +276,6 @@ where
         let delta = when_wanted(delta, grads, want_input)?;
         let rows = delta.matmul(self.kernel_matrix().permute::<_, Axes2<1, 0>>());
         Some(rows_to_images(rows, &saved.map))
-    }
-}
-
-impl<
-        const IN: usize,
-        const OUT: usize,
-        const K: usize,
-        const S: usize,
-        const P: usize,
-        const L: usize,
-        E: Real,
-    > ConvTrans2D<IN, OUT, K, S, P, L, E, Cpu>
-where
-    Cpu: Device<E>,
-{
-    /// The weight as an (IN, OUT·K·K) matrix on a fresh tape (same tensor id).
-    fn kernel_matrix(&self) -> Taped<(Const<IN>, usize), E> {
-        self.weight
-            .retaped::<Tp<E>>()
-            .reshape_like(&(Const::<IN>, OUT * K * K))
     }
 }
 

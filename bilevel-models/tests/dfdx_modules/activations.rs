@@ -3,6 +3,7 @@
 //! module's f' and f'' against differences of dfdx's own forward; and a broken variant of each
 //! that the checks catch.
 
+use crate::broken::Detached;
 use crate::common::*;
 use bilevel_models::activations::{pointwise_backward, pointwise_forward, Pointwise};
 use bilevel_models::layer::WrittenLayer;
@@ -142,33 +143,6 @@ impl<A: Pointwise<f64>, S: Shape> WrittenLayer<f64, Taped<S, f64>> for WrongCurv
         want_input: bool,
     ) -> Option<Taped<S, f64>> {
         pointwise_backward(*self, input, grad_output, grads, want_input)
-    }
-}
-
-/// A module whose backward reads its saved tensor through a copy of its values: the gradient is
-/// right, but the copy has no history, so H·v misses how that tensor depends on y.
-#[derive(Debug, Default, Clone, Copy)]
-struct Detached<A>(A);
-impl<A: Default + Clone> ZeroSizedModule for Detached<A> {}
-
-impl<A, S: Shape> WrittenLayer<f64, Taped<S, f64>> for Detached<A>
-where
-    A: WrittenLayer<f64, Taped<S, f64>, Output = Taped<S, f64>, Saved = Held<S, f64>>,
-{
-    type Output = Taped<S, f64>;
-    type Saved = Held<S, f64>;
-    fn forward(&self, input: Taped<S, f64>) -> (Taped<S, f64>, Held<S, f64>) {
-        self.0.forward(input)
-    }
-    fn backward(
-        &self,
-        saved: Held<S, f64>,
-        grad_output: Taped<S, f64>,
-        grads: &mut WrittenGrad<f64>,
-        want_input: bool,
-    ) -> Option<Taped<S, f64>> {
-        let copy = Cpu::default().tensor_from_vec(saved.as_vec(), *saved.shape());
-        self.0.backward(copy, grad_output, grads, want_input)
     }
 }
 

@@ -3,12 +3,11 @@
 //! finite differences, symmetry; the forward against dfdx's own; and an attention whose
 //! backward forgets how its weights depend on y is caught.
 
+use crate::broken::{copy_of, Detach, Detached};
 use crate::common::*;
 use bilevel_models::attention::AttentionSaved;
-use bilevel_models::by_rows::Steps;
 use bilevel_models::layer::WrittenLayer;
 use bilevel_optim::problem::Tp;
-use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::nn::modules::{
     Linear, MultiHeadAttention, Sigmoid, SplitInto, Tanh, TransformerEncoderBlock,
 };
@@ -71,36 +70,10 @@ fn forwards_are_dfdxs_modules() {
 
 /// Attention whose backward reads a copy of its weights A: the gradient is right, but H·v
 /// misses how A depends on y.
-#[derive(Debug, Clone)]
-struct DetachedWeights<E: Dtype, D: Storage<E>>(MultiHeadAttention<H, 2, H, H, E, D>);
-
-impl<E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform, D: Device<E>>
-    TensorCollection<E, D> for DetachedWeights<E, D>
-{
-    type To<E2: Dtype, D2: Device<E2>> = DetachedWeights<E2, D2>;
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(Self::module("0", |s| &s.0, |s| &mut s.0), DetachedWeights)
-    }
-}
-
-impl WrittenLayer<f64, Steps<f64, H>> for DetachedWeights<f64, Cpu> {
-    type Output = Steps<f64, H>;
-    type Saved = AttentionSaved<f64, H, H, H>;
-    fn forward(&self, input: Steps<f64, H>) -> (Steps<f64, H>, Self::Saved) {
-        WrittenLayer::forward(&self.0, input)
-    }
-    fn backward(
-        &self,
-        mut saved: Self::Saved,
-        grad_output: Steps<f64, H>,
-        grads: &mut WrittenGrad<f64>,
-        want_input: bool,
-    ) -> Option<Steps<f64, H>> {
-        let copy = saved.weights.as_vec();
-        saved.weights = Cpu::default().tensor_from_vec(copy, *saved.weights.shape());
-        WrittenLayer::backward(&self.0, saved, grad_output, grads, want_input)
+impl Detach for AttentionSaved<f64, H, H, H> {
+    fn detach(self) -> Self {
+        let weights = copy_of(&self.weights);
+        AttentionSaved { weights, ..self }
     }
 }
 
@@ -109,7 +82,7 @@ fn attention_with_detached_weights_is_caught() {
     type Broken = (
         Fold,
         Dense<5, H>,
-        DetachedWeights<f64, Cpu>,
+        Detached<Attention>,
         Unfold,
         Tanh,
         Dense<H, 3>,

@@ -2,6 +2,7 @@
 //! against dfdx's autodiff, H·v and J·v against finite differences, symmetry, forwards against a
 //! direct loop over dfdx's formulas, and broken variants that are caught.
 
+use crate::broken::{copy_of, Detach, Detached, DroppedTape};
 use crate::common::*;
 use bilevel_models::conv::{
     AvgPool2D, Conv2D, ConvSaved, ConvTrans2D, ConvTransSaved, Flatten2D, MaxPool2D, MinPool2D,
@@ -12,7 +13,6 @@ use bilevel_models::sequence::Activations;
 use bilevel_optim::problem::Tp;
 use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::nn::modules::{Bias2D, Linear, Tanh};
-use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection};
 use dfdx::nn::ZeroSizedModule;
 use dfdx::prelude::*;
 
@@ -324,40 +324,10 @@ use for_each_pool;
 
 /// A convolution whose weight gradient reads a copy of its patches: the gradient is right, but
 /// H·v misses how the weight's gradient depends on the input.
-#[derive(Debug, Clone)]
-struct DetachedConv<E: Dtype, D: Storage<E>>(Conv2D<3, 4, 3, 1, 1, 1, E, D>);
-
-impl<E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform, D: Device<E>>
-    TensorCollection<E, D> for DetachedConv<E, D>
-{
-    type To<E2: Dtype, D2: Device<E2>> = DetachedConv<E2, D2>;
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(Self::module("0", |s| &s.0, |s| &mut s.0), DetachedConv)
-    }
-}
-
-impl WrittenLayer<f64, Images<f64, 3>> for DetachedConv<f64, Cpu> {
-    type Output = Images<f64, 4>;
-    type Saved = ConvSaved<3, f64>;
-    fn forward(&self, input: Images<f64, 3>) -> (Images<f64, 4>, Self::Saved) {
-        WrittenLayer::forward(&self.0, input)
-    }
-    fn backward(
-        &self,
-        saved: Self::Saved,
-        grad_output: Images<f64, 4>,
-        grads: &mut WrittenGrad<f64>,
-        want_input: bool,
-    ) -> Option<Images<f64, 3>> {
-        let patches = &saved.patches;
-        let copy = Cpu::default().tensor_from_vec(patches.as_vec(), *patches.shape());
-        let saved = ConvSaved {
-            patches: copy,
-            ..saved
-        };
-        WrittenLayer::backward(&self.0, saved, grad_output, grads, want_input)
+impl Detach for ConvSaved<3, f64> {
+    fn detach(self) -> Self {
+        let patches = copy_of(&self.patches);
+        ConvSaved { patches, ..self }
     }
 }
 
@@ -365,7 +335,7 @@ impl WrittenLayer<f64, Images<f64, 3>> for DetachedConv<f64, Cpu> {
 fn a_convolution_with_detached_patches_is_caught() {
     type Broken = (
         (Dense<5, 48>, AsImages<48, 3, 4, 4>),
-        DetachedConv<f64, Cpu>,
+        Detached<Conv<3, 4, 3, 1, 1, 1>>,
         Tanh,
         (Flatten2D<64>, Dense<64, 3>),
     );
@@ -374,40 +344,10 @@ fn a_convolution_with_detached_patches_is_caught() {
 }
 
 /// A transposed convolution whose weight gradient reads a copy of its input.
-#[derive(Debug, Clone)]
-struct DetachedConvTrans<E: Dtype, D: Storage<E>>(ConvTrans2D<3, 2, 3, 2, 1, 1, E, D>);
-
-impl<E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform, D: Device<E>>
-    TensorCollection<E, D> for DetachedConvTrans<E, D>
-{
-    type To<E2: Dtype, D2: Device<E2>> = DetachedConvTrans<E2, D2>;
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(Self::module("0", |s| &s.0, |s| &mut s.0), DetachedConvTrans)
-    }
-}
-
-impl WrittenLayer<f64, Images<f64, 3>> for DetachedConvTrans<f64, Cpu> {
-    type Output = Images<f64, 2>;
-    type Saved = ConvTransSaved<2, 3, f64>;
-    fn forward(&self, input: Images<f64, 3>) -> (Images<f64, 2>, Self::Saved) {
-        WrittenLayer::forward(&self.0, input)
-    }
-    fn backward(
-        &self,
-        saved: Self::Saved,
-        grad_output: Images<f64, 2>,
-        grads: &mut WrittenGrad<f64>,
-        want_input: bool,
-    ) -> Option<Images<f64, 3>> {
-        let rows = &saved.rows;
-        let copy = Cpu::default().tensor_from_vec(rows.as_vec(), *rows.shape());
-        let saved = ConvTransSaved {
-            rows: copy,
-            ..saved
-        };
-        WrittenLayer::backward(&self.0, saved, grad_output, grads, want_input)
+impl Detach for ConvTransSaved<2, 3, f64> {
+    fn detach(self) -> Self {
+        let rows = copy_of(&self.rows);
+        ConvTransSaved { rows, ..self }
     }
 }
 
@@ -415,7 +355,7 @@ impl WrittenLayer<f64, Images<f64, 3>> for DetachedConvTrans<f64, Cpu> {
 fn a_transposed_convolution_with_a_detached_input_is_caught() {
     type Broken = (
         (Dense<5, 48>, AsImages<48, 3, 4, 4>),
-        DetachedConvTrans<f64, Cpu>,
+        Detached<ConvTrans<3, 2, 3, 2, 1, 1>>,
         Tanh,
         (Flatten2D<98>, Dense<98, 3>),
     );
@@ -426,34 +366,6 @@ fn a_transposed_convolution_with_a_detached_input_is_caught() {
         &y,
         "transposed convolution with a detached input",
     );
-}
-
-/// `L` with a backward that takes the gradient from a tape-free handle and drops the tape that
-/// carried it: the gradient is right, H·v is not.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct DroppedTape<L>(L);
-impl<L: Default> ZeroSizedModule for DroppedTape<L> {}
-
-impl<const C: usize, const O: usize, L> WrittenLayer<f64, Images<f64, C>> for DroppedTape<L>
-where
-    L: WrittenLayer<f64, Images<f64, C>, Output = Images<f64, O>>,
-{
-    type Output = Images<f64, O>;
-    type Saved = L::Saved;
-    fn forward(&self, input: Images<f64, C>) -> (Images<f64, O>, Self::Saved) {
-        self.0.forward(input)
-    }
-    fn backward(
-        &self,
-        saved: Self::Saved,
-        grad_output: Images<f64, O>,
-        grads: &mut WrittenGrad<f64>,
-        want_input: bool,
-    ) -> Option<Images<f64, C>> {
-        let delta = grad_output.retaped::<NoneTape>();
-        drop(grad_output); // the bug
-        self.0.backward(saved, delta.retaped(), grads, want_input)
-    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! symmetry; the forward against dfdx's own; and a batch norm whose scale gradient reads a copy
 //! of its input is caught.
 
+use crate::broken::Detached;
 use crate::common::*;
 use bilevel_models::images::Images;
 use bilevel_models::layer::WrittenLayer;
@@ -90,39 +91,14 @@ fn forwards_are_dfdxs_modules() {
 
 /// A batch norm whose scale gradient reads a copy of its centred input: the gradient is right,
 /// but H·v misses how the scale's gradient depends on y.
-#[derive(Debug, Clone)]
-struct DetachedNorm<E: Dtype, D: Storage<E>>(BatchNorm1D<4, E, D>);
-
-impl<E: Dtype + num_traits::Float, D: Device<E>> TensorCollection<E, D> for DetachedNorm<E, D> {
-    type To<E2: Dtype, D2: Device<E2>> = DetachedNorm<E2, D2>;
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(Self::module("0", |s| &s.0, |s| &mut s.0), DetachedNorm)
-    }
-}
-
-impl WrittenLayer<f64, Activations<f64, 4>> for DetachedNorm<f64, Cpu> {
-    type Output = Activations<f64, 4>;
-    type Saved = <BatchNorm1D<4, f64, Cpu> as WrittenLayer<f64, Activations<f64, 4>>>::Saved;
-    fn forward(&self, input: Activations<f64, 4>) -> (Activations<f64, 4>, Self::Saved) {
-        WrittenLayer::forward(&self.0, input)
-    }
-    fn backward(
-        &self,
-        centered: Self::Saved,
-        grad_output: Activations<f64, 4>,
-        grads: &mut WrittenGrad<f64>,
-        want_input: bool,
-    ) -> Option<Activations<f64, 4>> {
-        let copy = Cpu::default().tensor_from_vec(centered.as_vec(), *centered.shape());
-        WrittenLayer::backward(&self.0, copy, grad_output, grads, want_input)
-    }
-}
-
 #[test]
 fn a_batch_norm_with_a_detached_input_is_caught() {
-    type Broken = (Dense<5, 4>, DetachedNorm<f64, Cpu>, Tanh, Dense<4, 3>);
+    type Broken = (
+        Dense<5, 4>,
+        Detached<BatchNorm1D<4, f64, Cpu>>,
+        Tanh,
+        Dense<4, 3>,
+    );
     let (problem, x, y) = dense_setup::<Broken, 6>();
     assert_caught(problem, &x, &y, "batch norm with a detached input");
 }

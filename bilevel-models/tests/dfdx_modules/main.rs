@@ -8,6 +8,7 @@ mod common;
 
 mod activations;
 mod attention;
+mod broken;
 mod combinators;
 mod conv;
 mod decoder;

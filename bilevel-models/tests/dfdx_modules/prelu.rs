@@ -2,6 +2,7 @@
 //! autodiff, H·v and J·v against finite differences, symmetry, the forward against dfdx's own,
 //! and a PReLU whose slope gradient reads a copy of its input is caught.
 
+use crate::broken::Detached;
 use crate::common::*;
 use crate::conv::AsImages;
 use bilevel_models::layer::WrittenLayer;
@@ -11,7 +12,6 @@ use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::nn::builders::Reshape;
 use dfdx::nn::modules::{AvgPoolGlobal, Linear};
 use dfdx::nn::prelu::{PReLU, PReLU1D};
-use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection};
 use dfdx::nn::{Module, ZeroSizedModule};
 use dfdx::prelude::*;
 
@@ -113,39 +113,9 @@ fn forwards_are_dfdxs_modules() {
 
 /// A PReLU whose slope gradient reads a copy of its input: the gradient is right, but H·v
 /// misses how the slope's gradient depends on y.
-#[derive(Debug, Clone)]
-struct DetachedSlope<E: Dtype, D: Device<E>>(PReLU<E, D>);
-
-impl<E: Dtype + num_traits::Float, D: Device<E>> TensorCollection<E, D> for DetachedSlope<E, D> {
-    type To<E2: Dtype, D2: Device<E2>> = DetachedSlope<E2, D2>;
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(Self::module("0", |s| &s.0, |s| &mut s.0), DetachedSlope)
-    }
-}
-
-impl WrittenLayer<f64, Activations<f64, 4>> for DetachedSlope<f64, Cpu> {
-    type Output = Activations<f64, 4>;
-    type Saved = Tensor<(usize, Const<4>), f64, Cpu>;
-    fn forward(&self, input: Activations<f64, 4>) -> (Activations<f64, 4>, Self::Saved) {
-        WrittenLayer::forward(&self.0, input)
-    }
-    fn backward(
-        &self,
-        input: Self::Saved,
-        grad_output: Activations<f64, 4>,
-        grads: &mut WrittenGrad<f64>,
-        want_input: bool,
-    ) -> Option<Activations<f64, 4>> {
-        let copy = Cpu::default().tensor_from_vec(input.as_vec(), *input.shape());
-        WrittenLayer::backward(&self.0, copy, grad_output, grads, want_input)
-    }
-}
-
 #[test]
 fn a_prelu_with_a_detached_input_is_caught() {
-    type Broken = (Dense<5, 4>, DetachedSlope<f64, Cpu>, Dense<4, 3>);
+    type Broken = (Dense<5, 4>, Detached<PReLU<f64, Cpu>>, Dense<4, 3>);
     let (problem, x, y) = dense_setup::<Broken, 5>();
     assert_caught(problem, &x, &y, "PReLU with a detached input");
 }

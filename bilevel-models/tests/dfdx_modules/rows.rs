@@ -2,12 +2,11 @@
 //! sequences: written gradient against dfdx's autodiff, H·v and J·v against finite differences,
 //! symmetry; the forward against dfdx's own module; and a broken layer norm that is caught.
 
+use crate::broken::{copy_of, Detach, Detached};
 use crate::common::*;
 use bilevel_models::layer::WrittenLayer;
 use bilevel_models::norm::LayerNormSaved;
-use bilevel_models::sequence::Activations;
 use bilevel_optim::problem::Tp;
-use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::nn::modules::{LayerNorm1D, Linear, Tanh, UnbiasedLinear};
 use dfdx::nn::Module;
 use dfdx::prelude::*;
@@ -69,34 +68,10 @@ fn forwards_are_dfdxs_modules() {
 
 /// A layer norm that forgets that σ depends on x: its backward divides by a copy of σ's
 /// values, which has no history. Its gradient is right and its H·v is not.
-#[derive(Debug, Clone)]
-struct DetachedScale<E: Dtype, D: Storage<E>>(LayerNorm1D<H, E, D>);
-
-impl<E: Dtype, D: Device<E>> TensorCollection<E, D> for DetachedScale<E, D> {
-    type To<E2: Dtype, D2: Device<E2>> = DetachedScale<E2, D2>;
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(Self::module("0", |s| &s.0, |s| &mut s.0), DetachedScale)
-    }
-}
-
-impl WrittenLayer<f64, Activations<f64, H>> for DetachedScale<f64, Cpu> {
-    type Output = Activations<f64, H>;
-    type Saved = LayerNormSaved<f64, H>;
-    fn forward(&self, input: Activations<f64, H>) -> (Activations<f64, H>, Self::Saved) {
-        WrittenLayer::forward(&self.0, input)
-    }
-    fn backward(
-        &self,
-        mut saved: Self::Saved,
-        grad_output: Activations<f64, H>,
-        grads: &mut WrittenGrad<f64>,
-        want_input: bool,
-    ) -> Option<Activations<f64, H>> {
-        let copy = saved.deviation.as_vec();
-        saved.deviation = Cpu::default().tensor_from_vec(copy, *saved.deviation.shape());
-        WrittenLayer::backward(&self.0, saved, grad_output, grads, want_input)
+impl Detach for LayerNormSaved<f64, H> {
+    fn detach(self) -> Self {
+        let deviation = copy_of(&self.deviation);
+        LayerNormSaved { deviation, ..self }
     }
 }
 
@@ -104,7 +79,7 @@ impl WrittenLayer<f64, Activations<f64, H>> for DetachedScale<f64, Cpu> {
 fn a_layer_norm_with_a_detached_scale_is_caught() {
     type Broken = (
         Linear<5, H, f64, Cpu>,
-        DetachedScale<f64, Cpu>,
+        Detached<LayerNorm1D<H, f64, Cpu>>,
         Linear<H, 3, f64, Cpu>,
     );
     let (problem, x, y) = dense_setup::<Broken, 6>();

@@ -3,8 +3,9 @@
 //! symmetry, the forward against dfdx's own, and an upscaling that drops its gradient's tape is
 //! caught.
 
+use crate::broken::DroppedTape;
 use crate::common::*;
-use crate::conv::{AsImages, DroppedTape};
+use crate::conv::AsImages;
 use bilevel_models::conv::Flatten2D;
 use bilevel_models::layer::WrittenLayer;
 use bilevel_models::upscale::Upscale2DBy;
