@@ -19,8 +19,8 @@ use bilevel_bench::report::compare::{compare, CompareOptions};
 use bilevel_bench::report::tune::{tune, TuneOptions};
 use bilevel_bench::run::config::RunConfig;
 use bilevel_optim::error::BilevelError;
-use bilevel_optim::methods::method::{Built, Start, Steps};
-use bilevel_optim::methods::rule::{Iteration, Rule, RuleOptimizer};
+use bilevel_optim::methods::method::Steps;
+use bilevel_optim::methods::rule::{Iteration, Rule};
 use bilevel_optim::methods::Method;
 use bilevel_optim::oracles::Oracles;
 use bilevel_optim::params::Params;
@@ -72,17 +72,9 @@ impl Method for AidCgConfig {
         Steps::new(&mut self.gamma, &mut self.eta)
     }
 
-    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
-    where
-        Cpu: Device<E>,
-    {
-        RuleOptimizer::boxed(
-            self,
-            AidCg {
-                v: at.y.zeros_like(),
-            },
-        )
-    }
+    bilevel_optim::rule_optimizer!(|_, at| AidCg {
+        v: at.y.zeros_like(),
+    });
 }
 
 /// AID-CG's memory: the last linear-system solution, the warm start of the next.

@@ -46,6 +46,9 @@
 //! The user guide is `docs/guide.md` in the repository; each method's rule, knobs and cost are in
 //! `docs/algorithms.md`.
 #![warn(missing_docs)]
+/// The dfdx this crate is built on, for users and this crate's macros to name the same version.
+pub use dfdx;
+
 pub mod check;
 pub mod constraint;
 pub mod crc32c;

@@ -13,8 +13,8 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
-use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule, RuleOptimizer};
+use super::method::{Method, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
 use crate::oracles::Oracles;
@@ -79,21 +79,13 @@ impl Method for AccBoConfig {
         Steps::new(&mut self.gamma, &mut self.eta)
     }
 
-    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
-    where
-        Cpu: Device<E>,
-    {
-        RuleOptimizer::boxed(
-            self,
-            AccBo {
-                y_now: at.y.duplicate(),
-                y_before: at.y.duplicate(),
-                m: at.x.zeros_like(),
-                x_prev: at.x.duplicate(),
-                y_avg_prev: at.y.duplicate(),
-            },
-        )
-    }
+    crate::rule_optimizer!(|_, at| AccBo {
+        y_now: at.y.duplicate(),
+        y_before: at.y.duplicate(),
+        m: at.x.zeros_like(),
+        x_prev: at.x.duplicate(),
+        y_avg_prev: at.y.duplicate(),
+    });
 }
 
 /// AccBO: Nesterov-accelerated y, normalized recursive momentum on x.

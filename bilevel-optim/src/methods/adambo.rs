@@ -13,8 +13,8 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
-use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule, RuleOptimizer};
+use super::method::{Method, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::neumann::{plain_step_outcome, sgd_then_estimate, NeumannConfig};
 use crate::oracles::Oracles;
@@ -82,17 +82,9 @@ impl Method for AdamBoConfig {
         Steps::new(&mut self.gamma, &mut self.eta)
     }
 
-    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
-    where
-        Cpu: Device<E>,
-    {
-        RuleOptimizer::boxed(
-            self,
-            AdamBo {
-                moments: AdamMoments::new(at.x),
-            },
-        )
-    }
+    crate::rule_optimizer!(|_, at| AdamBo {
+        moments: AdamMoments::new(at.x),
+    });
 }
 
 /// Adam's two moments of the upper estimate, with the bias-corrected direction.

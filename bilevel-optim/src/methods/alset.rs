@@ -7,16 +7,13 @@
 //! x ← x − α h
 //! ```
 
-use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
-use super::method::{Built, Method, Start, Steps};
+use super::method::{Method, Steps};
 use super::neumann_family::{NeumannFamily, NeumannIteration, NeumannRule};
 use super::rule::RuleOptimizer;
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
-use crate::problem::BilevelProblem;
-use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::validate;
 
@@ -60,12 +57,7 @@ impl Method for AlsetConfig {
         Steps::new(&mut self.beta, &mut self.alpha)
     }
 
-    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, _: Start<'_, E, P>) -> Built<E, P>
-    where
-        Cpu: Device<E>,
-    {
-        RuleOptimizer::boxed(self, NeumannFamily::default())
-    }
+    crate::rule_optimizer!(|_, _| NeumannFamily::default());
 }
 
 impl NeumannRule for AlsetConfig {

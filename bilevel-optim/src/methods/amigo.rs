@@ -10,8 +10,8 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
-use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule, RuleOptimizer};
+use super::method::{Method, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::oracles::Oracles;
 use crate::params::Params;
@@ -67,17 +67,9 @@ impl Method for AmigoConfig {
         Steps::new(&mut self.gamma, &mut self.alpha).and(&mut self.rho)
     }
 
-    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
-    where
-        Cpu: Device<E>,
-    {
-        RuleOptimizer::boxed(
-            self,
-            Amigo {
-                z: at.y.zeros_like(),
-            },
-        )
-    }
+    crate::rule_optimizer!(|_, at| Amigo {
+        z: at.y.zeros_like(),
+    });
 }
 
 /// AmIGO: warm-started SGD on y and on the linear system for z, then a plain x step.

@@ -7,16 +7,13 @@
 //! x ← x − α_k h
 //! ```
 
-use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
-use super::method::{Built, Method, Start, Steps};
+use super::method::{Method, Steps};
 use super::neumann_family::{NeumannFamily, NeumannIteration, NeumannRule};
 use super::rule::RuleOptimizer;
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
-use crate::problem::BilevelProblem;
-use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::validate;
 
@@ -67,12 +64,7 @@ impl Method for BsaConfig {
         Steps::new(&mut self.gamma, &mut self.eta)
     }
 
-    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, _: Start<'_, E, P>) -> Built<E, P>
-    where
-        Cpu: Device<E>,
-    {
-        RuleOptimizer::boxed(self, NeumannFamily::default())
-    }
+    crate::rule_optimizer!(|_, _| NeumannFamily::default());
 }
 
 impl NeumannRule for BsaConfig {

@@ -22,8 +22,8 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
-use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule, RuleOptimizer};
+use super::method::{Method, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::oracles::Oracles;
 use crate::params::Params;
@@ -100,18 +100,10 @@ impl Method for F2saConfig {
         Steps::new(&mut self.gamma_y, &mut self.eta).with_lower(&mut self.gamma_z)
     }
 
-    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
-    where
-        Cpu: Device<E>,
-    {
-        RuleOptimizer::boxed(
-            self,
-            F2sa {
-                lambda: self.lambda,
-                z: at.y.duplicate(),
-            },
-        )
-    }
+    crate::rule_optimizer!(|config, at| F2sa {
+        lambda: config.lambda,
+        z: at.y.duplicate(),
+    });
 }
 
 /// F2SA: the fully first-order penalty method with an increasing λ.

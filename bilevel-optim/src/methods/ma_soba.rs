@@ -12,8 +12,8 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
-use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule, RuleOptimizer};
+use super::method::{Method, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::oracles::Oracles;
 use crate::params::Params;
@@ -73,18 +73,10 @@ impl Method for MaSobaConfig {
         Steps::new(&mut self.beta, &mut self.alpha).and(&mut self.gamma)
     }
 
-    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
-    where
-        Cpu: Device<E>,
-    {
-        RuleOptimizer::boxed(
-            self,
-            MaSoba {
-                z: at.y.zeros_like(),
-                m: at.x.zeros_like(),
-            },
-        )
-    }
+    crate::rule_optimizer!(|_, at| MaSoba {
+        z: at.y.zeros_like(),
+        m: at.x.zeros_like(),
+    });
 }
 
 /// MA-SOBA's memory: the linear-system variable z and the moving average m of the estimate.

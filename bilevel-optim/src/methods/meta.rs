@@ -17,8 +17,8 @@ use std::marker::PhantomData;
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
-use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule, RuleOptimizer};
+use super::method::{Method, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::oracles::Oracles;
 use crate::params::Params;
@@ -154,18 +154,10 @@ impl<V: MetaVariant> Method for Meta<V> {
         Steps::new(&mut self.config.inner_step, &mut self.config.outer_step)
     }
 
-    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
-    where
-        Cpu: Device<E>,
-    {
-        RuleOptimizer::boxed(
-            self,
-            MetaLearner::<P::Y, V> {
-                init: at.y.duplicate(),
-                variant: PhantomData,
-            },
-        )
-    }
+    crate::rule_optimizer!(|_, at| MetaLearner::<P::Y, V> {
+        init: at.y.duplicate(),
+        variant: PhantomData,
+    });
 }
 
 /// A meta-learner's memory, MAML's or ANIL's as `V` says: θ₀, the meta-learned initialization

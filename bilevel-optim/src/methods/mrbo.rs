@@ -13,8 +13,8 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
-use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule, RuleOptimizer};
+use super::method::{Method, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
 use crate::oracles::Oracles;
@@ -85,20 +85,12 @@ impl Method for MrboConfig {
         Steps::new(&mut self.y_scale, &mut self.x_scale)
     }
 
-    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
-    where
-        Cpu: Device<E>,
-    {
-        RuleOptimizer::boxed(
-            self,
-            Mrbo {
-                u: at.y.zeros_like(),
-                v: at.x.zeros_like(),
-                x_prev: at.x.zeros_like(),
-                y_prev: at.y.zeros_like(),
-            },
-        )
-    }
+    crate::rule_optimizer!(|_, at| Mrbo {
+        u: at.y.zeros_like(),
+        v: at.x.zeros_like(),
+        x_prev: at.x.zeros_like(),
+        y_prev: at.y.zeros_like(),
+    });
 }
 
 /// MRBO: STORM-style recursive momentum on both levels.

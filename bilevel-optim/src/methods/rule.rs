@@ -51,6 +51,29 @@ where
     fn load(&mut self, state: &MethodState) -> Result<(), BilevelError>;
 }
 
+/// Writes [`Method::optimizer`] for a method written as a [`Rule`]: a [`RuleOptimizer`] starting
+/// from the memory the closure-like argument builds from the configuration and the [`Start`]:
+/// `rule_optimizer!(|config, at| Soba { z: at.y.zeros_like() });` (inside `impl Method`).
+///
+/// [`Start`]: crate::methods::method::Start
+#[macro_export]
+macro_rules! rule_optimizer {
+    (|$config:pat_param, $at:pat_param| $memory:expr) => {
+        fn optimizer<E, P>(
+            &self,
+            start: $crate::methods::method::Start<'_, E, P>,
+        ) -> $crate::methods::method::Built<E, P>
+        where
+            E: $crate::real::Real,
+            P: $crate::problem::BilevelProblem<E> + 'static,
+            $crate::dfdx::prelude::Cpu: $crate::dfdx::prelude::Device<E>,
+        {
+            let ($config, $at) = (self, start);
+            $crate::methods::rule::RuleOptimizer::boxed(self, $memory)
+        }
+    };
+}
+
 /// The [`BilevelOptimizer`] of a [`Rule`]: its configuration, its memory and the iteration
 /// counter (saved as `t`).
 pub struct RuleOptimizer<C, R> {

@@ -12,8 +12,8 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
-use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule, RuleOptimizer};
+use super::method::{Method, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::oracles::Oracles;
 use crate::params::Params;
@@ -77,18 +77,10 @@ impl Method for SlipConfig {
         Steps::new(&mut self.gamma, &mut self.eta).and(&mut self.nu)
     }
 
-    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
-    where
-        Cpu: Device<E>,
-    {
-        RuleOptimizer::boxed(
-            self,
-            Slip {
-                z: at.y.zeros_like(),
-                m: at.x.zeros_like(),
-            },
-        )
-    }
+    crate::rule_optimizer!(|_, at| Slip {
+        z: at.y.zeros_like(),
+        m: at.x.zeros_like(),
+    });
 }
 
 /// SLIP's memory: the linear-system variable z and the momentum m of x.

@@ -12,8 +12,8 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
-use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule, RuleOptimizer};
+use super::method::{Method, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::oracles::Oracles;
 use crate::params::Params;
@@ -61,17 +61,9 @@ impl Method for SobaConfig {
         Steps::new(&mut self.rho, &mut self.gamma)
     }
 
-    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
-    where
-        Cpu: Device<E>,
-    {
-        RuleOptimizer::boxed(
-            self,
-            Soba {
-                z: at.y.zeros_like(),
-            },
-        )
-    }
+    crate::rule_optimizer!(|_, at| Soba {
+        z: at.y.zeros_like(),
+    });
 }
 
 /// SOBA's memory: the linear-system variable z.

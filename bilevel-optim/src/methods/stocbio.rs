@@ -9,16 +9,13 @@
 //! ```
 //! The official code's sum (`α v_Q + Σ_{k≥1} v_k`, no `v_0`) is not reproduced: this is the paper's.
 
-use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
-use super::method::{Built, Method, Start, Steps};
+use super::method::{Method, Steps};
 use super::neumann_family::{NeumannFamily, NeumannIteration, NeumannRule};
 use super::rule::RuleOptimizer;
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
-use crate::problem::BilevelProblem;
-use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::validate;
 
@@ -62,12 +59,7 @@ impl Method for StocBioConfig {
         Steps::new(&mut self.gamma, &mut self.eta)
     }
 
-    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, _: Start<'_, E, P>) -> Built<E, P>
-    where
-        Cpu: Device<E>,
-    {
-        RuleOptimizer::boxed(self, NeumannFamily::default())
-    }
+    crate::rule_optimizer!(|_, _| NeumannFamily::default());
 }
 
 impl NeumannRule for StocBioConfig {

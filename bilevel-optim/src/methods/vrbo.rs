@@ -16,8 +16,8 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
-use super::method::{Built, Method, Start, Steps};
-use super::rule::{Iteration, Rule, RuleOptimizer};
+use super::method::{Method, Steps};
+use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
 use crate::oracles::Oracles;
@@ -78,18 +78,10 @@ impl Method for VrboConfig {
         Steps::new(&mut self.beta, &mut self.alpha)
     }
 
-    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
-    where
-        Cpu: Device<E>,
-    {
-        RuleOptimizer::boxed(
-            self,
-            Vrbo {
-                v: at.x.zeros_like(),
-                u: at.y.zeros_like(),
-            },
-        )
-    }
+    crate::rule_optimizer!(|_, at| Vrbo {
+        v: at.x.zeros_like(),
+        u: at.y.zeros_like(),
+    });
 }
 
 /// VRBO: SPIDER estimates of both levels, refreshed on anchor batches.
