@@ -53,3 +53,29 @@ pub fn at_least_one(field: &'static str, n: usize) -> Result<(), BilevelError> {
         bad(field, "must be at least 1")
     }
 }
+
+/// Writes [`Method::validate`](crate::methods::method::Method::validate) from one list of
+/// `field: check` pairs, checked in order and named by the field: `check` is a function of this
+/// module (`positive`, `momentum`, ...), `valid` for a field that checks itself (a schedule, a
+/// Neumann series), or `optional <check>` for an `Option` checked when given:
+/// `checks!(eta: valid, beta: momentum, gamma: positive, z_radius: optional positive)`.
+#[macro_export]
+macro_rules! checks {
+    ($($field:ident: $($check:ident)+),+ $(,)?) => {
+        fn validate(&self) -> ::core::result::Result<(), $crate::error::BilevelError> {
+            $($crate::checks!(@check self, $field, $($check)+);)+
+            Ok(())
+        }
+    };
+    (@check $config:ident, $field:ident, valid) => {
+        $config.$field.validate(stringify!($field))?
+    };
+    (@check $config:ident, $field:ident, optional $check:ident) => {
+        if let Some(value) = $config.$field {
+            $crate::validate::$check(stringify!($field), value)?
+        }
+    };
+    (@check $config:ident, $field:ident, $check:ident) => {
+        $crate::validate::$check(stringify!($field), $config.$field)?
+    };
+}

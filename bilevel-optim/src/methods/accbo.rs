@@ -25,7 +25,6 @@ use crate::schedule::PowerSchedule;
 use crate::steps::{
     lower_grad_checked, normalized_step, project_and_check_x, sgd_on_lower, Outcome,
 };
-use crate::validate;
 use crate::variance::storm_update;
 
 /// The knobs of AccBO (docs/algorithms.md).
@@ -66,14 +65,14 @@ impl Method for AccBoConfig {
     const NAME: &'static str = "accbo";
     const HINT: &'static str = "eta for x, gamma for y";
 
-    fn validate(&self) -> Result<(), BilevelError> {
-        self.eta.validate("eta")?;
-        validate::momentum("beta", self.beta)?;
-        validate::positive("gamma", self.gamma)?;
-        validate::momentum("nesterov", self.nesterov)?;
-        validate::weight("averaging", self.averaging)?;
-        self.neumann.validate("neumann")
-    }
+    crate::checks!(
+        eta: valid,
+        beta: momentum,
+        gamma: positive,
+        nesterov: momentum,
+        averaging: weight,
+        neumann: valid,
+    );
 
     fn steps(&mut self) -> Steps<'_> {
         Steps::new(&mut self.gamma, &mut self.eta)

@@ -23,7 +23,6 @@ use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::steps::{sgd_on_lower, Outcome};
-use crate::validate;
 
 /// The knobs of AdamBO (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,15 +67,15 @@ impl Method for AdamBoConfig {
     const NAME: &'static str = "adambo";
     const HINT: &'static str = "eta for x, gamma for y";
 
-    fn validate(&self) -> Result<(), BilevelError> {
-        self.eta.validate("eta")?;
-        validate::momentum("beta1", self.beta1)?;
-        validate::momentum("beta2", self.beta2)?;
-        validate::positive("epsilon", self.epsilon)?;
-        validate::positive("gamma", self.gamma)?;
-        validate::non_negative("weight_decay", self.weight_decay)?;
-        self.neumann.validate("neumann")
-    }
+    crate::checks!(
+        eta: valid,
+        beta1: momentum,
+        beta2: momentum,
+        epsilon: positive,
+        gamma: positive,
+        weight_decay: non_negative,
+        neumann: valid,
+    );
 
     fn steps(&mut self) -> Steps<'_> {
         Steps::new(&mut self.gamma, &mut self.eta)

@@ -12,10 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::method::{Method, Steps};
 use super::neumann_family::{NeumannFamily, NeumannIteration, NeumannRule};
 use super::rule::RuleOptimizer;
-use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
 use crate::schedule::PowerSchedule;
-use crate::validate;
 
 /// The knobs of ALSET (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,12 +44,7 @@ impl Method for AlsetConfig {
     const NAME: &'static str = "alset";
     const HINT: &'static str = "alpha for x, beta for y, neumann.scale";
 
-    fn validate(&self) -> Result<(), BilevelError> {
-        self.alpha.validate("alpha")?;
-        validate::positive("beta", self.beta)?;
-        validate::at_least_one("inner_steps", self.inner_steps)?;
-        self.neumann.validate("neumann")
-    }
+    crate::checks!(alpha: valid, beta: positive, inner_steps: at_least_one, neumann: valid);
 
     fn steps(&mut self) -> Steps<'_> {
         Steps::new(&mut self.beta, &mut self.alpha)

@@ -22,7 +22,6 @@ use crate::steps::{
     hypergradient_estimate, linear_system_step, plain_step, project_and_check_x, sgd_on_lower,
     upper_grad_checked, Outcome,
 };
-use crate::validate;
 
 /// The knobs of AmIGO (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -56,12 +55,7 @@ impl Method for AmigoConfig {
     const NAME: &'static str = "amigo";
     const HINT: &'static str = "alpha for x, gamma for y, rho for z";
 
-    fn validate(&self) -> Result<(), BilevelError> {
-        self.alpha.validate("alpha")?;
-        validate::positive("gamma", self.gamma)?;
-        validate::positive("rho", self.rho)?;
-        validate::at_least_one("linear_steps", self.linear_steps)
-    }
+    crate::checks!(alpha: valid, gamma: positive, rho: positive, linear_steps: at_least_one);
 
     fn steps(&mut self) -> Steps<'_> {
         Steps::new(&mut self.gamma, &mut self.alpha).and(&mut self.rho)

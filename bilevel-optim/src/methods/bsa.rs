@@ -12,10 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::method::{Method, Steps};
 use super::neumann_family::{NeumannFamily, NeumannIteration, NeumannRule};
 use super::rule::RuleOptimizer;
-use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
 use crate::schedule::PowerSchedule;
-use crate::validate;
 
 /// The knobs of BSA (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,13 +50,13 @@ impl Method for BsaConfig {
     const NAME: &'static str = "bsa";
     const HINT: &'static str = "eta for x, gamma for y, neumann.scale";
 
-    fn validate(&self) -> Result<(), BilevelError> {
-        self.eta.validate("eta")?;
-        validate::positive("gamma", self.gamma)?;
-        validate::at_least_one("inner_steps", self.inner_steps)?;
-        validate::non_negative("inner_growth", self.inner_growth)?;
-        self.neumann.validate("neumann")
-    }
+    crate::checks!(
+        eta: valid,
+        gamma: positive,
+        inner_steps: at_least_one,
+        inner_growth: non_negative,
+        neumann: valid,
+    );
 
     fn steps(&mut self) -> Steps<'_> {
         Steps::new(&mut self.gamma, &mut self.eta)

@@ -33,7 +33,6 @@ use crate::schedule::PowerSchedule;
 use crate::steps::{
     lower_grad_checked, plain_step, project_and_check_x, upper_grad_checked, Outcome,
 };
-use crate::validate;
 
 /// The knobs of F2SA (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,14 +86,14 @@ impl Method for F2saConfig {
     const HINT: &'static str =
         "eta for x, gamma_y for y, gamma_z for z, or a slower lambda_increment";
 
-    fn validate(&self) -> Result<(), BilevelError> {
-        self.eta.validate("eta")?;
-        validate::positive("gamma_y", self.gamma_y)?;
-        validate::positive("gamma_z", self.gamma_z)?;
-        validate::positive("lambda", self.lambda)?;
-        validate::non_negative("lambda_increment", self.lambda_increment)?;
-        validate::positive("lambda_max", self.lambda_max)
-    }
+    crate::checks!(
+        eta: valid,
+        gamma_y: positive,
+        gamma_z: positive,
+        lambda: positive,
+        lambda_increment: non_negative,
+        lambda_max: positive,
+    );
 
     fn steps(&mut self) -> Steps<'_> {
         Steps::new(&mut self.gamma_y, &mut self.eta).with_lower(&mut self.gamma_z)

@@ -23,7 +23,6 @@ use crate::schedule::PowerSchedule;
 use crate::steps::{
     momentum_update, plain_step, project_and_check_x, single_loop_lower_and_z, Outcome,
 };
-use crate::validate;
 
 /// The knobs of MA-SOBA (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,16 +57,13 @@ impl Method for MaSobaConfig {
     const NAME: &'static str = "ma-soba";
     const HINT: &'static str = "alpha for x, beta for y, gamma for z";
 
-    fn validate(&self) -> Result<(), BilevelError> {
-        self.alpha.validate("alpha")?;
-        self.beta.validate("beta")?;
-        self.gamma.validate("gamma")?;
-        validate::weight("theta", self.theta)?;
-        if let Some(r) = self.z_radius {
-            validate::positive("z_radius", r)?;
-        }
-        Ok(())
-    }
+    crate::checks!(
+        alpha: valid,
+        beta: valid,
+        gamma: valid,
+        theta: weight,
+        z_radius: optional positive,
+    );
 
     fn steps(&mut self) -> Steps<'_> {
         Steps::new(&mut self.beta, &mut self.alpha).and(&mut self.gamma)

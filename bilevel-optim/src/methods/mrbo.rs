@@ -22,7 +22,6 @@ use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::steps::{lower_grad_checked, plain_step, Outcome};
-use crate::validate;
 use crate::variance::storm_update;
 
 /// The knobs of MRBO (docs/algorithms.md).
@@ -70,15 +69,15 @@ impl Method for MrboConfig {
     const NAME: &'static str = "mrbo";
     const HINT: &'static str = "step_scale (η_k), x_scale (λ), y_scale (γ)";
 
-    fn validate(&self) -> Result<(), BilevelError> {
-        validate::positive("step_scale", self.step_scale)?;
-        validate::positive("offset", self.offset)?;
-        validate::positive("x_scale", self.x_scale)?;
-        validate::positive("y_scale", self.y_scale)?;
-        validate::positive("x_momentum", self.x_momentum)?;
-        validate::positive("y_momentum", self.y_momentum)?;
-        self.neumann.validate("neumann")
-    }
+    crate::checks!(
+        step_scale: positive,
+        offset: positive,
+        x_scale: positive,
+        y_scale: positive,
+        x_momentum: positive,
+        y_momentum: positive,
+        neumann: valid,
+    );
 
     fn steps(&mut self) -> Steps<'_> {
         // Not `step_scale`: η_k also sets the momentum weights c·η_k².

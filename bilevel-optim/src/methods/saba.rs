@@ -23,7 +23,6 @@ use crate::steps::{
     hypergradient_estimate, lower_grad_in_y_checked, plain_step, second_order_checked,
     upper_grad_checked, Outcome,
 };
-use crate::validate;
 use crate::variance::SagaMemory;
 
 /// The knobs of SABA (docs/algorithms.md).
@@ -50,10 +49,7 @@ impl Method for SabaConfig {
     const NAME: &'static str = "saba";
     const HINT: &'static str = "gamma for x, rho for y and z";
 
-    fn validate(&self) -> Result<(), BilevelError> {
-        validate::positive("rho", self.rho)?;
-        validate::positive("gamma", self.gamma)
-    }
+    crate::checks!(rho: positive, gamma: positive);
 
     fn steps(&mut self) -> Steps<'_> {
         Steps::new(&mut self.rho, &mut self.gamma)

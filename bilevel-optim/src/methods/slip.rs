@@ -24,7 +24,6 @@ use crate::steps::{
     momentum_update, normalized_step, project_and_check_x, sgd_on_lower, single_loop_lower_and_z,
     Outcome,
 };
-use crate::validate;
 
 /// The knobs of SLIP (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,16 +61,13 @@ impl Method for SlipConfig {
     const NAME: &'static str = "slip";
     const HINT: &'static str = "eta for x, gamma for y, nu for z";
 
-    fn validate(&self) -> Result<(), BilevelError> {
-        self.eta.validate("eta")?;
-        validate::momentum("beta", self.beta)?;
-        validate::positive("gamma", self.gamma)?;
-        validate::positive("nu", self.nu)?;
-        if let Some(r) = self.z_radius {
-            validate::positive("z_radius", r)?;
-        }
-        Ok(())
-    }
+    crate::checks!(
+        eta: valid,
+        beta: momentum,
+        gamma: positive,
+        nu: positive,
+        z_radius: optional positive,
+    );
 
     fn steps(&mut self) -> Steps<'_> {
         Steps::new(&mut self.gamma, &mut self.eta).and(&mut self.nu)

@@ -52,10 +52,7 @@ impl Method for SobaConfig {
     const NAME: &'static str = "soba";
     const HINT: &'static str = "gamma for x, rho for y and z";
 
-    fn validate(&self) -> Result<(), BilevelError> {
-        self.rho.validate("rho")?;
-        self.gamma.validate("gamma")
-    }
+    crate::checks!(rho: valid, gamma: valid);
 
     fn steps(&mut self) -> Steps<'_> {
         Steps::new(&mut self.rho, &mut self.gamma)

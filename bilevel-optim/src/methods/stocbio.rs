@@ -14,10 +14,8 @@ use serde::{Deserialize, Serialize};
 use super::method::{Method, Steps};
 use super::neumann_family::{NeumannFamily, NeumannIteration, NeumannRule};
 use super::rule::RuleOptimizer;
-use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
 use crate::schedule::PowerSchedule;
-use crate::validate;
 
 /// The knobs of StocBio (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,11 +47,7 @@ impl Method for StocBioConfig {
     const NAME: &'static str = "stocbio";
     const HINT: &'static str = "eta for x, gamma for y, neumann.scale";
 
-    fn validate(&self) -> Result<(), BilevelError> {
-        self.eta.validate("eta")?;
-        validate::positive("gamma", self.gamma)?;
-        self.neumann.validate("neumann")
-    }
+    crate::checks!(eta: valid, gamma: positive, neumann: valid);
 
     fn steps(&mut self) -> Steps<'_> {
         Steps::new(&mut self.gamma, &mut self.eta)

@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use super::method::{Method, Steps};
 use super::neumann_family::{NeumannFamily, NeumannIteration, NeumannRule};
 use super::rule::RuleOptimizer;
-use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
 use crate::schedule::PowerSchedule;
 
@@ -48,11 +47,7 @@ impl Method for TtsaConfig {
     const NAME: &'static str = "ttsa";
     const HINT: &'static str = "alpha for x, beta for y, neumann.scale";
 
-    fn validate(&self) -> Result<(), BilevelError> {
-        self.alpha.validate("alpha")?;
-        self.beta.validate("beta")?;
-        self.neumann.validate("neumann")
-    }
+    crate::checks!(alpha: valid, beta: valid, neumann: valid);
 
     fn steps(&mut self) -> Steps<'_> {
         Steps::new(&mut self.beta, &mut self.alpha)

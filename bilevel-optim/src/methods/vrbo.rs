@@ -25,7 +25,6 @@ use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::steps::{lower_grad_checked, plain_step, project_and_check_x, Outcome};
-use crate::validate;
 use crate::variance::spider_update;
 
 /// The knobs of VRBO (docs/algorithms.md).
@@ -64,15 +63,15 @@ impl Method for VrboConfig {
     const NAME: &'static str = "vrbo";
     const HINT: &'static str = "alpha for x, beta for y";
 
-    fn validate(&self) -> Result<(), BilevelError> {
-        validate::positive("alpha", self.alpha)?;
-        validate::positive("beta", self.beta)?;
-        validate::at_least_one("period", self.period)?;
-        // With no inner step y never moves.
-        validate::at_least_one("inner_steps", self.inner_steps)?;
-        validate::at_least_one("anchor_batches", self.anchor_batches)?;
-        self.neumann.validate("neumann")
-    }
+    // With no inner step y never moves.
+    crate::checks!(
+        alpha: positive,
+        beta: positive,
+        period: at_least_one,
+        inner_steps: at_least_one,
+        anchor_batches: at_least_one,
+        neumann: valid,
+    );
 
     fn steps(&mut self) -> Steps<'_> {
         Steps::new(&mut self.beta, &mut self.alpha)
