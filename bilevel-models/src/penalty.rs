@@ -7,11 +7,11 @@
 //! A learnable coefficient enters the written gradient `c_k y_k` as a taped value, so the cross
 //! product `∇²_xy g·v` (entry k: `exp(x_k)⟨y_k, v_k⟩`) comes out of the same backward pass.
 
-use bilevel_optim::params::Params;
+use bilevel_optim::params::{EachTensor, Params};
 use bilevel_optim::problem::{Taped, Tp};
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
-use dfdx::nn::tensor_collection::{RecursiveWalker, TensorOptions, TensorVisitor, ViewTensorRef};
+use dfdx::nn::tensor_collection::ViewTensorRef;
 use dfdx::prelude::*;
 
 use crate::tape::TapedSum;
@@ -88,10 +88,7 @@ where
     Cpu: Device<E>,
 {
     let mut visit = CountTensors { k: 0 };
-    let _ = Y::iter_tensors(&mut RecursiveWalker {
-        m: model,
-        f: &mut visit,
-    });
+    model.walk(&mut visit);
     match coefficients.tensors() {
         Some(n) if n != visit.k => Err(format!(
             "{n} L2 coefficients for a model with {} trainable tensors",
@@ -110,13 +107,10 @@ where
     Cpu: Device<E>,
 {
     let mut total = TapedSum::<Rank0, E>::default();
-    let _ = Y::iter_tensors(&mut RecursiveWalker {
-        m: model,
-        f: &mut Penalty {
-            coefficients,
-            k: 0,
-            total: &mut total,
-        },
+    model.walk(&mut Penalty {
+        coefficients,
+        k: 0,
+        total: &mut total,
     });
     total.total().map(|t| t * E::of(0.5)).unwrap_or_else(|| {
         bilevel_optim::real::device()
@@ -133,13 +127,10 @@ pub fn add_l2_gradient<E: Real, Y: Params<E>>(
 ) where
     Cpu: Device<E>,
 {
-    let _ = Y::iter_tensors(&mut RecursiveWalker {
-        m: model,
-        f: &mut Gradient {
-            coefficients,
-            k: 0,
-            grads,
-        },
+    model.walk(&mut Gradient {
+        coefficients,
+        k: 0,
+        grads,
     });
 }
 
@@ -158,28 +149,16 @@ where
     }
 }
 
-type Visited<S, E> = Result<Option<Tensor<S, E, Cpu>>, std::convert::Infallible>;
-
 struct CountTensors {
     k: usize,
 }
-impl<E: Real> TensorVisitor<E, Cpu> for CountTensors
+impl<E: Real> EachTensor<E> for CountTensors
 where
     Cpu: Device<E>,
 {
     type Viewer = ViewTensorRef;
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        _: &Tensor<S, E, Cpu>,
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update {
-            self.k += 1;
-        }
-        Ok(None)
+    fn each<S: Shape>(&mut self, _: &Tensor<S, E, Cpu>) {
+        self.k += 1;
     }
 }
 
@@ -191,29 +170,19 @@ where
     k: usize,
     total: &'a mut TapedSum<Rank0, E>,
 }
-impl<E: Real, C: L2Coefficients<E>> TensorVisitor<E, Cpu> for Penalty<'_, C, E>
+impl<E: Real, C: L2Coefficients<E>> EachTensor<E> for Penalty<'_, C, E>
 where
     Cpu: Device<E>,
 {
     type Viewer = ViewTensorRef;
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        t: &Tensor<S, E, Cpu>,
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update {
-            let norm_sq = t.retaped::<Tp<E>>().square().sum();
-            self.total
-                .push(match self.coefficients.coefficient(self.k) {
-                    Coefficient::Fixed(mu) => norm_sq * mu,
-                    Coefficient::Learned(c) => norm_sq * c,
-                });
-            self.k += 1;
-        }
-        Ok(None)
+    fn each<S: Shape>(&mut self, t: &Tensor<S, E, Cpu>) {
+        let norm_sq = t.retaped::<Tp<E>>().square().sum();
+        self.total
+            .push(match self.coefficients.coefficient(self.k) {
+                Coefficient::Fixed(mu) => norm_sq * mu,
+                Coefficient::Learned(c) => norm_sq * c,
+            });
+        self.k += 1;
     }
 }
 
@@ -225,24 +194,14 @@ where
     k: usize,
     grads: &'a mut WrittenGrad<E>,
 }
-impl<E: Real, C: L2Coefficients<E>> TensorVisitor<E, Cpu> for Gradient<'_, C, E>
+impl<E: Real, C: L2Coefficients<E>> EachTensor<E> for Gradient<'_, C, E>
 where
     Cpu: Device<E>,
 {
     type Viewer = ViewTensorRef;
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        t: &Tensor<S, E, Cpu>,
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update {
-            let c = self.coefficients.coefficient(self.k);
-            self.grads.add(t, scaled(t, c));
-            self.k += 1;
-        }
-        Ok(None)
+    fn each<S: Shape>(&mut self, t: &Tensor<S, E, Cpu>) {
+        let c = self.coefficients.coefficient(self.k);
+        self.grads.add(t, scaled(t, c));
+        self.k += 1;
     }
 }

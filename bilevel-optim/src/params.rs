@@ -9,8 +9,8 @@
 //! detached tensors such as running statistics are carried along unchanged.
 
 use dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
-    ViewTensorRef,
+    RecursiveWalker, TensorCollection, TensorOptions, TensorViewer, TensorVisitor, ViewTensorMut,
+    ViewTensorName, ViewTensorRef,
 };
 use dfdx::prelude::{Cpu, Device, Gradients, HasShape, Shape, Tensor, TensorFromVec, ZerosTensor};
 
@@ -56,7 +56,14 @@ where
 
     /// `self ← self + a · other`.
     fn add_scaled(&mut self, a: E, other: &Self) {
-        walk_mut_ref(self, other, &mut Axpy { a: a.f64() });
+        walk_mut_ref(
+            self,
+            other,
+            &mut Combine {
+                alpha: 1.0,
+                beta: a.f64(),
+            },
+        );
     }
 
     /// `self ← alpha · self + beta · other` (a convex combination when alpha + beta = 1).
@@ -200,8 +207,7 @@ where
 
     /// Visits each trainable tensor's data.
     fn for_each_slice(&self, f: impl FnMut(&[E])) {
-        let mut v = EachSlice { f, buf: Vec::new() };
-        let _ = Self::iter_tensors(&mut RecursiveWalker { m: self, f: &mut v });
+        self.walk(&mut EachSlice { f, buf: Vec::new() });
     }
 
     /// Visits each pair of corresponding trainable tensors.
@@ -213,7 +219,7 @@ where
         };
         let _ = Self::iter_tensors(&mut RecursiveWalker {
             m: (self, other),
-            f: &mut v,
+            f: &mut Visit(&mut v),
         });
     }
 
@@ -225,12 +231,20 @@ where
         out
     }
 
-    #[doc(hidden)]
-    fn walk_mut<V: TensorVisitor<E, Cpu, Viewer = ViewTensorMut, E2 = E, D2 = Cpu>>(
-        &mut self,
-        v: &mut V,
-    ) {
-        let _ = Self::iter_tensors(&mut RecursiveWalker { m: self, f: v });
+    /// Runs `pass` over every tensor, read-only.
+    fn walk<V: EachTensor<E, Viewer = ViewTensorRef>>(&self, pass: &mut V) {
+        let _ = Self::iter_tensors(&mut RecursiveWalker {
+            m: self,
+            f: &mut Visit(pass),
+        });
+    }
+
+    /// Runs `pass` over every tensor, in place.
+    fn walk_mut<V: EachTensor<E, Viewer = ViewTensorMut>>(&mut self, v: &mut V) {
+        let _ = Self::iter_tensors(&mut RecursiveWalker {
+            m: self,
+            f: &mut Visit(v),
+        });
     }
 }
 
@@ -259,274 +273,225 @@ pub struct ParamLengthMismatch {
 fn walk_mut_ref<E: Real, T: TensorCollection<E, Cpu>, V>(a: &mut T, b: &T, v: &mut V)
 where
     Cpu: Device<E>,
-    V: TensorVisitor<E, Cpu, Viewer = (ViewTensorMut, ViewTensorRef), E2 = E, D2 = Cpu>,
+    V: EachTensor<E, Viewer = (ViewTensorMut, ViewTensorRef)>,
 {
-    let _ = T::iter_tensors(&mut RecursiveWalker { m: (a, b), f: v });
+    let _ = T::iter_tensors(&mut RecursiveWalker {
+        m: (a, b),
+        f: &mut Visit(v),
+    });
 }
 
 fn walk_named<E: Real, T: TensorCollection<E, Cpu>, V>(a: &T, v: &mut V)
 where
     Cpu: Device<E>,
-    V: TensorVisitor<E, Cpu, Viewer = (ViewTensorRef, ViewTensorName), E2 = E, D2 = Cpu>,
+    V: EachTensor<E, Viewer = (ViewTensorRef, ViewTensorName)>,
 {
     let _ = T::iter_tensors(&mut RecursiveWalker {
         m: (a, String::new()),
-        f: v,
+        f: &mut Visit(v),
     });
 }
 
-type Visited<S, E> = Result<Option<Tensor<S, E, Cpu>>, std::convert::Infallible>;
-
-struct Axpy {
-    a: f64,
-}
-impl<E: Real> TensorVisitor<E, Cpu> for Axpy
+/// A pass over the tensors of a collection: dfdx's `TensorVisitor` without its boilerplate.
+/// [`EachTensor::each`] sees every tensor that takes gradient updates (`do_gradient_update`)
+/// through the view `Viewer`; [`EachTensor::frozen`] every other one (running statistics and the
+/// like), which by default it leaves alone. [`Visit`] makes it a dfdx visitor.
+pub trait EachTensor<E: Real>
 where
     Cpu: Device<E>,
 {
-    type Viewer = (ViewTensorMut, ViewTensorRef);
+    /// dfdx's view of each tensor: `ViewTensorRef`, `ViewTensorMut`, tuples of them, names.
+    type Viewer: TensorViewer;
+
+    /// Called with each tensor that takes gradient updates.
+    fn each<S: Shape>(&mut self, view: View<'_, Self::Viewer, S, E>);
+
+    /// Called with each tensor that does not.
+    fn frozen<S: Shape>(&mut self, _view: View<'_, Self::Viewer, S, E>) {}
+}
+
+/// The view a `Viewer` gives of one tensor.
+pub type View<'a, V, S, E> = <V as TensorViewer>::View<'a, Tensor<S, E, Cpu>>;
+
+/// dfdx's visitor for an [`EachTensor`] pass: walk a collection with
+/// `RecursiveWalker { m: <the collection's view>, f: &mut Visit(&mut pass) }`.
+pub struct Visit<'p, P>(pub &'p mut P);
+
+impl<E: Real, P: EachTensor<E>> TensorVisitor<E, Cpu> for Visit<'_, P>
+where
+    Cpu: Device<E>,
+{
+    type Viewer = P::Viewer;
     type Err = std::convert::Infallible;
     type E2 = E;
     type D2 = Cpu;
+
     fn visit<S: Shape>(
         &mut self,
         opts: TensorOptions<S, E, Cpu>,
-        (dst, src): (&mut Tensor<S, E, Cpu>, &Tensor<S, E, Cpu>),
-    ) -> Visited<S, E> {
+        view: View<'_, P::Viewer, S, E>,
+    ) -> Result<Option<Tensor<S, E, Cpu>>, Self::Err> {
         if opts.do_gradient_update {
-            dst.axpy(1.0, src, self.a);
+            self.0.each(view);
+        } else {
+            self.0.frozen(view);
         }
         Ok(None)
     }
 }
 
+/// `dst ← alpha·dst + beta·src`.
 struct Combine {
     alpha: f64,
     beta: f64,
 }
-impl<E: Real> TensorVisitor<E, Cpu> for Combine
+impl<E: Real> EachTensor<E> for Combine
 where
     Cpu: Device<E>,
 {
     type Viewer = (ViewTensorMut, ViewTensorRef);
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        (dst, src): (&mut Tensor<S, E, Cpu>, &Tensor<S, E, Cpu>),
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update {
-            dst.axpy(self.alpha, src, self.beta);
-        }
-        Ok(None)
+    fn each<S: Shape>(&mut self, (dst, src): (&mut Tensor<S, E, Cpu>, &Tensor<S, E, Cpu>)) {
+        dst.axpy(self.alpha, src, self.beta);
     }
 }
 
+/// `f` on each tensor's values, written back.
 struct MapSlices<F, E> {
     f: F,
     buf: Vec<E>,
 }
-impl<E: Real, F: FnMut(&mut [E])> TensorVisitor<E, Cpu> for MapSlices<F, E>
+impl<E: Real, F: FnMut(&mut [E])> EachTensor<E> for MapSlices<F, E>
 where
     Cpu: Device<E>,
 {
     type Viewer = ViewTensorMut;
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        t: &mut Tensor<S, E, Cpu>,
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update {
-            self.buf.resize(t.shape().num_elements(), E::zero());
-            t.copy_into(&mut self.buf);
-            (self.f)(&mut self.buf);
-            t.copy_from(&self.buf);
-        }
-        Ok(None)
+    fn each<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
+        self.buf.resize(t.shape().num_elements(), E::zero());
+        t.copy_into(&mut self.buf);
+        (self.f)(&mut self.buf);
+        t.copy_from(&self.buf);
     }
 }
 
+/// `f` on each pair of tensors' values, the first written back.
 struct ZipSlices<F, E> {
     f: F,
     a: Vec<E>,
     b: Vec<E>,
 }
-impl<E: Real, F: FnMut(&mut [E], &[E])> TensorVisitor<E, Cpu> for ZipSlices<F, E>
+impl<E: Real, F: FnMut(&mut [E], &[E])> EachTensor<E> for ZipSlices<F, E>
 where
     Cpu: Device<E>,
 {
     type Viewer = (ViewTensorMut, ViewTensorRef);
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        (a, b): (&mut Tensor<S, E, Cpu>, &Tensor<S, E, Cpu>),
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update {
-            let n = a.shape().num_elements();
-            self.a.resize(n, E::zero());
-            self.b.resize(n, E::zero());
-            a.copy_into(&mut self.a);
-            b.copy_into(&mut self.b);
-            (self.f)(&mut self.a, &self.b);
-            a.copy_from(&self.a);
-        }
-        Ok(None)
+    fn each<S: Shape>(&mut self, (a, b): (&mut Tensor<S, E, Cpu>, &Tensor<S, E, Cpu>)) {
+        let n = a.shape().num_elements();
+        self.a.resize(n, E::zero());
+        self.b.resize(n, E::zero());
+        a.copy_into(&mut self.a);
+        b.copy_into(&mut self.b);
+        (self.f)(&mut self.a, &self.b);
+        a.copy_from(&self.a);
     }
 }
 
+/// `f` on each tensor's values.
 struct EachSlice<F, E> {
     f: F,
     buf: Vec<E>,
 }
-impl<E: Real, F: FnMut(&[E])> TensorVisitor<E, Cpu> for EachSlice<F, E>
+impl<E: Real, F: FnMut(&[E])> EachTensor<E> for EachSlice<F, E>
 where
     Cpu: Device<E>,
 {
     type Viewer = ViewTensorRef;
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        t: &Tensor<S, E, Cpu>,
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update {
-            self.buf.resize(t.shape().num_elements(), E::zero());
-            t.copy_into(&mut self.buf);
-            (self.f)(&self.buf);
-        }
-        Ok(None)
+    fn each<S: Shape>(&mut self, t: &Tensor<S, E, Cpu>) {
+        self.buf.resize(t.shape().num_elements(), E::zero());
+        t.copy_into(&mut self.buf);
+        (self.f)(&self.buf);
     }
 }
 
+/// `f` on each pair of tensors' values.
 struct FoldSlices<F, E> {
     f: F,
     a: Vec<E>,
     b: Vec<E>,
 }
-impl<E: Real, F: FnMut(&[E], &[E])> TensorVisitor<E, Cpu> for FoldSlices<F, E>
+impl<E: Real, F: FnMut(&[E], &[E])> EachTensor<E> for FoldSlices<F, E>
 where
     Cpu: Device<E>,
 {
     type Viewer = (ViewTensorRef, ViewTensorRef);
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        (a, b): (&Tensor<S, E, Cpu>, &Tensor<S, E, Cpu>),
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update {
-            let n = a.shape().num_elements();
-            self.a.resize(n, E::zero());
-            self.b.resize(n, E::zero());
-            a.copy_into(&mut self.a);
-            b.copy_into(&mut self.b);
-            (self.f)(&self.a, &self.b);
-        }
-        Ok(None)
+    fn each<S: Shape>(&mut self, (a, b): (&Tensor<S, E, Cpu>, &Tensor<S, E, Cpu>)) {
+        let n = a.shape().num_elements();
+        self.a.resize(n, E::zero());
+        self.b.resize(n, E::zero());
+        a.copy_into(&mut self.a);
+        b.copy_into(&mut self.b);
+        (self.f)(&self.a, &self.b);
     }
 }
 
+/// `f` on each tensor's name and values.
 struct EachNamedSlice<F, E> {
     f: F,
     buf: Vec<E>,
 }
-impl<E: Real, F: FnMut(&str, &[E])> TensorVisitor<E, Cpu> for EachNamedSlice<F, E>
+impl<E: Real, F: FnMut(&str, &[E])> EachTensor<E> for EachNamedSlice<F, E>
 where
     Cpu: Device<E>,
 {
     type Viewer = (ViewTensorRef, ViewTensorName);
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        (t, name): (&Tensor<S, E, Cpu>, String),
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update {
-            self.buf.resize(t.shape().num_elements(), E::zero());
-            t.copy_into(&mut self.buf);
-            (self.f)(&tensor_label(name), &self.buf);
-        }
-        Ok(None)
+    fn each<S: Shape>(&mut self, (t, name): (&Tensor<S, E, Cpu>, String)) {
+        self.buf.resize(t.shape().num_elements(), E::zero());
+        t.copy_into(&mut self.buf);
+        (self.f)(&tensor_label(name), &self.buf);
     }
 }
 
+/// Each tensor replaced by new zeros (a new tensor id).
 struct FreshZeros;
-impl<E: Real> TensorVisitor<E, Cpu> for FreshZeros
+impl<E: Real> EachTensor<E> for FreshZeros
 where
     Cpu: Device<E>,
 {
     type Viewer = ViewTensorMut;
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        t: &mut Tensor<S, E, Cpu>,
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update {
-            *t = t.device().zeros_like(t.shape());
-        }
-        Ok(None)
+    fn each<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
+        *t = t.device().zeros_like(t.shape());
     }
 }
 
+/// Every tensor, frozen ones too, copied onto `dev`.
 struct CopyTo<'d> {
     dev: &'d Cpu,
 }
-impl<E: Real> TensorVisitor<E, Cpu> for CopyTo<'_>
+impl<E: Real> EachTensor<E> for CopyTo<'_>
 where
     Cpu: Device<E>,
 {
     type Viewer = ViewTensorMut;
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        _: TensorOptions<S, E, Cpu>,
-        t: &mut Tensor<S, E, Cpu>,
-    ) -> Visited<S, E> {
+    fn each<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
         *t = self.dev.tensor_from_vec(crate::real::values(t), *t.shape());
-        Ok(None)
+    }
+    fn frozen<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
+        EachTensor::<E>::each(self, t);
     }
 }
 
+/// Each tensor replaced by its gradient in `grads`; frozen ones by zeros.
 struct TakeGradient<'g, E: Real> {
     grads: &'g Gradients<E, Cpu>,
 }
-impl<E: Real> TensorVisitor<E, Cpu> for TakeGradient<'_, E>
+impl<E: Real> EachTensor<E> for TakeGradient<'_, E>
 where
     Cpu: Device<E>,
 {
     type Viewer = ViewTensorMut;
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        t: &mut Tensor<S, E, Cpu>,
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update {
-            *t = self.grads.get(&*t);
-        } else {
-            t.fill_with_zeros();
-        }
-        Ok(None)
+    fn each<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
+        *t = self.grads.get(&*t);
+    }
+    fn frozen<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
+        t.fill_with_zeros();
     }
 }

@@ -18,16 +18,14 @@
 
 use std::any::Any;
 
-use dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName, ViewTensorRef,
-};
+use dfdx::nn::tensor_collection::{RecursiveWalker, ViewTensorMut, ViewTensorName, ViewTensorRef};
 use dfdx::prelude::{
     Cpu, Device, Gradients, Merge, NoneTape, PutTape, Rank0, Shape, SplitTape, SumTo, Tensor,
     ZerosTensor,
 };
 
 use crate::error::BilevelError;
-use crate::params::{tensor_label, Params};
+use crate::params::{tensor_label, EachTensor, Params, Visit};
 use crate::real::Real;
 use crate::tape::{Taped, Tp};
 
@@ -59,14 +57,17 @@ where
         };
         let _ = Y::iter_tensors(&mut RecursiveWalker {
             m: (y, String::new()),
-            f: &mut reg,
+            f: &mut Visit(&mut reg),
         });
         let n = reg.names.len();
         let direction = direction.map(|v| {
             let mut c = CollectTensors {
                 out: Vec::with_capacity(n),
             };
-            let _ = Y::iter_tensors(&mut RecursiveWalker { m: v, f: &mut c });
+            let _ = Y::iter_tensors(&mut RecursiveWalker {
+                m: v,
+                f: &mut Visit(&mut c),
+            });
             c.out
         });
         Self {
@@ -98,10 +99,10 @@ where
         let mut marks = Vec::new();
         let _ = P::iter_tensors(&mut RecursiveWalker {
             m: part,
-            f: &mut ZeroMarks {
+            f: &mut Visit(&mut ZeroMarks {
                 position: &mut self.position,
                 out: &mut marks,
-            },
+            }),
         });
         for k in marks {
             match k.filter(|&k| k >= 1 && k <= self.names.len()) {
@@ -230,10 +231,10 @@ where
         let mut value = y.clone();
         let _ = Y::iter_tensors(&mut RecursiveWalker {
             m: &mut value,
-            f: &mut PlaceValues {
+            f: &mut Visit(&mut PlaceValues {
                 values: &mut self.values,
                 next: 0,
-            },
+            }),
         });
         let inner = match (self.inner, self.leftover) {
             (Some(s), Some(extra)) => {
@@ -276,30 +277,18 @@ fn read_marker<E: Real, S: Shape>(
     map.get_or_alloc_mut(t).ok()?.first()?.to_usize()
 }
 
-type Visited<S, E> = Result<Option<Tensor<S, E, Cpu>>, std::convert::Infallible>;
-
 struct Register<E: Real> {
     position: Gradients<E, Cpu>,
     names: Vec<String>,
 }
-impl<E: Real> TensorVisitor<E, Cpu> for Register<E>
+impl<E: Real> EachTensor<E> for Register<E>
 where
     Cpu: Device<E>,
 {
     type Viewer = (ViewTensorRef, ViewTensorName);
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        (t, name): (&Tensor<S, E, Cpu>, String),
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update {
-            self.names.push(tensor_label(name));
-            write_marker(&mut self.position, t, self.names.len());
-        }
-        Ok(None)
+    fn each<S: Shape>(&mut self, (t, name): (&Tensor<S, E, Cpu>, String)) {
+        self.names.push(tensor_label(name));
+        write_marker(&mut self.position, t, self.names.len());
     }
 }
 
@@ -307,48 +296,28 @@ struct ZeroMarks<'a, E: Real> {
     position: &'a mut Gradients<E, Cpu>,
     out: &'a mut Vec<Option<usize>>,
 }
-impl<E: Real> TensorVisitor<E, Cpu> for ZeroMarks<'_, E>
+impl<E: Real> EachTensor<E> for ZeroMarks<'_, E>
 where
     Cpu: Device<E>,
 {
     type Viewer = ViewTensorRef;
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        t: &Tensor<S, E, Cpu>,
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update {
-            self.out.push(read_marker(self.position, t));
-        }
-        Ok(None)
+    fn each<S: Shape>(&mut self, t: &Tensor<S, E, Cpu>) {
+        self.out.push(read_marker(self.position, t));
     }
 }
 
 struct CollectTensors {
     out: Vec<Box<dyn Any>>,
 }
-impl<E: Real> TensorVisitor<E, Cpu> for CollectTensors
+impl<E: Real> EachTensor<E> for CollectTensors
 where
     Cpu: Device<E>,
 {
     type Viewer = ViewTensorRef;
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        t: &Tensor<S, E, Cpu>,
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update {
-            // A fresh tensor id: dfdx accumulates the gradient of the constant factor v under v's
-            // id, so a direction sharing ids with y (a clone of y, say) would add ∇_y G to the HVP.
-            self.out.push(Box::new(t.clone() * E::one()));
-        }
-        Ok(None)
+    fn each<S: Shape>(&mut self, t: &Tensor<S, E, Cpu>) {
+        // A fresh tensor id: dfdx accumulates the gradient of the constant factor v under v's
+        // id, so a direction sharing ids with y (a clone of y, say) would add ∇_y G to the HVP.
+        self.out.push(Box::new(t.clone() * E::one()));
     }
 }
 
@@ -356,30 +325,20 @@ struct PlaceValues<'a> {
     values: &'a mut Vec<Option<Box<dyn Any>>>,
     next: usize,
 }
-impl<E: Real> TensorVisitor<E, Cpu> for PlaceValues<'_>
+impl<E: Real> EachTensor<E> for PlaceValues<'_>
 where
     Cpu: Device<E>,
 {
     type Viewer = ViewTensorMut;
-    type Err = std::convert::Infallible;
-    type E2 = E;
-    type D2 = Cpu;
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, E, Cpu>,
-        t: &mut Tensor<S, E, Cpu>,
-    ) -> Visited<S, E> {
-        if opts.do_gradient_update {
-            *t = match self.values[self.next].take() {
-                Some(boxed) => *boxed
-                    .downcast::<Tensor<S, E, Cpu>>()
-                    .expect("same shape type"),
-                // Declared zero (`finish` checked that every other tensor has a value): +0.0,
-                // where `t * 0` would be −0.0 for every negative entry of `t`.
-                None => t.device().zeros_like(t),
-            };
-            self.next += 1;
-        }
-        Ok(None)
+    fn each<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
+        *t = match self.values[self.next].take() {
+            Some(boxed) => *boxed
+                .downcast::<Tensor<S, E, Cpu>>()
+                .expect("same shape type"),
+            // Declared zero (`finish` checked that every other tensor has a value): +0.0,
+            // where `t * 0` would be −0.0 for every negative entry of `t`.
+            None => t.device().zeros_like(t),
+        };
+        self.next += 1;
     }
 }
