@@ -3,8 +3,7 @@
 //! well on a clean validation set.
 
 use super::model::ModelName;
-use super::task::{Task, TaskProblem, TaskVisitor};
-use bilevel_optim::methods::MethodConfig;
+use super::task::{Settings, Task, TaskProblem, TaskVisitor};
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -26,24 +25,6 @@ use crate::data::LabelledText;
 /// Training-set sizes the bench is compiled for (x has one entry per training tweet, and its
 /// length is part of its type): the default of `tasks.md`, and a small one for quick runs.
 pub const SIZES: [usize; 2] = [20_000, 2_000];
-
-/// BO-REP with the official code's values for this task (`data_cleaning/main.py`, README,
-/// run.sh): γ = η = 5e-2, I = 2, N = 10; the rest as the library's default (the official
-/// hyper-representation run, its sources marked on [`BoRepConfig::default`]).
-pub fn official_borep() -> BoRepConfig {
-    BoRepConfig {
-        // Official code: outer_update_lr.
-        eta: 5e-2,
-        // Official code: inner_update_lr.
-        gamma: 5e-2,
-        // Official code: interval.
-        period: 2,
-        // Official code: y_warm_start = 10 (the code runs one step more; not reproduced).
-        lower_steps: 10,
-        init_refinement: InitRefinement::Sgd { steps: 10 },
-        ..BoRepConfig::default()
-    }
-}
 
 /// Data hyper-cleaning's settings (the `[hyper_clean]` table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,9 +66,9 @@ impl Default for HyperCleanConfig {
     }
 }
 
-impl HyperCleanConfig {
+impl Settings for HyperCleanConfig {
     /// Checks every value, naming the first one out of range.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    fn validate(&self) -> anyhow::Result<()> {
         if !SIZES.contains(&self.train_size) {
             bail!("hyper_clean.train_size must be one of {SIZES:?} (the weights' length is compiled in), got {}", self.train_size);
         }
@@ -332,12 +313,22 @@ impl Task for HyperCleanTask {
     const NAME: &'static str = "hyper-clean";
     type Config = HyperCleanConfig;
 
+    /// BO-REP with the official code's values for this task (`data_cleaning/main.py`, README,
+    /// run.sh): γ = η = 5e-2, I = 2, N = 10; the rest as the library's default (the official
+    /// hyper-representation run, its sources marked on [`BoRepConfig::default`]).
     fn official_borep() -> BoRepConfig {
-        official_borep()
-    }
-
-    fn validate(config: &HyperCleanConfig, _method: &MethodConfig) -> anyhow::Result<()> {
-        config.validate()
+        BoRepConfig {
+            // Official code: outer_update_lr.
+            eta: 5e-2,
+            // Official code: inner_update_lr.
+            gamma: 5e-2,
+            // Official code: interval.
+            period: 2,
+            // Official code: y_warm_start = 10 (the code runs one step more; not reproduced).
+            lower_steps: 10,
+            init_refinement: InitRefinement::Sgd { steps: 10 },
+            ..BoRepConfig::default()
+        }
     }
 
     fn with_problem<F: Real, V: TaskVisitor<F>>(

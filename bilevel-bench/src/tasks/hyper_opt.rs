@@ -2,8 +2,7 @@
 //! parameter tensor of the classifier (or one shared) on a validation split.
 
 use super::model::ModelName;
-use super::task::{Task, TaskProblem, TaskVisitor};
-use bilevel_optim::methods::MethodConfig;
+use super::task::{Settings, Task, TaskProblem, TaskVisitor};
 use std::path::Path;
 
 use anyhow::bail;
@@ -40,21 +39,6 @@ pub const DOMAINS: [&str; 14] = [
     "video",
 ];
 
-/// BO-REP with the official code's values for this task (`hyperparam_opt/main.py`, README):
-/// γ = 2e-3, η = 1e-4, I = 3; the rest as the library's default (the official
-/// hyper-representation run, its sources marked on [`BoRepConfig::default`]).
-pub fn official_borep() -> BoRepConfig {
-    BoRepConfig {
-        // Official code: outer_update_lr.
-        eta: 1e-4,
-        // Official code: inner_update_lr.
-        gamma: 2e-3,
-        // Official code: interval.
-        period: 3,
-        ..BoRepConfig::default()
-    }
-}
-
 /// Hyperparameter optimization's settings (the `[hyper_opt]` table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -87,9 +71,9 @@ impl Default for HyperOptConfig {
     }
 }
 
-impl HyperOptConfig {
+impl Settings for HyperOptConfig {
     /// Checks every value, naming the first one out of range.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    fn validate(&self) -> anyhow::Result<()> {
         if !(self.train_fraction > 0.0 && self.train_fraction < 1.0) {
             bail!(
                 "hyper_opt.train_fraction must be in (0, 1), got {}",
@@ -251,12 +235,19 @@ impl Task for HyperOptTask {
     const NAME: &'static str = "hyper-opt";
     type Config = HyperOptConfig;
 
+    /// BO-REP with the official code's values for this task (`hyperparam_opt/main.py`, README):
+    /// γ = 2e-3, η = 1e-4, I = 3; the rest as the library's default (the official
+    /// hyper-representation run, its sources marked on [`BoRepConfig::default`]).
     fn official_borep() -> BoRepConfig {
-        official_borep()
-    }
-
-    fn validate(config: &HyperOptConfig, _method: &MethodConfig) -> anyhow::Result<()> {
-        config.validate()
+        BoRepConfig {
+            // Official code: outer_update_lr.
+            eta: 1e-4,
+            // Official code: inner_update_lr.
+            gamma: 2e-3,
+            // Official code: interval.
+            period: 3,
+            ..BoRepConfig::default()
+        }
     }
 
     fn with_problem<F: Real, V: TaskVisitor<F>>(

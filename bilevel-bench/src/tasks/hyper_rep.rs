@@ -2,7 +2,7 @@
 //! per training task y_i, on 2-way 10-shot tasks drawn from product domains.
 
 use super::model::ModelName;
-use super::task::{self, TaskProblem, TaskVisitor};
+use super::task::{self, Settings, TaskProblem, TaskVisitor};
 use bilevel_optim::methods::MethodConfig;
 use std::path::Path;
 
@@ -33,12 +33,6 @@ pub const TASK_COUNTS: [usize; 2] = [400, 40];
 
 /// The test domains of the BO-REP setup; every other listed domain is a training domain.
 pub const TEST_DOMAINS: [&str; 3] = ["office_products", "automotive", "computer_video_games"];
-
-/// BO-REP with the official hyper-representation run's values: the library's default, whose
-/// values are marked with their sources on [`BoRepConfig::default`].
-pub fn official_borep() -> BoRepConfig {
-    BoRepConfig::default()
-}
 
 /// Hyper-representation's settings (the `[hyper_rep]` table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,9 +77,9 @@ impl Default for HyperRepConfig {
     }
 }
 
-impl HyperRepConfig {
+impl Settings for HyperRepConfig {
     /// Checks every value, naming the first one out of range.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    fn validate(&self) -> anyhow::Result<()> {
         if !TASK_COUNTS.contains(&self.train_tasks) {
             bail!("hyper_rep.train_tasks must be one of {TASK_COUNTS:?} (the heads are compiled in), got {}", self.train_tasks);
         }
@@ -404,8 +398,10 @@ impl task::Task for HyperRepTask {
     const NAME: &'static str = "hyper-rep";
     type Config = HyperRepConfig;
 
+    /// BO-REP with the official hyper-representation run's values: the library's default, whose
+    /// values are marked with their sources on [`BoRepConfig::default`].
     fn official_borep() -> BoRepConfig {
-        official_borep()
+        BoRepConfig::default()
     }
 
     /// Tuning needs the validation tasks drawn from the training domains.

@@ -16,6 +16,12 @@ use serde::Serialize;
 use crate::tasks::model::ModelName;
 use crate::tasks::Metrics;
 
+/// A task's settings: its `[section]` of a run's configuration.
+pub trait Settings: Debug + Clone + PartialEq + Default + Serialize + DeserializeOwned {
+    /// Checks every setting, naming the first one out of range.
+    fn validate(&self) -> anyhow::Result<()>;
+}
+
 /// A task of the bench: its name, its settings (its `[section]` of a run's configuration), the
 /// official BO-REP values, which metrics lead and select, its checks, and how its problem is
 /// built. A new task is its form (in `bilevel-models`), its file implementing this trait, and
@@ -25,7 +31,7 @@ pub trait Task {
     const NAME: &'static str;
 
     /// Its settings, with the defaults of `tasks.md`.
-    type Config: Debug + Clone + PartialEq + Default + Serialize + DeserializeOwned;
+    type Config: Settings;
 
     /// BO-REP with the official code's values for this task, each value's source marked.
     fn official_borep() -> BoRepConfig;
@@ -41,8 +47,11 @@ pub trait Task {
         Ok(("validation/accuracy", "validation/loss"))
     }
 
-    /// Checks the settings, and that `method` means something on this task.
-    fn validate(config: &Self::Config, method: &MethodConfig) -> anyhow::Result<()>;
+    /// Checks the settings, and that `method` means something on this task (by default, any
+    /// method does).
+    fn validate(config: &Self::Config, _method: &MethodConfig) -> anyhow::Result<()> {
+        config.validate()
+    }
 
     /// Loads the task's data for `seed` from `data_dir`, builds its problem with `model`'s
     /// encoder and its initial variables on `dev` and passes them to `visitor`.
