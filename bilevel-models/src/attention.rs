@@ -14,7 +14,9 @@
 
 use bilevel_optim::real::Real;
 use bilevel_optim::written_grad::WrittenGrad;
-use dfdx::nn::modules::{Linear, MultiHeadAttention, ReLU, Residual, TransformerEncoderBlock};
+use dfdx::nn::modules::{
+    LayerNorm1D, Linear, MultiHeadAttention, ReLU, Residual, TransformerEncoderBlock,
+};
 use dfdx::prelude::*;
 
 use crate::by_rows::{backward_by_rows, forward_by_rows, ByRows, Steps};
@@ -326,15 +328,99 @@ fn scale<E: Real>(d: usize) -> E {
 pub(crate) type FeedForward<const M: usize, const F: usize, E> =
     Residual<(Linear<M, F, E, Cpu>, ReLU, Linear<F, M, E, Cpu>)>;
 
-/// What the backward of an encoder block reads: each part's saved values.
-pub struct EncoderBlockSaved<E: Real, const M: usize, const F: usize>
+/// An inner layer's input gradient, which the block always asks for.
+pub(crate) const ASKED: &str = "an inner layer returns its input gradient when asked";
+
+/// What the backward of `norm(x + self_attention(x))` reads.
+pub(crate) struct AttendedSaved<E: Real, const M: usize>
 where
     Cpu: Device<E>,
 {
     attention: AttentionSaved<E, M, M, M>,
-    norm1: ByRows<LayerNormSaved<E, M>>,
+    norm: ByRows<LayerNormSaved<E, M>>,
+}
+
+/// `norm(x + self_attention(x))` with `key_bias` masking keys: how dfdx's encoder and decoder
+/// blocks open.
+pub(crate) fn attend_and_norm<const M: usize, const H: usize, E: Real>(
+    attention: &MultiHeadAttention<M, H, M, M, E, Cpu>,
+    norm: &LayerNorm1D<M, E, Cpu>,
+    input: Steps<E, M>,
+    key_bias: Option<&Held<(usize, usize), E>>,
+) -> (Steps<E, M>, AttendedSaved<E, M>)
+where
+    Cpu: Device<E>,
+{
+    let x = hold(&input);
+    let (attended, attention) = attention.forward_masked(input, key_bias);
+    let (out, norm) = forward_by_rows(norm, attended + taped(&x));
+    (out, AttendedSaved { attention, norm })
+}
+
+/// The backward of [`attend_and_norm`]: `∂x = δ' + attention'(x)ᵀδ'`, `δ'` through the norm.
+pub(crate) fn attend_and_norm_backward<const M: usize, const H: usize, E: Real>(
+    attention: &MultiHeadAttention<M, H, M, M, E, Cpu>,
+    norm: &LayerNorm1D<M, E, Cpu>,
+    saved: AttendedSaved<E, M>,
+    grad_output: Steps<E, M>,
+    grads: &mut WrittenGrad<E>,
+    want_input: bool,
+) -> Option<Steps<E, M>>
+where
+    Cpu: Device<E>,
+{
+    let d = backward_by_rows(norm, saved.norm, grad_output, grads, true).expect(ASKED);
+    let skip = hold(&d);
+    let through = attention.backward_masked(saved.attention, d, grads, want_input)?;
+    Some(through + taped(&skip))
+}
+
+/// What the backward of `norm(ff(x))` reads.
+pub(crate) struct FedForwardSaved<E: Real, const M: usize, const F: usize>
+where
+    Cpu: Device<E>,
+{
     ff: <FeedForward<M, F, E> as WrittenLayer<E, Steps<E, M>>>::Saved,
-    norm2: ByRows<LayerNormSaved<E, M>>,
+    norm: ByRows<LayerNormSaved<E, M>>,
+}
+
+/// `norm(ff(x))`, `ff` the residual `(Linear, ReLU, Linear)`: how dfdx's blocks close.
+pub(crate) fn feed_forward_and_norm<const M: usize, const F: usize, E: Real>(
+    ff: &FeedForward<M, F, E>,
+    norm: &LayerNorm1D<M, E, Cpu>,
+    input: Steps<E, M>,
+) -> (Steps<E, M>, FedForwardSaved<E, M, F>)
+where
+    Cpu: Device<E>,
+{
+    let (x, ff_saved) = WrittenLayer::forward(ff, input);
+    let (out, norm) = forward_by_rows(norm, x);
+    let saved = FedForwardSaved { ff: ff_saved, norm };
+    (out, saved)
+}
+
+/// The backward of [`feed_forward_and_norm`].
+pub(crate) fn feed_forward_and_norm_backward<const M: usize, const F: usize, E: Real>(
+    ff: &FeedForward<M, F, E>,
+    norm: &LayerNorm1D<M, E, Cpu>,
+    saved: FedForwardSaved<E, M, F>,
+    grad_output: Steps<E, M>,
+    grads: &mut WrittenGrad<E>,
+) -> Steps<E, M>
+where
+    Cpu: Device<E>,
+{
+    let d = backward_by_rows(norm, saved.norm, grad_output, grads, true).expect(ASKED);
+    WrittenLayer::backward(ff, saved.ff, d, grads, true).expect(ASKED)
+}
+
+/// What the backward of an encoder block reads: each half's saved values.
+pub struct EncoderBlockSaved<E: Real, const M: usize, const F: usize>
+where
+    Cpu: Device<E>,
+{
+    attended: AttendedSaved<E, M>,
+    fed_forward: FedForwardSaved<E, M, F>,
 }
 
 /// The post-norm block; its attention masks keys as [`MaskableKeys`] says.
@@ -350,16 +436,11 @@ where
         input: Steps<E, M>,
         key_bias: Option<&Held<(usize, usize), E>>,
     ) -> (Steps<E, M>, Self::Saved) {
-        let x = hold(&input);
-        let (attended, attention) = self.self_attn.forward_masked(input, key_bias);
-        let (x1, norm1) = forward_by_rows(&self.norm1, attended + taped(&x));
-        let (x2, ff) = WrittenLayer::forward(&self.ff, x1);
-        let (out, norm2) = forward_by_rows(&self.norm2, x2);
+        let (x1, attended) = attend_and_norm(&self.self_attn, &self.norm1, input, key_bias);
+        let (out, fed_forward) = feed_forward_and_norm(&self.ff, &self.norm2, x1);
         let saved = EncoderBlockSaved {
-            attention,
-            norm1,
-            ff,
-            norm2,
+            attended,
+            fed_forward,
         };
         (out, saved)
     }
@@ -371,15 +452,21 @@ where
         grads: &mut WrittenGrad<E>,
         want_input: bool,
     ) -> Option<Steps<E, M>> {
-        let asked = "an inner layer returns its input gradient when asked";
-        let d = backward_by_rows(&self.norm2, saved.norm2, grad_output, grads, true).expect(asked);
-        let d = WrittenLayer::backward(&self.ff, saved.ff, d, grads, true).expect(asked);
-        let d = backward_by_rows(&self.norm1, saved.norm1, d, grads, true).expect(asked);
-        let skip = hold(&d);
-        let through = self
-            .self_attn
-            .backward_masked(saved.attention, d, grads, want_input)?;
-        Some(through + taped(&skip))
+        let d = feed_forward_and_norm_backward(
+            &self.ff,
+            &self.norm2,
+            saved.fed_forward,
+            grad_output,
+            grads,
+        );
+        attend_and_norm_backward(
+            &self.self_attn,
+            &self.norm1,
+            saved.attended,
+            d,
+            grads,
+            want_input,
+        )
     }
 }
 

@@ -13,7 +13,10 @@ use bilevel_optim::written_grad::WrittenGrad;
 use dfdx::nn::modules::{Transformer, TransformerDecoder, TransformerDecoderBlock};
 use dfdx::prelude::*;
 
-use crate::attention::{attend, attend_backward, AttentionSaved, FeedForward, MaskableKeys};
+use crate::attention::{
+    attend, attend_and_norm, attend_and_norm_backward, attend_backward, feed_forward_and_norm,
+    feed_forward_and_norm_backward, AttendedSaved, AttentionSaved, FedForwardSaved, ASKED,
+};
 use crate::by_rows::{backward_by_rows, forward_by_rows, ByRows, Steps};
 use crate::layer::WrittenLayer;
 use crate::norm::LayerNormSaved;
@@ -24,15 +27,11 @@ pub struct DecoderBlockSaved<E: Real, const M: usize, const F: usize>
 where
     Cpu: Device<E>,
 {
-    self_attention: AttentionSaved<E, M, M, M>,
-    norm1: ByRows<LayerNormSaved<E, M>>,
+    attended: AttendedSaved<E, M>,
     cross_attention: AttentionSaved<E, M, M, M>,
     norm2: ByRows<LayerNormSaved<E, M>>,
-    ff: <FeedForward<M, F, E> as WrittenLayer<E, Steps<E, M>>>::Saved,
-    norm3: ByRows<LayerNormSaved<E, M>>,
+    fed_forward: FedForwardSaved<E, M, F>,
 }
-
-const ASKED: &str = "an inner layer returns its input gradient when asked";
 
 /// A target and a memory, (batch, s₁, M) and (batch, s₂, M), to the target's new features.
 impl<const M: usize, const H: usize, const F: usize, E: Real>
@@ -44,23 +43,18 @@ where
     type Saved = DecoderBlockSaved<E, M, F>;
 
     fn forward(&self, (target, memory): (Steps<E, M>, Steps<E, M>)) -> (Steps<E, M>, Self::Saved) {
-        let t = hold(&target);
-        let (attended, self_attention) = self.self_attn.forward_masked(target, None);
-        let (x1, norm1) = forward_by_rows(&self.norm1, attended + taped(&t));
+        let (x1, attended) = attend_and_norm(&self.self_attn, &self.norm1, target, None);
         let x1_held = hold(&x1);
         let m = hold(&memory);
         let (crossed, cross_attention) =
             attend::<M, H, M, M, E>(&self.mh_attn, x1, memory, taped(&m), None);
         let (x2, norm2) = forward_by_rows(&self.norm2, crossed + taped(&x1_held));
-        let (x3, ff) = WrittenLayer::forward(&self.ff, x2);
-        let (out, norm3) = forward_by_rows(&self.norm3, x3);
+        let (out, fed_forward) = feed_forward_and_norm(&self.ff, &self.norm3, x2);
         let saved = DecoderBlockSaved {
-            self_attention,
-            norm1,
+            attended,
             cross_attention,
             norm2,
-            ff,
-            norm3,
+            fed_forward,
         };
         (out, saved)
     }
@@ -72,21 +66,28 @@ where
         grads: &mut WrittenGrad<E>,
         want_input: bool,
     ) -> Option<(Steps<E, M>, Steps<E, M>)> {
-        let d = backward_by_rows(&self.norm3, saved.norm3, grad_output, grads, true).expect(ASKED);
-        let d = WrittenLayer::backward(&self.ff, saved.ff, d, grads, true).expect(ASKED);
+        let d = feed_forward_and_norm_backward(
+            &self.ff,
+            &self.norm3,
+            saved.fed_forward,
+            grad_output,
+            grads,
+        );
         let d = backward_by_rows(&self.norm2, saved.norm2, d, grads, true).expect(ASKED);
         let skip = hold(&d);
         let (d_x1, d_keys, d_values) =
             attend_backward::<M, H, M, M, E>(&self.mh_attn, saved.cross_attention, d, grads, true);
         let d_memory = d_keys.expect(ASKED) + d_values.expect(ASKED);
         let d = d_x1.expect(ASKED) + taped(&skip);
-        let d = backward_by_rows(&self.norm1, saved.norm1, d, grads, true).expect(ASKED);
-        let skip = hold(&d);
-        match self
-            .self_attn
-            .backward_masked(saved.self_attention, d, grads, want_input)
-        {
-            Some(through) => Some((through + taped(&skip), d_memory)),
+        match attend_and_norm_backward(
+            &self.self_attn,
+            &self.norm1,
+            saved.attended,
+            d,
+            grads,
+            want_input,
+        ) {
+            Some(d_target) => Some((d_target, d_memory)),
             None => {
                 grads.keep_tape(d_memory);
                 None
