@@ -22,7 +22,6 @@ use bilevel_optim::error::BilevelError;
 use bilevel_optim::methods::method::Steps;
 use bilevel_optim::methods::rule::{Iteration, Rule};
 use bilevel_optim::methods::Method;
-use bilevel_optim::oracles::Oracles;
 use bilevel_optim::params::Params;
 use bilevel_optim::problem::BilevelProblem;
 use bilevel_optim::real::Real;
@@ -89,13 +88,8 @@ where
     type Config = AidCgConfig;
     bilevel_optim::saved_memory!(vector v);
 
-    fn iterate(
-        &mut self,
-        it: Iteration<'_, AidCgConfig>,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<Outcome, BilevelError> {
+    fn iterate(&mut self, it: Iteration<'_, E, P, AidCgConfig>) -> Result<Outcome, BilevelError> {
+        let Iteration { oracles, x, y, .. } = it;
         let (c, site) = (it.config, it.site);
         let lower_loss = sgd_on_lower(oracles, x, y, E::of(c.gamma), c.inner_steps, site)?;
         let xi = oracles.upper_batch();

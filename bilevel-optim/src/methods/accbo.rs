@@ -17,7 +17,6 @@ use super::method::{Method, Steps};
 use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
-use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
@@ -105,16 +104,10 @@ where
     type Config = AccBoConfig;
     crate::saved_memory!(vector y_now, vector y_before, vector m, vector x_prev, vector y_avg_prev);
 
-    fn iterate(
-        &mut self,
-        it: Iteration<'_, AccBoConfig>,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<Outcome, BilevelError> {
-        let site = it.site;
-        let c = it.config;
-        if it.t == 0 {
+    fn iterate(&mut self, it: Iteration<'_, E, P, AccBoConfig>) -> Result<Outcome, BilevelError> {
+        let Iteration { oracles, x, y, .. } = it;
+        let (c, t, site) = (it.config, it.t, it.site);
+        if t == 0 {
             sgd_on_lower(oracles, x, y, E::of(c.gamma), c.warm_start, site)?;
             (self.y_now, self.y_before) = (y.duplicate(), y.duplicate());
         }
@@ -139,7 +132,7 @@ where
         // Upper level: recursive momentum on the same samples at the new and the old point.
         let samples = c.neumann.draw(oracles);
         let est = c.neumann.hypergradient(oracles, x, y, &samples, site)?;
-        if it.t == 0 {
+        if t == 0 {
             self.m = est.h.clone();
         } else {
             let old =
@@ -148,7 +141,7 @@ where
             storm_update(&mut self.m, &est.h, &old.h, E::one() - E::of(c.beta));
         }
         (self.x_prev, self.y_avg_prev) = (x.duplicate(), y.duplicate());
-        let (step_size, x_step_norm) = normalized_step(x, &self.m, E::of(c.eta.at(it.t)));
+        let (step_size, x_step_norm) = normalized_step(x, &self.m, E::of(c.eta.at(t)));
         project_and_check_x(oracles, x, site)?;
         Ok(est.outcome(&g, step_size, x_step_norm))
     }

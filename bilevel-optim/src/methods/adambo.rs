@@ -17,7 +17,6 @@ use super::method::{Method, Steps};
 use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::neumann::{plain_step_outcome, sgd_then_estimate, NeumannConfig};
-use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
@@ -141,16 +140,10 @@ where
     type Config = AdamBoConfig;
     crate::saved_memory!(vector moments.first as "m", vector moments.second as "v");
 
-    fn iterate(
-        &mut self,
-        it: Iteration<'_, AdamBoConfig>,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<Outcome, BilevelError> {
-        let site = it.site;
-        let c = it.config;
-        if it.t == 0 {
+    fn iterate(&mut self, it: Iteration<'_, E, P, AdamBoConfig>) -> Result<Outcome, BilevelError> {
+        let Iteration { oracles, x, y, .. } = it;
+        let (c, t, site) = (it.config, it.t, it.site);
+        if t == 0 {
             sgd_on_lower(oracles, x, y, E::of(c.gamma), c.warm_start, site)?;
         }
         let (lower_loss, est) = sgd_then_estimate(oracles, x, y, 1, c.gamma, &c.neumann, site)?;
@@ -158,15 +151,7 @@ where
         if c.weight_decay > 0.0 {
             h.add_scaled(E::of(c.weight_decay), x);
         }
-        let direction = self.moments.update(&h, it.t, c.beta1, c.beta2, c.epsilon);
-        plain_step_outcome(
-            oracles,
-            x,
-            &direction,
-            c.eta.at(it.t),
-            &est,
-            lower_loss,
-            site,
-        )
+        let direction = self.moments.update(&h, t, c.beta1, c.beta2, c.epsilon);
+        plain_step_outcome(oracles, x, &direction, c.eta.at(t), &est, lower_loss, site)
     }
 }

@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use super::method::{Method, Steps};
 use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
-use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
@@ -78,15 +77,9 @@ where
     type Config = AmigoConfig;
     crate::saved_memory!(vector z);
 
-    fn iterate(
-        &mut self,
-        it: Iteration<'_, AmigoConfig>,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<Outcome, BilevelError> {
-        let site = it.site;
-        let c = it.config;
+    fn iterate(&mut self, it: Iteration<'_, E, P, AmigoConfig>) -> Result<Outcome, BilevelError> {
+        let Iteration { oracles, x, y, .. } = it;
+        let (c, t, site) = (it.config, it.t, it.site);
         let lower_loss = sgd_on_lower(oracles, x, y, E::of(c.gamma), c.inner_steps, site)?;
         let xi = oracles.upper_batch();
         let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
@@ -102,7 +95,7 @@ where
         let jz = oracles.jvp(x, y, &self.z, &zeta)?;
         site.check("cross product ∇²_xy g·z", &jz)?;
         let h = hypergradient_estimate(&upper.dx, &jz);
-        let (step_size, x_step_norm) = plain_step(x, &h, E::of(c.alpha.at(it.t)));
+        let (step_size, x_step_norm) = plain_step(x, &h, E::of(c.alpha.at(t)));
         project_and_check_x(oracles, x, site)?;
         Ok(Outcome {
             upper_loss: Some(upper.value.f64()),

@@ -28,7 +28,7 @@ use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::steps::{
     hypergradient_estimate, linear_system_step, momentum_update, normalized_step,
-    project_and_check_x, sgd_on_lower, upper_grad_checked, Outcome,
+    project_and_check_x, sgd_on_lower, upper_grad_checked, Outcome, Site,
 };
 
 /// How z starts.
@@ -249,14 +249,13 @@ where
     /// Refines or periodically updates y, as the iteration index asks. Returns the last lower loss.
     fn update_lower(
         &mut self,
-        it: &Iteration<'_, BoRepConfig>,
+        (c, t, site): (&BoRepConfig, u64, Site),
         oracles: &mut Oracles<E, P>,
         x: &P::X,
         y: &mut P::Y,
     ) -> Result<Option<f64>, BilevelError> {
-        let (c, site) = (it.config, it.site);
         let gamma = E::of(c.gamma);
-        if it.t == 0 {
+        if t == 0 {
             return match &c.init_refinement {
                 InitRefinement::None => Ok(None),
                 InitRefinement::Sgd { steps } => sgd_on_lower(oracles, x, y, gamma, *steps, site),
@@ -268,7 +267,7 @@ where
                 }
             };
         }
-        if it.t.is_multiple_of(c.period as u64) {
+        if t.is_multiple_of(c.period as u64) {
             return sgd_on_lower(oracles, x, y, gamma, c.lower_steps, site);
         }
         Ok(None)
@@ -282,15 +281,10 @@ where
     type Config = BoRepConfig;
     crate::saved_memory!(vector z, vector m);
 
-    fn iterate(
-        &mut self,
-        it: Iteration<'_, BoRepConfig>,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<Outcome, BilevelError> {
-        let lower_loss = self.update_lower(&it, oracles, x, y)?;
-        let (c, site) = (it.config, it.site);
+    fn iterate(&mut self, it: Iteration<'_, E, P, BoRepConfig>) -> Result<Outcome, BilevelError> {
+        let Iteration { oracles, x, y, .. } = it;
+        let (c, t, site) = (it.config, it.t, it.site);
+        let lower_loss = self.update_lower((c, t, site), oracles, x, y)?;
 
         let xi = oracles.upper_batch();
         let zeta = oracles.lower_batch();
@@ -328,7 +322,7 @@ where
 
         let h = hypergradient_estimate(&upper.dx, &jz);
         momentum_update(&mut self.m, &h, E::of(c.beta));
-        let eta = E::of(c.eta_schedule().at(it.t));
+        let eta = E::of(c.eta_schedule().at(t));
         let (step_size, x_step_norm) = normalized_step(x, &self.m, eta);
         project_and_check_x(oracles, x, site)?;
         Ok(Outcome {

@@ -25,7 +25,6 @@ use serde::{Deserialize, Serialize};
 use super::method::{Method, Steps};
 use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
-use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
@@ -126,15 +125,9 @@ where
     type Config = F2saConfig;
     crate::saved_memory!(vector z, scalar lambda);
 
-    fn iterate(
-        &mut self,
-        it: Iteration<'_, F2saConfig>,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<Outcome, BilevelError> {
-        let site = it.site;
-        let c = it.config;
+    fn iterate(&mut self, it: Iteration<'_, E, P, F2saConfig>) -> Result<Outcome, BilevelError> {
+        let Iteration { oracles, x, y, .. } = it;
+        let (c, t, site) = (it.config, it.t, it.site);
         let lambda = E::of(self.lambda);
         let (xi, zeta) = (oracles.upper_batch(), oracles.lower_batch());
         let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
@@ -161,7 +154,7 @@ where
         dx.add_scaled(lambda, &at_y_dx);
         dx.add_scaled(-lambda, &at_z_dx);
         let (step_size, x_step_norm) =
-            plain_step(x, &dx, E::of(c.eta.at(it.t) / self.lambda.max(1.0)));
+            plain_step(x, &dx, E::of(c.eta.at(t) / self.lambda.max(1.0)));
         project_and_check_x(oracles, x, site)?;
         self.lambda = (self.lambda + c.lambda_increment).min(c.lambda_max);
         Ok(Outcome {

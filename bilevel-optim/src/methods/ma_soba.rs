@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use super::method::{Method, Steps};
 use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
-use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
@@ -90,29 +89,16 @@ where
     type Config = MaSobaConfig;
     crate::saved_memory!(vector z, vector m);
 
-    fn iterate(
-        &mut self,
-        it: Iteration<'_, MaSobaConfig>,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<Outcome, BilevelError> {
-        let c = it.config;
-        let (y_step, z_step) = (E::of(c.beta.at(it.t)), E::of(c.gamma.at(it.t)));
+    fn iterate(&mut self, it: Iteration<'_, E, P, MaSobaConfig>) -> Result<Outcome, BilevelError> {
+        let Iteration { oracles, x, y, .. } = it;
+        let (c, t, site) = (it.config, it.t, it.site);
+        let (y_step, z_step) = (E::of(c.beta.at(t)), E::of(c.gamma.at(t)));
         let z_radius = c.z_radius.map(E::of);
-        let lower = single_loop_lower_and_z(
-            oracles,
-            x,
-            y,
-            &mut self.z,
-            y_step,
-            z_step,
-            z_radius,
-            it.site,
-        )?;
+        let lower =
+            single_loop_lower_and_z(oracles, x, y, &mut self.z, y_step, z_step, z_radius, site)?;
         momentum_update(&mut self.m, &lower.h, E::one() - E::of(c.theta));
-        let (step_size, x_step_norm) = plain_step(x, &self.m, E::of(c.alpha.at(it.t)));
-        project_and_check_x(oracles, x, it.site)?;
+        let (step_size, x_step_norm) = plain_step(x, &self.m, E::of(c.alpha.at(t)));
+        project_and_check_x(oracles, x, site)?;
         Ok(lower.outcome(step_size, x_step_norm))
     }
 }

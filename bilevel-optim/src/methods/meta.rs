@@ -181,14 +181,9 @@ where
     type Config = Meta<V>;
     crate::saved_memory!(vector init);
 
-    fn iterate(
-        &mut self,
-        it: Iteration<'_, Meta<V>>,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<Outcome, BilevelError> {
-        let (c, site) = (&it.config.config, it.site);
+    fn iterate(&mut self, it: Iteration<'_, E, P, Meta<V>>) -> Result<Outcome, BilevelError> {
+        let Iteration { oracles, x, y, .. } = it;
+        let (c, t, site) = (&it.config.config, it.t, it.site);
         let share = E::of(1.0 / c.tasks_per_batch as f64);
         let (mut d_init, mut d_upper) = (self.init.zeros_like(), x.zeros_like());
         let (mut query_loss, mut support_loss) = (0.0, None);
@@ -200,7 +195,7 @@ where
             support_loss = task.support_loss;
             *y = task.adapted;
         }
-        let eta = E::of(c.outer_step.at(it.t));
+        let eta = E::of(c.outer_step.at(t));
         let (step_size, mut x_step_norm) = plain_step(&mut self.init, &d_init, eta);
         site.check("meta-learned initialization θ₀", &self.init)?;
         if V::LEARNS_UPPER {

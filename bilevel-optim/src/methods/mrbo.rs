@@ -17,7 +17,6 @@ use super::method::{Method, Steps};
 use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
-use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
@@ -107,24 +106,18 @@ where
     type Config = MrboConfig;
     crate::saved_memory!(vector u, vector v, vector x_prev, vector y_prev);
 
-    fn iterate(
-        &mut self,
-        it: Iteration<'_, MrboConfig>,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<Outcome, BilevelError> {
-        let site = it.site;
-        let c = it.config;
+    fn iterate(&mut self, it: Iteration<'_, E, P, MrboConfig>) -> Result<Outcome, BilevelError> {
+        let Iteration { oracles, x, y, .. } = it;
+        let (c, t, site) = (it.config, it.t, it.site);
         let batch = oracles.lower_batch();
         let samples = c.neumann.draw(oracles);
         let g = lower_grad_checked(oracles, x, y, &batch, site)?;
         let est = c.neumann.hypergradient(oracles, x, y, &samples, site)?;
-        if it.t == 0 {
+        if t == 0 {
             self.u = g.dy.clone();
             self.v = est.h.clone();
         } else {
-            let eta_prev = c.eta(it.t - 1);
+            let eta_prev = c.eta(t - 1);
             let (a, b) = (
                 (c.x_momentum * eta_prev * eta_prev).min(1.0),
                 (c.y_momentum * eta_prev * eta_prev).min(1.0),
@@ -138,7 +131,7 @@ where
         }
         self.x_prev = x.duplicate();
         self.y_prev = y.duplicate();
-        let eta = c.eta(it.t);
+        let eta = c.eta(t);
         y.add_scaled(-E::of(c.y_scale * eta), &self.u);
         let (step_size, x_step_norm) = plain_step(x, &self.v, E::of(c.x_scale * eta));
         oracles.project_x(x);

@@ -14,7 +14,6 @@ use super::method::Method;
 use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::neumann::{sgd_then_neumann_step, NeumannConfig};
-use crate::oracles::Oracles;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::steps::Outcome;
@@ -54,14 +53,10 @@ where
     type Config = C;
     crate::saved_memory!();
 
-    fn iterate(
-        &mut self,
-        it: Iteration<'_, C>,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<Outcome, BilevelError> {
-        let p = it.config.plan(it.t);
+    fn iterate(&mut self, it: Iteration<'_, E, P, C>) -> Result<Outcome, BilevelError> {
+        let Iteration { oracles, x, y, .. } = it;
+        let (c, t, site) = (it.config, it.t, it.site);
+        let p = c.plan(t);
         sgd_then_neumann_step(
             oracles,
             x,
@@ -70,7 +65,7 @@ where
             p.gamma,
             p.neumann,
             p.eta,
-            it.site,
+            site,
         )
     }
 }

@@ -14,14 +14,25 @@ use crate::real::Real;
 use crate::state::{kinds, MethodState};
 use crate::steps::{IterationScope, Outcome, Site};
 
-/// What an iteration of a rule is given besides the oracles and the variables.
-pub struct Iteration<'a, C> {
+/// Everything an iteration of a rule works with, in one value, so that a rule's signature is
+/// one line and its body takes apart what it uses:
+/// `let Iteration { oracles, x, y, .. } = it;`.
+pub struct Iteration<'a, E: Real, P: BilevelProblem<E>, C>
+where
+    Cpu: Device<E>,
+{
     /// The method's (valid) configuration.
     pub config: &'a C,
     /// The iteration's index, from 0.
     pub t: u64,
     /// Where non-finite values are reported (the method, `t`, the steps to lower).
     pub site: Site,
+    /// The problem's oracles, which count their calls.
+    pub oracles: &'a mut Oracles<E, P>,
+    /// The upper-level variable, advanced in place.
+    pub x: &'a mut P::X,
+    /// The lower-level variable, advanced in place.
+    pub y: &'a mut P::Y,
 }
 
 /// One method's iteration over the memory it keeps between iterations (z, momenta, tables),
@@ -36,13 +47,7 @@ where
 
     /// Runs one iteration: advances x, y and the memory, and says what it measured. Fails,
     /// leaving x and y at their last finite values where it can, when a value is not finite.
-    fn iterate(
-        &mut self,
-        it: Iteration<'_, Self::Config>,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<Outcome, BilevelError>;
+    fn iterate(&mut self, it: Iteration<'_, E, P, Self::Config>) -> Result<Outcome, BilevelError>;
 
     /// Writes the memory into `state`.
     fn save(&self, state: &mut MethodState);
@@ -138,8 +143,11 @@ where
             config: &self.config,
             t: self.t,
             site: scope.site,
+            oracles,
+            x,
+            y,
         };
-        let outcome = self.memory.iterate(it, oracles, x, y)?;
+        let outcome = self.memory.iterate(it)?;
         self.t += 1;
         Ok(scope.report(oracles, outcome))
     }

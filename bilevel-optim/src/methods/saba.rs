@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use super::method::{Built, Method, Start, Steps};
 use super::rule::{Iteration, Rule, RuleOptimizer};
 use crate::error::BilevelError;
-use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
@@ -110,14 +109,9 @@ where
     type Config = SabaConfig;
     crate::saved_memory!(vector z, table memory.grad_y_g, table memory.hz, table memory.jz, table memory.grad_y_f, table memory.grad_x_f);
 
-    fn iterate(
-        &mut self,
-        it: Iteration<'_, SabaConfig>,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<Outcome, BilevelError> {
-        let site = it.site;
+    fn iterate(&mut self, it: Iteration<'_, E, P, SabaConfig>) -> Result<Outcome, BilevelError> {
+        let Iteration { oracles, x, y, .. } = it;
+        let (c, site) = (it.config, it.site);
         let (i, zeta) = oracles.indexed_lower_batch()?;
         let (j, xi) = oracles.indexed_upper_batch()?;
         let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
@@ -132,10 +126,10 @@ where
             &mem.jz.estimate(i, &lower.jvp),
         );
 
-        let rho = E::of(it.config.rho);
+        let rho = E::of(c.rho);
         y.add_scaled(-rho, &d_y);
         self.z.add_scaled(-rho, &d_z);
-        let (step_size, x_step_norm) = plain_step(x, &d_x, E::of(it.config.gamma));
+        let (step_size, x_step_norm) = plain_step(x, &d_x, E::of(c.gamma));
         oracles.project_x(x);
         site.check("lower variable y", y)?;
         site.check("linear-system variable z", &self.z)?;

@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use super::method::{Method, Steps};
 use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
-use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
@@ -94,17 +93,12 @@ where
     type Config = SlipConfig;
     crate::saved_memory!(vector z, vector m);
 
-    fn iterate(
-        &mut self,
-        it: Iteration<'_, SlipConfig>,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<Outcome, BilevelError> {
-        let c = it.config;
+    fn iterate(&mut self, it: Iteration<'_, E, P, SlipConfig>) -> Result<Outcome, BilevelError> {
+        let Iteration { oracles, x, y, .. } = it;
+        let (c, t, site) = (it.config, it.t, it.site);
         let gamma = E::of(c.gamma);
-        if it.t == 0 {
-            sgd_on_lower(oracles, x, y, gamma, c.warm_start, it.site)?;
+        if t == 0 {
+            sgd_on_lower(oracles, x, y, gamma, c.warm_start, site)?;
         }
         let z_radius = c.z_radius.map(E::of);
         let lower = single_loop_lower_and_z(
@@ -115,11 +109,11 @@ where
             gamma,
             E::of(c.nu),
             z_radius,
-            it.site,
+            site,
         )?;
         momentum_update(&mut self.m, &lower.h, E::of(c.beta));
-        let (step_size, x_step_norm) = normalized_step(x, &self.m, E::of(c.eta.at(it.t)));
-        project_and_check_x(oracles, x, it.site)?;
+        let (step_size, x_step_norm) = normalized_step(x, &self.m, E::of(c.eta.at(t)));
+        project_and_check_x(oracles, x, site)?;
         Ok(lower.outcome(step_size, x_step_norm))
     }
 }

@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use super::method::{Method, Steps};
 use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
-use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
@@ -76,20 +75,13 @@ where
     type Config = SobaConfig;
     crate::saved_memory!(vector z);
 
-    fn iterate(
-        &mut self,
-        it: Iteration<'_, SobaConfig>,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<Outcome, BilevelError> {
-        let (rho, gamma) = (
-            E::of(it.config.rho.at(it.t)),
-            E::of(it.config.gamma.at(it.t)),
-        );
-        let lower = single_loop_lower_and_z(oracles, x, y, &mut self.z, rho, rho, None, it.site)?;
+    fn iterate(&mut self, it: Iteration<'_, E, P, SobaConfig>) -> Result<Outcome, BilevelError> {
+        let Iteration { oracles, x, y, .. } = it;
+        let (c, t, site) = (it.config, it.t, it.site);
+        let (rho, gamma) = (E::of(c.rho.at(t)), E::of(c.gamma.at(t)));
+        let lower = single_loop_lower_and_z(oracles, x, y, &mut self.z, rho, rho, None, site)?;
         let (step_size, x_step_norm) = plain_step(x, &lower.h, gamma);
-        project_and_check_x(oracles, x, it.site)?;
+        project_and_check_x(oracles, x, site)?;
         Ok(lower.outcome(step_size, x_step_norm))
     }
 }

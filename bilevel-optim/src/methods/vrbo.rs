@@ -20,7 +20,6 @@ use super::method::{Method, Steps};
 use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
 use crate::neumann::NeumannConfig;
-use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
@@ -96,17 +95,11 @@ where
     type Config = VrboConfig;
     crate::saved_memory!(vector v, vector u);
 
-    fn iterate(
-        &mut self,
-        it: Iteration<'_, VrboConfig>,
-        oracles: &mut Oracles<E, P>,
-        x: &mut P::X,
-        y: &mut P::Y,
-    ) -> Result<Outcome, BilevelError> {
-        let site = it.site;
-        let c = it.config;
+    fn iterate(&mut self, it: Iteration<'_, E, P, VrboConfig>) -> Result<Outcome, BilevelError> {
+        let Iteration { oracles, x, y, .. } = it;
+        let (c, t, site) = (it.config, it.t, it.site);
         let mut upper_loss = None;
-        if it.t.is_multiple_of(c.period as u64) {
+        if t.is_multiple_of(c.period as u64) {
             let share = E::of(1.0 / c.anchor_batches as f64);
             let (mut v, mut u) = (x.zeros_like(), y.zeros_like());
             for _ in 0..c.anchor_batches {
