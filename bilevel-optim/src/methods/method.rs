@@ -203,7 +203,7 @@ impl<E: Real, P: BilevelProblem<E>> Copy for Start<'_, E, P> where Cpu: Device<E
 /// A built optimizer, or why the configuration does not build.
 pub type Built<E, P> = Result<Box<dyn BilevelOptimizer<E, P>>, BilevelError>;
 
-/// Receives method types one by one ([`crate::methods::registry::for_each_builtin`]): how code
+/// Receives method types one by one ([`crate::methods::for_each_builtin`]): how code
 /// that needs a method's type, not just its configuration value, reaches every method.
 pub trait MethodVisitor {
     /// Called with one method's configuration type.

@@ -8,33 +8,56 @@
 //! pieces are in [`crate::steps`]
 //! (SGD on y, the linear-system step, momentum, normalization, checked oracles, the iteration's
 //! bookkeeping), [`crate::neumann`] (Neumann series) and [`crate::variance`] (STORM, SPIDER,
-//! SAGA). [`registry`] lists the built-in methods and takes users' own; [`MethodConfig`] holds
-//! any method's configuration, as configuration files name it (`method = "soba"`, ...).
+//! SAGA). The list at the end of this file declares the built-in methods: a new one is its file
+//! plus one line there. [`registry`] finds methods by name and takes users' own; [`MethodConfig`]
+//! holds any method's configuration, as configuration files name it (`method = "soba"`, ...).
 
-pub mod accbo;
-pub mod adambo;
-pub mod alset;
-pub mod amigo;
-pub mod anil;
-pub mod borep;
-pub mod bsa;
 pub mod config;
-pub mod f2sa;
-pub mod ma_soba;
-pub mod maml;
 pub mod meta;
 pub mod method;
-pub mod mrbo;
 pub mod neumann_family;
 pub mod registry;
 pub mod rule;
-pub mod saba;
-pub mod slip;
-pub mod soba;
-pub mod stocbio;
-pub mod ttsa;
-pub mod vrbo;
 
 pub use config::MethodConfig;
 pub use method::{Method, MethodVisitor};
-pub use registry::{register, METHODS};
+pub use registry::register;
+
+/// Declares the built-in methods, in the order of the documentation, from one list of
+/// `file::Configuration` entries: each entry's module (the method's file), [`METHODS`] (their
+/// names) and [`for_each_builtin`] (their types).
+macro_rules! builtin_methods {
+    ($($module:ident::$config:ident),+ $(,)?) => {
+        $(pub mod $module;)+
+
+        /// The names of the built-in methods, in the order of the documentation.
+        pub const METHODS: [&str; [$(<$module::$config as Method>::NAME),+].len()] =
+            [$(<$module::$config as Method>::NAME),+];
+
+        /// Calls `visitor` with the configuration type of every built-in method, in the order of
+        /// [`METHODS`].
+        pub fn for_each_builtin<V: MethodVisitor>(visitor: &mut V) {
+            $(visitor.visit::<$module::$config>();)+
+        }
+    };
+}
+
+builtin_methods![
+    borep::BoRepConfig,
+    stocbio::StocBioConfig,
+    ttsa::TtsaConfig,
+    bsa::BsaConfig,
+    alset::AlsetConfig,
+    amigo::AmigoConfig,
+    soba::SobaConfig,
+    saba::SabaConfig,
+    ma_soba::MaSobaConfig,
+    f2sa::F2saConfig,
+    mrbo::MrboConfig,
+    vrbo::VrboConfig,
+    slip::SlipConfig,
+    accbo::AccBoConfig,
+    adambo::AdamBoConfig,
+    maml::MamlConfig,
+    anil::AnilConfig,
+];

@@ -1,7 +1,7 @@
-//! The methods the library knows by name: the built-in list, and methods registered at run time
-//! by their users. A new built-in method is its file plus one line of the `builtin_methods!`
-//! invocation below; a method written outside the library is made known with [`register`], after
-//! which TOML configurations, [`MethodConfig::default_for`] and `bilevel-bench` accept its name.
+//! The methods the library knows by name: the built-in list ([`super::METHODS`], declared in
+//! `methods/mod.rs`), and methods registered at run time by their users. A method written outside
+//! the library is made known with [`register`], after which TOML configurations,
+//! [`MethodConfig::default_for`] and `bilevel-bench` accept its name.
 
 use std::any::TypeId;
 use std::sync::{OnceLock, RwLock};
@@ -11,47 +11,11 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 use super::config::MethodConfig;
+use super::for_each_builtin;
 use super::method::{Built, Method, MethodVisitor, Start};
-use super::*;
 use crate::error::BilevelError;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
-
-/// Declares the built-in methods, in the order of the documentation: [`METHODS`] (their names)
-/// and [`for_each_builtin`] (their types) come from this one list.
-macro_rules! builtin_methods {
-    ($($config:ty),+ $(,)?) => {
-        /// The names of the built-in methods, in the order of the documentation.
-        pub const METHODS: [&str; [$(<$config as Method>::NAME),+].len()] =
-            [$(<$config as Method>::NAME),+];
-
-        /// Calls `visitor` with the configuration type of every built-in method, in the order of
-        /// [`METHODS`].
-        pub fn for_each_builtin<V: MethodVisitor>(visitor: &mut V) {
-            $(visitor.visit::<$config>();)+
-        }
-    };
-}
-
-builtin_methods![
-    borep::BoRepConfig,
-    stocbio::StocBioConfig,
-    ttsa::TtsaConfig,
-    bsa::BsaConfig,
-    alset::AlsetConfig,
-    amigo::AmigoConfig,
-    soba::SobaConfig,
-    saba::SabaConfig,
-    ma_soba::MaSobaConfig,
-    f2sa::F2saConfig,
-    mrbo::MrboConfig,
-    vrbo::VrboConfig,
-    slip::SlipConfig,
-    accbo::AccBoConfig,
-    adambo::AdamBoConfig,
-    maml::MamlConfig,
-    anil::AnilConfig,
-];
 
 /// What a [`MethodTable`] keeps per method, made from the method's type when the method is
 /// listed or registered: instantiations of generic code for that type, which a caller holding
