@@ -55,6 +55,7 @@ pub mod crc32c;
 pub mod epoch_sgd;
 pub mod error;
 pub mod linalg;
+pub mod linear_solvers;
 pub mod methods;
 pub mod neumann;
 pub mod optimizer;

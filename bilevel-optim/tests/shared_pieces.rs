@@ -1,10 +1,13 @@
 //! The shared pieces of the methods against their definitions: the Neumann series (geometric
-//! error, unbiased randomization), SAGA memories, STORM and SPIDER updates, and MAML's
-//! meta-gradient against its closed form.
+//! error, unbiased randomization), SAGA memories, STORM and SPIDER updates, MAML's
+//! meta-gradient against its closed form, and conjugate gradients against the exact solve.
 
 mod common;
 
 use bilevel_optim::linalg::{add_scaled, Matrix};
+use bilevel_optim::linear_solvers::{
+    conjugate_gradient, CgConfig, HessianOperator, Solution, Stop,
+};
 use bilevel_optim::methods::meta::{task_meta_gradient, MetaConfig};
 use bilevel_optim::neumann::NeumannConfig;
 use bilevel_optim::oracles::Oracles;
@@ -269,4 +272,99 @@ fn saga_weights_a_short_last_batch_by_its_share_of_the_rows() {
     let mean_of = |m: &SagaMemory<Tensor<Rank1<3>, f64, Cpu>>| as_f64(&m.mean());
     assert!(rel_err(&mean_of(&weighted), &exact) < 1e-13);
     assert!(rel_err(&mean_of(&equal), &exact) > 1e-3);
+}
+
+/// The quadratic's operator at a random point, `b` and the exact `(H + λI)⁻¹ b`.
+fn cg_setup(damping: f64) -> (Oracles<f64, Quad>, Vx, Vy, Vy, Vec<f64>) {
+    let (o, x, y, b) = setup();
+    let h = o.problem().h.plus_diag(&[damping; 4]);
+    let exact = h.solve_spd(&as_f64(&b));
+    (o, x, y, b, exact)
+}
+
+fn cg(
+    o: &mut Oracles<f64, Quad>,
+    (x, y, b): (&Vx, &Vy, &Vy),
+    start: Option<&Vy>,
+    config: CgConfig,
+) -> Solution<Vy> {
+    let batch = o.problem().full_lower_batch();
+    let mut a = HessianOperator::new(o, (x, y), &batch, config.damping, SITE);
+    conjugate_gradient(&mut a, b, start, &config).unwrap()
+}
+
+/// In exact arithmetic CG solves an n-dimensional positive definite system in n steps; here
+/// (n = 4, eigenvalues 0.5–2) it does so to rounding, with one H·v per step and none for the
+/// cold start, and with damping λ it solves `(H + λI) v = b`.
+#[test]
+fn conjugate_gradients_solve_the_system_in_as_many_steps_as_dimensions() {
+    for damping in [0.0, 0.7] {
+        let (mut o, x, y, b, exact) = cg_setup(damping);
+        let config = CgConfig {
+            max_steps: 4,
+            tolerance: 0.0,
+            damping,
+        };
+        let s = cg(&mut o, (&x, &y, &b), None, config);
+        let e = rel_err(&as_f64(&s.v), &exact);
+        println!(
+            "λ = {damping}: relative error {e:.1e}, residual {:.1e}",
+            s.residual
+        );
+        assert!(e < 1e-12, "λ = {damping}: relative error {e:e}");
+        assert_eq!((s.steps, s.stop), (4, Stop::StepsDone));
+        assert_eq!(o.counts().hvp, 4);
+        // Three steps leave an error: the test above is not met trivially.
+        let (mut o, ..) = cg_setup(damping);
+        let short = cg(
+            &mut o,
+            (&x, &y, &b),
+            None,
+            CgConfig {
+                max_steps: 3,
+                ..config
+            },
+        );
+        assert!(rel_err(&as_f64(&short.v), &exact) > 1e-6);
+    }
+}
+
+/// The stopping rule: the solve stops at the first step whose residual is within the tolerance
+/// of ‖b‖ (the true residual agrees), and a warm start at the solution stops at once after the
+/// one H·v of its residual.
+#[test]
+fn conjugate_gradients_stop_at_their_tolerance_and_warm_start_at_the_solution() {
+    let (mut o, x, y, b, exact) = cg_setup(0.0);
+    let config = CgConfig {
+        max_steps: 100,
+        tolerance: 0.05,
+        damping: 0.0,
+    };
+    let s = cg(&mut o, (&x, &y, &b), None, config);
+    let true_residual = norm(&add_scaled(
+        &as_f64(&b),
+        -1.0,
+        &o.problem().h.mul_vec(&as_f64(&s.v)),
+    ));
+    let bound = 0.05 * norm(&as_f64(&b));
+    println!(
+        "stopped after {} steps, residual {true_residual:.3e} ≤ {bound:.3e}",
+        s.steps
+    );
+    assert_eq!(s.stop, Stop::Converged);
+    assert!(s.steps < 4, "{} steps", s.steps);
+    assert!(true_residual <= bound * (1.0 + 1e-9));
+    assert!((true_residual - s.residual).abs() < 1e-12 * norm(&as_f64(&b)));
+    assert_eq!(o.counts().hvp as usize, s.steps);
+
+    let (mut o, ..) = cg_setup(0.0);
+    let dev = Cpu::default();
+    let at_solution: Vy = dev.tensor([exact[0], exact[1], exact[2], exact[3]]);
+    let tight = CgConfig {
+        tolerance: 1e-9,
+        ..config
+    };
+    let s = cg(&mut o, (&x, &y, &b), Some(&at_solution), tight);
+    assert_eq!((s.steps, s.stop), (0, Stop::Converged));
+    assert_eq!(o.counts().hvp, 1);
 }
