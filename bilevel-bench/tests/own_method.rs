@@ -1,5 +1,5 @@
-//! A method written outside the library (`examples/own_method.rs`, AID with conjugate
-//! gradients) is registered and then run by the bench's `tune` and `compare` like a built-in
+//! A method written outside the library (`examples/own_method.rs`, AID with fixed-point
+//! iterations) is registered and then run by the bench's `tune` and `compare` like a built-in
 //! one; on a closed-form problem it converges and resumes from its saved state exactly.
 
 mod common;
@@ -12,20 +12,20 @@ use bilevel_optim::oracles::Oracles;
 use bilevel_optim::params::Params;
 use bilevel_optim::problems::{exact_hypergradient, Quadratic, QuadraticConfig};
 use dfdx::prelude::*;
-use own_method::AidCgConfig;
+use own_method::AidFpConfig;
 
 #[test]
 fn a_method_written_outside_the_library_is_tuned_and_compared_by_the_bench() {
     let out = common::scratch("own-method", "demo");
     let table = own_method::demo(&out, 6).unwrap();
     let tuned = std::fs::read_to_string(out.join("tune/hyper-clean/tune/tuned.toml")).unwrap();
-    assert!(tuned.contains("method = \"aid-cg\""), "{tuned}");
+    assert!(tuned.contains("method = \"aid-fp\""), "{tuned}");
     let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
-    assert!(rows.iter().any(|l| l.contains("aid-cg")), "{table}");
+    assert!(rows.iter().any(|l| l.contains("aid-fp")), "{table}");
     assert!(rows.iter().any(|l| l.contains("soba")), "{table}");
     for seed in [0, 1] {
         let summary = out.join(format!(
-            "compare/hyper-clean/aid-cg/seed-{seed}/summary.json"
+            "compare/hyper-clean/aid-fp/seed-{seed}/summary.json"
         ));
         assert!(summary.is_file(), "{}", summary.display());
     }
@@ -39,11 +39,12 @@ fn the_outside_method_converges_and_resumes_from_its_saved_state() {
     let (mut x, mut y): (Tensor<Rank1<3>, f64, Cpu>, Tensor<Rank1<4>, f64, Cpu>) =
         (dev.zeros(), dev.zeros());
     let start_norm = exact_hypergradient(&problem, &x).norm();
-    let config = AidCgConfig {
+    let config = AidFpConfig {
         eta: 0.05,
         gamma: 0.3,
         inner_steps: 3,
-        cg_steps: 4,
+        fp_steps: 4,
+        alpha: 0.5,
     };
     let mut method = config.build(Start::at(&x, &y, &problem)).unwrap();
     let mut oracles = Oracles::new(problem, 0);
