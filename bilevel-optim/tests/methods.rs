@@ -4,8 +4,10 @@
 
 mod common;
 
+use bilevel_optim::linear_solvers::CgConfig;
 use bilevel_optim::methods::accbo::AccBoConfig;
 use bilevel_optim::methods::adambo::AdamBoConfig;
+use bilevel_optim::methods::aid_cg::AidCgConfig;
 use bilevel_optim::methods::alset::AlsetConfig;
 use bilevel_optim::methods::amigo::AmigoConfig;
 use bilevel_optim::methods::anil::AnilConfig;
@@ -229,6 +231,19 @@ fn cases(randomized: bool) -> Vec<(MethodConfig, usize)> {
             }),
             3_000,
         ),
+        (
+            MethodConfig::new(AidCgConfig {
+                eta: constant(0.2),
+                gamma: 0.4,
+                inner_steps: 5,
+                cg: CgConfig {
+                    max_steps: 3,
+                    ..Default::default()
+                },
+                warm_start: true,
+            }),
+            2_000,
+        ),
     ]
 }
 
@@ -398,6 +413,9 @@ fn oracle_costs_match_the_documented_table() {
             ("accbo", _) => [2, 1, 2 * q, 2],
             ("adambo", 0) => [1, 3, q, 1],
             ("adambo", _) => [1, 1, q, 1],
+            // K = 3 CG steps; from t = 1 the warm start's residual is one more H·v.
+            ("aid-cg", 0) => [1, 5, 3, 1],
+            ("aid-cg", _) => [1, 5, 4, 1],
             other => panic!("no expected cost for {other:?}"),
         }
     };
@@ -755,4 +773,59 @@ fn mrbo_halving_halves_the_steps_not_the_momentum_weights() {
         (after.x_momentum, after.y_momentum),
         (before.x_momentum, before.y_momentum)
     );
+}
+
+/// At y = y*(x) on the deterministic quadratic, one AID-CG step moves x by η times the implicit
+/// hypergradient `∇Φ(x) = ∇_x f − ∇²_xy g [∇²_yy g]⁻¹ ∇_y f`, to the CG tolerance: v is within
+/// κ·tol of z*(x) (relative, κ = L/μ the condition number; the loose tolerances stop CG before
+/// its exact fourth step), and with tol = 1e-12 both v and the step agree with the closed forms
+/// to 1e-10.
+#[test]
+fn aid_cg_takes_the_implicit_hypergradient_to_the_cg_tolerance() {
+    let problem = quad(0.0);
+    let kappa = problem.config.lipschitz / problem.config.mu;
+    let dev = Cpu::default();
+    let x0 = [0.3, -0.2, 0.5];
+    let ys = problem.y_star(&x0);
+    for tolerance in [0.3, 0.1, 1e-12] {
+        let eta = 0.5;
+        let config = MethodConfig::new(AidCgConfig {
+            eta: constant(eta),
+            gamma: 0.1,
+            inner_steps: 1,
+            cg: CgConfig {
+                max_steps: 100,
+                tolerance,
+                damping: 0.0,
+            },
+            warm_start: false,
+        });
+        let (mut x, mut y): (Vx, Vy) = (dev.tensor(x0), dev.tensor([ys[0], ys[1], ys[2], ys[3]]));
+        let mut method = config.build(&x, &y, &problem).unwrap();
+        let mut o = Oracles::new(quad(0.0), 1);
+        method.step(&mut o, &mut x, &mut y).unwrap();
+        let h: Vec<f64> = x0
+            .iter()
+            .zip(as_f64(&x))
+            .map(|(a, b)| (a - b) / eta)
+            .collect();
+        let v = method.state().vectors["v"].clone();
+        let (v_err, h_err) = (
+            rel_err(&v, &problem.z_star(&x0)),
+            rel_err(&h, &problem.hypergradient(&x0)),
+        );
+        println!("tolerance {tolerance:.0e}: v {v_err:.1e}, hypergradient {h_err:.1e}");
+        assert!(
+            v_err <= kappa * tolerance * (1.0 + 1e-6) + 1e-13,
+            "v: {v_err:e}"
+        );
+        if tolerance == 1e-12 {
+            assert!(v_err < 1e-10 && h_err < 1e-10, "v {v_err:e}, h {h_err:e}");
+        } else {
+            assert!(
+                v_err > 1e-8,
+                "a loose tolerance stops CG before the exact solution"
+            );
+        }
+    }
 }

@@ -855,6 +855,89 @@ fn projections_follow_every_x_step() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// AID-CG.
+
+/// Conjugate gradients by hand on `(H + λI) v = b` over one lower batch, from `v0`: at most `k`
+/// steps, stopping once `‖b − (H + λI) v‖ ≤ tol ‖b‖`. Returns v and the steps taken.
+fn cg_by_hand(
+    l: &Lower,
+    lambda: f64,
+    b: &[f64],
+    v0: &[f64],
+    k: usize,
+    tol: f64,
+) -> (Vector, usize) {
+    let dot = |p: &[f64], q: &[f64]| p.iter().zip(q).map(|(a, b)| a * b).sum::<f64>();
+    let apply = |v: &[f64]| comb(&[(1.0, &hv(v, l)), (lambda, v)]);
+    let mut v = v0.to_vec();
+    let mut r = comb(&[(1.0, b), (-1.0, &apply(&v))]);
+    let mut p = r.clone();
+    for step in 0..k {
+        if norm(&r) <= tol * norm(b) {
+            return (v, step);
+        }
+        let ap = apply(&p);
+        let alpha = dot(&r, &r) / dot(&p, &ap);
+        v = comb(&[(1.0, &v), (alpha, &p)]);
+        let r_next = comb(&[(1.0, &r), (-alpha, &ap)]);
+        p = comb(&[(1.0, &r_next), (dot(&r_next, &r_next) / dot(&r, &r), &p)]);
+        r = r_next;
+    }
+    (v, k)
+}
+
+/// AID-CG (Pedregosa 2016; Grazzi et al. 2020, stochastic as in hypertorch): T SGD steps on y,
+/// then ξ and one ζ; K CG steps on `(H(ζ) + λI) v = ∇_y F(ξ)` from the last v (warm) or 0,
+/// stopped at the tolerance; `x ← x − η_t (∇_x F − J(ζ) v)`. K = 3 < dim y, so the truncation,
+/// the warm start and (second case) the stopping rule and damping all change the iterates.
+#[test]
+fn aid_cg_follows_its_rule() {
+    use bilevel_optim::linear_solvers::CgConfig;
+    use bilevel_optim::methods::aid_cg::AidCgConfig;
+    for (warm_start, damping, tolerance) in [(true, 0.0, 0.0), (false, 0.3, 0.3)] {
+        let config = MethodConfig::new(AidCgConfig {
+            eta: schedule(0.2, 0.5),
+            gamma: 0.25,
+            inner_steps: 2,
+            cg: CgConfig {
+                max_steps: 3,
+                tolerance,
+                damping,
+            },
+            warm_start,
+        });
+        let mut early_stops = 0;
+        check(
+            "aid-cg",
+            config,
+            recorded(quadratic(None)),
+            &["v"],
+            |d, f, _| {
+                let (mut x, mut y, mut v) = (x0(), y0(), vec![0.0; DY]);
+                let mut out = Vec::new();
+                for t in 0..ITERATIONS {
+                    sgd_steps(d, &x, &mut y, 2, 0.25);
+                    let (xi, zeta) = (d.upper(), d.lower());
+                    d.end_of_iteration();
+                    let start = if warm_start { v.clone() } else { vec![0.0; DY] };
+                    let b = f.fy(&x, &y, &xi);
+                    let steps;
+                    (v, steps) = cg_by_hand(&zeta, damping, &b, &start, 3, tolerance);
+                    early_stops += usize::from(steps < 3);
+                    let h = comb(&[(1.0, &f.fx(&x, &y, &xi)), (-1.0, &jv(&v, &zeta))]);
+                    x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t), &h)]);
+                    out.push(iterate(&x, &y, &[("v", &v)]));
+                }
+                out
+            },
+        );
+        if tolerance > 0.0 {
+            assert!(early_stops > 0, "the tolerance never stopped a solve early");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The Neumann family and AmIGO.
 
 /// `v ≈ H⁻¹ b` by the series, by hand: deterministic `α Σ_{i=0}^{Q} (I − αH)^i b` on one batch,

@@ -60,4 +60,5 @@ builtin_methods![
     adambo::AdamBoConfig,
     maml::MamlConfig,
     anil::AnilConfig,
+    aid_cg::AidCgConfig,
 ];
