@@ -9,7 +9,8 @@
 //! θ₀ ← θ₀ − η mean_tasks(a)          and, when x is meta-learned too (ANIL), x ← x − η mean(g_x)
 //! ```
 //! `a` is d F(x, y_K)/d θ₀ and `g_x` is d F(x, y_K(x))/d x. The caller's y is set to the adapted
-//! y_K of the iteration's last task.
+//! y_K of the iteration's last task. The unrolled pass itself, [`unrolled_gradient`], is ITD's
+//! too (`methods::itd`).
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -82,11 +83,44 @@ pub fn task_meta_gradient<E: Real, P: BilevelProblem<E>>(
 where
     Cpu: Device<E>,
 {
-    let alpha = E::of(config.inner_step);
+    let unroll = Unroll {
+        steps: config.inner_steps,
+        step: config.inner_step,
+        backward_steps: config.inner_steps,
+    };
+    unrolled_gradient(oracles, x, init, unroll, site)
+}
+
+/// K SGD steps on y and how far back they are differentiated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Unroll {
+    /// K: SGD steps on one lower batch.
+    pub steps: usize,
+    /// α: their step.
+    pub step: f64,
+    /// How many of the last steps the backward pass goes through (K: all; fewer: truncated
+    /// back-propagation, whose `init` gradient is then d F / d y_{K−T}, not d F / d y_0).
+    pub backward_steps: usize,
+}
+
+/// The unrolled differentiation MAML, ANIL and ITD share: from `init`, K SGD steps on one lower
+/// batch ζ, then the upper loss on one upper batch ξ at y_K, and the exact reverse pass through
+/// the last `backward_steps` steps (one H·v and J·v pass each, at the stored iterates).
+pub fn unrolled_gradient<E: Real, P: BilevelProblem<E>>(
+    oracles: &mut Oracles<E, P>,
+    x: &P::X,
+    init: &P::Y,
+    unroll: Unroll,
+    site: Site,
+) -> Result<MetaGradient<P::X, P::Y>, BilevelError>
+where
+    Cpu: Device<E>,
+{
+    let alpha = E::of(unroll.step);
     let (support, query) = (oracles.lower_batch(), oracles.upper_batch());
     let mut trajectory = vec![init.duplicate()];
     let mut support_loss = None;
-    for _ in 0..config.inner_steps {
+    for _ in 0..unroll.steps {
         let last = trajectory.last().expect("starts with θ₀");
         let g = lower_grad_checked(oracles, x, last, &support, site)?;
         let mut next = last.duplicate();
@@ -97,7 +131,7 @@ where
     let adapted = trajectory.pop().expect("y_K");
     let upper = upper_grad_checked(oracles, x, &adapted, &query, site)?;
     let (mut a, mut g_x) = (upper.dy, upper.dx);
-    for y_k in trajectory.iter().rev() {
+    for y_k in trajectory.iter().rev().take(unroll.backward_steps) {
         let so = second_order_checked(oracles, x, y_k, &a, &support, site)?;
         g_x.add_scaled(-alpha, &so.jvp);
         a.add_scaled(-alpha, &so.hvp);
