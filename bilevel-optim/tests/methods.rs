@@ -14,6 +14,7 @@ use bilevel_optim::methods::anil::AnilConfig;
 use bilevel_optim::methods::borep::{BoRepConfig, InitRefinement, ZInit};
 use bilevel_optim::methods::bsa::BsaConfig;
 use bilevel_optim::methods::f2sa::F2saConfig;
+use bilevel_optim::methods::itd::ItdConfig;
 use bilevel_optim::methods::ma_soba::MaSobaConfig;
 use bilevel_optim::methods::maml::MamlConfig;
 use bilevel_optim::methods::meta::MetaConfig;
@@ -244,6 +245,18 @@ fn cases(randomized: bool) -> Vec<(MethodConfig, usize)> {
             }),
             2_000,
         ),
+        (
+            // ‖I − γH‖ = 0.8: 40 unrolled steps leave a bias of 0.8⁴⁰ ≈ 1e-4 in dy_K/dx. With
+            // y ≈ y*(x) each step, x follows gradient descent on Φ, whose curvature (up to ≈ 13
+            // here) makes η = 0.2 diverge.
+            MethodConfig::new(ItdConfig {
+                eta: constant(0.05),
+                gamma: 0.4,
+                inner_steps: 40,
+                truncation: None,
+            }),
+            2_000,
+        ),
     ]
 }
 
@@ -416,6 +429,8 @@ fn oracle_costs_match_the_documented_table() {
             // K = 3 CG steps; from t = 1 the warm start's residual is one more H·v.
             ("aid-cg", 0) => [1, 5, 3, 1],
             ("aid-cg", _) => [1, 5, 4, 1],
+            // K = 40 steps, each differentiated through by one pass (H·v and J·v together).
+            ("itd", _) => [1, 40, 40, 40],
             other => panic!("no expected cost for {other:?}"),
         }
     };
@@ -827,5 +842,59 @@ fn aid_cg_takes_the_implicit_hypergradient_to_the_cg_tolerance() {
                 "a loose tolerance stops CG before the exact solution"
             );
         }
+    }
+}
+
+/// ITD's step is the exact derivative of the unrolled map: on the deterministic quadratic, with
+/// `y_{k+1} = M y_k − γ(Cx + b)`, `M = I − γH`, the derivative of `x ↦ F(x, y_K(x))` is
+/// `∇_x F − γ Σ_{j<T} Cᵀ M^j ∇_y F` at y_K (T = K; truncated: the last T steps only). One step
+/// from x₀ with η = 1 moves x by it, to 1e-10.
+#[test]
+fn itd_takes_the_exact_derivative_of_the_unrolled_map() {
+    use bilevel_optim::linalg::{add_scaled, Matrix};
+    let problem = quad(0.0);
+    let (k, gamma) = (6, 0.3);
+    let (x0, y0) = ([0.3, -0.2, 0.5], [0.1, 0.2, -0.3, 0.4]);
+    let m = Matrix::from_fn(4, 4, |i, j| {
+        f64::from(u8::from(i == j)) - gamma * problem.h.at(i, j)
+    });
+    let cx_b = add_scaled(&problem.c.mul_vec(&x0), 1.0, &problem.b);
+    let mut y_k = y0.to_vec();
+    for _ in 0..k {
+        y_k = add_scaled(&m.mul_vec(&y_k), -gamma, &cx_b);
+    }
+    // ∇_x F = Qx + Ry + q, ∇_y F = Py + Rᵀx + p at (x₀, y_K).
+    let fx = add_scaled(
+        &add_scaled(&problem.q.mul_vec(&x0), 1.0, &problem.r.mul_vec(&y_k)),
+        1.0,
+        &problem.qv,
+    );
+    let fy = add_scaled(
+        &add_scaled(&problem.p.mul_vec(&y_k), 1.0, &problem.r.t_mul_vec(&x0)),
+        1.0,
+        &problem.pv,
+    );
+    let dev = Cpu::default();
+    for truncation in [None, Some(2)] {
+        let mut want = fx.clone();
+        let mut power = fy.clone(); // M^j ∇_y F
+        for _ in 0..truncation.unwrap_or(k) {
+            want = add_scaled(&want, -gamma, &problem.c.t_mul_vec(&power));
+            power = m.mul_vec(&power);
+        }
+        let config = MethodConfig::new(ItdConfig {
+            eta: constant(1.0),
+            gamma,
+            inner_steps: k,
+            truncation,
+        });
+        let (mut x, mut y): (Vx, Vy) = (dev.tensor(x0), dev.tensor(y0));
+        let mut method = config.build(&x, &y, &problem).unwrap();
+        let mut o = Oracles::new(quad(0.0), 1);
+        method.step(&mut o, &mut x, &mut y).unwrap();
+        let got: Vec<f64> = x0.iter().zip(as_f64(&x)).map(|(a, b)| a - b).collect();
+        let (e, e_y) = (rel_err(&got, &want), rel_err(&as_f64(&y), &y_k));
+        println!("truncation {truncation:?}: derivative {e:.1e}, y_K {e_y:.1e}");
+        assert!(e < 1e-10 && e_y < 1e-10, "{truncation:?}: {e:e}, {e_y:e}");
     }
 }

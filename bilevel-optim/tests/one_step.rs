@@ -938,6 +938,52 @@ fn aid_cg_follows_its_rule() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// ITD.
+
+/// ITD (Franceschi et al. 2017; Grazzi et al. 2020; truncated: Shaban et al. 2019): from the
+/// last y, K SGD steps on one ζ, then ξ; the reverse pass `h ← h − γ J a`, `a ← a − γ H a`
+/// through the last T of the K steps, from `a = ∇_y F`, `h = ∇_x F` at y_K; `x ← x − η_t h`,
+/// y ← y_K. In full (T = K) and truncated (T = 1).
+#[test]
+fn itd_follows_its_rule() {
+    use bilevel_optim::methods::itd::ItdConfig;
+    for truncation in [None, Some(1)] {
+        let (k, gamma) = (3, 0.3);
+        let config = MethodConfig::new(ItdConfig {
+            eta: schedule(0.2, 0.5),
+            gamma,
+            inner_steps: k,
+            truncation,
+        });
+        let backward = truncation.unwrap_or(k);
+        check("itd", config, recorded(quadratic(None)), &[], |d, f, _| {
+            let (mut x, mut y) = (x0(), y0());
+            let mut out = Vec::new();
+            for t in 0..ITERATIONS {
+                let (zeta, xi) = (d.lower(), d.upper());
+                d.end_of_iteration();
+                let mut trajectory = vec![y.clone()];
+                for _ in 0..k {
+                    let last = trajectory.last().unwrap();
+                    let next = comb(&[(1.0, last), (-gamma, &gy(&x, last, &zeta))]);
+                    trajectory.push(next);
+                }
+                let y_k = trajectory.pop().unwrap();
+                let (mut a, mut h) = (f.fy(&x, &y_k, &xi), f.fx(&x, &y_k, &xi));
+                for _ in 0..backward {
+                    h = comb(&[(1.0, &h), (-gamma, &jv(&a, &zeta))]);
+                    a = comb(&[(1.0, &a), (-gamma, &hv(&a, &zeta))]);
+                }
+                x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t), &h)]);
+                y = y_k;
+                out.push(iterate(&x, &y, &[]));
+            }
+            out
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The Neumann family and AmIGO.
 
 /// `v ≈ H⁻¹ b` by the series, by hand: deterministic `α Σ_{i=0}^{Q} (I − αH)^i b` on one batch,

@@ -61,4 +61,5 @@ builtin_methods![
     maml::MamlConfig,
     anil::AnilConfig,
     aid_cg::AidCgConfig,
+    itd::ItdConfig,
 ];
