@@ -265,3 +265,55 @@ fn a_failed_run_leaves_no_earlier_summary_behind() {
     assert!(!dir.join("summary.json").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A run that diverges is a result, not a failure: the comparison goes on, its table marks the
+/// method's lost seed and lists why, and a second call reuses the divergence instead of running
+/// it again.
+#[test]
+fn a_diverged_run_is_reported_and_the_comparison_goes_on() {
+    let base: RunConfig = toml::from_str(
+        r#"
+        task = "hyper-opt"
+        iters = 3
+        eval_every = 3
+        [hyper_opt]
+        batch = 8
+        max_len = 8
+        eval_size = 16
+        "#,
+    )
+    .unwrap();
+    let out = std::env::temp_dir().join(format!("bilevel-compare-div-{}", std::process::id()));
+    let options = CompareOptions {
+        base,
+        methods: vec!["bo-rep".into(), "soba".into()],
+        seeds: vec![0, 1],
+        out: out.clone(),
+        progress: false,
+        tuned: None,
+        jobs: 2,
+        steps: vec!["soba=1e8:0.01".parse().unwrap()],
+    };
+    let data_dir = resolve_data_dir(None).unwrap();
+    let report = compare(&options, &data_dir).unwrap();
+    assert_eq!(report.runs.len(), 2, "bo-rep's two seeds finished");
+    let lost: Vec<(&str, u64)> = report
+        .diverged
+        .iter()
+        .map(|d| (d.method.as_str(), d.seed))
+        .collect();
+    assert_eq!(lost, [("soba", 0), ("soba", 1)]);
+    assert!(report.diverged[0].why.contains("not finite"), "{:?}", report.diverged);
+    let table = std::fs::read_to_string(report.dir.join("results.md")).unwrap();
+    assert!(table.contains("| soba (diverged: seed 0, 1) |"), "{table}");
+    assert!(table.contains("| bo-rep |"), "{table}");
+    assert!(table.contains("- soba seed 1: "), "{table}");
+    let csv = std::fs::read_to_string(report.dir.join("diverged.csv")).unwrap();
+    assert!(csv.starts_with("method,seed,reason\nsoba,0,"), "{csv}");
+    let record = out.join("hyper-opt/soba/seed-0/diverged.txt");
+    let written = std::fs::metadata(&record).unwrap().modified().unwrap();
+    let again = compare(&options, &data_dir).unwrap();
+    assert_eq!(again.diverged, report.diverged);
+    assert_eq!(std::fs::metadata(&record).unwrap().modified().unwrap(), written);
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -11,6 +11,7 @@ use crate::report::parallel::{map_in_threads, JobProgress};
 use crate::report::plot::{plot, Series};
 use crate::report::stats::{ensure_distinct, quantile};
 use crate::report::tuned::Tuned;
+use crate::report::{is_divergence, DIVERGED_FILE};
 use crate::run::config::{RunConfig, TaskName};
 use crate::run::summary::{Evaluation, RunSummary};
 use crate::run::{run, run_dir};
@@ -77,8 +78,28 @@ pub struct CompareReport {
     pub dir: PathBuf,
     /// The results table, as printed.
     pub markdown: String,
-    /// Every run, method by method and seed by seed.
+    /// Every finished run, method by method and seed by seed.
     pub runs: Vec<RunSummary>,
+    /// The runs that diverged (a non-finite value), left out of the table's figures.
+    pub diverged: Vec<DivergedRun>,
+}
+
+/// A run of a comparison that stopped at a non-finite value: a result (its steps are too large
+/// for that seed), not a failure of the comparison, which goes on with the other runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DivergedRun {
+    /// The method's name.
+    pub method: String,
+    /// The seed.
+    pub seed: u64,
+    /// The error, naming the iteration and the value that was not finite.
+    pub why: String,
+}
+
+/// How one run of a comparison ended.
+enum RunOutcome {
+    Finished(RunSummary),
+    Diverged(DivergedRun),
 }
 
 /// Runs (or reuses) every method × seed and writes the tables and plots.
@@ -130,16 +151,35 @@ pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<Comp
         (configs.len() * options.base.iters) as u64,
         options.progress && !each_run_draws,
     );
-    let runs = map_in_threads(&configs, options.jobs, |config| {
+    let outcomes = map_in_threads(&configs, options.jobs, |config| {
         let dir = run_dir(&options.out, config);
         let what = format!("{} seed {}", config.method().name(), config.seed);
-        let result = match finished_run(config, &dir) {
-            Some(done) => Ok((done, "reused")),
-            None => run(config, data_dir, &dir, each_run_draws)
-                .map(|r| (r, "finished"))
-                .with_context(|| what.clone()),
+        let diverged = |why: String| {
+            RunOutcome::Diverged(DivergedRun {
+                method: config.method().name().to_string(),
+                seed: config.seed,
+                why,
+            })
+        };
+        let result = match earlier_outcome(config, &dir) {
+            Some(Ok(done)) => Ok((RunOutcome::Finished(done), "reused")),
+            Some(Err(why)) => Ok((diverged(why), "reused, diverged")),
+            None => match run(config, data_dir, &dir, each_run_draws) {
+                Ok(done) => {
+                    let _ = std::fs::remove_file(dir.join(DIVERGED_FILE));
+                    Ok((RunOutcome::Finished(done), "finished"))
+                }
+                Err(e) if is_divergence(&e) => {
+                    let why = format!("{e:#}");
+                    crate::run::durable::write_atomic(&dir.join(DIVERGED_FILE), why.as_bytes())
+                        .with_context(|| what.clone())?;
+                    Ok((diverged(why), "diverged"))
+                }
+                Err(e) => Err(e).with_context(|| what.clone()),
+            },
         };
         let line = match &result {
+            Ok((RunOutcome::Diverged(d), how)) => format!("{what}: {how}: {}", d.why),
             Ok((_, how)) => format!("{what}: {how}"),
             Err(e) => format!("{e:#}"),
         };
@@ -148,13 +188,27 @@ pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<Comp
     })
     .into_iter()
     .collect::<anyhow::Result<Vec<_>>>()?;
+    let (mut runs, mut diverged) = (Vec::new(), Vec::new());
+    for outcome in outcomes {
+        match outcome {
+            RunOutcome::Finished(r) => runs.push(r),
+            RunOutcome::Diverged(d) => diverged.push(d),
+        }
+    }
     job.finish();
     let task = options.base.task;
     let dir = options.base.task_dir(&options.out).join("compare");
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let mut markdown = write_table(&dir, "results", task, &options.methods, &runs)?;
+    let mut markdown = write_table(&dir, "results", task, &options.methods, &runs, &diverged)?;
     if let Some(stopped) = stopped_at_best_validation(&runs) {
-        let table = write_table(&dir, STOPPED_STEM, task, &options.methods, &stopped)?;
+        let table = write_table(
+            &dir,
+            STOPPED_STEM,
+            task,
+            &options.methods,
+            &stopped,
+            &diverged,
+        )?;
         write!(
             markdown,
             "\nEach run at its evaluation with the best {STOPPING_METRIC} \
@@ -166,7 +220,18 @@ pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<Comp
         dir,
         markdown,
         runs,
+        diverged,
     })
+}
+
+/// What `dir` already holds for `config`: its finished summary, or why it diverged.
+fn earlier_outcome(config: &RunConfig, dir: &Path) -> Option<Result<RunSummary, String>> {
+    if let Some(done) = finished_run(config, dir) {
+        return Some(Ok(done));
+    }
+    let saved = RunConfig::saved_matching(&dir.join("config.toml"), config)?;
+    let why = std::fs::read_to_string(dir.join(DIVERGED_FILE)).ok()?;
+    (saved.iters == config.iters).then_some(Err(why))
 }
 
 /// The summary of a run of exactly `config` that already finished in `dir`, so that a comparison
@@ -239,6 +304,7 @@ fn write_table(
     task: TaskName,
     methods: &[String],
     runs: &[RunSummary],
+    diverged: &[DivergedRun],
 ) -> anyhow::Result<String> {
     // Every metric any run reports: a run reused from before a task gained a metric lacks it,
     // and its cells say over how many seeds they are.
@@ -279,7 +345,16 @@ fn write_table(
                 quantile(&values, 0.8)
             )
         };
-        let mut row = format!("| {method} |");
+        let lost: Vec<String> = diverged
+            .iter()
+            .filter(|d| &d.method == method)
+            .map(|d| d.seed.to_string())
+            .collect();
+        let mut row = if lost.is_empty() {
+            format!("| {method} |")
+        } else {
+            format!("| {method} (diverged: seed {}) |", lost.join(", "))
+        };
         for name in &ordered {
             let values: Vec<f64> = mine
                 .iter()
@@ -309,6 +384,21 @@ fn write_table(
             quantile(&secs, 0.5)
         )?;
         md.push_str(&row);
+    }
+    if !diverged.is_empty() {
+        md.push_str("\nDiverged runs, left out of the figures above (diverged.csv):\n\n");
+        let mut list = String::from("method,seed,reason\n");
+        for d in diverged {
+            writeln!(md, "- {} seed {}: {}", d.method, d.seed, d.why)?;
+            writeln!(
+                list,
+                "{},{},\"{}\"",
+                d.method,
+                d.seed,
+                d.why.replace('"', "'")
+            )?;
+        }
+        crate::run::durable::write_atomic(&dir.join("diverged.csv"), list.as_bytes())?;
     }
     crate::run::durable::write_atomic(&dir.join(format!("{stem}.csv")), csv.as_bytes())?;
     crate::run::durable::write_atomic(&dir.join(format!("{stem}.md")), md.as_bytes())?;
@@ -487,6 +577,7 @@ mod tests {
             TaskName::HyperRep,
             &["slip".into()],
             &stopped,
+            &[],
         );
         assert!(md
             .unwrap()
@@ -548,7 +639,15 @@ mod tests {
             summary(0, &[("test/accuracy", 0.5)]),
             summary(1, &[("test/accuracy", 0.7), ("validation/accuracy", 0.6)]),
         ];
-        let md = write_table(&dir, "results", TaskName::HyperRep, &["slip".into()], &runs).unwrap();
+        let md = write_table(
+            &dir,
+            "results",
+            TaskName::HyperRep,
+            &["slip".into()],
+            &runs,
+            &[],
+        )
+        .unwrap();
         assert!(
             md.contains("| test/accuracy | validation/accuracy |"),
             "{md}"

@@ -8,3 +8,20 @@ pub mod plot;
 pub mod stats;
 pub mod tune;
 pub mod tuned;
+
+use bilevel_optim::error::BilevelError;
+
+/// Whether `e` is a divergence (a non-finite value) rather than a failure of the bench itself:
+/// `tune` and `compare` record a diverged run as a result and go on.
+pub(crate) fn is_divergence(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<BilevelError>(),
+            Some(BilevelError::NonFinite { .. })
+        )
+    })
+}
+
+/// The file in which a run that diverged records why, so that a later `tune` or `compare` over
+/// the same `--out` reuses the outcome instead of running it again.
+pub(crate) const DIVERGED_FILE: &str = "diverged.txt";

@@ -19,8 +19,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::report::{is_divergence, DIVERGED_FILE};
 use anyhow::{bail, Context};
-use bilevel_optim::error::BilevelError;
 
 use crate::report::parallel::{map_in_threads, JobProgress};
 use crate::report::stats::{ensure_distinct, quantile};
@@ -147,16 +147,6 @@ pub struct TuneReport {
     pub markdown: String,
 }
 
-/// Whether `e` is a divergence (a non-finite value) rather than a failure of the bench itself.
-fn is_divergence(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<BilevelError>(),
-            Some(BilevelError::NonFinite { .. })
-        )
-    })
-}
-
 /// The directory of one grid point's run with one seed:
 /// `<out>/<task>/tune/<method>/lower-L_upper-U/seed-S/` (see [`RunConfig::task_dir`]).
 fn point_dir(
@@ -208,10 +198,6 @@ fn over_seeds(runs: &[(u64, Outcome)]) -> Outcome {
         loss: quantile(&losses, 0.5),
     }
 }
-
-/// The file in which a grid run that diverged records why, so that a later `tune` over the same
-/// `--out` reuses the outcome instead of running the pair again.
-const DIVERGED_FILE: &str = "diverged.txt";
 
 /// What a grid run's directory already holds for `config` (a pair with one seed, at the budget
 /// `config.iters`).
