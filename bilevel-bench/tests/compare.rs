@@ -303,7 +303,11 @@ fn a_diverged_run_is_reported_and_the_comparison_goes_on() {
         .map(|d| (d.method.as_str(), d.seed))
         .collect();
     assert_eq!(lost, [("soba", 0), ("soba", 1)]);
-    assert!(report.diverged[0].why.contains("not finite"), "{:?}", report.diverged);
+    assert!(
+        report.diverged[0].why.contains("not finite"),
+        "{:?}",
+        report.diverged
+    );
     let table = std::fs::read_to_string(report.dir.join("results.md")).unwrap();
     assert!(table.contains("| soba (diverged: seed 0, 1) |"), "{table}");
     assert!(table.contains("| bo-rep |"), "{table}");
@@ -314,6 +318,9 @@ fn a_diverged_run_is_reported_and_the_comparison_goes_on() {
     let written = std::fs::metadata(&record).unwrap().modified().unwrap();
     let again = compare(&options, &data_dir).unwrap();
     assert_eq!(again.diverged, report.diverged);
-    assert_eq!(std::fs::metadata(&record).unwrap().modified().unwrap(), written);
+    assert_eq!(
+        std::fs::metadata(&record).unwrap().modified().unwrap(),
+        written
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
