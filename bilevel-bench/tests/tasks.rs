@@ -193,10 +193,10 @@ fn bad_configurations_are_rejected_with_the_field() {
         "[hyper_clean]\nweight_logit_init = nan",
         "hyper_clean.weight_logit_init must be a finite number",
     );
-    // MAML never steps x, and hyper-rep's metric reads x alone: refused, naming the alternative.
+    // MAML never steps x, and hyper-rep's metric reads x alone: refused, naming the alternatives.
     check(
         "task = \"hyper-rep\"\n[method]\nmethod = \"maml\"",
-        "use anil",
+        "or maml-encoder, the lab's MAML",
     );
 }
 

@@ -17,6 +17,7 @@ use bilevel_optim::methods::f2sa::F2saConfig;
 use bilevel_optim::methods::itd::ItdConfig;
 use bilevel_optim::methods::ma_soba::MaSobaConfig;
 use bilevel_optim::methods::maml::MamlConfig;
+use bilevel_optim::methods::maml_encoder::MamlEncoderConfig;
 use bilevel_optim::methods::meta::MetaConfig;
 use bilevel_optim::methods::mrbo::MrboConfig;
 use bilevel_optim::methods::saba::SabaConfig;
@@ -451,17 +452,17 @@ fn oracle_costs_match_the_documented_table() {
         }
     }
     // MAML and ANIL: per task, K ∇G, one ∇F and K passes (H·v and J·v together).
-    for name in ["maml", "anil"] {
+    for name in ["maml", "anil", "maml-encoder"] {
         let meta = MetaConfig {
             inner_steps: 3,
             inner_step: 0.1,
             outer_step: constant(0.1),
             tasks_per_batch: 2,
         };
-        let config = if name == "maml" {
-            MethodConfig::new(MamlConfig::from(meta))
-        } else {
-            MethodConfig::new(AnilConfig::from(meta))
+        let config = match name {
+            "maml" => MethodConfig::new(MamlConfig::from(meta)),
+            "anil" => MethodConfig::new(AnilConfig::from(meta)),
+            _ => MethodConfig::new(MamlEncoderConfig::from(meta)),
         };
         let problem = quad(0.0);
         let (mut x, mut y) = start();
@@ -569,17 +570,17 @@ fn methods_are_selected_by_name_and_configured_by_serde() {
 /// learned initialization), so they are checked on theirs: the meta-gradient vanishes.
 #[test]
 fn maml_and_anil_drive_their_meta_gradient_to_zero() {
-    for (name, outer) in [("maml", 1.0), ("anil", 0.5)] {
+    for (name, outer) in [("maml", 1.0), ("anil", 0.5), ("maml-encoder", 0.5)] {
         let meta = MetaConfig {
             inner_steps: 3,
             inner_step: 0.1,
             outer_step: constant(outer),
             tasks_per_batch: 1,
         };
-        let config = if name == "maml" {
-            MethodConfig::new(MamlConfig::from(meta))
-        } else {
-            MethodConfig::new(AnilConfig::from(meta))
+        let config = match name {
+            "maml" => MethodConfig::new(MamlConfig::from(meta)),
+            "anil" => MethodConfig::new(AnilConfig::from(meta)),
+            _ => MethodConfig::new(MamlEncoderConfig::from(meta)),
         };
         let (mut x, mut y) = start();
         let mut method = config.build(&x, &y, &quad(0.0)).unwrap();

@@ -1473,21 +1473,27 @@ fn adambo_follows_its_rule_with_weight_decay() {
 /// per task a support ζ and a query ξ; K SGD steps y_{k+1} = y_k − α ∇_y G(x, y_k; ζ) from θ₀;
 /// a = ∇_y F(x, y_K; ξ), g_x = ∇_x F(x, y_K; ξ); back through the steps, for k = K−1..0,
 /// g_x ← g_x − α J(y_k) a, then a ← a − α H(y_k) a; θ₀ ← θ₀ − η_t mean(a), and for ANIL also
-/// x ← x − η_t mean(g_x). The caller's y is the last task's adapted y_K.
+/// x ← x − η_t mean(g_x). The caller's y is the last task's adapted y_K. The encoder-learning
+/// MAML (`maml-encoder`) keeps θ₀ at the starting y and steps x only.
 #[test]
 fn maml_and_anil_follow_their_rule() {
+    use bilevel_optim::methods::maml_encoder::MamlEncoderConfig;
     use bilevel_optim::methods::meta::MetaConfig;
-    for learn_upper in [false, true] {
+    for name in ["maml", "anil", "maml-encoder"] {
         let meta = MetaConfig {
             inner_steps: 2,
             inner_step: 0.25,
             outer_step: schedule(0.2, 0.5),
             tasks_per_batch: 2,
         };
-        let (name, config) = if learn_upper {
-            ("anil", MethodConfig::new(AnilConfig::from(meta)))
-        } else {
-            ("maml", MethodConfig::new(MamlConfig::from(meta)))
+        let (config, learn_upper, learn_init) = match name {
+            "maml" => (MethodConfig::new(MamlConfig::from(meta)), false, true),
+            "anil" => (MethodConfig::new(AnilConfig::from(meta)), true, true),
+            _ => (
+                MethodConfig::new(MamlEncoderConfig::from(meta)),
+                true,
+                false,
+            ),
         };
         check(
             name,
@@ -1521,7 +1527,9 @@ fn maml_and_anil_follow_their_rule() {
                     }
                     d.end_of_iteration();
                     let eta = decay(0.2, 0.5, t);
-                    init = comb(&[(1.0, &init), (-eta, &d_init)]);
+                    if learn_init {
+                        init = comb(&[(1.0, &init), (-eta, &d_init)]);
+                    }
                     if learn_upper {
                         x = comb(&[(1.0, &x), (-eta, &d_x)]);
                     }
@@ -1540,7 +1548,7 @@ fn every_method_has_a_one_step_reference_test() {
     for name in bilevel_optim::methods::METHODS {
         let test = format!("fn {}_follows_its_rule", name.replace('-', "_"));
         let borep = name == "bo-rep" && source.contains("fn borep_follows_its_rule");
-        let meta = (name == "maml" || name == "anil")
+        let meta = (name == "maml" || name == "anil" || name == "maml-encoder")
             && source.contains("fn maml_and_anil_follow_their_rule");
         assert!(
             borep || meta || source.contains(&test),

@@ -423,7 +423,8 @@ impl task::Task for HyperRepTask {
                 "method maml on hyper-rep: MAML meta-learns y's initialization and never steps x \
                  (the encoder), while hyper-rep's metric fits fresh heads on x alone, so every \
                  evaluation would score the random encoder; use anil, which learns the encoder \
-                 through the adaptation"
+                 and the heads' initialization through the adaptation, or maml-encoder, the lab's \
+                 MAML, which learns the encoder from a fixed head initialization"
             );
         }
         config.validate()

@@ -153,6 +153,9 @@ pub trait MetaVariant:
     const NAME: &'static str;
     /// Whether x is meta-learned too (ANIL) or left as it is (MAML).
     const LEARNS_UPPER: bool;
+    /// Whether θ₀ is meta-learned (MAML, ANIL) or every task starts from the y the method was
+    /// built with (the lab's encoder-learning MAML).
+    const LEARNS_INIT: bool = true;
 }
 
 /// The configuration of meta-learner `V`: the knobs of [`MetaConfig`], under `V`'s name.
@@ -230,16 +233,18 @@ where
             *y = task.adapted;
         }
         let eta = E::of(c.outer_step.at(t));
-        let (step_size, mut x_step_norm) = plain_step(&mut self.init, &d_init, eta);
-        site.check("meta-learned initialization θ₀", &self.init)?;
+        let (mut hypergrad, mut x_step_norm) = (0.0, 0.0);
+        if V::LEARNS_INIT {
+            plain_step(&mut self.init, &d_init, eta);
+            site.check("meta-learned initialization θ₀", &self.init)?;
+            hypergrad += d_init.norm_sq().f64();
+        }
         if V::LEARNS_UPPER {
             x_step_norm = plain_step(x, &d_upper, eta).1;
             project_and_check_x(oracles, x, site)?;
-        }
-        let mut hypergrad = d_init.norm_sq().f64();
-        if V::LEARNS_UPPER {
             hypergrad += d_upper.norm_sq().f64();
         }
+        let step_size = eta.f64();
         Ok(Outcome {
             upper_loss: Some(query_loss),
             lower_loss: support_loss,

@@ -62,4 +62,5 @@ builtin_methods![
     anil::AnilConfig,
     aid_cg::AidCgConfig,
     itd::ItdConfig,
+    maml_encoder::MamlEncoderConfig,
 ];
