@@ -15,6 +15,7 @@ use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
 use crate::error::BilevelError;
+use crate::linear_solvers::{conjugate_gradient, CgConfig, HessianOperator};
 use crate::oracles::Oracles;
 use crate::params::Params;
 use crate::passes::LossGrad;
@@ -44,6 +45,11 @@ pub struct NeumannConfig {
     pub terms: usize,
     /// α: the scale, at most 1/L for convergence of the series.
     pub scale: f64,
+    /// Solve the Hessian batch's system by conjugate gradients instead of summing the series
+    /// (deterministic truncation only: CG needs the one fixed batch; `terms` and `scale` are
+    /// then unused). Absent from a configuration file, the series is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cg: Option<CgConfig>,
 }
 
 impl NeumannConfig {
@@ -53,6 +59,7 @@ impl NeumannConfig {
             truncation: Truncation::Deterministic,
             terms,
             scale,
+            cg: None,
         }
     }
 
@@ -62,6 +69,7 @@ impl NeumannConfig {
             truncation: Truncation::Randomized,
             terms,
             scale,
+            cg: None,
         }
     }
 
@@ -72,6 +80,17 @@ impl NeumannConfig {
                 field,
                 reason: "scale α must be a positive number".into(),
             });
+        }
+        if let Some(cg) = &self.cg {
+            if self.truncation == Truncation::Randomized {
+                return Err(BilevelError::InvalidConfig {
+                    field,
+                    reason: "cg needs the deterministic truncation (one fixed Hessian batch); \
+                             the randomized series draws a batch per factor"
+                        .into(),
+                });
+            }
+            cg.validate(field)?;
         }
         if self.truncation == Truncation::Randomized && self.terms == 0 {
             return Err(BilevelError::InvalidConfig {
@@ -105,7 +124,7 @@ impl NeumannConfig {
         }
     }
 
-    /// `v ≈ [∇²_yy g]⁻¹ b` on the given Hessian batches.
+    /// `v ≈ [∇²_yy g]⁻¹ b` on the given Hessian batches (by CG from 0 when `cg` is set).
     pub fn inverse_hvp<E: Real, P: BilevelProblem<E>>(
         &self,
         oracles: &mut Oracles<E, P>,
@@ -118,6 +137,11 @@ impl NeumannConfig {
     where
         Cpu: Device<E>,
     {
+        if let Some(cg) = &self.cg {
+            let batch = hessian.first().expect("one Hessian batch");
+            let mut system = HessianOperator::new(oracles, (x, y), batch, cg.damping, site);
+            return Ok(conjugate_gradient(&mut system, b, None, cg)?.v);
+        }
         let alpha = E::of(self.scale);
         // p ← (I − αH) p, the factor every term is built from.
         let mut apply = |p: &P::Y, batch: &P::LowerBatch| -> Result<P::Y, BilevelError> {

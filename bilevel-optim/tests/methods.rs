@@ -899,3 +899,37 @@ fn itd_takes_the_exact_derivative_of_the_unrolled_map() {
         assert!(e < 1e-10 && e_y < 1e-10, "{truncation:?}: {e:e}, {e_y:e}");
     }
 }
+
+/// Conjugate gradients replace the Neumann series only where one fixed Hessian batch exists:
+/// with the randomized series the configuration is refused, naming the field.
+#[test]
+fn conjugate_gradients_need_the_deterministic_series() {
+    let with_cg = |neumann: NeumannConfig| NeumannConfig {
+        cg: Some(CgConfig::default()),
+        ..neumann
+    };
+    let ok = StocBioConfig {
+        neumann: with_cg(NeumannConfig::deterministic(5, 0.1)),
+        ..Default::default()
+    };
+    assert!(ok.validate().is_ok());
+    let bad = TtsaConfig {
+        neumann: with_cg(NeumannConfig::randomized(5, 0.1)),
+        ..Default::default()
+    };
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("neumann") && err.contains("deterministic"),
+        "{err}"
+    );
+    // Read from a configuration, and absent from one written without the option.
+    let read: MethodConfig = serde_json::from_str(
+        r#"{"method": "stocbio", "neumann": {"truncation": "deterministic", "terms": 5,
+            "scale": 0.1, "cg": {"max_steps": 4}}}"#,
+    )
+    .unwrap();
+    let c = read.get::<StocBioConfig>().unwrap();
+    assert_eq!(c.neumann.cg.map(|cg| cg.max_steps), Some(4));
+    let written = serde_json::to_string(&MethodConfig::new(StocBioConfig::default())).unwrap();
+    assert!(!written.contains("cg"), "{written}");
+}

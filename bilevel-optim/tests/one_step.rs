@@ -1069,6 +1069,52 @@ fn stocbio_follows_its_rule() {
     check_neumann("stocbio", config, plan, (3, 0.2, false));
 }
 
+/// StocBio with its Hessian batch's system solved by conjugate gradients instead of the series
+/// (`neumann.cg`): D SGD steps, then ξ, the Hessian batch and the cross batch; v = 2 CG steps
+/// from 0 on `(H + λI) v = ∇_y F` (K = 2 < dim y, λ = 0.1), `x ← x − η_t (∇_x F − J v)`.
+#[test]
+fn stocbio_follows_its_rule_with_conjugate_gradients() {
+    use bilevel_optim::linear_solvers::CgConfig;
+    use bilevel_optim::methods::stocbio::StocBioConfig;
+    use bilevel_optim::neumann::NeumannConfig;
+    let cg = CgConfig {
+        max_steps: 2,
+        tolerance: 0.0,
+        damping: 0.1,
+    };
+    let config = MethodConfig::new(StocBioConfig {
+        eta: schedule(0.2, 0.5),
+        gamma: 0.25,
+        inner_steps: 2,
+        neumann: NeumannConfig {
+            cg: Some(cg),
+            ..NeumannConfig::deterministic(3, 0.2)
+        },
+    });
+    check(
+        "stocbio",
+        config,
+        recorded(quadratic(None)),
+        &[],
+        |d, f, _| {
+            let (mut x, mut y) = (x0(), y0());
+            (0..ITERATIONS)
+                .map(|t| {
+                    sgd_steps(d, &x, &mut y, 2, 0.25);
+                    let xi = d.upper();
+                    let (hessian, cross) = series_batches(d);
+                    assert_eq!(hessian.len(), 1, "one Hessian batch");
+                    let b = f.fy(&x, &y, &xi);
+                    let (v, _) = cg_by_hand(&hessian[0], 0.1, &b, &[0.0; DY], 2, 0.0);
+                    let h = comb(&[(1.0, &f.fx(&x, &y, &xi)), (-1.0, &jv(&v, &cross))]);
+                    x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t), &h)]);
+                    iterate(&x, &y, &[])
+                })
+                .collect()
+        },
+    );
+}
+
 /// TTSA (Hong et al. 2023): one SGD step with β_t, the randomized series, x step α_t.
 #[test]
 fn ttsa_follows_its_rule() {
