@@ -95,13 +95,17 @@ fn step_pairs_parse_or_say_why() {
     assert!(err.contains("--seeds lists 1 twice"), "{err}");
 }
 
-#[test]
-fn compare_writes_runs_table_and_plots() {
-    let base: RunConfig = toml::from_str(
+/// BO-REP and SOBA on hyper-opt at a tiny size (batches of 8 reviews of 8 tokens, 16 evaluation
+/// reviews), seeds 0 and 1 on two threads, with SOBA's steps set by `soba_steps`.
+fn tiny_comparison(
+    name: &str,
+    iters: usize,
+    eval_every: usize,
+    soba_steps: &str,
+) -> CompareOptions {
+    let mut base: RunConfig = toml::from_str(
         r#"
         task = "hyper-opt"
-        iters = 4
-        eval_every = 2
         [hyper_opt]
         batch = 8
         max_len = 8
@@ -109,17 +113,23 @@ fn compare_writes_runs_table_and_plots() {
         "#,
     )
     .unwrap();
-    let out = std::env::temp_dir().join(format!("bilevel-compare-{}", std::process::id()));
-    let options = CompareOptions {
+    (base.iters, base.eval_every) = (iters, eval_every);
+    CompareOptions {
         base,
         methods: vec!["bo-rep".into(), "soba".into()],
         seeds: vec![0, 1],
-        out: out.clone(),
+        out: std::env::temp_dir().join(format!("bilevel-{name}-{}", std::process::id())),
         progress: false,
         tuned: None,
         jobs: 2,
-        steps: vec!["soba=0.02:0.03".parse().unwrap()],
-    };
+        steps: vec![format!("soba={soba_steps}").parse().unwrap()],
+    }
+}
+
+#[test]
+fn compare_writes_runs_table_and_plots() {
+    let options = tiny_comparison("compare", 4, 2, "0.02:0.03");
+    let out = options.out.clone();
     let report = compare(&options, &resolve_data_dir(None).unwrap()).unwrap();
     assert_eq!(report.runs.len(), 4);
     for method in ["bo-rep", "soba"] {
@@ -271,29 +281,8 @@ fn a_failed_run_leaves_no_earlier_summary_behind() {
 /// it again.
 #[test]
 fn a_diverged_run_is_reported_and_the_comparison_goes_on() {
-    let base: RunConfig = toml::from_str(
-        r#"
-        task = "hyper-opt"
-        iters = 3
-        eval_every = 3
-        [hyper_opt]
-        batch = 8
-        max_len = 8
-        eval_size = 16
-        "#,
-    )
-    .unwrap();
-    let out = std::env::temp_dir().join(format!("bilevel-compare-div-{}", std::process::id()));
-    let options = CompareOptions {
-        base,
-        methods: vec!["bo-rep".into(), "soba".into()],
-        seeds: vec![0, 1],
-        out: out.clone(),
-        progress: false,
-        tuned: None,
-        jobs: 2,
-        steps: vec!["soba=1e8:0.01".parse().unwrap()],
-    };
+    let options = tiny_comparison("compare-div", 3, 3, "1e8:0.01");
+    let out = options.out.clone();
     let data_dir = resolve_data_dir(None).unwrap();
     let report = compare(&options, &data_dir).unwrap();
     assert_eq!(report.runs.len(), 2, "bo-rep's two seeds finished");
