@@ -45,8 +45,7 @@ fn ensure_font() -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)
 }
 
-/// One color per series, distinct for as many series as there are methods (a comparison of all
-/// 17 must not give two methods the same line): Tableau's ten, then seven darker hues.
+/// The first series' colors: Tableau's ten, then seven darker hues ([`color`] goes on past them).
 const COLORS: [RGBColor; 17] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -66,6 +65,31 @@ const COLORS: [RGBColor; 17] = [
     RGBColor(200, 0, 200),
     RGBColor(184, 134, 11),
 ];
+
+/// The color of series `k`, distinct for every series, so that a comparison of every method
+/// (built-in or registered, however many) never gives two the same line: [`COLORS`], then hues
+/// spread by the golden angle at a fixed saturation and lightness.
+fn color(k: usize) -> RGBColor {
+    if let Some(&c) = COLORS.get(k) {
+        return c;
+    }
+    let hue = ((k - COLORS.len()) as f64 * 137.507_764) % 360.0;
+    let (lightness, saturation) = (0.42, 0.7);
+    let chroma = (1.0 - (2.0 * lightness - 1.0_f64).abs()) * saturation;
+    let h = hue / 60.0;
+    let x = chroma * (1.0 - (h % 2.0 - 1.0).abs());
+    let (r, g, b) = match h as u32 {
+        0 => (chroma, x, 0.0),
+        1 => (x, chroma, 0.0),
+        2 => (0.0, chroma, x),
+        3 => (0.0, x, chroma),
+        4 => (x, 0.0, chroma),
+        _ => (chroma, 0.0, x),
+    };
+    let m = lightness - chroma / 2.0;
+    let channel = |v: f64| ((v + m) * 255.0).round() as u8;
+    RGBColor(channel(r), channel(g), channel(b))
+}
 
 /// An x tick as people write it: iterations and calls as integers ("2000", not "2000.0"),
 /// seconds with at most three decimals.
@@ -148,7 +172,7 @@ where
         .draw()
         .map_err(|e| fail(&e))?;
     for (k, s) in series.iter().enumerate() {
-        let color = COLORS[k % COLORS.len()];
+        let line = color(k);
         let band: Vec<(f64, f64)> =
             s.x.iter()
                 .zip(&s.high)
@@ -156,17 +180,17 @@ where
                 .chain(s.x.iter().zip(&s.low).rev().map(|(x, y)| (*x, *y)))
                 .collect();
         chart
-            .draw_series(std::iter::once(Polygon::new(band, color.mix(0.18))))
+            .draw_series(std::iter::once(Polygon::new(band, line.mix(0.18))))
             .map_err(|e| fail(&e))?;
         chart
             .draw_series(LineSeries::new(
                 s.x.iter().zip(&s.median).map(|(x, y)| (*x, *y)),
-                color.stroke_width(2),
+                line.stroke_width(2),
             ))
             .map_err(|e| fail(&e))?
             .label(s.name.as_str())
             .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                PathElement::new(vec![(x, y), (x + 20, y)], line.stroke_width(2))
             });
     }
     chart
@@ -195,11 +219,12 @@ mod tests {
 
     #[test]
     fn every_method_of_a_full_comparison_gets_its_own_color() {
-        let n = bilevel_optim::methods::METHODS.len();
-        assert!(COLORS.len() >= n);
-        for (i, a) in COLORS.iter().enumerate() {
-            for b in &COLORS[..i] {
-                assert_ne!(a, b);
+        // Every built-in method and a few dozen registered ones.
+        let n = bilevel_optim::methods::METHODS.len() + 40;
+        let colors: Vec<RGBColor> = (0..n).map(color).collect();
+        for (i, a) in colors.iter().enumerate() {
+            for b in &colors[..i] {
+                assert_ne!(a, b, "series {i}");
             }
         }
     }
