@@ -24,7 +24,8 @@ use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::steps::{
-    plain_step, project_and_check_x, sgd_on_lower, upper_grad_checked, Outcome,
+    hypergradient_estimate, plain_step, project_and_check_x, sgd_on_lower, upper_grad_checked,
+    Outcome,
 };
 use dfdx::prelude::{Cpu, Device};
 
@@ -100,8 +101,7 @@ where
         self.v = solution.v;
         let jv = oracles.jvp(x, y, &self.v, &zeta)?;
         site.check("cross product ∇²_xy g·v", &jv)?;
-        let mut h = upper.dx;
-        h.add_scaled(-E::one(), &jv);
+        let h = hypergradient_estimate(&upper.dx, &jv);
         let (step_size, x_step_norm) = plain_step(x, &h, E::of(c.eta.at(t)));
         project_and_check_x(oracles, x, site)?;
         Ok(Outcome {
