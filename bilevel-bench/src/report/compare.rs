@@ -215,6 +215,8 @@ pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<Comp
              ({STOPPED_STEM}.md):\n\n{table}"
         )?;
     }
+    markdown.push_str(&diverged_list(&diverged));
+    write_diverged_csv(&dir, &diverged)?;
     write_plots(&dir, task, &options.methods, &runs)?;
     Ok(CompareReport {
         dir,
@@ -385,24 +387,40 @@ fn write_table(
         )?;
         md.push_str(&row);
     }
-    if !diverged.is_empty() {
-        md.push_str("\nDiverged runs, left out of the figures above (diverged.csv):\n\n");
-        let mut list = String::from("method,seed,reason\n");
-        for d in diverged {
-            writeln!(md, "- {} seed {}: {}", d.method, d.seed, d.why)?;
-            writeln!(
-                list,
-                "{},{},\"{}\"",
-                d.method,
-                d.seed,
-                d.why.replace('"', "'")
-            )?;
-        }
-        crate::run::durable::write_atomic(&dir.join("diverged.csv"), list.as_bytes())?;
-    }
     crate::run::durable::write_atomic(&dir.join(format!("{stem}.csv")), csv.as_bytes())?;
-    crate::run::durable::write_atomic(&dir.join(format!("{stem}.md")), md.as_bytes())?;
+    let file = format!("{md}{}", diverged_list(diverged));
+    crate::run::durable::write_atomic(&dir.join(format!("{stem}.md")), file.as_bytes())?;
     Ok(md)
+}
+
+/// The diverged runs as the tables' footnote (empty when none diverged).
+fn diverged_list(diverged: &[DivergedRun]) -> String {
+    if diverged.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from("\nDiverged runs, left out of the figures above (diverged.csv):\n\n");
+    for d in diverged {
+        md.push_str(&format!("- {} seed {}: {}\n", d.method, d.seed, d.why));
+    }
+    md
+}
+
+/// `diverged.csv`: method, seed and reason of every diverged run (written only when one did).
+fn write_diverged_csv(dir: &Path, diverged: &[DivergedRun]) -> anyhow::Result<()> {
+    if diverged.is_empty() {
+        return Ok(());
+    }
+    let mut csv = String::from("method,seed,reason\n");
+    for d in diverged {
+        writeln!(
+            csv,
+            "{},{},\"{}\"",
+            d.method,
+            d.seed,
+            d.why.replace('"', "'")
+        )?;
+    }
+    crate::run::durable::write_atomic(&dir.join("diverged.csv"), csv.as_bytes())
 }
 
 /// The x coordinate of an evaluation on one plot axis.
