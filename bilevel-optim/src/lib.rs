@@ -1,6 +1,6 @@
 //! Stochastic bilevel optimization on [dfdx](https://docs.rs/dfdx/0.13.0):
 //! `min_x f(x, y*(x))` with `y*(x) = argmin_y g(x, y)`, with exact second-order products and
-//! 17 methods behind one trait.
+//! the methods of [`methods::METHODS`] behind one trait.
 //!
 //! - Describe your problem once: [`problem::BilevelProblem`] (variables are any dfdx modules,
 //!   tensors or tuples; losses are ordinary taped dfdx computations; the lower gradient `∇_y g`

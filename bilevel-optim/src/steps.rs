@@ -302,6 +302,52 @@ where
     (a.f64(), (a * d.norm()).f64())
 }
 
+/// The fully first-order methods' (F2SA, F2BA) hypergradient estimate from the penalty
+/// `f + λ (g(·, y) − g(·, z))`: `∇_x F(x, y; ξ) + λ (∇_x G(x, y; ζ) − ∇_x G(x, z; ζ))`, one ζ for
+/// both lower gradients so that their difference carries less noise.
+pub fn penalty_hypergradient<E: Real, P: BilevelProblem<E>>(
+    oracles: &mut Oracles<E, P>,
+    (x, y, z): (&P::X, &P::Y, &P::Y),
+    lambda: E,
+    (xi, zeta): (&P::UpperBatch, &P::LowerBatch),
+    site: Site,
+) -> Result<PenaltyEstimate<E, P::X, P::Y>, BilevelError>
+where
+    Cpu: Device<E>,
+{
+    let upper = upper_grad_checked(oracles, x, y, xi, site)?;
+    let at_y = lower_grad_checked(oracles, x, y, zeta, site)?;
+    let at_z = lower_grad_checked(oracles, x, z, zeta, site)?;
+    let d = penalty_direction(&upper.dx, &at_y.dx, &at_z.dx, lambda);
+    Ok(PenaltyEstimate { d, upper, at_y })
+}
+
+/// [`penalty_hypergradient`]'s estimate and the gradients it measured on the way.
+pub struct PenaltyEstimate<E, X, Y> {
+    /// The estimate `∇_x F + λ (∇_x G(y) − ∇_x G(z))`.
+    pub d: X,
+    /// F and ∇F at (x, y) on ξ.
+    pub upper: LossGrad<E, X, Y>,
+    /// G and ∇G at (x, y) on ζ.
+    pub at_y: LossGrad<E, X, Y>,
+}
+
+/// `∇_x F + λ (∇_x G(y) − ∇_x G(z))` from gradients already taken.
+pub fn penalty_direction<E: Real, X: Params<E>>(
+    upper_dx: &X,
+    at_y_dx: &X,
+    at_z_dx: &X,
+    lambda: E,
+) -> X
+where
+    Cpu: Device<E>,
+{
+    let mut d = upper_dx.clone();
+    d.add_scaled(lambda, at_y_dx);
+    d.add_scaled(-lambda, at_z_dx);
+    d
+}
+
 /// The y and z half of a single-loop iteration of the linear-system family (SOBA, MA-SOBA,
 /// SLIP), everything evaluated at (x_t, y_t, z_t) on a fresh ξ and, on a fresh ζ, dfdx's
 /// `∇_y G` and one second-order pass: `y ← y − a ∇_y G`, `z ← Π_{‖z‖≤ρ}(z − b (H z − ∇_y F))`,

@@ -13,7 +13,9 @@ use bilevel_optim::methods::amigo::AmigoConfig;
 use bilevel_optim::methods::anil::AnilConfig;
 use bilevel_optim::methods::borep::{BoRepConfig, InitRefinement, ZInit};
 use bilevel_optim::methods::bsa::BsaConfig;
+use bilevel_optim::methods::f2ba::F2baConfig;
 use bilevel_optim::methods::f2sa::F2saConfig;
+use bilevel_optim::methods::fsla::FslaConfig;
 use bilevel_optim::methods::itd::ItdConfig;
 use bilevel_optim::methods::ma_soba::MaSobaConfig;
 use bilevel_optim::methods::maml::MamlConfig;
@@ -24,6 +26,7 @@ use bilevel_optim::methods::saba::SabaConfig;
 use bilevel_optim::methods::slip::SlipConfig;
 use bilevel_optim::methods::soba::SobaConfig;
 use bilevel_optim::methods::stocbio::StocBioConfig;
+use bilevel_optim::methods::sustain::SustainConfig;
 use bilevel_optim::methods::ttsa::TtsaConfig;
 use bilevel_optim::methods::vrbo::VrboConfig;
 use bilevel_optim::methods::{Method, MethodConfig, METHODS};
@@ -258,6 +261,36 @@ fn cases(randomized: bool) -> Vec<(MethodConfig, usize)> {
             }),
             2_000,
         ),
+        (
+            MethodConfig::new(FslaConfig {
+                rho: constant(0.4),
+                alpha: constant(0.2),
+                momentum: constant(0.5),
+            }),
+            3_000,
+        ),
+        (
+            MethodConfig::new(SustainConfig {
+                x_scale: 0.2,
+                y_scale: 0.4,
+                offset: 1.0,
+                momentum: 1.0,
+                neumann: n,
+            }),
+            5_000,
+        ),
+        (
+            // The penalty's bias is O(1/λ): λ = 3000 leaves ‖∇Φ‖ below 1e-3 of its start.
+            MethodConfig::new(F2baConfig {
+                eta: constant(0.2),
+                gamma_y: 0.4,
+                gamma_z: 0.4,
+                lambda: 3000.0,
+                inner_steps: 5,
+                reset_z: false,
+            }),
+            2_000,
+        ),
     ]
 }
 
@@ -432,6 +465,13 @@ fn oracle_costs_match_the_documented_table() {
             ("aid-cg", _) => [1, 5, 4, 1],
             // K = 40 steps, each differentiated through by one pass (H·v and J·v together).
             ("itd", _) => [1, 40, 40, 40],
+            // ∇F for z's system and for h; from t = 1, h at the previous point too.
+            ("fsla", 0) => [2, 1, 1, 1],
+            ("fsla", _) => [3, 1, 1, 2],
+            ("sustain", 0) => [1, 1, q, 1],
+            ("sustain", _) => [2, 2, 2 * q, 2],
+            // K = 5 steps of ∇_y F, ∇_y G(y), ∇_y G(z); then ∇_x F and both ∇_x G.
+            ("f2ba", _) => [6, 12, 0, 0],
             other => panic!("no expected cost for {other:?}"),
         }
     };

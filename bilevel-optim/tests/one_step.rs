@@ -1673,3 +1673,174 @@ fn borep_follows_its_rule_with_epoch_sgd_and_zero_z() {
         },
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// FSLA, SUSTAIN and F2BA.
+
+/// FSLA (Li, Gu, Huang 2022): y steps on ζ; then z steps with H at (x_t, y_{t+1}) on ζ' and ∇_y F
+/// at (x_t, y_{t+1}) on ξ; `h(x, y, z) = ∇_x F(ξ') − J(ζ'') z`; the direction is
+/// `d_t = h(x_t, y_{t+1}, z_{t+1}) + (1 − η_t)(d_{t−1} − h(x_{t−1}, y_t, z_t))` on the same ξ',
+/// ζ'' (at t = 0 the plain estimate), and `x ← x − α_t d_t`.
+#[test]
+fn fsla_follows_its_rule() {
+    use bilevel_optim::methods::fsla::FslaConfig;
+    let config = MethodConfig::new(FslaConfig {
+        rho: schedule(0.3, 0.5),
+        alpha: schedule(0.2, 0.5),
+        momentum: schedule(0.6, 0.5),
+    });
+    check(
+        "fsla",
+        config,
+        recorded(quadratic(None)),
+        &["z", "d", "x_prev"],
+        |d, f, _| {
+            let (mut x, mut y, mut z) = (x0(), y0(), vec![0.0; DY]);
+            let (mut dir, mut x_prev) = (vec![0.0; DX], x0());
+            let mut out = Vec::new();
+            for t in 0..ITERATIONS {
+                let rho = decay(0.3, 0.5, t);
+                let (y_old, z_old) = (y.clone(), z.clone());
+                let zeta = d.lower();
+                y = comb(&[(1.0, &y), (-rho, &gy(&x, &y, &zeta))]);
+                let (zeta2, xi) = (d.lower(), d.upper());
+                let residual = comb(&[(1.0, &hv(&z, &zeta2)), (-1.0, &f.fy(&x, &y, &xi))]);
+                z = comb(&[(1.0, &z), (-rho, &residual)]);
+                let (xi2, zeta3) = (d.upper(), d.lower());
+                d.end_of_iteration();
+                let h = |x: &[f64], y: &[f64], z: &[f64]| {
+                    comb(&[(1.0, &f.fx(x, y, &xi2)), (-1.0, &jv(z, &zeta3))])
+                };
+                dir = if t == 0 {
+                    h(&x, &y, &z)
+                } else {
+                    let eta = decay(0.6, 0.5, t);
+                    let old = h(&x_prev, &y_old, &z_old);
+                    comb(&[(1.0, &h(&x, &y, &z)), (1.0 - eta, &dir), (eta - 1.0, &old)])
+                };
+                x_prev = x.clone();
+                x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t), &dir)]);
+                out.push(iterate(
+                    &x,
+                    &y,
+                    &[("z", &z), ("d", &dir), ("x_prev", &x_prev)],
+                ));
+            }
+            out
+        },
+    );
+}
+
+/// SUSTAIN (Khanduri et al. 2021): MRBO's double momentum with one constant: ᾱ_t = 1/(w + t)^{1/3},
+/// y ← y − a_y ᾱ_t u, x ← x − a_x ᾱ_t v; both momentum weights of iteration t are c_η ᾱ_{t−1}²,
+/// capped at 1 (here the cap acts at t = 1); the estimate is the randomized series (Q = 3),
+/// evaluated at the previous point on the same ζ, ξ, Hessian batches and cross batch.
+#[test]
+fn sustain_follows_its_rule() {
+    use bilevel_optim::methods::sustain::SustainConfig;
+    use bilevel_optim::neumann::NeumannConfig;
+    let config = MethodConfig::new(SustainConfig {
+        x_scale: 0.3,
+        y_scale: 0.4,
+        offset: 2.0,
+        momentum: 2.0,
+        neumann: NeumannConfig::randomized(3, 0.2),
+    });
+    check(
+        "sustain",
+        config,
+        recorded(quadratic(None)),
+        &["u", "v"],
+        |d, f, _| {
+            let base = |t: usize| 1.0 / (2.0 + t as f64).powf(1.0 / 3.0);
+            let (mut x, mut y) = (x0(), y0());
+            let (mut u, mut v) = (vec![0.0; DY], vec![0.0; DX]);
+            let (mut x_prev, mut y_prev) = (x.clone(), y.clone());
+            let (mut capped, mut products) = (false, 0);
+            let mut out = Vec::new();
+            for t in 0..ITERATIONS {
+                let batch = d.lower();
+                let xi = d.upper();
+                let (hessian, cross) = series_batches(d);
+                assert!(hessian.len() < 3, "q = {} ≥ Q", hessian.len());
+                products += hessian.len();
+                let h = |x: &[f64], y: &[f64]| {
+                    let w = series(&f.fy(x, y, &xi), &hessian, 3, 0.2, true);
+                    comb(&[(1.0, &f.fx(x, y, &xi)), (-1.0, &jv(&w, &cross))])
+                };
+                if t == 0 {
+                    (u, v) = (gy(&x, &y, &batch), h(&x, &y));
+                } else {
+                    let raw = 2.0 * base(t - 1).powi(2);
+                    capped |= raw > 1.0;
+                    let a = raw.min(1.0);
+                    let g_old = gy(&x_prev, &y_prev, &batch);
+                    u = comb(&[(1.0, &gy(&x, &y, &batch)), (1.0 - a, &u), (a - 1.0, &g_old)]);
+                    v = comb(&[
+                        (1.0, &h(&x, &y)),
+                        (1.0 - a, &v),
+                        (a - 1.0, &h(&x_prev, &y_prev)),
+                    ]);
+                }
+                (x_prev, y_prev) = (x.clone(), y.clone());
+                y = comb(&[(1.0, &y), (-0.4 * base(t), &u)]);
+                x = comb(&[(1.0, &x), (-0.3 * base(t), &v)]);
+                out.push(iterate(&x, &y, &[("u", &u), ("v", &v)]));
+            }
+            assert!(capped, "the cap on the momentum weight acted");
+            assert!(products > 0, "the drawn series had at least one factor");
+            out
+        },
+    );
+}
+
+/// F2BA (Chen, Ma, Zhang 2023): K = 2 joint steps, each on fresh ξ, ζ (one ζ for y and z):
+/// z ← z − γ_z ∇_y G(z), y ← y − γ_y (∇_y F(y)/λ + ∇_y G(y)); then on fresh ξ', ζ'
+/// `x ← x − η_t (∇_x F(y) + λ (∇_x G(y) − ∇_x G(z)))`; z starts at y₀ and carries over, or with
+/// `reset_z` restarts from y at every iteration (the official code).
+#[test]
+fn f2ba_follows_its_rule() {
+    use bilevel_optim::methods::f2ba::F2baConfig;
+    for reset_z in [false, true] {
+        let config = MethodConfig::new(F2baConfig {
+            eta: schedule(0.2, 0.5),
+            gamma_y: 0.3,
+            gamma_z: 0.25,
+            lambda: 4.0,
+            inner_steps: 2,
+            reset_z,
+        });
+        let name = format!("f2ba (reset_z = {reset_z})");
+        check(
+            &name,
+            config,
+            recorded(quadratic(None)),
+            &["z"],
+            |d, f, _| {
+                let (mut x, mut y, mut z) = (x0(), y0(), y0());
+                let mut out = Vec::new();
+                for t in 0..ITERATIONS {
+                    if reset_z {
+                        z = y.clone();
+                    }
+                    for _ in 0..2 {
+                        let (xi, zeta) = (d.upper(), d.lower());
+                        let y_dir = comb(&[(0.25, &f.fy(&x, &y, &xi)), (1.0, &gy(&x, &y, &zeta))]);
+                        z = comb(&[(1.0, &z), (-0.25, &gy(&x, &z, &zeta))]);
+                        y = comb(&[(1.0, &y), (-0.3, &y_dir)]);
+                    }
+                    let (xi, zeta) = (d.upper(), d.lower());
+                    d.end_of_iteration();
+                    let x_dir = comb(&[
+                        (1.0, &f.fx(&x, &y, &xi)),
+                        (4.0, &gx(&y, &zeta)),
+                        (-4.0, &gx(&z, &zeta)),
+                    ]);
+                    x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t), &x_dir)]);
+                    out.push(iterate(&x, &y, &[("z", &z)]));
+                }
+                out
+            },
+        );
+    }
+}

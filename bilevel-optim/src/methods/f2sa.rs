@@ -30,7 +30,8 @@ use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::steps::{
-    lower_grad_checked, plain_step, project_and_check_x, upper_grad_checked, Outcome,
+    lower_grad_checked, penalty_direction, penalty_hypergradient, plain_step,
+    project_and_check_x, upper_grad_checked, Outcome,
 };
 
 /// The knobs of F2SA (docs/algorithms.md).
@@ -140,19 +141,14 @@ where
         y.add_scaled(-E::of(c.gamma_y / self.lambda.max(1.0)), &dy);
         site.check("lower variable y", y)?;
         site.check("lower copy z", &self.z)?;
-        let (upper_dx, at_y_dx, at_z_dx) = match c.x_gradients {
-            XGradients::Simultaneous => (upper.dx, at_y.dx, at_z.dx),
+        let dx = match c.x_gradients {
+            XGradients::Simultaneous => penalty_direction(&upper.dx, &at_y.dx, &at_z.dx, lambda),
             XGradients::Updated => {
-                let (xi, zeta) = (oracles.upper_batch(), oracles.lower_batch());
-                let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
-                let at_y = lower_grad_checked(oracles, x, y, &zeta, site)?;
-                let at_z = lower_grad_checked(oracles, x, &self.z, &zeta, site)?;
-                (upper.dx, at_y.dx, at_z.dx)
+                let fresh = (oracles.upper_batch(), oracles.lower_batch());
+                let at = (&*x, &*y, &self.z);
+                penalty_hypergradient(oracles, at, lambda, (&fresh.0, &fresh.1), site)?.d
             }
         };
-        let mut dx = upper_dx;
-        dx.add_scaled(lambda, &at_y_dx);
-        dx.add_scaled(-lambda, &at_z_dx);
         let (step_size, x_step_norm) =
             plain_step(x, &dx, E::of(c.eta.at(t) / self.lambda.max(1.0)));
         project_and_check_x(oracles, x, site)?;

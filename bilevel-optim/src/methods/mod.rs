@@ -63,4 +63,7 @@ builtin_methods![
     aid_cg::AidCgConfig,
     itd::ItdConfig,
     maml_encoder::MamlEncoderConfig,
+    fsla::FslaConfig,
+    sustain::SustainConfig,
+    f2ba::F2baConfig,
 ];

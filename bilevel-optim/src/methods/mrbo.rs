@@ -10,6 +10,8 @@
 //! At k = 0, u and v are the plain estimates. (The official code resets its constants every
 //! iteration and moves y twice; this is the paper's rule.)
 
+use std::marker::PhantomData;
+
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +66,35 @@ impl MrboConfig {
     }
 }
 
+/// What the double-momentum rule reads from a configuration, so that MRBO and SUSTAIN, which
+/// share the rule and differ in its constants, each keep their own knobs and name.
+pub trait DoubleMomentum: Method {
+    /// The (x, y) steps of iteration k.
+    fn steps_at(&self, k: u64) -> (f64, f64);
+    /// The (x, y) momentum weights of iteration k ≥ 1, each at most 1.
+    fn weights_at(&self, k: u64) -> (f64, f64);
+    /// The Neumann series of the hypergradient estimate.
+    fn neumann(&self) -> &NeumannConfig;
+}
+
+impl DoubleMomentum for MrboConfig {
+    fn steps_at(&self, k: u64) -> (f64, f64) {
+        (self.x_scale * self.eta(k), self.y_scale * self.eta(k))
+    }
+
+    fn weights_at(&self, k: u64) -> (f64, f64) {
+        let eta = self.eta(k - 1);
+        (
+            (self.x_momentum * eta * eta).min(1.0),
+            (self.y_momentum * eta * eta).min(1.0),
+        )
+    }
+
+    fn neumann(&self) -> &NeumannConfig {
+        &self.neumann
+    }
+}
+
 impl Method for MrboConfig {
     const NAME: &'static str = "mrbo";
     const HINT: &'static str = "step_scale (η_k), x_scale (λ), y_scale (γ)";
@@ -83,57 +114,67 @@ impl Method for MrboConfig {
         Steps::new(&mut self.y_scale, &mut self.x_scale)
     }
 
-    crate::rule_optimizer!(|_, at| Mrbo {
-        u: at.y.zeros_like(),
-        v: at.x.zeros_like(),
-        x_prev: at.x.zeros_like(),
-        y_prev: at.y.zeros_like(),
-    });
+    crate::rule_optimizer!(|_, at| Mrbo::start(at.x, at.y));
 }
 
-/// MRBO: STORM-style recursive momentum on both levels.
-pub struct Mrbo<X, Y> {
+/// MRBO's rule, STORM-style recursive momentum on both levels; also SUSTAIN's (`C`).
+pub struct Mrbo<X, Y, C = MrboConfig> {
     u: Y,
     v: X,
     x_prev: X,
     y_prev: Y,
+    config: PhantomData<fn() -> C>,
 }
 
-impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for Mrbo<P::X, P::Y>
+impl<X, Y, C> Mrbo<X, Y, C> {
+    /// The memory at iteration 0: zeros (the first iteration takes the plain estimates).
+    pub fn start<E: Real>(x: &X, y: &Y) -> Self
+    where
+        Cpu: Device<E>,
+        X: Params<E>,
+        Y: Params<E>,
+    {
+        Self {
+            u: y.zeros_like(),
+            v: x.zeros_like(),
+            x_prev: x.zeros_like(),
+            y_prev: y.zeros_like(),
+            config: PhantomData,
+        }
+    }
+}
+
+impl<E: Real, P: BilevelProblem<E>, C: DoubleMomentum> Rule<E, P> for Mrbo<P::X, P::Y, C>
 where
     Cpu: Device<E>,
 {
-    type Config = MrboConfig;
+    type Config = C;
     crate::saved_memory!(vector u, vector v, vector x_prev, vector y_prev);
 
-    fn iterate(&mut self, it: Iteration<'_, E, P, MrboConfig>) -> Result<Outcome, BilevelError> {
+    fn iterate(&mut self, it: Iteration<'_, E, P, C>) -> Result<Outcome, BilevelError> {
         let Iteration { oracles, x, y, .. } = it;
         let (c, t, site) = (it.config, it.t, it.site);
+        let neumann = c.neumann();
         let batch = oracles.lower_batch();
-        let samples = c.neumann.draw(oracles);
+        let samples = neumann.draw(oracles);
         let g = lower_grad_checked(oracles, x, y, &batch, site)?;
-        let est = c.neumann.hypergradient(oracles, x, y, &samples, site)?;
+        let est = neumann.hypergradient(oracles, x, y, &samples, site)?;
         if t == 0 {
             self.u = g.dy.clone();
             self.v = est.h.clone();
         } else {
-            let eta_prev = c.eta(t - 1);
-            let (a, b) = (
-                (c.x_momentum * eta_prev * eta_prev).min(1.0),
-                (c.y_momentum * eta_prev * eta_prev).min(1.0),
-            );
-            let g_old = lower_grad_checked(oracles, &self.x_prev, &self.y_prev, &batch, site)?;
-            let est_old =
-                c.neumann
-                    .hypergradient(oracles, &self.x_prev, &self.y_prev, &samples, site)?;
+            let (a, b) = c.weights_at(t);
+            let (x_prev, y_prev) = (&self.x_prev, &self.y_prev);
+            let g_old = lower_grad_checked(oracles, x_prev, y_prev, &batch, site)?;
+            let est_old = neumann.hypergradient(oracles, x_prev, y_prev, &samples, site)?;
             storm_update(&mut self.u, &g.dy, &g_old.dy, E::of(b));
             storm_update(&mut self.v, &est.h, &est_old.h, E::of(a));
         }
         self.x_prev = x.duplicate();
         self.y_prev = y.duplicate();
-        let eta = c.eta(t);
-        y.add_scaled(-E::of(c.y_scale * eta), &self.u);
-        let (step_size, x_step_norm) = plain_step(x, &self.v, E::of(c.x_scale * eta));
+        let (x_step, y_step) = c.steps_at(t);
+        y.add_scaled(-E::of(y_step), &self.u);
+        let (step_size, x_step_norm) = plain_step(x, &self.v, E::of(x_step));
         oracles.project_x(x);
         site.check("lower variable y", y)?;
         site.check("upper variable x", x)?;
