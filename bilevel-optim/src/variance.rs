@@ -1,4 +1,4 @@
-//! Variance-reduction pieces shared by MRBO, VRBO, AccBO and SABA.
+//! Variance-reduction pieces shared by MRBO, VRBO, SUSTAIN, FSLA, AccBO, SABA and SRBA.
 //!
 //! - STORM / recursive momentum: `d ← g(w_t; ξ) + (1 − a)(d − g(w_{t−1}; ξ))`, the same sample ξ
 //!   evaluated at the new and the old point.
@@ -11,8 +11,41 @@
 
 use dfdx::prelude::{Cpu, Device};
 
+use crate::error::BilevelError;
 use crate::params::Params;
+use crate::problem::BilevelProblem;
 use crate::real::Real;
+
+/// The shares of the problem's fixed (lower, upper) batches, each summing to one, for the
+/// finite-sum methods (SABA, SRBA); an error naming `method` when the problem's data has no split.
+pub fn finite_split<E: Real, P: BilevelProblem<E>>(
+    problem: &P,
+    method: &str,
+) -> Result<(Vec<f64>, Vec<f64>), BilevelError>
+where
+    Cpu: Device<E>,
+{
+    let parts = |n: Option<usize>, level: &str| {
+        n.filter(|&n| n > 0).ok_or_else(|| BilevelError::InvalidConfig {
+            field: "method",
+            reason: format!(
+                "{method} needs the {level} data split into fixed batches; this problem has no split"
+            ),
+        })
+    };
+    let (n_lower, n_upper) = (
+        parts(problem.lower_parts(), "lower")?,
+        parts(problem.upper_parts(), "upper")?,
+    );
+    let normalized = |shares: Vec<f64>| {
+        let total: f64 = shares.iter().sum();
+        shares.into_iter().map(|s| s / total).collect()
+    };
+    Ok((
+        normalized((0..n_lower).map(|k| problem.lower_part_share(k)).collect()),
+        normalized((0..n_upper).map(|k| problem.upper_part_share(k)).collect()),
+    ))
+}
 
 /// `d ← new + (1 − a)(d − old)`; with `a = 1` it is plain SGD's `d ← new`.
 pub fn storm_update<E: Real, T: Params<E>>(d: &mut T, new: &T, old: &T, a: E)

@@ -25,6 +25,7 @@ use bilevel_optim::methods::mrbo::MrboConfig;
 use bilevel_optim::methods::saba::SabaConfig;
 use bilevel_optim::methods::slip::SlipConfig;
 use bilevel_optim::methods::soba::SobaConfig;
+use bilevel_optim::methods::srba::SrbaConfig;
 use bilevel_optim::methods::stocbio::StocBioConfig;
 use bilevel_optim::methods::sustain::SustainConfig;
 use bilevel_optim::methods::ttsa::TtsaConfig;
@@ -291,6 +292,16 @@ fn cases(randomized: bool) -> Vec<(MethodConfig, usize)> {
             }),
             2_000,
         ),
+        (
+            // Full passes every 3 iterations (the quadratic has one fixed batch per level).
+            MethodConfig::new(SrbaConfig {
+                rho: 0.4,
+                gamma: 0.02,
+                period: Some(3),
+                z_radius: None,
+            }),
+            4_000,
+        ),
     ]
 }
 
@@ -364,8 +375,8 @@ fn every_method_reaches_a_noise_floor_on_the_stochastic_quadratic() {
     let mut failures = Vec::new();
     let iters = 4_000;
     for (config, _) in stochastic_cases() {
-        if config.name() == "saba" {
-            continue; // needs a finite split; see saba_converges_exactly_on_a_finite_sum
+        if config.name() == "saba" || config.name() == "srba" {
+            continue; // need a finite split; see saba_and_srba_converge_on_a_finite_sum_where_soba_stalls
         }
         let traj = trajectory(&config, quad(0.1), iters);
         let tail = &traj[iters * 3 / 4..];
@@ -385,7 +396,7 @@ fn every_method_reaches_a_noise_floor_on_the_stochastic_quadratic() {
 /// problem whose data splits into 4 + 2 fixed batches, SABA keeps converging while SOBA (the same
 /// method without the memories) stalls at its noise floor.
 #[test]
-fn saba_converges_on_a_finite_sum_where_soba_stalls() {
+fn saba_and_srba_converge_on_a_finite_sum_where_soba_stalls() {
     type X = Tensor<Rank1<3>, f64, Cpu>;
     let run = |config: MethodConfig| -> Vec<f64> {
         let problem = Ridge::<f64, X, 3>::synthetic(RidgeConfig {
@@ -417,8 +428,24 @@ fn saba_converges_on_a_finite_sum_where_soba_stalls() {
         rho: constant(0.3),
         gamma: constant(1.0),
     }));
+    // A full pass every 4 + 2 iterations (the default: as many as the fixed batches).
+    let srba = run(MethodConfig::new(SrbaConfig {
+        rho: 0.3,
+        gamma: 1.0,
+        ..Default::default()
+    }));
     let (saba_floor, soba_floor) = (last_quarter_mean(&saba), last_quarter_mean(&soba));
     println!("ridge, 40,000 iterations: SABA final {:.2e}, last-quarter mean {saba_floor:.2e}; SOBA last-quarter mean {soba_floor:.2e}", saba[39_999]);
+    println!(
+        "SRBA final {:.2e}, after 10,000 {:.2e}",
+        srba[39_999], srba[9_999]
+    );
+    assert!(srba[39_999] < 1e-3, "SRBA: {:e}", srba[39_999]);
+    assert!(srba[39_999] < srba[29_999], "SRBA still decreasing");
+    assert!(
+        soba_floor > 5.0 * last_quarter_mean(&srba),
+        "SOBA against SRBA"
+    );
     assert!(saba[39_999] < 1e-3, "SABA: {:e}", saba[39_999]);
     assert!(saba[39_999] < saba[29_999], "SABA still decreasing");
     assert!(
@@ -472,6 +499,10 @@ fn oracle_costs_match_the_documented_table() {
             ("sustain", _) => [2, 2, 2 * q, 2],
             // K = 5 steps of ∇_y F, ∇_y G(y), ∇_y G(z); then ∇_x F and both ∇_x G.
             ("f2ba", _) => [6, 12, 0, 0],
+            // A full pass over the one fixed batch per level every 3 iterations; in between,
+            // the directions at the new and the previous point on one ζ and one ξ.
+            ("srba", t) if t % 3 == 0 => [1, 1, 1, 1],
+            ("srba", _) => [2, 2, 2, 2],
             other => panic!("no expected cost for {other:?}"),
         }
     };
@@ -524,8 +555,12 @@ fn every_method_resumes_bit_identically() {
     for name in METHODS {
         let config = MethodConfig::default_for(name).unwrap();
         let (mut x, mut y) = start();
-        // SABA needs a finite split, which only the noise-free quadratic has.
-        let noise = if name == "saba" { 0.0 } else { 0.2 };
+        // SABA and SRBA need a finite split, which only the noise-free quadratic has.
+        let noise = if name == "saba" || name == "srba" {
+            0.0
+        } else {
+            0.2
+        };
         let mut method = config.build(&x, &y, &quad(noise)).unwrap();
         let mut o = Oracles::new(quad(noise), 5);
         for _ in 0..4 {

@@ -1844,3 +1844,84 @@ fn f2ba_follows_its_rule() {
         );
     }
 }
+
+/// SRBA (Dagréou et al. 2024): SOBA's directions `(∇_y G, H z − ∇_y F, ∇_x F − J z)` as SARAH
+/// estimates. Every q = 2 iterations they restart from the whole data, the fixed batches weighted
+/// by their shares (0.5, 0.3, 0.2 of the lower data; 0.6, 0.4 of the upper); in between they add
+/// the directions at (x_t, y_t, z_t) minus those at (x_{t−1}, y_{t−1}, z_{t−1}) on one fresh ζ,
+/// ξ. y ← y − ρ d_y, z ← Π(z − ρ d_z) (the ball acts here), x ← x − γ d_x.
+#[test]
+fn srba_follows_its_rule() {
+    use bilevel_optim::methods::srba::SrbaConfig;
+    let (lower_shares, upper_shares) = (vec![0.5, 0.3, 0.2], vec![0.6, 0.4]);
+    let mut problem = recorded(quadratic(None));
+    problem.lower_shares = Some(lower_shares.clone());
+    problem.upper_shares = Some(upper_shares.clone());
+    let config = MethodConfig::new(SrbaConfig {
+        rho: 0.3,
+        gamma: 0.2,
+        period: Some(2),
+        z_radius: Some(0.05),
+    });
+    check("srba", config, problem, &["z", "d_x"], |d, f, _| {
+        type Batches = (Vec<(Lower, f64)>, Vec<(Upper, f64)>);
+        let directions = |(x, y, z): (&[f64], &[f64], &[f64]), (lower, upper): &Batches| {
+            let (mut dy, mut dz, mut dx) = (vec![0.0; DY], vec![0.0; DY], vec![0.0; DX]);
+            for (l, s) in lower {
+                dy = comb(&[(1.0, &dy), (*s, &gy(x, y, l))]);
+                dz = comb(&[(1.0, &dz), (*s, &hv(z, l))]);
+                dx = comb(&[(1.0, &dx), (-s, &jv(z, l))]);
+            }
+            for (u, s) in upper {
+                dz = comb(&[(1.0, &dz), (-s, &f.fy(x, y, u))]);
+                dx = comb(&[(1.0, &dx), (*s, &f.fx(x, y, u))]);
+            }
+            (dy, dz, dx)
+        };
+        let (mut x, mut y, mut z) = (x0(), y0(), vec![0.0; DY]);
+        let (mut dir, mut previous) = (
+            (vec![0.0; DY], vec![0.0; DY], vec![0.0; DX]),
+            (x.clone(), y.clone(), z.clone()),
+        );
+        let mut projected = false;
+        let mut out = Vec::new();
+        for t in 0..ITERATIONS {
+            if t % 2 == 0 {
+                let lower = (0..3)
+                    .map(|k| {
+                        let (i, l) = d.lower_part();
+                        assert_eq!(i, k, "the full pass takes every lower batch in order");
+                        (l, lower_shares[k])
+                    })
+                    .collect();
+                let upper = (0..2)
+                    .map(|k| {
+                        let (j, u) = d.upper_part();
+                        assert_eq!(j, k, "the full pass takes every upper batch in order");
+                        (u, upper_shares[k])
+                    })
+                    .collect();
+                dir = directions((&x, &y, &z), &(lower, upper));
+            } else {
+                let batches = (vec![(d.lower(), 1.0)], vec![(d.upper(), 1.0)]);
+                let new = directions((&x, &y, &z), &batches);
+                let old = directions((&previous.0, &previous.1, &previous.2), &batches);
+                dir = (
+                    comb(&[(1.0, &dir.0), (1.0, &new.0), (-1.0, &old.0)]),
+                    comb(&[(1.0, &dir.1), (1.0, &new.1), (-1.0, &old.1)]),
+                    comb(&[(1.0, &dir.2), (1.0, &new.2), (-1.0, &old.2)]),
+                );
+            }
+            d.end_of_iteration();
+            previous = (x.clone(), y.clone(), z.clone());
+            y = comb(&[(1.0, &y), (-0.3, &dir.0)]);
+            z = comb(&[(1.0, &z), (-0.3, &dir.1)]);
+            projected |= norm(&z) > 0.05;
+            z = onto_ball(z, 0.05);
+            x = comb(&[(1.0, &x), (-0.2, &dir.2)]);
+            out.push(iterate(&x, &y, &[("z", &z), ("d_x", &dir.2)]));
+        }
+        assert!(projected, "the ball constrains z");
+        out
+    });
+}

@@ -66,4 +66,5 @@ builtin_methods![
     fsla::FslaConfig,
     sustain::SustainConfig,
     f2ba::F2baConfig,
+    srba::SrbaConfig,
 ];

@@ -22,7 +22,7 @@ use crate::steps::{
     hypergradient_estimate, lower_grad_in_y_checked, plain_step, second_order_checked,
     upper_grad_checked, Outcome,
 };
-use crate::variance::SagaMemory;
+use crate::variance::{finite_split, SagaMemory};
 
 /// The knobs of SABA (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,18 +59,7 @@ impl Method for SabaConfig {
         Cpu: Device<E>,
     {
         let Start { x, y, problem } = at;
-        let parts = |n: Option<usize>, level: &str| {
-            n.filter(|&n| n > 0).ok_or_else(|| BilevelError::InvalidConfig {
-                field: "method",
-                reason: format!("SABA needs the {level} data split into fixed batches; this problem has no split"),
-            })
-        };
-        let (n_lower, n_upper) = (
-            parts(problem.lower_parts(), "lower")?,
-            parts(problem.upper_parts(), "upper")?,
-        );
-        let lower: Vec<f64> = (0..n_lower).map(|k| problem.lower_part_share(k)).collect();
-        let upper: Vec<f64> = (0..n_upper).map(|k| problem.upper_part_share(k)).collect();
+        let (lower, upper) = finite_split(problem, "SABA")?;
         RuleOptimizer::boxed(
             self,
             Saba {

@@ -164,6 +164,17 @@ where
         Ok((k, self.problem.lower_part(k).ok_or_else(no_split)?))
     }
 
+    /// Fixed lower batch `k` of the problem's split (`k < lower_parts`), for a pass over the
+    /// whole lower data; an error when the problem has no split.
+    pub fn lower_part(&mut self, k: usize) -> Result<P::LowerBatch, BilevelError> {
+        self.problem.lower_part(k).ok_or_else(no_split)
+    }
+
+    /// Fixed upper batch `k` of the problem's split, like [`Oracles::lower_part`].
+    pub fn upper_part(&mut self, k: usize) -> Result<P::UpperBatch, BilevelError> {
+        self.problem.upper_part(k).ok_or_else(no_split)
+    }
+
     /// Like [`Oracles::indexed_lower_batch`], for the upper data.
     pub fn indexed_upper_batch(&mut self) -> Result<(usize, P::UpperBatch), BilevelError> {
         let n = self

@@ -1,0 +1,230 @@
+//! SRBA (Dagréou, Moreau, Vaiter, Ablin, "A lower bound and a near-optimal algorithm for
+//! bilevel empirical risk minimization", AISTATS 2024): SOBA's three directions estimated by
+//! SARAH recursions, restarted from a pass over the whole data every q iterations; constant steps.
+//!
+//! ```text
+//! D(x, y, z; ζ, ξ) = (∇_y G,  H z − ∇_y F,  ∇_x F − J z)
+//! t mod q = 0:  (d_y, d_z, d_x) = D(x_t, y_t, z_t; all data)
+//! otherwise:    (d_y, d_z, d_x) += D(x_t, y_t, z_t; ζ, ξ) − D(x_{t−1}, y_{t−1}, z_{t−1}; ζ, ξ)
+//! y ← y − ρ d_y;   z ← Π_{‖z‖≤r}(z − ρ d_z);   x ← x − γ d_x
+//! ```
+//! The whole data is the problem's fixed batches, each weighted by its share
+//! (`BilevelProblem::lower_part_share`), so the problem must split its data like SABA's.
+
+use dfdx::prelude::{Cpu, Device};
+use serde::{Deserialize, Serialize};
+
+use super::method::{Built, Method, Start, Steps};
+use super::rule::{Iteration, Rule, RuleOptimizer};
+use crate::error::BilevelError;
+use crate::oracles::Oracles;
+use crate::params::Params;
+use crate::problem::BilevelProblem;
+use crate::real::Real;
+use crate::steps::{
+    hypergradient_estimate, lower_grad_in_y_checked, plain_step, second_order_checked,
+    upper_grad_checked, Outcome, Site,
+};
+use crate::variance::{finite_split, spider_update};
+
+/// The knobs of SRBA (docs/algorithms.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SrbaConfig {
+    /// ρ: the step of y and z.
+    pub rho: f64,
+    /// γ: the x step.
+    pub gamma: f64,
+    /// q: a full pass every q iterations; none: as many as the problem has fixed lower and upper
+    /// batches, so that the full passes cost about as much as the iterations between them.
+    pub period: Option<usize>,
+    /// r: the radius of the ball z is projected on (none: no projection).
+    pub z_radius: Option<f64>,
+}
+
+impl Default for SrbaConfig {
+    /// The BO-REP paper's step scale (0.05) for both steps, as SABA.
+    fn default() -> Self {
+        Self {
+            rho: 0.05,
+            gamma: 0.05,
+            period: None,
+            z_radius: None,
+        }
+    }
+}
+
+impl Method for SrbaConfig {
+    const NAME: &'static str = "srba";
+    const HINT: &'static str = "gamma for x, rho for y and z";
+
+    crate::checks!(
+        rho: positive,
+        gamma: positive,
+        period: optional at_least_one,
+        z_radius: optional positive,
+    );
+
+    fn steps(&mut self) -> Steps<'_> {
+        Steps::new(&mut self.rho, &mut self.gamma)
+    }
+
+    fn optimizer<E: Real, P: BilevelProblem<E> + 'static>(&self, at: Start<'_, E, P>) -> Built<E, P>
+    where
+        Cpu: Device<E>,
+    {
+        let Start { x, y, problem } = at;
+        let (lower, upper) = finite_split(problem, "SRBA")?;
+        let directions = Directions {
+            y: y.zeros_like(),
+            z: y.zeros_like(),
+            x: x.zeros_like(),
+        };
+        RuleOptimizer::boxed(
+            self,
+            Srba {
+                z: y.zeros_like(),
+                d: directions.clone(),
+                previous: (x.duplicate(), y.duplicate(), y.zeros_like()),
+                shares: (lower, upper),
+            },
+        )
+    }
+}
+
+/// SOBA's directions for y, z and x.
+#[derive(Clone)]
+struct Directions<X, Y> {
+    y: Y,
+    z: Y,
+    x: X,
+}
+
+/// [`directions`]' result: the directions, and the losses on the way for the report.
+struct Measured<X, Y> {
+    d: Directions<X, Y>,
+    upper_loss: f64,
+    lower_loss: f64,
+}
+
+/// `D(x, y, z)` on the batches `(ζ_k, s_k)` and `(ξ_k, s_k)`, each batch's value weighted by its
+/// share: one batch of weight 1 each for a stochastic estimate, every fixed batch for the full one.
+fn directions<E: Real, P: BilevelProblem<E>>(
+    oracles: &mut Oracles<E, P>,
+    (x, y, z): (&P::X, &P::Y, &P::Y),
+    lower: &[(P::LowerBatch, f64)],
+    upper: &[(P::UpperBatch, f64)],
+    site: Site,
+) -> Result<Measured<P::X, P::Y>, BilevelError>
+where
+    Cpu: Device<E>,
+{
+    let (mut d_y, mut hz, mut jz) = (y.zeros_like(), y.zeros_like(), x.zeros_like());
+    let (mut fy, mut fx) = (y.zeros_like(), x.zeros_like());
+    let (mut upper_loss, mut lower_loss) = (0.0, 0.0);
+    for (zeta, share) in lower {
+        let (value, dy) = lower_grad_in_y_checked(oracles, x, y, zeta, site)?;
+        let pass = second_order_checked(oracles, x, y, z, zeta, site)?;
+        d_y.add_scaled(E::of(*share), &dy);
+        hz.add_scaled(E::of(*share), &pass.hvp);
+        jz.add_scaled(E::of(*share), &pass.jvp);
+        lower_loss += share * value;
+    }
+    for (xi, share) in upper {
+        let f = upper_grad_checked(oracles, x, y, xi, site)?;
+        fy.add_scaled(E::of(*share), &f.dy);
+        fx.add_scaled(E::of(*share), &f.dx);
+        upper_loss += share * f.value.f64();
+    }
+    let mut d_z = hz;
+    d_z.add_scaled(-E::one(), &fy);
+    let d_x = hypergradient_estimate(&fx, &jz);
+    Ok(Measured {
+        d: Directions {
+            y: d_y,
+            z: d_z,
+            x: d_x,
+        },
+        upper_loss,
+        lower_loss,
+    })
+}
+
+/// SRBA's memory.
+pub struct Srba<X, Y> {
+    /// z_t ≈ [∇²_yy G]⁻¹ ∇_y F.
+    z: Y,
+    /// The SARAH estimates (d_y, d_z, d_x).
+    d: Directions<X, Y>,
+    /// (x_{t−1}, y_{t−1}, z_{t−1}).
+    previous: (X, Y, Y),
+    /// The fixed batches' shares of the (lower, upper) data.
+    shares: (Vec<f64>, Vec<f64>),
+}
+
+impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for Srba<P::X, P::Y>
+where
+    Cpu: Device<E>,
+{
+    type Config = SrbaConfig;
+    crate::saved_memory!(
+        vector z,
+        vector d.y as "d_y",
+        vector d.z as "d_z",
+        vector d.x as "d_x",
+        vector previous.0 as "x_prev",
+        vector previous.1 as "y_prev",
+        vector previous.2 as "z_prev"
+    );
+
+    fn iterate(&mut self, it: Iteration<'_, E, P, SrbaConfig>) -> Result<Outcome, BilevelError> {
+        let Iteration { oracles, x, y, .. } = it;
+        let (c, t, site) = (it.config, it.t, it.site);
+        let (lower_shares, upper_shares) = &self.shares;
+        let period = c.period.unwrap_or(lower_shares.len() + upper_shares.len()) as u64;
+        let now = (&*x, &*y, &self.z);
+        let (upper_loss, lower_loss) = if t % period == 0 {
+            let lower = (0..lower_shares.len())
+                .map(|k| Ok((oracles.lower_part(k)?, lower_shares[k])))
+                .collect::<Result<Vec<_>, BilevelError>>()?;
+            let upper = (0..upper_shares.len())
+                .map(|k| Ok((oracles.upper_part(k)?, upper_shares[k])))
+                .collect::<Result<Vec<_>, BilevelError>>()?;
+            let full = directions(oracles, now, &lower, &upper, site)?;
+            self.d = full.d;
+            (full.upper_loss, full.lower_loss)
+        } else {
+            let lower = [(oracles.lower_batch(), 1.0)];
+            let upper = [(oracles.upper_batch(), 1.0)];
+            let new = directions(oracles, now, &lower, &upper, site)?;
+            let (xp, yp, zp) = &self.previous;
+            let old = directions(oracles, (xp, yp, zp), &lower, &upper, site)?.d;
+            spider_update(&mut self.d.y, &new.d.y, &old.y);
+            spider_update(&mut self.d.z, &new.d.z, &old.z);
+            spider_update(&mut self.d.x, &new.d.x, &old.x);
+            (new.upper_loss, new.lower_loss)
+        };
+        self.previous = (x.duplicate(), y.duplicate(), self.z.duplicate());
+
+        let rho = E::of(c.rho);
+        y.add_scaled(-rho, &self.d.y);
+        self.z.add_scaled(-rho, &self.d.z);
+        if let Some(r) = c.z_radius {
+            self.z.project_ball(E::of(r));
+        }
+        let (step_size, x_step_norm) = plain_step(x, &self.d.x, E::of(c.gamma));
+        oracles.project_x(x);
+        site.check("lower variable y", y)?;
+        site.check("linear-system variable z", &self.z)?;
+        site.check("upper variable x", x)?;
+        Ok(Outcome {
+            upper_loss: Some(upper_loss),
+            lower_loss: Some(lower_loss),
+            hypergrad_norm: self.d.x.norm().f64(),
+            lower_grad_norm: Some(self.d.y.norm().f64()),
+            linear_system_residual: Some(self.d.z.norm().f64()),
+            step_size,
+            x_step_norm,
+        })
+    }
+}
