@@ -25,6 +25,7 @@ use bilevel_optim::methods::mrbo::MrboConfig;
 use bilevel_optim::methods::saba::SabaConfig;
 use bilevel_optim::methods::slip::SlipConfig;
 use bilevel_optim::methods::soba::SobaConfig;
+use bilevel_optim::methods::spaba::SpabaConfig;
 use bilevel_optim::methods::srba::SrbaConfig;
 use bilevel_optim::methods::stocbio::StocBioConfig;
 use bilevel_optim::methods::sustain::SustainConfig;
@@ -302,6 +303,16 @@ fn cases(randomized: bool) -> Vec<(MethodConfig, usize)> {
             }),
             4_000,
         ),
+        (
+            MethodConfig::new(SpabaConfig {
+                beta: 0.4,
+                rho: 0.4,
+                alpha: 0.02,
+                probability: Some(0.5),
+                z_radius: None,
+            }),
+            4_000,
+        ),
     ]
 }
 
@@ -375,8 +386,8 @@ fn every_method_reaches_a_noise_floor_on_the_stochastic_quadratic() {
     let mut failures = Vec::new();
     let iters = 4_000;
     for (config, _) in stochastic_cases() {
-        if config.name() == "saba" || config.name() == "srba" {
-            continue; // need a finite split; see saba_and_srba_converge_on_a_finite_sum_where_soba_stalls
+        if ["saba", "srba", "spaba"].contains(&config.name()) {
+            continue; // need a finite split; see saba_srba_and_spaba_converge_on_a_finite_sum_where_soba_stalls
         }
         let traj = trajectory(&config, quad(0.1), iters);
         let tail = &traj[iters * 3 / 4..];
@@ -396,7 +407,7 @@ fn every_method_reaches_a_noise_floor_on_the_stochastic_quadratic() {
 /// problem whose data splits into 4 + 2 fixed batches, SABA keeps converging while SOBA (the same
 /// method without the memories) stalls at its noise floor.
 #[test]
-fn saba_and_srba_converge_on_a_finite_sum_where_soba_stalls() {
+fn saba_srba_and_spaba_converge_on_a_finite_sum_where_soba_stalls() {
     type X = Tensor<Rank1<3>, f64, Cpu>;
     let run = |config: MethodConfig| -> Vec<f64> {
         let problem = Ridge::<f64, X, 3>::synthetic(RidgeConfig {
@@ -445,6 +456,20 @@ fn saba_and_srba_converge_on_a_finite_sum_where_soba_stalls() {
     assert!(
         soba_floor > 5.0 * last_quarter_mean(&srba),
         "SOBA against SRBA"
+    );
+    // A full pass with probability 1/6 (the default: one over the fixed batches).
+    let spaba = run(MethodConfig::new(SpabaConfig {
+        beta: 0.3,
+        rho: 0.3,
+        alpha: 1.0,
+        ..Default::default()
+    }));
+    println!("SPABA final {:.2e}", spaba[39_999]);
+    assert!(spaba[39_999] < 1e-3, "SPABA: {:e}", spaba[39_999]);
+    assert!(spaba[39_999] < spaba[29_999], "SPABA still decreasing");
+    assert!(
+        soba_floor > 5.0 * last_quarter_mean(&spaba),
+        "SOBA against SPABA"
     );
     assert!(saba[39_999] < 1e-3, "SABA: {:e}", saba[39_999]);
     assert!(saba[39_999] < saba[29_999], "SABA still decreasing");
@@ -503,6 +528,7 @@ fn oracle_costs_match_the_documented_table() {
             // the directions at the new and the previous point on one ζ and one ξ.
             ("srba", t) if t % 3 == 0 => [1, 1, 1, 1],
             ("srba", _) => [2, 2, 2, 2],
+            ("spaba", 0) => [1, 1, 1, 1],
             other => panic!("no expected cost for {other:?}"),
         }
     };
@@ -514,6 +540,14 @@ fn oracle_costs_match_the_documented_table() {
         for t in 0..5u64 {
             let c: OracleCounts = method.step(&mut o, &mut x, &mut y).unwrap().oracle_calls;
             let got = [c.upper_grad, c.lower_grad, c.hvp, c.jvp];
+            // SPABA restarts at random: each iteration costs SRBA's full or corrected row.
+            if config.name() == "spaba" && t > 0 {
+                assert!(
+                    got == [1, 1, 1, 1] || got == [2, 2, 2, 2],
+                    "spaba at t = {t}: {got:?}"
+                );
+                continue;
+            }
             assert_eq!(
                 got,
                 expected(config.name(), t),
@@ -548,6 +582,32 @@ fn oracle_costs_match_the_documented_table() {
     }
 }
 
+/// SPABA's coin: with p = 0.3 over 2,000 iterations the full passes (one ∇F call on the
+/// quadratic's one fixed upper batch, against two for a correction) number 1 + 0.3 · 1,999 ≈ 601
+/// on average, with a standard deviation of 20; the run must land within 4 of them.
+#[test]
+fn spaba_restarts_with_its_probability() {
+    let config = MethodConfig::new(SpabaConfig {
+        probability: Some(0.3),
+        ..Default::default()
+    });
+    let (mut x, mut y) = start();
+    let mut method = config.build(&x, &y, &quad(0.0)).unwrap();
+    let mut o = Oracles::new(quad(0.0), 7);
+    let full = (0..2_000)
+        .filter(|_| {
+            method
+                .step(&mut o, &mut x, &mut y)
+                .unwrap()
+                .oracle_calls
+                .upper_grad
+                == 1
+        })
+        .count();
+    println!("SPABA, p = 0.3: {full} full passes in 2,000 iterations");
+    assert!((520..=682).contains(&full), "{full} full passes");
+}
+
 /// Saving after 4 steps and resuming in a fresh method and fresh oracles gives bit-identical
 /// iterates to running on without a break, for every method (default configurations).
 #[test]
@@ -555,8 +615,8 @@ fn every_method_resumes_bit_identically() {
     for name in METHODS {
         let config = MethodConfig::default_for(name).unwrap();
         let (mut x, mut y) = start();
-        // SABA and SRBA need a finite split, which only the noise-free quadratic has.
-        let noise = if name == "saba" || name == "srba" {
+        // SABA, SRBA and SPABA need a finite split, which only the noise-free quadratic has.
+        let noise = if ["saba", "srba", "spaba"].contains(&name) {
             0.0
         } else {
             0.2

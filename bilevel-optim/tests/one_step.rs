@@ -1925,3 +1925,84 @@ fn srba_follows_its_rule() {
         out
     });
 }
+
+/// SPABA (Chu et al. 2024): SRBA's recursion with the PAGE restart, a full pass (uneven fixed
+/// batches weighted by share) at t = 0 and then with probability p, else the correction on one
+/// fresh ζ, ξ; three steps y ← y − β d_y, z ← Π(z − ρ d_z), x ← x − α d_x. The coin is the
+/// library's (its frequency is `spaba_restarts_with_its_probability` in methods.rs); the batches
+/// drawn say which branch each iteration took, and p = 0.5 here makes both happen.
+#[test]
+fn spaba_follows_its_rule() {
+    use bilevel_optim::methods::spaba::SpabaConfig;
+    let (lower_shares, upper_shares) = (vec![0.5, 0.3, 0.2], vec![0.6, 0.4]);
+    let mut problem = recorded(quadratic(None));
+    problem.lower_shares = Some(lower_shares.clone());
+    problem.upper_shares = Some(upper_shares.clone());
+    let config = MethodConfig::new(SpabaConfig {
+        beta: 0.3,
+        rho: 0.25,
+        alpha: 0.2,
+        probability: Some(0.5),
+        z_radius: Some(0.05),
+    });
+    check("spaba", config, problem, &["z", "d_x"], |d, f, _| {
+        type Batches = (Vec<(Lower, f64)>, Vec<(Upper, f64)>);
+        let directions = |(x, y, z): (&[f64], &[f64], &[f64]), (lower, upper): &Batches| {
+            let (mut dy, mut dz, mut dx) = (vec![0.0; DY], vec![0.0; DY], vec![0.0; DX]);
+            for (l, s) in lower {
+                dy = comb(&[(1.0, &dy), (*s, &gy(x, y, l))]);
+                dz = comb(&[(1.0, &dz), (*s, &hv(z, l))]);
+                dx = comb(&[(1.0, &dx), (-s, &jv(z, l))]);
+            }
+            for (u, s) in upper {
+                dz = comb(&[(1.0, &dz), (-s, &f.fy(x, y, u))]);
+                dx = comb(&[(1.0, &dx), (*s, &f.fx(x, y, u))]);
+            }
+            (dy, dz, dx)
+        };
+        let (mut x, mut y, mut z) = (x0(), y0(), vec![0.0; DY]);
+        let (mut dir, mut previous) = (
+            (vec![0.0; DY], vec![0.0; DY], vec![0.0; DX]),
+            (x.clone(), y.clone(), z.clone()),
+        );
+        let (mut full_passes, mut corrections) = (0, 0);
+        let mut out = Vec::new();
+        for t in 0..ITERATIONS {
+            let full = matches!(d.log.get(d.at), Some(Draw::LowerPart(..)));
+            assert!(t > 0 || full, "the first iteration is a full pass");
+            if full {
+                full_passes += 1;
+                let lower = lower_shares
+                    .iter()
+                    .map(|s| (d.lower_part().1, *s))
+                    .collect();
+                let upper = upper_shares
+                    .iter()
+                    .map(|s| (d.upper_part().1, *s))
+                    .collect();
+                dir = directions((&x, &y, &z), &(lower, upper));
+            } else {
+                corrections += 1;
+                let batches = (vec![(d.lower(), 1.0)], vec![(d.upper(), 1.0)]);
+                let new = directions((&x, &y, &z), &batches);
+                let old = directions((&previous.0, &previous.1, &previous.2), &batches);
+                dir = (
+                    comb(&[(1.0, &dir.0), (1.0, &new.0), (-1.0, &old.0)]),
+                    comb(&[(1.0, &dir.1), (1.0, &new.1), (-1.0, &old.1)]),
+                    comb(&[(1.0, &dir.2), (1.0, &new.2), (-1.0, &old.2)]),
+                );
+            }
+            d.end_of_iteration();
+            previous = (x.clone(), y.clone(), z.clone());
+            y = comb(&[(1.0, &y), (-0.3, &dir.0)]);
+            z = onto_ball(comb(&[(1.0, &z), (-0.25, &dir.1)]), 0.05);
+            x = comb(&[(1.0, &x), (-0.2, &dir.2)]);
+            out.push(iterate(&x, &y, &[("z", &z), ("d_x", &dir.2)]));
+        }
+        assert!(
+            full_passes > 1 && corrections > 0,
+            "{full_passes} full passes, {corrections} corrections"
+        );
+        out
+    });
+}

@@ -67,4 +67,5 @@ builtin_methods![
     sustain::SustainConfig,
     f2ba::F2baConfig,
     srba::SrbaConfig,
+    spaba::SpabaConfig,
 ];

@@ -11,6 +11,8 @@
 //! The whole data is the problem's fixed batches, each weighted by its share
 //! (`BilevelProblem::lower_part_share`), so the problem must split its data like SABA's.
 
+use std::marker::PhantomData;
+
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +56,47 @@ impl Default for SrbaConfig {
     }
 }
 
+/// What SRBA's rule reads from a configuration, so that SPABA (the same recursion, restarted
+/// at random) runs it too.
+pub trait FullPassRestarts: Method {
+    /// The (y, z, x) steps.
+    fn step_sizes(&self) -> (f64, f64, f64);
+    /// The radius of the ball z is projected on.
+    fn z_radius(&self) -> Option<f64>;
+    /// Whether iteration t ≥ 1 restarts from the whole data, which has `batches` fixed batches
+    /// (lower and upper); iteration 0 always does.
+    fn restarts<E: Real, P: BilevelProblem<E>>(
+        &self,
+        t: u64,
+        batches: usize,
+        oracles: &mut Oracles<E, P>,
+    ) -> bool
+    where
+        Cpu: Device<E>;
+}
+
+impl FullPassRestarts for SrbaConfig {
+    fn step_sizes(&self) -> (f64, f64, f64) {
+        (self.rho, self.rho, self.gamma)
+    }
+
+    fn z_radius(&self) -> Option<f64> {
+        self.z_radius
+    }
+
+    fn restarts<E: Real, P: BilevelProblem<E>>(
+        &self,
+        t: u64,
+        batches: usize,
+        _: &mut Oracles<E, P>,
+    ) -> bool
+    where
+        Cpu: Device<E>,
+    {
+        t.is_multiple_of(self.period.unwrap_or(batches) as u64)
+    }
+}
+
 impl Method for SrbaConfig {
     const NAME: &'static str = "srba";
     const HINT: &'static str = "gamma for x, rho for y and z";
@@ -73,27 +116,11 @@ impl Method for SrbaConfig {
     where
         Cpu: Device<E>,
     {
-        let Start { x, y, problem } = at;
-        let (lower, upper) = finite_split(problem, "SRBA")?;
-        let directions = Directions {
-            y: y.zeros_like(),
-            z: y.zeros_like(),
-            x: x.zeros_like(),
-        };
-        RuleOptimizer::boxed(
-            self,
-            Srba {
-                z: y.zeros_like(),
-                d: directions.clone(),
-                previous: (x.duplicate(), y.duplicate(), y.zeros_like()),
-                shares: (lower, upper),
-            },
-        )
+        RuleOptimizer::boxed(self, Srba::start(at, "SRBA")?)
     }
 }
 
 /// SOBA's directions for y, z and x.
-#[derive(Clone)]
 struct Directions<X, Y> {
     y: Y,
     z: Y,
@@ -150,8 +177,8 @@ where
     })
 }
 
-/// SRBA's memory.
-pub struct Srba<X, Y> {
+/// SRBA's memory (and SPABA's, `C`).
+pub struct Srba<X, Y, C = SrbaConfig> {
     /// z_t ≈ [∇²_yy G]⁻¹ ∇_y F.
     z: Y,
     /// The SARAH estimates (d_y, d_z, d_x).
@@ -160,13 +187,41 @@ pub struct Srba<X, Y> {
     previous: (X, Y, Y),
     /// The fixed batches' shares of the (lower, upper) data.
     shares: (Vec<f64>, Vec<f64>),
+    config: PhantomData<fn() -> C>,
 }
 
-impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for Srba<P::X, P::Y>
+impl<X, Y, C> Srba<X, Y, C> {
+    /// The memory at iteration 0, for `method` (named in the error when the problem's data has
+    /// no split).
+    pub fn start<E: Real, P: BilevelProblem<E, X = X, Y = Y>>(
+        at: Start<'_, E, P>,
+        method: &str,
+    ) -> Result<Self, BilevelError>
+    where
+        Cpu: Device<E>,
+        X: Params<E>,
+        Y: Params<E>,
+    {
+        let Start { x, y, problem } = at;
+        Ok(Self {
+            z: y.zeros_like(),
+            d: Directions {
+                y: y.zeros_like(),
+                z: y.zeros_like(),
+                x: x.zeros_like(),
+            },
+            previous: (x.duplicate(), y.duplicate(), y.zeros_like()),
+            shares: finite_split(problem, method)?,
+            config: PhantomData,
+        })
+    }
+}
+
+impl<E: Real, P: BilevelProblem<E>, C: FullPassRestarts> Rule<E, P> for Srba<P::X, P::Y, C>
 where
     Cpu: Device<E>,
 {
-    type Config = SrbaConfig;
+    type Config = C;
     crate::saved_memory!(
         vector z,
         vector d.y as "d_y",
@@ -177,13 +232,13 @@ where
         vector previous.2 as "z_prev"
     );
 
-    fn iterate(&mut self, it: Iteration<'_, E, P, SrbaConfig>) -> Result<Outcome, BilevelError> {
+    fn iterate(&mut self, it: Iteration<'_, E, P, C>) -> Result<Outcome, BilevelError> {
         let Iteration { oracles, x, y, .. } = it;
         let (c, t, site) = (it.config, it.t, it.site);
         let (lower_shares, upper_shares) = &self.shares;
-        let period = c.period.unwrap_or(lower_shares.len() + upper_shares.len()) as u64;
+        let batches = lower_shares.len() + upper_shares.len();
         let now = (&*x, &*y, &self.z);
-        let (upper_loss, lower_loss) = if t % period == 0 {
+        let (upper_loss, lower_loss) = if t == 0 || c.restarts(t, batches, oracles) {
             let lower = (0..lower_shares.len())
                 .map(|k| Ok((oracles.lower_part(k)?, lower_shares[k])))
                 .collect::<Result<Vec<_>, BilevelError>>()?;
@@ -206,13 +261,13 @@ where
         };
         self.previous = (x.duplicate(), y.duplicate(), self.z.duplicate());
 
-        let rho = E::of(c.rho);
-        y.add_scaled(-rho, &self.d.y);
-        self.z.add_scaled(-rho, &self.d.z);
-        if let Some(r) = c.z_radius {
+        let (y_step, z_step, x_step) = c.step_sizes();
+        y.add_scaled(-E::of(y_step), &self.d.y);
+        self.z.add_scaled(-E::of(z_step), &self.d.z);
+        if let Some(r) = c.z_radius() {
             self.z.project_ball(E::of(r));
         }
-        let (step_size, x_step_norm) = plain_step(x, &self.d.x, E::of(c.gamma));
+        let (step_size, x_step_norm) = plain_step(x, &self.d.x, E::of(x_step));
         oracles.project_x(x);
         site.check("lower variable y", y)?;
         site.check("linear-system variable z", &self.z)?;

@@ -192,6 +192,12 @@ where
         self.rng.gen_range(0..n)
     }
 
+    /// A coin from the batch generator that shows `true` with probability `p` (clamped to
+    /// [0, 1]), for methods that restart at random (SPABA).
+    pub fn draw_coin(&mut self, p: f64) -> bool {
+        self.rng.gen_bool(p.clamp(0.0, 1.0))
+    }
+
     /// `F(x, y; ξ)`, `∇_x F`, `∇_y F` from one backward pass.
     pub fn upper_grad(
         &mut self,
