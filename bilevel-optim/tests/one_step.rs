@@ -2006,3 +2006,52 @@ fn spaba_follows_its_rule() {
         out
     });
 }
+
+/// BOME (Ye, Liu, Wright, Stone, Liu 2022): θ by T = 3 SGD steps of α from y on fresh batches;
+/// then on ξ and one ζ, ∇q̂ = (∇_x G(x, y) − ∇_x G(x, θ), ∇_y G(x, y)),
+/// λ = max(η_φ‖∇q̂‖² − ⟨∇F, ∇q̂⟩, 0)/‖∇q̂‖², and (y, x) ← (y, x) − (γ_t, η_t)(∇F + λ∇q̂).
+#[test]
+fn bome_follows_its_rule() {
+    use bilevel_optim::methods::bome::BomeConfig;
+    let config = MethodConfig::new(BomeConfig {
+        eta: schedule(0.2, 0.5),
+        gamma: schedule(0.3, 0.5),
+        inner_step: 0.25,
+        inner_steps: 3,
+        phi_scale: 0.7,
+    });
+    check("bome", config, recorded(quadratic(None)), &[], |d, f, _| {
+        let (mut x, mut y) = (x0(), y0());
+        let mut active = 0;
+        let mut out = Vec::new();
+        for t in 0..ITERATIONS {
+            let mut theta = y.clone();
+            sgd_steps(d, &x, &mut theta, 3, 0.25);
+            let (xi, zeta) = (d.upper(), d.lower());
+            d.end_of_iteration();
+            let q_x = comb(&[(1.0, &gx(&y, &zeta)), (-1.0, &gx(&theta, &zeta))]);
+            let q_y = gy(&x, &y, &zeta);
+            let (f_x, f_y) = (f.fx(&x, &y, &xi), f.fy(&x, &y, &xi));
+            let q_sq = norm(&q_x).powi(2) + norm(&q_y).powi(2);
+            let along: f64 = f_x
+                .iter()
+                .zip(&q_x)
+                .chain(f_y.iter().zip(&q_y))
+                .map(|(a, b)| a * b)
+                .sum();
+            let lambda = (0.7 * q_sq - along).max(0.0) / q_sq;
+            active += usize::from(lambda > 0.0);
+            y = comb(&[
+                (1.0, &y),
+                (-decay(0.3, 0.5, t), &comb(&[(1.0, &f_y), (lambda, &q_y)])),
+            ]);
+            x = comb(&[
+                (1.0, &x),
+                (-decay(0.2, 0.5, t), &comb(&[(1.0, &f_x), (lambda, &q_x)])),
+            ]);
+            out.push(iterate(&x, &y, &[]));
+        }
+        assert!(active > 0, "the multiplier acted");
+        out
+    });
+}

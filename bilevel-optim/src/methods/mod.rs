@@ -68,4 +68,5 @@ builtin_methods![
     f2ba::F2baConfig,
     srba::SrbaConfig,
     spaba::SpabaConfig,
+    bome::BomeConfig,
 ];
