@@ -45,7 +45,7 @@ enum Command {
         /// The method (default: bo-rep with the task's official values). One of: bo-rep,
         /// stocbio, ttsa, bsa, alset, amigo, soba, saba, ma-soba, f2sa, mrbo, vrbo, slip, accbo,
         /// adambo, maml, anil, aid-cg, itd, maml-encoder, fsla, sustain, f2ba, srba, spaba, bome,
-        /// or a method registered through the library.
+        /// vr-adambo, or a method registered through the library.
         #[arg(long)]
         method: Option<String>,
         #[arg(long)]

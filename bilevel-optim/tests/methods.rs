@@ -31,6 +31,7 @@ use bilevel_optim::methods::srba::SrbaConfig;
 use bilevel_optim::methods::stocbio::StocBioConfig;
 use bilevel_optim::methods::sustain::SustainConfig;
 use bilevel_optim::methods::ttsa::TtsaConfig;
+use bilevel_optim::methods::vr_adambo::VrAdamBoConfig;
 use bilevel_optim::methods::vrbo::VrboConfig;
 use bilevel_optim::methods::{Method, MethodConfig, METHODS};
 use bilevel_optim::neumann::NeumannConfig;
@@ -326,6 +327,16 @@ fn cases(randomized: bool) -> Vec<(MethodConfig, usize)> {
             }),
             20_000,
         ),
+        (
+            MethodConfig::new(VrAdamBoConfig {
+                eta: decaying(0.05, 0.5),
+                gamma: 0.4,
+                warm_start: 2,
+                neumann: det,
+                ..Default::default()
+            }),
+            3_000,
+        ),
     ]
 }
 
@@ -544,6 +555,8 @@ fn oracle_costs_match_the_documented_table() {
             ("spaba", 0) => [1, 1, 1, 1],
             // T = 60 inner SGD steps, then ∇F and ∇G at y and at θ.
             ("bome", _) => [1, 62, 0, 0],
+            ("vr-adambo", 0) => [1, 3, q, 1],
+            ("vr-adambo", _) => [2, 1, 2 * q, 2],
             other => panic!("no expected cost for {other:?}"),
         }
     };

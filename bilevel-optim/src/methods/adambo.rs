@@ -22,6 +22,7 @@ use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::steps::{sgd_on_lower, Outcome};
+use crate::variance::storm_update;
 
 /// The knobs of AdamBO (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,8 +88,10 @@ impl Method for AdamBoConfig {
 
 /// Adam's two moments of the upper estimate, with the bias-corrected direction.
 pub struct AdamMoments<X> {
-    first: X,
-    second: X,
+    /// m.
+    pub(crate) first: X,
+    /// v.
+    pub(crate) second: X,
 }
 
 impl<X> AdamMoments<X> {
@@ -111,13 +114,55 @@ impl<X> AdamMoments<X> {
         X: Params<E>,
     {
         self.first.lerp_with(E::of(beta1), E::of(1.0 - beta1), h);
+        self.fold_second(h, beta2);
+        self.direction(t, Some(beta1), beta2, epsilon)
+    }
+
+    /// VR-AdamBO's update: the first moment is the recursive (STORM) estimate
+    /// `m ← h + β₁ (m − h_old)`, `h_old` the estimate at the previous point on the same samples
+    /// (`None` at t = 0: `m ← h`), which starts at h rather than at zero and so is not
+    /// bias-corrected; the second moment is Adam's. Returns `m/(√v̂ + ε)`.
+    pub fn update_recursive<E: Real>(
+        &mut self,
+        h: &X,
+        h_old: Option<&X>,
+        t: u64,
+        (beta1, beta2, epsilon): (f64, f64, f64),
+    ) -> X
+    where
+        Cpu: Device<E>,
+        X: Params<E>,
+    {
+        match h_old {
+            None => self.first = h.clone(),
+            Some(old) => storm_update(&mut self.first, h, old, E::of(1.0 - beta1)),
+        }
+        self.fold_second(h, beta2);
+        self.direction(t, None, beta2, epsilon)
+    }
+
+    /// `v ← β₂ v + (1 − β₂) h ⊙ h`.
+    fn fold_second<E: Real>(&mut self, h: &X, beta2: f64)
+    where
+        Cpu: Device<E>,
+        X: Params<E>,
+    {
         self.second.zip_in_place(h, |v, g| {
             for (v, &g) in v.iter_mut().zip(g) {
                 *v = E::of(beta2) * *v + E::of(1.0 - beta2) * g * g;
             }
         });
+    }
+
+    /// `(m/c₁)/(√(v/c₂) + ε)` at step `t`, with `c = 1 − β^{t+1}` (c₁ = 1 without `beta1`).
+    fn direction<E: Real>(&self, t: u64, beta1: Option<f64>, beta2: f64, epsilon: f64) -> X
+    where
+        Cpu: Device<E>,
+        X: Params<E>,
+    {
         let power = (t + 1) as i32;
-        let (c1, c2) = (1.0 - beta1.powi(power), 1.0 - beta2.powi(power));
+        let c1 = beta1.map_or(1.0, |b| 1.0 - b.powi(power));
+        let c2 = 1.0 - beta2.powi(power);
         let mut direction = self.first.duplicate();
         direction.zip_in_place(&self.second, |d, v| {
             for (d, &v) in d.iter_mut().zip(v) {

@@ -69,4 +69,5 @@ builtin_methods![
     srba::SrbaConfig,
     spaba::SpabaConfig,
     bome::BomeConfig,
+    vr_adambo::VrAdamBoConfig,
 ];
