@@ -328,13 +328,13 @@ fn cases(randomized: bool) -> Vec<(MethodConfig, usize)> {
             20_000,
         ),
         (
-            MethodConfig::new(VrAdamBoConfig {
+            MethodConfig::new(VrAdamBoConfig(AdamBoConfig {
                 eta: decaying(0.05, 0.5),
                 gamma: 0.4,
                 warm_start: 2,
                 neumann: det,
                 ..Default::default()
-            }),
+            })),
             3_000,
         ),
     ]

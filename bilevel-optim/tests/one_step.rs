@@ -2057,68 +2057,75 @@ fn bome_follows_its_rule() {
 }
 
 /// VR-AdamBO (reconstructed, docs/algorithms.md): T₀ SGD steps; then one SGD step on y, the
-/// deterministic Neumann estimate h_t on fresh samples, the recursive momentum
-/// m_t = h_t + β₁(m_{t−1} − h(x_{t−1}, y_{t−1})) on the same samples (m_0 = h_0), Adam's
-/// v ← β₂v + (1 − β₂)h², and x ← x − η_t m/(√(v/(1 − β₂^{t+1})) + ε) (m is not bias-corrected).
+/// deterministic Neumann estimate h_t on fresh samples (plus λ_wd x with weight decay), the
+/// recursive momentum m_t = h_t + β₁(m_{t−1} − h(x_{t−1}, y_{t−1})) on the same samples (the
+/// old estimate with λ_wd x_{t−1}; m_0 = h_0), Adam's v ← β₂v + (1 − β₂)h², and
+/// x ← x − η_t m/(√(v/(1 − β₂^{t+1})) + ε) (m is not bias-corrected).
 #[test]
 fn vr_adambo_follows_its_rule() {
+    use bilevel_optim::methods::adambo::AdamBoConfig;
     use bilevel_optim::methods::vr_adambo::VrAdamBoConfig;
     use bilevel_optim::neumann::NeumannConfig;
-    let config = MethodConfig::new(VrAdamBoConfig {
-        eta: schedule(0.2, 0.5),
-        beta1: 0.7,
-        beta2: 0.9,
-        epsilon: 1e-3,
-        gamma: 0.25,
-        warm_start: 2,
-        neumann: NeumannConfig::deterministic(2, 0.2),
-    });
-    check(
-        "vr-adambo",
-        config,
-        recorded(quadratic(None)),
-        &["m", "v", "x_prev", "y_prev"],
-        |d, f, _| {
-            let (mut x, mut y) = (x0(), y0());
-            sgd_steps(d, &x, &mut y, 2, 0.25);
-            let (mut m, mut v) = (vec![0.0; DX], vec![0.0; DX]);
-            let (mut x_prev, mut y_prev) = (x.clone(), y.clone());
-            let mut out = Vec::new();
-            for t in 0..ITERATIONS {
-                let zeta = d.lower();
-                y = comb(&[(1.0, &y), (-0.25, &gy(&x, &y, &zeta))]);
-                let samples = neumann_draw(d);
-                d.end_of_iteration();
-                let h = neumann_estimate(f, &x, &y, &samples, 2, 0.2);
-                m = if t == 0 {
-                    h.clone()
-                } else {
-                    let old = neumann_estimate(f, &x_prev, &y_prev, &samples, 2, 0.2);
-                    comb(&[(1.0, &h), (0.7, &m), (-0.7, &old)])
-                };
-                v = v
-                    .iter()
-                    .zip(&h)
-                    .map(|(v, g)| 0.9 * v + 0.1 * g * g)
-                    .collect();
-                let c2 = 1.0 - 0.9f64.powi(t as i32 + 1);
-                let eta = decay(0.2, 0.5, t);
-                (x_prev, y_prev) = (x.clone(), y.clone());
-                x = (0..DX)
-                    .map(|i| x[i] - eta * m[i] / ((v[i] / c2).sqrt() + 1e-3))
-                    .collect();
-                out.push(iterate(
-                    &x,
-                    &y,
-                    &[
+    for weight_decay in [0.0, 0.05] {
+        let config = MethodConfig::new(VrAdamBoConfig(AdamBoConfig {
+            eta: schedule(0.2, 0.5),
+            beta1: 0.7,
+            beta2: 0.9,
+            epsilon: 1e-3,
+            gamma: 0.25,
+            warm_start: 2,
+            neumann: NeumannConfig::deterministic(2, 0.2),
+            weight_decay,
+        }));
+        let name = format!("vr-adambo (weight decay {weight_decay})");
+        let memories = ["m", "v", "x_prev", "y_prev"];
+        check(
+            &name,
+            config,
+            recorded(quadratic(None)),
+            &memories,
+            |d, f, _| {
+                let (mut x, mut y) = (x0(), y0());
+                sgd_steps(d, &x, &mut y, 2, 0.25);
+                let (mut m, mut v) = (vec![0.0; DX], vec![0.0; DX]);
+                let (mut x_prev, mut y_prev) = (x.clone(), y.clone());
+                let mut out = Vec::new();
+                for t in 0..ITERATIONS {
+                    let zeta = d.lower();
+                    y = comb(&[(1.0, &y), (-0.25, &gy(&x, &y, &zeta))]);
+                    let samples = neumann_draw(d);
+                    d.end_of_iteration();
+                    let h_at = |x: &[f64], y: &[f64]| {
+                        let h = neumann_estimate(f, x, y, &samples, 2, 0.2);
+                        comb(&[(1.0, &h), (weight_decay, x)])
+                    };
+                    let h = h_at(&x, &y);
+                    m = if t == 0 {
+                        h.clone()
+                    } else {
+                        comb(&[(1.0, &h), (0.7, &m), (-0.7, &h_at(&x_prev, &y_prev))])
+                    };
+                    v = v
+                        .iter()
+                        .zip(&h)
+                        .map(|(v, g)| 0.9 * v + 0.1 * g * g)
+                        .collect();
+                    let c2 = 1.0 - 0.9f64.powi(t as i32 + 1);
+                    let eta = decay(0.2, 0.5, t);
+                    (x_prev, y_prev) = (x.clone(), y.clone());
+                    x = (0..DX)
+                        .map(|i| x[i] - eta * m[i] / ((v[i] / c2).sqrt() + 1e-3))
+                        .collect();
+                    let memories = [
                         ("m", &m),
                         ("v", &v),
                         ("x_prev", &x_prev),
                         ("y_prev", &y_prev),
-                    ],
-                ));
-            }
-            out
-        },
-    );
+                    ];
+                    out.push(iterate(&x, &y, &memories));
+                }
+                out
+            },
+        );
+    }
 }

@@ -63,6 +63,20 @@ impl Default for AdamBoConfig {
     }
 }
 
+impl AdamBoConfig {
+    /// `h + λ_wd x` (h itself without weight decay).
+    pub fn with_weight_decay<E: Real, X: Params<E>>(&self, h: &X, x: &X) -> X
+    where
+        Cpu: Device<E>,
+    {
+        let mut h = h.clone();
+        if self.weight_decay > 0.0 {
+            h.add_scaled(E::of(self.weight_decay), x);
+        }
+        h
+    }
+}
+
 impl Method for AdamBoConfig {
     const NAME: &'static str = "adambo";
     const HINT: &'static str = "eta for x, gamma for y";
@@ -192,10 +206,7 @@ where
             sgd_on_lower(oracles, x, y, E::of(c.gamma), c.warm_start, site)?;
         }
         let (lower_loss, est) = sgd_then_estimate(oracles, x, y, 1, c.gamma, &c.neumann, site)?;
-        let mut h = est.h.clone();
-        if c.weight_decay > 0.0 {
-            h.add_scaled(E::of(c.weight_decay), x);
-        }
+        let h = c.with_weight_decay(&est.h, x);
         let direction = self.moments.update(&h, t, c.beta1, c.beta2, c.epsilon);
         plain_step_outcome(oracles, x, &direction, c.eta.at(t), &est, lower_loss, site)
     }

@@ -18,67 +18,33 @@
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
 
-use super::adambo::AdamMoments;
+use super::adambo::{AdamBoConfig, AdamMoments};
 use super::method::{Method, Steps};
 use super::rule::{Iteration, Rule};
 use crate::error::BilevelError;
-use crate::neumann::{plain_step_outcome, NeumannConfig};
+use crate::neumann::plain_step_outcome;
 use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
-use crate::schedule::PowerSchedule;
 use crate::steps::{sgd_on_lower, Outcome};
 
-/// The knobs of VR-AdamBO (docs/algorithms.md).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct VrAdamBoConfig {
-    /// η_t: the Adam step.
-    pub eta: PowerSchedule,
-    /// β₁: the weight of the corrected history in the recursive momentum.
-    pub beta1: f64,
-    /// β₂: the weight of the second-moment average.
-    pub beta2: f64,
-    /// ε in the denominator.
-    pub epsilon: f64,
-    /// γ: the y step.
-    pub gamma: f64,
-    /// T₀: warm-start SGD steps on y.
-    pub warm_start: usize,
-    /// The Neumann series of the hypergradient estimate.
-    pub neumann: NeumannConfig,
-}
-
-impl Default for VrAdamBoConfig {
-    /// AdamBO's defaults.
-    fn default() -> Self {
-        Self {
-            eta: PowerSchedule::constant(1e-3),
-            beta1: 0.9,
-            beta2: 0.999,
-            epsilon: 1e-8,
-            gamma: 0.05,
-            warm_start: 3,
-            neumann: NeumannConfig::deterministic(5, 0.1),
-        }
-    }
-}
+/// The knobs of VR-AdamBO: AdamBO's, the same names and defaults (docs/algorithms.md); β₁ weighs
+/// the corrected history of the recursive momentum, and the weight decay, when set, is added to
+/// the estimate at both points of the correction.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VrAdamBoConfig(pub AdamBoConfig);
 
 impl Method for VrAdamBoConfig {
     const NAME: &'static str = "vr-adambo";
-    const HINT: &'static str = "eta for x, gamma for y";
+    const HINT: &'static str = AdamBoConfig::HINT;
 
-    crate::checks!(
-        eta: valid,
-        beta1: momentum,
-        beta2: momentum,
-        epsilon: positive,
-        gamma: positive,
-        neumann: valid,
-    );
+    fn validate(&self) -> Result<(), BilevelError> {
+        self.0.validate()
+    }
 
     fn steps(&mut self) -> Steps<'_> {
-        Steps::new(&mut self.gamma, &mut self.eta)
+        self.0.steps()
     }
 
     crate::rule_optimizer!(|_, at| VrAdamBo {
@@ -110,23 +76,24 @@ where
 
     fn iterate(&mut self, it: Iteration<'_, E, P, VrAdamBoConfig>) -> Result<Outcome, BilevelError> {
         let Iteration { oracles, x, y, .. } = it;
-        let (c, t, site) = (it.config, it.t, it.site);
+        let (c, t, site) = (&it.config.0, it.t, it.site);
         if t == 0 {
             sgd_on_lower(oracles, x, y, E::of(c.gamma), c.warm_start, site)?;
         }
         let lower_loss = sgd_on_lower(oracles, x, y, E::of(c.gamma), 1, site)?;
         let samples = c.neumann.draw(oracles);
         let est = c.neumann.hypergradient(oracles, x, y, &samples, site)?;
+        let h = c.with_weight_decay(&est.h, x);
         let old = match t {
             0 => None,
-            _ => Some(
-                c.neumann
-                    .hypergradient(oracles, &self.x_prev, &self.y_prev, &samples, site)?
-                    .h,
-            ),
+            _ => {
+                let (x_prev, y_prev) = (&self.x_prev, &self.y_prev);
+                let old = c.neumann.hypergradient(oracles, x_prev, y_prev, &samples, site)?;
+                Some(c.with_weight_decay(&old.h, x_prev))
+            }
         };
         let knobs = (c.beta1, c.beta2, c.epsilon);
-        let direction = self.moments.update_recursive(&est.h, old.as_ref(), t, knobs);
+        let direction = self.moments.update_recursive(&h, old.as_ref(), t, knobs);
         (self.x_prev, self.y_prev) = (x.duplicate(), y.duplicate());
         plain_step_outcome(oracles, x, &direction, c.eta.at(t), &est, lower_loss, site)
     }
