@@ -230,16 +230,7 @@ fn cases(randomized: bool) -> Vec<(MethodConfig, usize)> {
             }),
             6_000,
         ),
-        (
-            MethodConfig::new(AdamBoConfig {
-                eta: decaying(0.05, 0.5),
-                gamma: 0.4,
-                warm_start: 2,
-                neumann: det,
-                ..Default::default()
-            }),
-            3_000,
-        ),
+        (MethodConfig::new(adambo_knobs(det)), 3_000),
         (
             MethodConfig::new(AidCgConfig {
                 eta: constant(0.2),
@@ -327,17 +318,19 @@ fn cases(randomized: bool) -> Vec<(MethodConfig, usize)> {
             }),
             20_000,
         ),
-        (
-            MethodConfig::new(VrAdamBoConfig(AdamBoConfig {
-                eta: decaying(0.05, 0.5),
-                gamma: 0.4,
-                warm_start: 2,
-                neumann: det,
-                ..Default::default()
-            })),
-            3_000,
-        ),
+        (MethodConfig::new(VrAdamBoConfig(adambo_knobs(det))), 3_000),
     ]
+}
+
+/// AdamBO's test knobs, VR-AdamBO's too.
+fn adambo_knobs(neumann: NeumannConfig) -> AdamBoConfig {
+    AdamBoConfig {
+        eta: decaying(0.05, 0.5),
+        gamma: 0.4,
+        warm_start: 2,
+        neumann,
+        ..Default::default()
+    }
 }
 
 fn grad_phi(o: &Oracles<f64, Quad>, x: &Vx) -> f64 {

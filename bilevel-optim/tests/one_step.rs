@@ -601,16 +601,23 @@ fn ma_soba_follows_its_rule() {
 // ---------------------------------------------------------------------------------------------
 // SABA.
 
+/// The recorded quadratic split into fixed batches of uneven shares: 0.5, 0.3, 0.2 of the lower
+/// data and 0.6, 0.4 of the upper (SABA, SRBA, SPABA).
+fn uneven_split() -> (Recorded, (Vec<f64>, Vec<f64>)) {
+    let (lower_shares, upper_shares) = (vec![0.5, 0.3, 0.2], vec![0.6, 0.4]);
+    let mut problem = recorded(quadratic(None));
+    problem.lower_shares = Some(lower_shares.clone());
+    problem.upper_shares = Some(upper_shares.clone());
+    (problem, (lower_shares, upper_shares))
+}
+
 /// SABA (Dagréou et al. 2022): SOBA's five directions replaced by SAGA estimates over fixed
 /// batches drawn uniformly, memories starting at zero. With batches of unequal shares s_k (here
 /// 0.5, 0.3, 0.2 of the lower data; 0.6, 0.4 of the upper), the estimate of batch k is
 /// `K s_k (g_k − memory_k) + Σ_j s_j memory_j`: unbiased for the weighted objective.
 #[test]
 fn saba_follows_its_rule_with_uneven_batches() {
-    let (lower_shares, upper_shares) = (vec![0.5, 0.3, 0.2], vec![0.6, 0.4]);
-    let mut problem = recorded(quadratic(None));
-    problem.lower_shares = Some(lower_shares.clone());
-    problem.upper_shares = Some(upper_shares.clone());
+    let (problem, (lower_shares, upper_shares)) = uneven_split();
     let config = MethodConfig::new(SabaConfig {
         rho: 0.3,
         gamma: 0.2,
@@ -1236,6 +1243,59 @@ fn neumann_estimate(
     comb(&[(1.0, &f.fx(x, y, &s.xi)), (-1.0, &jv(&v, &s.cross))])
 }
 
+/// MRBO's and SUSTAIN's double momentum by hand: on a lower batch and the series' samples (ξ,
+/// Hessian batches, cross batch), u = ∇_y G and v = ĥ, the series' estimate, plain at t = 0 and
+/// else corrected by their values at the previous point on the same samples with the weights
+/// `(a, b) = weights(t)` of v and u; then y ← y − y_step u, x ← x − x_step v with
+/// `(x_step, y_step) = steps(t)`. Returns the iterates (with u and v) and the number of Hessian
+/// products each estimate took in all.
+fn double_momentum(
+    d: &mut Draws,
+    f: &Calculus,
+    steps: impl Fn(usize) -> (f64, f64),
+    weights: impl Fn(usize) -> (f64, f64),
+    (terms, alpha, randomized): (usize, f64, bool),
+) -> (Vec<Iterate>, usize) {
+    let (mut x, mut y) = (x0(), y0());
+    let (mut u, mut v) = (vec![0.0; DY], vec![0.0; DX]);
+    let (mut x_prev, mut y_prev) = (x.clone(), y.clone());
+    let mut products = 0;
+    let mut out = Vec::new();
+    for t in 0..ITERATIONS {
+        let batch = d.lower();
+        let xi = d.upper();
+        let (hessian, cross) = series_batches(d);
+        if randomized {
+            assert!(hessian.len() < terms, "q = {} ≥ Q", hessian.len());
+        } else {
+            assert_eq!(hessian.len(), 1, "one Hessian batch");
+        }
+        products += hessian.len();
+        let h = |x: &[f64], y: &[f64]| {
+            let w = series(&f.fy(x, y, &xi), &hessian, terms, alpha, randomized);
+            comb(&[(1.0, &f.fx(x, y, &xi)), (-1.0, &jv(&w, &cross))])
+        };
+        if t == 0 {
+            (u, v) = (gy(&x, &y, &batch), h(&x, &y));
+        } else {
+            let (a, b) = weights(t);
+            let g_old = gy(&x_prev, &y_prev, &batch);
+            u = comb(&[(1.0, &gy(&x, &y, &batch)), (1.0 - b, &u), (b - 1.0, &g_old)]);
+            v = comb(&[
+                (1.0, &h(&x, &y)),
+                (1.0 - a, &v),
+                (a - 1.0, &h(&x_prev, &y_prev)),
+            ]);
+        }
+        (x_prev, y_prev) = (x.clone(), y.clone());
+        let (x_step, y_step) = steps(t);
+        y = comb(&[(1.0, &y), (-y_step, &u)]);
+        x = comb(&[(1.0, &x), (-x_step, &v)]);
+        out.push(iterate(&x, &y, &[("u", &u), ("v", &v)]));
+    }
+    (out, products)
+}
+
 /// MRBO (Yang, Ji, Liang 2021): STORM on both levels, the same samples at the new and the
 /// previous point; η_k = s/(m + k)^{1/3}; the momentum weights of iteration k are c₁η_{k−1}²
 /// and c₂η_{k−1}² (capped at 1); y ← y − γη_k u, x ← x − λη_k v; at k = 0 the plain estimates.
@@ -1259,34 +1319,12 @@ fn mrbo_follows_its_rule() {
         &["u", "v"],
         |d, f, _| {
             let eta = |k: usize| 0.8 / (2.0 + k as f64).powf(1.0 / 3.0);
-            let (mut x, mut y) = (x0(), y0());
-            let (mut u, mut v) = (vec![0.0; DY], vec![0.0; DX]);
-            let (mut x_prev, mut y_prev) = (x.clone(), y.clone());
-            let mut out = Vec::new();
-            for k in 0..ITERATIONS {
-                let batch = d.lower();
-                let samples = neumann_draw(d);
-                d.end_of_iteration();
-                let g = gy(&x, &y, &batch);
-                let h = neumann_estimate(f, &x, &y, &samples, 2, 0.2);
-                if k == 0 {
-                    (u, v) = (g, h);
-                } else {
-                    let (a, b) = (
-                        (0.5 * eta(k - 1).powi(2)).min(1.0),
-                        (2.0 * eta(k - 1).powi(2)).min(1.0),
-                    );
-                    let g_old = gy(&x_prev, &y_prev, &batch);
-                    let h_old = neumann_estimate(f, &x_prev, &y_prev, &samples, 2, 0.2);
-                    u = comb(&[(1.0, &g), (1.0 - b, &u), (-(1.0 - b), &g_old)]);
-                    v = comb(&[(1.0, &h), (1.0 - a, &v), (-(1.0 - a), &h_old)]);
-                }
-                (x_prev, y_prev) = (x.clone(), y.clone());
-                y = comb(&[(1.0, &y), (-0.4 * eta(k), &u)]);
-                x = comb(&[(1.0, &x), (-0.3 * eta(k), &v)]);
-                out.push(iterate(&x, &y, &[("u", &u), ("v", &v)]));
-            }
-            out
+            let steps = |k: usize| (0.3 * eta(k), 0.4 * eta(k));
+            let weights = |k: usize| {
+                let e = eta(k - 1).powi(2);
+                ((0.5 * e).min(1.0), (2.0 * e).min(1.0))
+            };
+            double_momentum(d, f, steps, weights, (2, 0.2, false)).0
         },
     );
 }
@@ -1451,25 +1489,29 @@ fn accbo_follows_its_rule() {
     );
 }
 
+/// The Adam knobs of the AdamBO and VR-AdamBO tests: η_t = 0.2/√(t+1), β₁ 0.7, β₂ 0.9, ε 1e-3,
+/// γ 0.25, T₀ = 2, the deterministic series (Q = 2, α = 0.2).
+fn adam_knobs(weight_decay: f64) -> bilevel_optim::methods::adambo::AdamBoConfig {
+    bilevel_optim::methods::adambo::AdamBoConfig {
+        eta: schedule(0.2, 0.5),
+        beta1: 0.7,
+        beta2: 0.9,
+        epsilon: 1e-3,
+        gamma: 0.25,
+        warm_start: 2,
+        neumann: bilevel_optim::neumann::NeumannConfig::deterministic(2, 0.2),
+        weight_decay,
+    }
+}
+
 /// AdamBO (Gong, Hao, Liu): T₀ SGD steps; then one SGD step on y, the deterministic Neumann
 /// estimate h_t (plus λ_wd x_t with weight decay, as torch's Adam adds it), Adam's moments
 /// m ← β₁m + (1 − β₁)h, v ← β₂v + (1 − β₂)h², and x ← x − η_t m̂/(√v̂ + ε) with the bias
 /// corrections 1 − β^{t+1}.
 #[test]
 fn adambo_follows_its_rule_with_weight_decay() {
-    use bilevel_optim::methods::adambo::AdamBoConfig;
-    use bilevel_optim::neumann::NeumannConfig;
     for weight_decay in [0.0, 0.05] {
-        let config = MethodConfig::new(AdamBoConfig {
-            eta: schedule(0.2, 0.5),
-            beta1: 0.7,
-            beta2: 0.9,
-            epsilon: 1e-3,
-            gamma: 0.25,
-            warm_start: 2,
-            neumann: NeumannConfig::deterministic(2, 0.2),
-            weight_decay,
-        });
+        let config = MethodConfig::new(adam_knobs(weight_decay));
         let name = format!("adambo (weight decay {weight_decay})");
         check(
             &name,
@@ -1746,48 +1788,21 @@ fn sustain_follows_its_rule() {
         momentum: 2.0,
         neumann: NeumannConfig::randomized(3, 0.2),
     });
+    let base = |t: usize| 1.0 / (2.0 + t as f64).powf(1.0 / 3.0);
+    let raw_weight = |t: usize| 2.0 * base(t - 1).powi(2);
+    assert!(
+        raw_weight(1) > 1.0 && raw_weight(2) < 1.0,
+        "the cap acts at t = 1 only"
+    );
     check(
         "sustain",
         config,
         recorded(quadratic(None)),
         &["u", "v"],
         |d, f, _| {
-            let base = |t: usize| 1.0 / (2.0 + t as f64).powf(1.0 / 3.0);
-            let (mut x, mut y) = (x0(), y0());
-            let (mut u, mut v) = (vec![0.0; DY], vec![0.0; DX]);
-            let (mut x_prev, mut y_prev) = (x.clone(), y.clone());
-            let (mut capped, mut products) = (false, 0);
-            let mut out = Vec::new();
-            for t in 0..ITERATIONS {
-                let batch = d.lower();
-                let xi = d.upper();
-                let (hessian, cross) = series_batches(d);
-                assert!(hessian.len() < 3, "q = {} ≥ Q", hessian.len());
-                products += hessian.len();
-                let h = |x: &[f64], y: &[f64]| {
-                    let w = series(&f.fy(x, y, &xi), &hessian, 3, 0.2, true);
-                    comb(&[(1.0, &f.fx(x, y, &xi)), (-1.0, &jv(&w, &cross))])
-                };
-                if t == 0 {
-                    (u, v) = (gy(&x, &y, &batch), h(&x, &y));
-                } else {
-                    let raw = 2.0 * base(t - 1).powi(2);
-                    capped |= raw > 1.0;
-                    let a = raw.min(1.0);
-                    let g_old = gy(&x_prev, &y_prev, &batch);
-                    u = comb(&[(1.0, &gy(&x, &y, &batch)), (1.0 - a, &u), (a - 1.0, &g_old)]);
-                    v = comb(&[
-                        (1.0, &h(&x, &y)),
-                        (1.0 - a, &v),
-                        (a - 1.0, &h(&x_prev, &y_prev)),
-                    ]);
-                }
-                (x_prev, y_prev) = (x.clone(), y.clone());
-                y = comb(&[(1.0, &y), (-0.4 * base(t), &u)]);
-                x = comb(&[(1.0, &x), (-0.3 * base(t), &v)]);
-                out.push(iterate(&x, &y, &[("u", &u), ("v", &v)]));
-            }
-            assert!(capped, "the cap on the momentum weight acted");
+            let steps = |t: usize| (0.3 * base(t), 0.4 * base(t));
+            let weights = |t: usize| (raw_weight(t).min(1.0), raw_weight(t).min(1.0));
+            let (out, products) = double_momentum(d, f, steps, weights, (3, 0.2, true));
             assert!(products > 0, "the drawn series had at least one factor");
             out
         },
@@ -1845,18 +1860,91 @@ fn f2ba_follows_its_rule() {
     }
 }
 
-/// SRBA (Dagréou et al. 2024): SOBA's directions `(∇_y G, H z − ∇_y F, ∇_x F − J z)` as SARAH
-/// estimates. Every q = 2 iterations they restart from the whole data, the fixed batches weighted
-/// by their shares (0.5, 0.3, 0.2 of the lower data; 0.6, 0.4 of the upper); in between they add
-/// the directions at (x_t, y_t, z_t) minus those at (x_{t−1}, y_{t−1}, z_{t−1}) on one fresh ζ,
-/// ξ. y ← y − ρ d_y, z ← Π(z − ρ d_z) (the ball acts here), x ← x − γ d_x.
+/// SOBA's directions `(∇_y G, H z − ∇_y F, ∇_x F − J z)` at (x, y, z), each batch weighted by its
+/// share (one batch of weight 1 for a stochastic estimate), by hand: what SRBA and SPABA recurse on.
+type Directions = (Vector, Vector, Vector);
+fn soba_directions(
+    f: &Calculus,
+    (x, y, z): (&[f64], &[f64], &[f64]),
+    lower: &[(Lower, f64)],
+    upper: &[(Upper, f64)],
+) -> Directions {
+    let (mut dy, mut dz, mut dx) = (vec![0.0; DY], vec![0.0; DY], vec![0.0; DX]);
+    for (l, s) in lower {
+        dy = comb(&[(1.0, &dy), (*s, &gy(x, y, l))]);
+        dz = comb(&[(1.0, &dz), (*s, &hv(z, l))]);
+        dx = comb(&[(1.0, &dx), (-s, &jv(z, l))]);
+    }
+    for (u, s) in upper {
+        dz = comb(&[(1.0, &dz), (-s, &f.fy(x, y, u))]);
+        dx = comb(&[(1.0, &dx), (*s, &f.fx(x, y, u))]);
+    }
+    (dy, dz, dx)
+}
+
+/// The SARAH recursion of SRBA and SPABA by hand, from the batches the library drew: where the
+/// next draw is a fixed batch, a full pass over the lower then the upper batches (weighted by
+/// `shares`), else one ζ and one ξ with the directions at the current point minus those at
+/// `previous`; then y ← y − β d_y, z ← Π_{‖z‖≤r}(z − ρ d_z), x ← x − α d_x. Returns the
+/// iterates (with z and d_x) and how many iterations took a full pass.
+fn sarah_iterations(
+    d: &mut Draws,
+    f: &Calculus,
+    (lower_shares, upper_shares): (&[f64], &[f64]),
+    (beta, rho, alpha, r): (f64, f64, f64, f64),
+) -> (Vec<Iterate>, usize) {
+    let (mut x, mut y, mut z) = (x0(), y0(), vec![0.0; DY]);
+    let mut dir: Directions = (vec![0.0; DY], vec![0.0; DY], vec![0.0; DX]);
+    let mut previous = (x.clone(), y.clone(), z.clone());
+    let mut full_passes = 0;
+    let mut out = Vec::new();
+    for _ in 0..ITERATIONS {
+        if matches!(d.log.get(d.at), Some(Draw::LowerPart(..))) {
+            full_passes += 1;
+            let lower: Vec<_> = (0..lower_shares.len())
+                .map(|k| {
+                    let (i, l) = d.lower_part();
+                    assert_eq!(i, k, "the full pass takes every lower batch in order");
+                    (l, lower_shares[k])
+                })
+                .collect();
+            let upper: Vec<_> = (0..upper_shares.len())
+                .map(|k| {
+                    let (j, u) = d.upper_part();
+                    assert_eq!(j, k, "the full pass takes every upper batch in order");
+                    (u, upper_shares[k])
+                })
+                .collect();
+            dir = soba_directions(f, (&x, &y, &z), &lower, &upper);
+        } else {
+            let (lower, upper) = ([(d.lower(), 1.0)], [(d.upper(), 1.0)]);
+            let new = soba_directions(f, (&x, &y, &z), &lower, &upper);
+            let old = soba_directions(f, (&previous.0, &previous.1, &previous.2), &lower, &upper);
+            dir = (
+                comb(&[(1.0, &dir.0), (1.0, &new.0), (-1.0, &old.0)]),
+                comb(&[(1.0, &dir.1), (1.0, &new.1), (-1.0, &old.1)]),
+                comb(&[(1.0, &dir.2), (1.0, &new.2), (-1.0, &old.2)]),
+            );
+        }
+        d.end_of_iteration();
+        previous = (x.clone(), y.clone(), z.clone());
+        y = comb(&[(1.0, &y), (-beta, &dir.0)]);
+        z = onto_ball(comb(&[(1.0, &z), (-rho, &dir.1)]), r);
+        x = comb(&[(1.0, &x), (-alpha, &dir.2)]);
+        out.push(iterate(&x, &y, &[("z", &z), ("d_x", &dir.2)]));
+    }
+    (out, full_passes)
+}
+
+/// SRBA (Dagréou et al. 2024): SOBA's directions as SARAH estimates. Every q = 2 iterations they
+/// restart from the whole data, the fixed batches weighted by their shares (0.5, 0.3, 0.2 of the
+/// lower data; 0.6, 0.4 of the upper); in between they add the directions at (x_t, y_t, z_t)
+/// minus those at (x_{t−1}, y_{t−1}, z_{t−1}) on one fresh ζ, ξ. y ← y − ρ d_y,
+/// z ← Π(z − ρ d_z) (the ball acts here), x ← x − γ d_x.
 #[test]
 fn srba_follows_its_rule() {
     use bilevel_optim::methods::srba::SrbaConfig;
-    let (lower_shares, upper_shares) = (vec![0.5, 0.3, 0.2], vec![0.6, 0.4]);
-    let mut problem = recorded(quadratic(None));
-    problem.lower_shares = Some(lower_shares.clone());
-    problem.upper_shares = Some(upper_shares.clone());
+    let (problem, (lower_shares, upper_shares)) = uneven_split();
     let config = MethodConfig::new(SrbaConfig {
         rho: 0.3,
         gamma: 0.2,
@@ -1864,64 +1952,16 @@ fn srba_follows_its_rule() {
         z_radius: Some(0.05),
     });
     check("srba", config, problem, &["z", "d_x"], |d, f, _| {
-        type Batches = (Vec<(Lower, f64)>, Vec<(Upper, f64)>);
-        let directions = |(x, y, z): (&[f64], &[f64], &[f64]), (lower, upper): &Batches| {
-            let (mut dy, mut dz, mut dx) = (vec![0.0; DY], vec![0.0; DY], vec![0.0; DX]);
-            for (l, s) in lower {
-                dy = comb(&[(1.0, &dy), (*s, &gy(x, y, l))]);
-                dz = comb(&[(1.0, &dz), (*s, &hv(z, l))]);
-                dx = comb(&[(1.0, &dx), (-s, &jv(z, l))]);
-            }
-            for (u, s) in upper {
-                dz = comb(&[(1.0, &dz), (-s, &f.fy(x, y, u))]);
-                dx = comb(&[(1.0, &dx), (*s, &f.fx(x, y, u))]);
-            }
-            (dy, dz, dx)
-        };
-        let (mut x, mut y, mut z) = (x0(), y0(), vec![0.0; DY]);
-        let (mut dir, mut previous) = (
-            (vec![0.0; DY], vec![0.0; DY], vec![0.0; DX]),
-            (x.clone(), y.clone(), z.clone()),
+        let shares = (&lower_shares[..], &upper_shares[..]);
+        let (out, full_passes) = sarah_iterations(d, f, shares, (0.3, 0.3, 0.2, 0.05));
+        assert_eq!(full_passes, 2, "full passes at t = 0 and t = 2");
+        // A z of norm r after the first step: the projection acted.
+        let z = &out[0].memories[0].1;
+        assert!(
+            (norm(z) - 0.05).abs() < 1e-12,
+            "the ball constrains z: ‖z‖ = {}",
+            norm(z)
         );
-        let mut projected = false;
-        let mut out = Vec::new();
-        for t in 0..ITERATIONS {
-            if t % 2 == 0 {
-                let lower = (0..3)
-                    .map(|k| {
-                        let (i, l) = d.lower_part();
-                        assert_eq!(i, k, "the full pass takes every lower batch in order");
-                        (l, lower_shares[k])
-                    })
-                    .collect();
-                let upper = (0..2)
-                    .map(|k| {
-                        let (j, u) = d.upper_part();
-                        assert_eq!(j, k, "the full pass takes every upper batch in order");
-                        (u, upper_shares[k])
-                    })
-                    .collect();
-                dir = directions((&x, &y, &z), &(lower, upper));
-            } else {
-                let batches = (vec![(d.lower(), 1.0)], vec![(d.upper(), 1.0)]);
-                let new = directions((&x, &y, &z), &batches);
-                let old = directions((&previous.0, &previous.1, &previous.2), &batches);
-                dir = (
-                    comb(&[(1.0, &dir.0), (1.0, &new.0), (-1.0, &old.0)]),
-                    comb(&[(1.0, &dir.1), (1.0, &new.1), (-1.0, &old.1)]),
-                    comb(&[(1.0, &dir.2), (1.0, &new.2), (-1.0, &old.2)]),
-                );
-            }
-            d.end_of_iteration();
-            previous = (x.clone(), y.clone(), z.clone());
-            y = comb(&[(1.0, &y), (-0.3, &dir.0)]);
-            z = comb(&[(1.0, &z), (-0.3, &dir.1)]);
-            projected |= norm(&z) > 0.05;
-            z = onto_ball(z, 0.05);
-            x = comb(&[(1.0, &x), (-0.2, &dir.2)]);
-            out.push(iterate(&x, &y, &[("z", &z), ("d_x", &dir.2)]));
-        }
-        assert!(projected, "the ball constrains z");
         out
     });
 }
@@ -1934,10 +1974,7 @@ fn srba_follows_its_rule() {
 #[test]
 fn spaba_follows_its_rule() {
     use bilevel_optim::methods::spaba::SpabaConfig;
-    let (lower_shares, upper_shares) = (vec![0.5, 0.3, 0.2], vec![0.6, 0.4]);
-    let mut problem = recorded(quadratic(None));
-    problem.lower_shares = Some(lower_shares.clone());
-    problem.upper_shares = Some(upper_shares.clone());
+    let (problem, (lower_shares, upper_shares)) = uneven_split();
     let config = MethodConfig::new(SpabaConfig {
         beta: 0.3,
         rho: 0.25,
@@ -1946,62 +1983,15 @@ fn spaba_follows_its_rule() {
         z_radius: Some(0.05),
     });
     check("spaba", config, problem, &["z", "d_x"], |d, f, _| {
-        type Batches = (Vec<(Lower, f64)>, Vec<(Upper, f64)>);
-        let directions = |(x, y, z): (&[f64], &[f64], &[f64]), (lower, upper): &Batches| {
-            let (mut dy, mut dz, mut dx) = (vec![0.0; DY], vec![0.0; DY], vec![0.0; DX]);
-            for (l, s) in lower {
-                dy = comb(&[(1.0, &dy), (*s, &gy(x, y, l))]);
-                dz = comb(&[(1.0, &dz), (*s, &hv(z, l))]);
-                dx = comb(&[(1.0, &dx), (-s, &jv(z, l))]);
-            }
-            for (u, s) in upper {
-                dz = comb(&[(1.0, &dz), (-s, &f.fy(x, y, u))]);
-                dx = comb(&[(1.0, &dx), (*s, &f.fx(x, y, u))]);
-            }
-            (dy, dz, dx)
-        };
-        let (mut x, mut y, mut z) = (x0(), y0(), vec![0.0; DY]);
-        let (mut dir, mut previous) = (
-            (vec![0.0; DY], vec![0.0; DY], vec![0.0; DX]),
-            (x.clone(), y.clone(), z.clone()),
-        );
-        let (mut full_passes, mut corrections) = (0, 0);
-        let mut out = Vec::new();
-        for t in 0..ITERATIONS {
-            let full = matches!(d.log.get(d.at), Some(Draw::LowerPart(..)));
-            assert!(t > 0 || full, "the first iteration is a full pass");
-            if full {
-                full_passes += 1;
-                let lower = lower_shares
-                    .iter()
-                    .map(|s| (d.lower_part().1, *s))
-                    .collect();
-                let upper = upper_shares
-                    .iter()
-                    .map(|s| (d.upper_part().1, *s))
-                    .collect();
-                dir = directions((&x, &y, &z), &(lower, upper));
-            } else {
-                corrections += 1;
-                let batches = (vec![(d.lower(), 1.0)], vec![(d.upper(), 1.0)]);
-                let new = directions((&x, &y, &z), &batches);
-                let old = directions((&previous.0, &previous.1, &previous.2), &batches);
-                dir = (
-                    comb(&[(1.0, &dir.0), (1.0, &new.0), (-1.0, &old.0)]),
-                    comb(&[(1.0, &dir.1), (1.0, &new.1), (-1.0, &old.1)]),
-                    comb(&[(1.0, &dir.2), (1.0, &new.2), (-1.0, &old.2)]),
-                );
-            }
-            d.end_of_iteration();
-            previous = (x.clone(), y.clone(), z.clone());
-            y = comb(&[(1.0, &y), (-0.3, &dir.0)]);
-            z = onto_ball(comb(&[(1.0, &z), (-0.25, &dir.1)]), 0.05);
-            x = comb(&[(1.0, &x), (-0.2, &dir.2)]);
-            out.push(iterate(&x, &y, &[("z", &z), ("d_x", &dir.2)]));
-        }
         assert!(
-            full_passes > 1 && corrections > 0,
-            "{full_passes} full passes, {corrections} corrections"
+            matches!(d.log.first(), Some(Draw::LowerPart(..))),
+            "the first iteration is a full pass"
+        );
+        let shares = (&lower_shares[..], &upper_shares[..]);
+        let (out, full_passes) = sarah_iterations(d, f, shares, (0.3, 0.25, 0.2, 0.05));
+        assert!(
+            full_passes > 1 && full_passes < ITERATIONS,
+            "{full_passes} full passes in {ITERATIONS} iterations: both branches occur"
         );
         out
     });
@@ -2063,20 +2053,9 @@ fn bome_follows_its_rule() {
 /// x ← x − η_t m/(√(v/(1 − β₂^{t+1})) + ε) (m is not bias-corrected).
 #[test]
 fn vr_adambo_follows_its_rule() {
-    use bilevel_optim::methods::adambo::AdamBoConfig;
     use bilevel_optim::methods::vr_adambo::VrAdamBoConfig;
-    use bilevel_optim::neumann::NeumannConfig;
     for weight_decay in [0.0, 0.05] {
-        let config = MethodConfig::new(VrAdamBoConfig(AdamBoConfig {
-            eta: schedule(0.2, 0.5),
-            beta1: 0.7,
-            beta2: 0.9,
-            epsilon: 1e-3,
-            gamma: 0.25,
-            warm_start: 2,
-            neumann: NeumannConfig::deterministic(2, 0.2),
-            weight_decay,
-        }));
+        let config = MethodConfig::new(VrAdamBoConfig(adam_knobs(weight_decay)));
         let name = format!("vr-adambo (weight decay {weight_decay})");
         let memories = ["m", "v", "x_prev", "y_prev"];
         check(
