@@ -36,9 +36,10 @@ fn every_task_passes_its_check_with_either_model() {
 
 #[test]
 fn the_command_prints_the_comparisons_and_passes() {
+    let (_dir, config) = write_config("hyper-opt");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bilevel-bench"))
         .args(["check", "--config"])
-        .arg(write_config("hyper-opt"))
+        .arg(config)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -53,10 +54,10 @@ fn the_command_prints_the_comparisons_and_passes() {
     );
 }
 
-fn write_config(task: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("bilevel-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// `task`'s tiny configuration written to a file, with the scratch directory that holds it.
+fn write_config(task: &str) -> (common::Scratch, std::path::PathBuf) {
+    let dir = common::scratch("check", task);
     let path = dir.join(format!("{task}.toml"));
     std::fs::write(&path, toml::to_string(&tiny(task)).unwrap()).unwrap();
-    path
+    (dir, path)
 }

@@ -1,5 +1,7 @@
 //! `compare` on a tiny budget: every run directory, the results table and the six plots.
 
+mod common;
+
 use bilevel_bench::report::compare::{compare, CompareOptions, StepPair};
 use bilevel_bench::report::stats::quantile;
 use bilevel_bench::run::config::RunConfig;
@@ -98,7 +100,7 @@ fn step_pairs_parse_or_say_why() {
 /// BO-REP and SOBA on hyper-opt at a tiny size (batches of 8 reviews of 8 tokens, 16 evaluation
 /// reviews), seeds 0 and 1 on two threads, with SOBA's steps set by `soba_steps`.
 fn tiny_comparison(
-    name: &str,
+    out: &std::path::Path,
     iters: usize,
     eval_every: usize,
     soba_steps: &str,
@@ -118,7 +120,7 @@ fn tiny_comparison(
         base,
         methods: vec!["bo-rep".into(), "soba".into()],
         seeds: vec![0, 1],
-        out: std::env::temp_dir().join(format!("bilevel-{name}-{}", std::process::id())),
+        out: out.to_path_buf(),
         progress: false,
         tuned: None,
         jobs: 2,
@@ -128,7 +130,8 @@ fn tiny_comparison(
 
 #[test]
 fn compare_writes_runs_table_and_plots() {
-    let options = tiny_comparison("compare", 4, 2, "0.02:0.03");
+    let out = common::scratch("compare", "table");
+    let options = tiny_comparison(&out, 4, 2, "0.02:0.03");
     let out = options.out.clone();
     let report = compare(&options, &resolve_data_dir(None).unwrap()).unwrap();
     assert_eq!(report.runs.len(), 4);
@@ -244,7 +247,7 @@ fn compare_writes_runs_table_and_plots() {
 /// reuses it.
 #[test]
 fn a_failed_run_leaves_no_earlier_summary_behind() {
-    let dir = std::env::temp_dir().join(format!("bilevel-stale-{}", std::process::id()));
+    let dir = common::scratch("compare", "stale");
     let data_dir = resolve_data_dir(None).unwrap();
     let config = |lower: f64| -> RunConfig {
         let mut c: RunConfig = toml::from_str(
@@ -281,7 +284,8 @@ fn a_failed_run_leaves_no_earlier_summary_behind() {
 /// it again.
 #[test]
 fn a_diverged_run_is_reported_and_the_comparison_goes_on() {
-    let options = tiny_comparison("compare-div", 3, 3, "1e8:0.01");
+    let out = common::scratch("compare", "diverged");
+    let options = tiny_comparison(&out, 3, 3, "1e8:0.01");
     let out = options.out.clone();
     let data_dir = resolve_data_dir(None).unwrap();
     let report = compare(&options, &data_dir).unwrap();

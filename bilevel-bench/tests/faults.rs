@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use bilevel_bench::run::checkpoint::Checkpoint;
 use bilevel_bench::run::faults::{ENV, KILLED_STATUS};
 
-fn scratch(name: &str) -> PathBuf {
+fn scratch(name: &str) -> common::Scratch {
     common::scratch("faults", name)
 }
 

@@ -1,5 +1,7 @@
 //! Evidence that the methods learn on the real tasks, with fixed seeds and small budgets.
 
+mod common;
+
 use bilevel_bench::run::config::RunConfig;
 use bilevel_bench::run::run;
 use bilevel_bench::run::summary::RunSummary;
@@ -7,7 +9,7 @@ use bilevel_bench::tasks::resolve_data_dir;
 
 fn run_toml(name: &str, text: &str) -> RunSummary {
     let config: RunConfig = toml::from_str(text).unwrap();
-    let out = std::env::temp_dir().join(format!("bilevel-learning-{}-{name}", std::process::id()));
+    let out = common::scratch("learning", name);
     run(&config, &resolve_data_dir(None).unwrap(), &out, false).unwrap()
 }
 

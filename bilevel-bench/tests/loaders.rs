@@ -13,8 +13,9 @@ fn data() -> PathBuf {
     resolve_data_dir(None).expect("the shared data directory (../shared/data or BILEVEL_DATA_DIR)")
 }
 
-/// A scratch file with `content`, in a directory unique to the test.
-fn scratch(name: &str, content: &[u8]) -> PathBuf {
+/// A scratch file with `content`, in a directory unique to the process; removed (with the
+/// directory, once empty) when the returned path is dropped.
+fn scratch(name: &str, content: &[u8]) -> ScratchFile {
     let dir = std::env::temp_dir().join(format!("bilevel-loaders-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
@@ -22,7 +23,26 @@ fn scratch(name: &str, content: &[u8]) -> PathBuf {
         .unwrap()
         .write_all(content)
         .unwrap();
-    path
+    ScratchFile(path)
+}
+
+/// A scratch file's path that removes the file when dropped.
+struct ScratchFile(PathBuf);
+
+impl std::ops::Deref for ScratchFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 fn message<T: std::fmt::Debug>(r: Result<T, bilevel_bench::data::DataError>) -> String {
@@ -140,7 +160,7 @@ fn official_formats_load() {
 #[test]
 fn malformed_inputs_name_the_file_and_line() {
     type Loader = Box<dyn Fn(&Path) -> String>;
-    let cases: Vec<(PathBuf, Loader, &str)> = vec![
+    let cases: Vec<(ScratchFile, Loader, &str)> = vec![
         (
             scratch("arsc_label", b"good one\t1\nbad one\t3\n"),
             Box::new(|p| message(load_arsc(p, "d"))),
@@ -238,7 +258,7 @@ fn malformed_inputs_name_the_file_and_line() {
             ": no tweets (the file is empty)",
         ),
         (
-            PathBuf::from("/nonexistent/bilevel/file.txt"),
+            ScratchFile(PathBuf::from("/nonexistent/bilevel/file.txt")),
             Box::new(|p| message(load_lines(p, 0))),
             "/nonexistent/bilevel/file.txt: file not found",
         ),

@@ -17,7 +17,7 @@ fn run_config(iters: usize) -> String {
     short_borep_run(iters, 8, 4)
 }
 
-fn scratch(name: &str) -> PathBuf {
+fn scratch(name: &str) -> common::Scratch {
     common::scratch("resume", name)
 }
 

@@ -131,7 +131,7 @@ fn hyper_rep_validation_tasks_leave_the_training_and_test_tasks_unchanged() {
 
 #[test]
 fn bad_configurations_are_rejected_with_the_field() {
-    let dir = std::env::temp_dir().join(format!("bilevel-config-{}", std::process::id()));
+    let dir = common::scratch("tasks", "config");
     std::fs::create_dir_all(&dir).unwrap();
     let check = |toml_text: &str, expected: &str| {
         let path = dir.join("c.toml");
@@ -207,7 +207,7 @@ fn a_missing_data_directory_is_a_clear_error() {
         .to_string();
     assert!(err.contains("/nonexistent/data does not exist"), "{err}");
     // A data directory without the task's files names the missing file.
-    let empty = std::env::temp_dir().join(format!("bilevel-empty-{}", std::process::id()));
+    let empty = common::scratch("tasks", "empty");
     std::fs::create_dir_all(&empty).unwrap();
     let config = RunConfig {
         task: TaskName::HyperOpt,
@@ -226,7 +226,7 @@ fn a_missing_data_directory_is_a_clear_error() {
 #[test]
 fn a_run_on_two_threads_matches_one_thread() {
     let data = resolve_data_dir(None).unwrap();
-    let out = std::env::temp_dir().join(format!("bilevel-threads-{}", std::process::id()));
+    let out = common::scratch("tasks", "threads");
     let summary = |threads: usize| {
         let mut config: RunConfig = toml::from_str(
             r#"
@@ -266,7 +266,7 @@ fn a_run_on_two_threads_matches_one_thread() {
 /// `<task>-transformer/`, its configuration names the model, and every metric is finite.
 #[test]
 fn the_transformer_runs_every_task_from_the_command_line() {
-    let out = std::env::temp_dir().join(format!("bilevel-transformer-{}", std::process::id()));
+    let out = common::scratch("tasks", "transformer");
     for task in ["hyper-rep", "hyper-opt", "hyper-clean"] {
         let config = out.join(format!("{task}.toml"));
         let mut tiny = common::tiny(task);

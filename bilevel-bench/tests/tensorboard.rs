@@ -1,6 +1,8 @@
 //! The TensorBoard event files of a run, read back with an independent reader (the Python
 //! `tensorboard` package's EventAccumulator): every tag, every step once, every value as logged.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 
@@ -20,7 +22,7 @@ print(json.dumps({t: [[e.step, e.value] for e in acc.Scalars(t)] for t in acc.Ta
 
 #[test]
 fn event_files_read_back_with_the_tensorboard_package() {
-    let out = std::env::temp_dir().join(format!("bilevel-tb-{}", std::process::id()));
+    let out = common::scratch("tensorboard", "events");
     let config = RunConfig {
         task: TaskName::HyperOpt,
         iters: 6,

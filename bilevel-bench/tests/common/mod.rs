@@ -5,12 +5,44 @@ use std::path::PathBuf;
 
 use bilevel_bench::run::config::RunConfig;
 
-/// A fresh, empty scratch directory for case `name` of test file `file`.
-pub fn scratch(file: &str, name: &str) -> PathBuf {
+/// A fresh, empty scratch directory for case `name` of test file `file`, removed when the test
+/// ends: kept, for a look, when the test fails.
+pub fn scratch(file: &str, name: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("bilevel-{file}-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
+}
+
+/// A scratch directory's path, which removes the directory when dropped unless the thread is
+/// panicking (a failed test keeps its files).
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// A short BO-REP run on hyper-opt (batches of 8 reviews of 8 tokens, 32 evaluation reviews) as
