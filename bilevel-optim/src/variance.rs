@@ -16,8 +16,8 @@ use crate::params::Params;
 use crate::problem::BilevelProblem;
 use crate::real::Real;
 
-/// The shares of the problem's fixed (lower, upper) batches, each summing to one, for the
-/// finite-sum methods (SABA, SRBA); an error naming `method` when the problem's data has no split.
+/// The shares of the problem's fixed (lower, upper) batches as the problem gives them (see
+/// [`normalized`]), for the finite-sum methods (SABA, SRBA); an error naming `method` when the problem's data has no split.
 pub fn finite_split<E: Real, P: BilevelProblem<E>>(
     problem: &P,
     method: &str,
@@ -37,14 +37,16 @@ where
         parts(problem.lower_parts(), "lower")?,
         parts(problem.upper_parts(), "upper")?,
     );
-    let normalized = |shares: Vec<f64>| {
-        let total: f64 = shares.iter().sum();
-        shares.into_iter().map(|s| s / total).collect()
-    };
     Ok((
-        normalized((0..n_lower).map(|k| problem.lower_part_share(k)).collect()),
-        normalized((0..n_upper).map(|k| problem.upper_part_share(k)).collect()),
+        (0..n_lower).map(|k| problem.lower_part_share(k)).collect(),
+        (0..n_upper).map(|k| problem.upper_part_share(k)).collect(),
     ))
+}
+
+/// `shares` divided by their sum.
+pub fn normalized(shares: &[f64]) -> Vec<f64> {
+    let total: f64 = shares.iter().sum();
+    shares.iter().map(|s| s / total).collect()
 }
 
 /// `d ← new + (1 − a)(d − old)`; with `a = 1` it is plain SGD's `d ← new`.
@@ -85,10 +87,9 @@ impl<T> SagaMemory<T> {
         Cpu: Device<E>,
         T: Params<E>,
     {
-        let total: f64 = shares.iter().sum();
         Self {
             table: shares.iter().map(|_| like.zeros_like()).collect(),
-            shares: shares.iter().map(|s| s / total).collect(),
+            shares: normalized(shares),
             weighted_sum: like.zeros_like(),
         }
     }

@@ -27,7 +27,7 @@ use crate::steps::{
     hypergradient_estimate, lower_grad_in_y_checked, plain_step, second_order_checked,
     upper_grad_checked, Outcome, Site,
 };
-use crate::variance::{finite_split, spider_update};
+use crate::variance::{finite_split, normalized, spider_update};
 
 /// The knobs of SRBA (docs/algorithms.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -211,7 +211,8 @@ impl<X, Y, C> Srba<X, Y, C> {
                 x: x.zeros_like(),
             },
             previous: (x.duplicate(), y.duplicate(), y.zeros_like()),
-            shares: finite_split(problem, method)?,
+            shares: finite_split(problem, method)
+                .map(|(lower, upper)| (normalized(&lower), normalized(&upper)))?,
             config: PhantomData,
         })
     }
