@@ -25,7 +25,7 @@ use crate::problem::BilevelProblem;
 use crate::real::Real;
 use crate::schedule::PowerSchedule;
 use crate::steps::{
-    hypergradient_estimate, lower_grad_in_y_checked, plain_step, project_and_check_x,
+    hypergradient_estimate, linear_system_step, lower_grad_in_y_checked, plain_step, project_and_check_x,
     upper_grad_checked, Outcome, Site,
 };
 use crate::variance::storm_update;
@@ -123,9 +123,7 @@ where
         let hz = oracles.hvp(x, y, &self.z, &zeta)?;
         site.check("Hessian-vector product ∇²_yy g·z", &hz)?;
         let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
-        let mut residual = hz;
-        residual.add_scaled(-E::one(), &upper.dy);
-        self.z.add_scaled(-rho, &residual);
+        let residual = linear_system_step(&mut self.z, &hz, &upper.dy, rho, None);
         site.check("linear-system variable z", &self.z)?;
 
         let (xi, zeta) = (oracles.upper_batch(), oracles.lower_batch());
@@ -146,7 +144,7 @@ where
             lower_loss: Some(lower_loss),
             hypergrad_norm: self.d.norm().f64(),
             lower_grad_norm: Some(grad_y.norm().f64()),
-            linear_system_residual: Some(residual.norm().f64()),
+            linear_system_residual: Some(residual.f64()),
             step_size,
             x_step_norm,
         })
