@@ -101,7 +101,7 @@ fn paper_preset_runs_a_second_order_pass_in_f32() {
     // 50M-parameter model would take minutes in a debug build (the checker is tested elsewhere).
     oracles.check_on_first_use(false);
     let batch = oracles.lower_batch();
-    let grad = oracles.lower_grad(&x, &y, &batch);
+    let grad = oracles.lower_grad(&x, &y, &batch).unwrap();
     assert!(grad.value.is_finite() && grad.value > 0.0);
     let second = oracles.hvp_jvp(&x, &y, &grad.dy, &batch).unwrap();
     // ⟨∇g, H∇g⟩ > 0 near a random initialisation with the L2 term, and every value finite.

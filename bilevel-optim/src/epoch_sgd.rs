@@ -103,7 +103,7 @@ where
         let weight = E::of(1.0 / epoch.length as f64);
         for _ in 0..epoch.length {
             let batch = oracles.lower_batch();
-            let (_, dy) = oracles.lower_grad_in_y(x, &u, &batch);
+            let (_, dy) = oracles.lower_grad_in_y(x, &u, &batch)?;
             site.check("lower gradient ∇_y g (Epoch-SGD)", &dy)?;
             u.add_scaled(-E::of(epoch.step), &dy);
             u.project_ball_around(&start, E::of(epoch.radius));

@@ -39,4 +39,9 @@ pub enum BilevelError {
     /// A saved optimizer state does not fit the optimizer or model it is loaded into.
     #[error("cannot load state: {0}")]
     StateMismatch(String),
+
+    /// The processes sharing the oracle passes ([`crate::distributed`]) could not combine their
+    /// results or no longer agree on the run's state.
+    #[error("distributed run: {0}")]
+    Distributed(String),
 }

@@ -52,6 +52,7 @@ pub use dfdx;
 pub mod check;
 pub mod constraint;
 pub mod crc32c;
+pub mod distributed;
 pub mod epoch_sgd;
 pub mod error;
 pub mod linalg;

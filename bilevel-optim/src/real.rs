@@ -27,6 +27,12 @@ pub trait Real:
     /// Replaces every value by its hyperbolic tangent. For `f32`, a branch-free kernel that
     /// the compiler vectorizes (see [`tanh_f32`]); for `f64`, the standard library's `tanh`.
     fn tanh_in_place(values: &mut [Self]);
+    /// Bytes per value in [`Real::write_le`]'s encoding.
+    const BYTES: usize;
+    /// Appends the value's little-endian bytes (the exact bits), for sending between processes.
+    fn write_le(self, out: &mut Vec<u8>);
+    /// The value [`Real::write_le`] wrote into `bytes` (exactly [`Real::BYTES`] long).
+    fn read_le(bytes: &[u8]) -> Self;
 }
 
 impl Real for f32 {
@@ -35,6 +41,13 @@ impl Real for f32 {
     }
     fn f64(self) -> f64 {
         self as f64
+    }
+    const BYTES: usize = 4;
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn read_le(bytes: &[u8]) -> Self {
+        f32::from_le_bytes(bytes.try_into().expect("4 bytes"))
     }
     fn tanh_in_place(values: &mut [Self]) {
         #[cfg(target_arch = "x86_64")]
@@ -112,6 +125,13 @@ impl Real for f64 {
     }
     fn tanh_in_place(values: &mut [Self]) {
         values.iter_mut().for_each(|v| *v = v.tanh());
+    }
+    const BYTES: usize = 8;
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+    fn read_le(bytes: &[u8]) -> Self {
+        f64::from_le_bytes(bytes.try_into().expect("8 bytes"))
     }
 }
 

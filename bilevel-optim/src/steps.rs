@@ -232,7 +232,7 @@ pub fn upper_grad_checked<E: Real, P: BilevelProblem<E>>(
 where
     Cpu: Device<E>,
 {
-    let g = oracles.upper_grad(x, y, batch);
+    let g = oracles.upper_grad(x, y, batch)?;
     site.check_scalar("upper loss f", g.value.f64())?;
     site.check("upper gradient ∇_x f", &g.dx)?;
     site.check("upper gradient ∇_y f", &g.dy)?;
@@ -250,7 +250,7 @@ pub fn lower_grad_checked<E: Real, P: BilevelProblem<E>>(
 where
     Cpu: Device<E>,
 {
-    let g = oracles.lower_grad(x, y, batch);
+    let g = oracles.lower_grad(x, y, batch)?;
     site.check_scalar("lower loss g", g.value.f64())?;
     site.check("lower gradient ∇_y g", &g.dy)?;
     site.check("lower gradient ∇_x g", &g.dx)?;
@@ -269,7 +269,7 @@ pub fn lower_grad_in_y_checked<E: Real, P: BilevelProblem<E>>(
 where
     Cpu: Device<E>,
 {
-    let (value, dy) = oracles.lower_grad_in_y(x, y, batch);
+    let (value, dy) = oracles.lower_grad_in_y(x, y, batch)?;
     site.check_scalar("lower loss g", value.f64())?;
     site.check("lower gradient ∇_y g", &dy)?;
     Ok((value.f64(), dy))

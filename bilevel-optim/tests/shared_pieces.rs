@@ -120,19 +120,19 @@ fn saga_memory_mean_is_the_full_batch_gradient_once_every_batch_is_seen() {
     let (x, y): (X, Tensor<Rank1<3>, f64, Cpu>) = (dev.sample_normal(), dev.sample_normal());
     let mut memory = SagaMemory::equal(&y, 4);
     for (k, part) in parts.iter().enumerate() {
-        let g = o.lower_grad(&x, &y, part).dy;
+        let g = o.lower_grad(&x, &y, part).unwrap().dy;
         let estimate = memory.estimate(k, &g);
         if k == 0 {
             // Empty memories: the first estimate is the fresh gradient.
             assert!(rel_err(&as_f64(&estimate), &as_f64(&g)) < 1e-15);
         }
     }
-    let exact = o.lower_grad(&x, &y, &full).dy;
+    let exact = o.lower_grad(&x, &y, &full).unwrap().dy;
     let mean: Tensor<Rank1<3>, f64, Cpu> = memory.mean();
     assert!(rel_err(&as_f64(&mean), &as_f64(&exact)) < 1e-13);
     // A revisit: estimate = fresh − memory_k + mean.
     let (k, g) = (2, dev.sample_normal::<Rank1<3>>());
-    let old_k = o.lower_grad(&x, &y, &parts[2]).dy;
+    let old_k = o.lower_grad(&x, &y, &parts[2]).unwrap().dy;
     let expected: Vec<f64> = (0..3)
         .map(|i| as_f64(&g)[i] - as_f64(&old_k)[i] + as_f64(&mean)[i])
         .collect();
@@ -240,15 +240,18 @@ fn saga_weights_a_short_last_batch_by_its_share_of_the_rows() {
     let mut o = Oracles::new(problem, 0);
     let dev = Cpu::seed_from_u64(4);
     let (x, y): (X, Tensor<Rank1<3>, f64, Cpu>) = (dev.sample_normal(), dev.sample_normal());
-    let exact = as_f64(&o.lower_grad(&x, &y, &full).dy);
-    let grads: Vec<_> = parts.iter().map(|p| o.lower_grad(&x, &y, p).dy).collect();
+    let exact = as_f64(&o.lower_grad(&x, &y, &full).unwrap().dy);
+    let grads: Vec<_> = parts
+        .iter()
+        .map(|p| o.lower_grad(&x, &y, p).unwrap().dy)
+        .collect();
 
     let mut weighted = SagaMemory::new(&y, &shares);
     let mut equal = SagaMemory::equal(&y, 4);
     // Memories of another point, so that the estimate's correction terms are not zero.
     let y_old: Tensor<Rank1<3>, f64, Cpu> = dev.sample_normal();
     for (k, p) in parts.iter().enumerate().take(3) {
-        let g_old = o.lower_grad(&x, &y_old, p).dy;
+        let g_old = o.lower_grad(&x, &y_old, p).unwrap().dy;
         weighted.estimate(k, &g_old);
         equal.estimate(k, &g_old);
     }

@@ -203,7 +203,7 @@ impl TaskVisitor<E> for OracleTimes<'_> {
             Ok(median(&mut ms))
         };
         let plain_ms = time(&mut || {
-            oracles.lower_grad(&x, &y, &batch);
+            oracles.lower_grad(&x, &y, &batch)?;
             Ok(())
         })?;
         let second_order_ms = time(&mut || {

@@ -15,7 +15,10 @@ mod sharding;
 use dfdx::prelude::{Cpu, Device};
 use rand::{Rng, SeedableRng};
 
+use std::sync::Arc;
+
 use crate::check::{check_at, CheckConfig, CheckReport};
+use crate::distributed::ProcessGroup;
 use crate::error::BilevelError;
 use crate::passes::upper_pass;
 pub use crate::passes::{LossGrad, SecondOrder};
@@ -106,11 +109,47 @@ where
         if pool.shards() > 1 {
             oracles.sharding = Some(Sharding {
                 pool,
+                group: None,
                 upper: upper_sharded::<E, P>,
                 lower: lower_sharded::<E, P>,
             });
         }
         Ok(oracles)
+    }
+
+    /// Like [`Oracles::sharded`], with every pass shared by the processes of `group` (MPI ranks:
+    /// [`crate::distributed::Mpi`]), each running `threads` shards of it. Every process must
+    /// build its oracles alike (same problem, data, `seed` and `threads`) and call the same
+    /// oracles in the same order, as running the same program does: each then holds
+    /// bit-identical results ([`crate::distributed`]). Batches, calls and counts are those of
+    /// `new`; values equal those of `sharded` with `threads × group.size()` threads up to the
+    /// order of floating-point sums (exactly, with one thread per process).
+    pub fn distributed(
+        problem: P,
+        seed: u64,
+        threads: usize,
+        group: Arc<dyn ProcessGroup>,
+    ) -> Result<Self, BilevelError>
+    where
+        P: ShardedProblem<E> + Sync,
+        P::X: Send + Sync,
+        P::Y: Send + Sync,
+        P::UpperBatch: Sync,
+        P::LowerBatch: Sync,
+    {
+        let mut oracles = Self::new(problem, seed);
+        oracles.sharding = Some(Sharding {
+            pool: ShardPool::new(threads)?,
+            group: Some(group),
+            upper: upper_sharded::<E, P>,
+            lower: lower_sharded::<E, P>,
+        });
+        Ok(oracles)
+    }
+
+    /// The processes sharing every pass ([`Oracles::distributed`]), if any.
+    pub fn process_group(&self) -> Option<&Arc<dyn ProcessGroup>> {
+        self.sharding.as_ref().and_then(|s| s.group.as_ref())
     }
 
     /// The devices of the shard threads (none without sharding), whose allocation caches the
@@ -198,43 +237,52 @@ where
         self.rng.gen_bool(p.clamp(0.0, 1.0))
     }
 
-    /// `F(x, y; ξ)`, `∇_x F`, `∇_y F` from one backward pass.
+    /// `F(x, y; ξ)`, `∇_x F`, `∇_y F` from one backward pass. Fails only when the processes
+    /// of a distributed run cannot combine their parts ([`Oracles::distributed`]) or the batch
+    /// is empty.
     pub fn upper_grad(
         &mut self,
         x: &P::X,
         y: &P::Y,
         batch: &P::UpperBatch,
-    ) -> LossGrad<E, P::X, P::Y> {
+    ) -> Result<LossGrad<E, P::X, P::Y>, BilevelError> {
         self.counts.upper_grad += 1;
         self.counts.upper_samples += batch.size() as u64;
         match &self.sharding {
-            Some(s) => (s.upper)(&s.pool, &self.problem, x, y, batch),
-            None => upper_pass(&self.problem, x, y, batch),
+            Some(s) => (s.upper)(s, &self.problem, x, y, batch),
+            None => Ok(upper_pass(&self.problem, x, y, batch)),
         }
     }
 
     /// `G(x, y; ζ)`, `∇_x G`, `∇_y G` from one backward pass (dfdx autodiff of the lower loss).
+    /// Fails as [`Oracles::upper_grad`] does.
     pub fn lower_grad(
         &mut self,
         x: &P::X,
         y: &P::Y,
         batch: &P::LowerBatch,
-    ) -> LossGrad<E, P::X, P::Y> {
+    ) -> Result<LossGrad<E, P::X, P::Y>, BilevelError> {
         self.counts.lower_grad += 1;
         self.counts.lower_samples += batch.size() as u64;
-        match self.lower(x, y, batch, LowerPass::Grad) {
-            Ok(LowerResult::Grad(r)) => r,
+        match self.lower(x, y, batch, LowerPass::Grad)? {
+            LowerResult::Grad(r) => Ok(r),
             _ => unreachable!("a plain lower pass yields a loss and both gradients"),
         }
     }
 
     /// `G(x, y; ζ)` and `∇_y G` only (counted as a lower gradient call), from
     /// [`BilevelProblem::lower_loss_in_y`]: for SGD on y, where `∇_x G` would be thrown away.
-    pub fn lower_grad_in_y(&mut self, x: &P::X, y: &P::Y, batch: &P::LowerBatch) -> (E, P::Y) {
+    /// Fails as [`Oracles::upper_grad`] does.
+    pub fn lower_grad_in_y(
+        &mut self,
+        x: &P::X,
+        y: &P::Y,
+        batch: &P::LowerBatch,
+    ) -> Result<(E, P::Y), BilevelError> {
         self.counts.lower_grad += 1;
         self.counts.lower_samples += batch.size() as u64;
-        match self.lower(x, y, batch, LowerPass::GradY) {
-            Ok(LowerResult::GradY(r)) => (r.value, r.dy),
+        match self.lower(x, y, batch, LowerPass::GradY)? {
+            LowerResult::GradY(r) => Ok((r.value, r.dy)),
             _ => unreachable!("a y-only lower pass yields a loss and ∇_y G"),
         }
     }
@@ -354,7 +402,7 @@ where
         pass: LowerPass<'_, P::Y>,
     ) -> Result<LowerResult<E, P::X, P::Y>, BilevelError> {
         match &self.sharding {
-            Some(s) => (s.lower)(&s.pool, &self.problem, x, y, batch, pass),
+            Some(s) => (s.lower)(s, &self.problem, x, y, batch, pass),
             None => lower_pass(&self.problem, x, y, batch, pass),
         }
     }
