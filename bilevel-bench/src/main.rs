@@ -10,7 +10,8 @@ use bilevel_bench::report::compare::{compare, plot_run, CompareOptions, StepPair
 use bilevel_bench::report::tune::{tune, Halving, TuneOptions};
 use bilevel_bench::report::tuned::Tuned;
 use bilevel_bench::run::config::{RunConfig, TaskName};
-use bilevel_bench::run::{run, run_dir};
+use bilevel_bench::run::processes::Processes;
+use bilevel_bench::run::{run_dir, run_shared};
 use bilevel_bench::tasks::model::ModelName;
 use bilevel_bench::tasks::resolve_data_dir;
 use bilevel_optim::methods::registry::names;
@@ -333,8 +334,44 @@ fn refuse_flags_a_resume_ignores(
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let command = Cli::parse().command;
+    let processes = match Processes::launched() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match execute(command, &processes) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if processes.size() > 1 => {
+            eprintln!(
+                "Error in process {} of {}: {e:?}",
+                processes.rank(),
+                processes.size()
+            );
+            processes.abort(1)
+        }
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Commands that run in one process only refuse to run as several.
+fn one_process(processes: &Processes, command: &str) -> Result<()> {
+    if processes.size() > 1 {
+        anyhow::bail!(
+            "`{command}` runs in one process; under mpirun only `run`, `compare` and `tune` are \
+             shared by the processes"
+        );
+    }
+    Ok(())
+}
+
+fn execute(command: Command, processes: &Processes) -> Result<()> {
     // dfdx's matrix products split over the global rayon pool; at this library's shapes that
     // is slower than one thread (docs/performance.md): extra threads go to batch shards
     // (`--threads`) instead, so the pool has one thread unless RAYON_NUM_THREADS says otherwise.
@@ -355,7 +392,7 @@ fn main() -> Result<()> {
             let data_dir = resolve_data_dir(common.data_dir.as_deref())?;
             let (summary, dir) = match resume {
                 Some(dir) => (
-                    bilevel_bench::run::resume(&data_dir, &dir, !common.quiet)?,
+                    bilevel_bench::run::resume_shared(&data_dir, &dir, !common.quiet, processes)?,
                     dir,
                 ),
                 None => {
@@ -364,10 +401,19 @@ fn main() -> Result<()> {
                         config.seed = seed;
                     }
                     let dir = run_dir(&common.out, &config);
-                    keep_earlier_run(&dir, overwrite)?;
-                    (run(&config, &data_dir, &dir, !common.quiet)?, dir)
+                    if processes.writes() {
+                        keep_earlier_run(&dir, overwrite)?;
+                    }
+                    let summary = run_shared(&config, &data_dir, &dir, !common.quiet, processes)?;
+                    (summary, dir)
                 }
             };
+            if !processes.writes() {
+                return Ok(());
+            }
+            if processes.size() > 1 {
+                println!("shared by {} processes", processes.size());
+            }
             let done = summary.evaluations.last().map_or(0, |e| e.iteration);
             println!("final metrics ({done} iterations):");
             for (name, value) in summary.last() {
@@ -393,6 +439,7 @@ fn main() -> Result<()> {
             steps,
             jobs,
         } => {
+            one_process(processes, "compare")?;
             let base = common.config()?;
             check_methods(&methods)?;
             let tuned = tuned.as_deref().map(Tuned::from_file).transpose()?;
@@ -429,6 +476,7 @@ fn main() -> Result<()> {
             rungs,
             reduction,
         } => {
+            one_process(processes, "tune")?;
             let base = common.config()?;
             check_methods(&methods)?;
             let halving = (!rungs.is_empty()).then_some(Halving { rungs, reduction });
@@ -463,6 +511,7 @@ fn main() -> Result<()> {
             model,
             data_dir,
         } => {
+            one_process(processes, "perf")?;
             let mut base = match &config {
                 Some(path) => RunConfig::from_file(path)?,
                 None => RunConfig::default(),
@@ -509,6 +558,7 @@ fn main() -> Result<()> {
             seed,
             data_dir,
         } => {
+            one_process(processes, "check")?;
             let mut run_config = match &config {
                 Some(path) => RunConfig::from_file(path)?,
                 None => RunConfig::default(),
@@ -535,6 +585,7 @@ fn main() -> Result<()> {
             }
         }
         Command::Synthetic { method, iters } => {
+            one_process(processes, "synthetic")?;
             if iters == 0 {
                 anyhow::bail!("--iters must be at least 1");
             }

@@ -19,6 +19,7 @@ use common::rel_err;
 use dfdx::prelude::*;
 
 type Vec4 = Tensor<Rank1<4>, f64, Cpu>;
+type Vec3 = Tensor<Rank1<3>, f64, Cpu>;
 const RANKS: usize = 2;
 
 /// Runs test `name` of this binary in `RANKS` processes under `mpirun`, and fails unless all of
@@ -143,11 +144,8 @@ fn distributed_oracles_equal_one_process_with_as_many_shards() {
     };
     let mut dist = Oracles::distributed(reweighting(), 9, 2, group.clone()).unwrap();
     let mut one = Oracles::sharded(reweighting(), 9, 4).unwrap();
-    let (x, y, v): (
-        Tensor<Rank1<12>, f64, Cpu>,
-        Tensor<Rank1<3>, f64, Cpu>,
-        Tensor<Rank1<3>, f64, Cpu>,
-    ) = (d.sample_normal(), d.sample_normal(), d.sample_normal());
+    let x: Tensor<Rank1<12>, f64, Cpu> = d.sample_normal();
+    let (y, v): (Vec3, Vec3) = (d.sample_normal(), d.sample_normal());
     let bytes = compare_passes(&mut dist, &mut one, &x, &y, &v, false);
     check_agreement(&*group, "the passes with empty shards", &bytes).unwrap();
     // A state that differs in one process is reported, naming that process.

@@ -13,6 +13,7 @@ use dfdx::prelude::*;
 
 use crate::run::config::{RunConfig, TaskName};
 use crate::run::iterate::AllocationCaches;
+use crate::run::processes::Processes;
 use crate::tasks::common::E;
 use crate::tasks::dispatch::{with_task, TaskProblem, TaskVisitor};
 use crate::tasks::Metrics;
@@ -131,9 +132,12 @@ impl TaskVisitor<E> for Iterations<'_> {
     ) -> anyhow::Result<IterationFigures> {
         let period = self.method.get::<BoRepConfig>().map_or(1, |c| c.period);
         let mut method = self.method.build(&x, &y, &problem)?;
-        let mut oracles = self
-            .caches
-            .sharded(problem, self.options.seed, self.options.threads)?;
+        let mut oracles = self.caches.oracles(
+            problem,
+            self.options.seed,
+            self.options.threads,
+            &Processes::single(),
+        )?;
         let peak_process_before = peak_resident_mib();
         let reset = reset_peak_resident();
         // The first iteration refines y (N SGD steps) and warms the allocator: excluded.
@@ -184,9 +188,12 @@ impl TaskVisitor<E> for OracleTimes<'_> {
         _evaluate: impl FnMut(&P::X, &P::Y) -> Metrics,
     ) -> anyhow::Result<OracleFigures> {
         use bilevel_optim::problem::Batch;
-        let mut oracles = self
-            .caches
-            .sharded(problem, self.options.seed, self.options.threads)?;
+        let mut oracles = self.caches.oracles(
+            problem,
+            self.options.seed,
+            self.options.threads,
+            &Processes::single(),
+        )?;
         let batch = oracles.lower_batch();
         let v = y.clone();
         let reps = self.options.oracle_reps;

@@ -111,34 +111,53 @@ impl Checkpoint {
     pub fn write(&self, dir: &Path) -> anyhow::Result<PathBuf> {
         let path = dir.join(FILE);
         let tmp = dir.join(TMP_FILE);
-        let header = serde_json::to_vec(&self.header)?;
-        let mut out = Checksummed {
-            inner: durable::create_with_capacity(&tmp, 1 << 20)?,
-            crc: Crc32c::default(),
-        };
-        let mut write = || -> std::io::Result<()> {
-            out.write_all(MAGIC)?;
-            out.write_all(&VERSION.to_le_bytes())?;
-            out.write_all(&(header.len() as u64).to_le_bytes())?;
-            out.write_all(&header)?;
-            out.write_all(&(self.vectors.len() as u32).to_le_bytes())?;
-            for (name, values) in &self.vectors {
-                out.write_all(&(name.len() as u32).to_le_bytes())?;
-                out.write_all(name.as_bytes())?;
-                out.write_all(&(values.len() as u64).to_le_bytes())?;
-                write_runs(&mut out, values)?;
-            }
-            let checksum = out.crc.value();
-            out.inner.write_all(&checksum.to_le_bytes())
-        };
-        write().with_context(|| format!("{}: cannot write", tmp.display()))?;
-        durable::sync(&mut out.inner, &tmp)?;
-        drop(out);
+        let mut file = durable::create_with_capacity(&tmp, 1 << 20)?;
+        self.encode(&mut file)
+            .with_context(|| format!("{}: cannot write", tmp.display()))?;
+        durable::sync(&mut file, &tmp)?;
+        drop(file);
         if path.exists() {
             durable::rename(&path, &dir.join(PREVIOUS_FILE))?;
         }
         durable::rename(&tmp, &path)?;
         Ok(path)
+    }
+
+    /// The checkpoint as the bytes of its file, for sending to other processes
+    /// ([`Checkpoint::from_bytes`] reads them back).
+    pub fn to_bytes(&self) -> anyhow::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        self.encode(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// The checkpoint in `bytes` (from [`Checkpoint::to_bytes`]); `origin` names where they came
+    /// from in errors.
+    pub fn from_bytes(bytes: &[u8], origin: &Path) -> anyhow::Result<Self> {
+        Self::parse(bytes, origin, true)
+    }
+
+    /// The file's format: magic, version, header, vectors, and the CRC-32C of all of it.
+    fn encode(&self, out: &mut impl Write) -> anyhow::Result<()> {
+        let header = serde_json::to_vec(&self.header)?;
+        let mut out = Checksummed {
+            inner: out,
+            crc: Crc32c::default(),
+        };
+        out.write_all(MAGIC)?;
+        out.write_all(&VERSION.to_le_bytes())?;
+        out.write_all(&(header.len() as u64).to_le_bytes())?;
+        out.write_all(&header)?;
+        out.write_all(&(self.vectors.len() as u32).to_le_bytes())?;
+        for (name, values) in &self.vectors {
+            out.write_all(&(name.len() as u32).to_le_bytes())?;
+            out.write_all(name.as_bytes())?;
+            out.write_all(&(values.len() as u64).to_le_bytes())?;
+            write_runs(&mut out, values)?;
+        }
+        let checksum = out.crc.value();
+        out.inner.write_all(&checksum.to_le_bytes())?;
+        Ok(())
     }
 
     /// Removes every checkpoint file of `dir` (latest, previous, partial).
@@ -214,11 +233,12 @@ impl Checkpoint {
         std::fs::File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
             .with_context(|| format!("{}: cannot read the checkpoint", path.display()))?;
-        let mut r = Reader {
-            bytes: &bytes,
-            at: 0,
-            path,
-        };
+        Self::parse(&bytes, path, checked)
+    }
+
+    /// What [`Checkpoint::encode`] wrote (or an older format, unless `checked`), from `path`.
+    fn parse(bytes: &[u8], path: &Path, checked: bool) -> anyhow::Result<Self> {
+        let mut r = Reader { bytes, at: 0, path };
         if r.take(8)? != MAGIC {
             bail!("{}: not a bilevel-bench checkpoint", path.display());
         }

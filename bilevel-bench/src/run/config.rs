@@ -140,11 +140,15 @@ impl RunConfig {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read the config", path.display()))?;
-        let config: Self = toml::from_str(&text).map_err(|e| match method_key_error(&text) {
+        Self::from_text(&text, path)
+    }
+
+    /// The configuration in `text`, read from `path` (named in errors).
+    pub fn from_text(text: &str, path: &Path) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|e| match method_key_error(text) {
             Some(why) => anyhow::anyhow!("{}: {why}", path.display()),
             None => anyhow::anyhow!("{}: {e}", path.display()),
-        })?;
-        Ok(config)
+        })
     }
 
     /// Reads the configuration saved in a run directory if it is exactly `wanted`, but for

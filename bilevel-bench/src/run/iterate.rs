@@ -24,6 +24,7 @@ use crate::run::checkpoint::{Checkpoint, Header};
 use crate::run::config::{OnDivergence, RunConfig};
 use crate::run::durable;
 use crate::run::logging::RunLogger;
+use crate::run::processes::Processes;
 use crate::run::summary::{Evaluation, RunSummary};
 use crate::tasks::common::E;
 use crate::tasks::dispatch::{with_task, TaskProblem, TaskVisitor};
@@ -37,6 +38,7 @@ pub fn execute<M: Method>(
     dir: &Path,
     progress: bool,
     checkpoint: Option<Checkpoint>,
+    processes: &Processes,
 ) -> anyhow::Result<RunSummary> {
     let dev = Cpu::seed_from_u64(config.seed);
     // Reuse freed buffers between iterations (docs/performance.md).
@@ -48,6 +50,7 @@ pub fn execute<M: Method>(
         caches: &caches,
         checkpoint,
         dir,
+        processes,
     };
     fingerprint::begin();
     let evaluations = with_task(config, data_dir, &dev, ctx)?;
@@ -58,10 +61,12 @@ pub fn execute<M: Method>(
         dir: dir.to_path_buf(),
         evaluations,
     };
-    durable::write_atomic(
-        &dir.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
+    if processes.writes() {
+        durable::write_atomic(
+            &dir.join("summary.json"),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
+        )?;
+    }
     Ok(summary)
 }
 
@@ -93,15 +98,19 @@ impl AllocationCaches {
         self.devices.borrow_mut().extend(devices);
     }
 
-    /// The oracles of `problem` with `threads` batch shards, whose worker devices' caches are
-    /// managed with the others.
-    pub(crate) fn sharded<P: TaskProblem<E>>(
+    /// The oracles of `problem` with `threads` batch shards in this process, shared by
+    /// `processes`, whose worker devices' caches are managed with the others.
+    pub(crate) fn oracles<P: TaskProblem<E>>(
         &self,
         problem: P,
         seed: u64,
         threads: usize,
+        processes: &Processes,
     ) -> anyhow::Result<Oracles<E, P>> {
-        let oracles = Oracles::sharded(problem, seed, threads)?;
+        let oracles = match processes.group() {
+            Some(group) => Oracles::distributed(problem, seed, threads, group)?,
+            None => Oracles::sharded(problem, seed, threads)?,
+        };
         self.include(oracles.worker_devices());
         Ok(oracles)
     }
@@ -129,6 +138,8 @@ struct Loop<'a, M> {
     /// Where to continue from (a resumed run).
     checkpoint: Option<Checkpoint>,
     dir: &'a Path,
+    /// Who shares the run; process 0 alone evaluates and writes.
+    processes: &'a Processes,
 }
 
 impl<M: Method> TaskVisitor<E> for Loop<'_, M> {
@@ -157,13 +168,17 @@ impl<M: Method> TaskVisitor<E> for Loop<'_, M> {
             cp.check_run(c, method_config.name(), model, &data)
                 .with_context(|| format!("{}: cannot resume", self.dir.display()))?;
         }
+        let writes = self.processes.writes();
         let mut logger = match &self.checkpoint {
-            Some(cp) => RunLogger::resume(self.dir, cp.header.iteration)?,
-            None => self.start_logs()?,
+            _ if !writes => None,
+            Some(cp) => Some(RunLogger::resume(self.dir, cp.header.iteration)?),
+            None => Some(self.start_logs()?),
         };
         let mut run = RunState {
             method: method_config.build_as::<M, _, _>(Start::at(&x, &y, &problem))?,
-            oracles: self.caches.sharded(problem, c.seed, c.threads)?,
+            oracles: self
+                .caches
+                .oracles(problem, c.seed, c.threads, self.processes)?,
             x,
             y,
             evaluations: Vec::new(),
@@ -176,7 +191,7 @@ impl<M: Method> TaskVisitor<E> for Loop<'_, M> {
                 model: model.to_string(),
             },
         };
-        let bar = if self.progress {
+        let bar = if self.progress && writes {
             ProgressBar::new(c.iters as u64)
         } else {
             ProgressBar::hidden()
@@ -195,12 +210,17 @@ impl<M: Method> TaskVisitor<E> for Loop<'_, M> {
             c.seed
         ));
         match &self.checkpoint {
-            Some(cp) => run.restore(cp)?,
+            Some(cp) => {
+                run.restore(cp)?;
+                run.check_agreement(self.processes, "after resuming")?;
+            }
             None => {
-                let metrics = evaluate(&run.x, &run.y);
-                run.record(&mut logger, 0, metrics)?;
-                logger.sync()?;
-                run.save(c, self.dir)?;
+                if let Some(logger) = &mut logger {
+                    let metrics = evaluate(&run.x, &run.y);
+                    run.record(logger, 0, metrics)?;
+                    logger.sync()?;
+                    run.save(c, self.dir)?;
+                }
             }
         }
         bar.set_position(run.done as u64);
@@ -214,7 +234,7 @@ impl<M: Method> TaskVisitor<E> for Loop<'_, M> {
                 {
                     run.rollbacks += 1;
                     method_config.halve_step_sizes();
-                    let cp = Checkpoint::read(self.dir)?;
+                    let cp = self.processes.read_checkpoint(self.dir)?;
                     bar.suspend(|| {
                         eprintln!(
                             "{e}\nrolling back to iteration {} with halved step sizes (rollback {} of {})",
@@ -224,10 +244,13 @@ impl<M: Method> TaskVisitor<E> for Loop<'_, M> {
                     let start = Start::at(&run.x, &run.y, run.oracles.problem());
                     run.method = method_config.build_as::<M, _, _>(start)?;
                     run.restore(&cp)?;
-                    logger.flush()?;
-                    logger = RunLogger::resume(self.dir, run.done)?;
-                    // Saved at once: a resume from here on continues with the halved steps.
-                    run.save(c, self.dir)?;
+                    run.check_agreement(self.processes, "after rolling back")?;
+                    if let Some(mut old) = logger.take() {
+                        old.flush()?;
+                        logger = Some(RunLogger::resume(self.dir, run.done)?);
+                        // Saved at once: a resume from here on continues with the halved steps.
+                        run.save(c, self.dir)?;
+                    }
                     bar.set_position(run.done as u64);
                     continue;
                 }
@@ -242,7 +265,9 @@ impl<M: Method> TaskVisitor<E> for Loop<'_, M> {
                 }
             };
             run.train_seconds += start.elapsed().as_secs_f64();
-            logger.step(&report, run.train_seconds)?;
+            if let Some(logger) = &mut logger {
+                logger.step(&report, run.train_seconds)?;
+            }
             if let Some(f) = report.upper_loss {
                 bar.set_message(format!("f {f:.4}"));
             }
@@ -250,15 +275,22 @@ impl<M: Method> TaskVisitor<E> for Loop<'_, M> {
             run.done += 1;
             self.caches.empty();
             if run.done % c.eval_every == 0 || run.done == c.iters {
-                let metrics = evaluate(&run.x, &run.y);
-                run.record(&mut logger, run.done, metrics)?;
+                run.check_agreement(self.processes, "")?;
+                if let Some(logger) = &mut logger {
+                    let metrics = evaluate(&run.x, &run.y);
+                    run.record(logger, run.done, metrics)?;
+                }
             }
             if run.done % c.checkpoint_every == 0 || run.done == c.iters {
-                logger.sync()?;
-                run.save(c, self.dir)?;
+                if let Some(logger) = &mut logger {
+                    logger.sync()?;
+                    run.save(c, self.dir)?;
+                }
             }
         }
-        logger.sync()?;
+        if let Some(logger) = &mut logger {
+            logger.sync()?;
+        }
         bar.finish();
         Ok(run.evaluations)
     }
@@ -308,6 +340,32 @@ struct RunState<P: BilevelProblem<E>> {
 }
 
 impl<P: BilevelProblem<E>> RunState<P> {
+    /// Fails unless every process sharing the run holds the same x, y, method state and
+    /// oracle state (counts and the batch generator's position), naming the iteration.
+    fn check_agreement(&self, processes: &Processes, when: &str) -> anyhow::Result<()> {
+        if processes.size() == 1 {
+            return Ok(());
+        }
+        let mut bytes = Vec::new();
+        let mut floats = |values: &mut dyn Iterator<Item = f64>| {
+            values.for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()))
+        };
+        floats(&mut self.x.to_flat().into_iter().map(f64::from));
+        floats(&mut self.y.to_flat().into_iter().map(f64::from));
+        let state = self.method.state();
+        for values in state.vectors.values() {
+            floats(&mut values.iter().copied());
+        }
+        floats(&mut state.scalars.values().copied());
+        bytes.extend_from_slice(&serde_json::to_vec(&self.oracles.state())?);
+        let what = format!(
+            "x, y, the method's state and the batch generator at iteration {}{}{when}",
+            self.done,
+            if when.is_empty() { "" } else { " " }
+        );
+        processes.check_agreement(&what, &bytes)
+    }
+
     fn record(
         &mut self,
         logger: &mut RunLogger,

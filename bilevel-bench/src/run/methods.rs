@@ -14,11 +14,13 @@ use bilevel_optim::methods::Method;
 
 use crate::run::checkpoint::Checkpoint;
 use crate::run::config::RunConfig;
+use crate::run::processes::Processes;
 use crate::run::summary::RunSummary;
 
-/// Runs a configuration into a directory (see [`crate::run::run`]), continuing from a
+/// Runs a configuration into a directory (see [`crate::run::run_shared`]), continuing from a
 /// checkpoint when one is given.
-pub type Execute = fn(&RunConfig, &Path, &Path, bool, Option<Checkpoint>) -> Result<RunSummary>;
+pub type Execute =
+    fn(&RunConfig, &Path, &Path, bool, Option<Checkpoint>, &Processes) -> Result<RunSummary>;
 
 /// What the bench does with one method, instantiated for its type.
 #[derive(Clone, Copy)]

@@ -12,15 +12,16 @@ pub mod iterate;
 pub mod lock;
 pub mod logging;
 pub mod methods;
+pub mod processes;
 pub mod summary;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use checkpoint::Checkpoint;
 use config::RunConfig;
 use lock::RunLock;
+use processes::Processes;
 use summary::RunSummary;
 
 /// Where a run writes: `<out>/<task>/<method>/seed-<seed>` (see [`RunConfig::task_dir`]).
@@ -42,14 +43,29 @@ pub fn run(
     dir: &Path,
     progress: bool,
 ) -> anyhow::Result<RunSummary> {
+    run_shared(config, data_dir, dir, progress, &Processes::single())
+}
+
+/// [`run`] shared by `processes` (the ranks of `mpirun`): every one of them must call it with
+/// the same arguments. Process 0 alone touches `dir`; the others return the same summary.
+pub fn run_shared(
+    config: &RunConfig,
+    data_dir: &Path,
+    dir: &Path,
+    progress: bool,
+    processes: &Processes,
+) -> anyhow::Result<RunSummary> {
     config.validate()?;
     config.method().validate()?;
+    let execute = methods::entry(config.method().name())?.execute;
+    if !processes.writes() {
+        return execute(config, data_dir, dir, false, None, processes);
+    }
     let created = !dir.exists();
     std::fs::create_dir_all(dir)
         .with_context(|| format!("{}: cannot create the run directory", dir.display()))?;
     let lock = RunLock::acquire(dir)?;
-    let execute = methods::entry(config.method().name())?.execute;
-    let result = execute(config, data_dir, dir, progress, None);
+    let result = execute(config, data_dir, dir, progress, None, processes);
     drop(lock);
     if result.is_err() && created && !dir.join(crate::run::checkpoint::FILE).exists() {
         let _ = std::fs::remove_dir_all(dir);
@@ -61,13 +77,41 @@ pub fn run(
 /// (which must be the one the checkpoint was written with, but for a larger `iters`). On the
 /// CPU the result is bit-identical to a run that was never interrupted.
 pub fn resume(data_dir: &Path, dir: &Path, progress: bool) -> anyhow::Result<RunSummary> {
-    if !dir.is_dir() {
-        anyhow::bail!("{}: no such run directory", dir.display());
-    }
-    let _lock = RunLock::acquire(dir)?;
-    let checkpoint = Checkpoint::read(dir)?;
-    let config = RunConfig::from_file(&dir.join("config.toml"))?;
+    resume_shared(data_dir, dir, progress, &Processes::single())
+}
+
+/// [`resume`] shared by `processes`, as [`run_shared`]; their number may differ from the run's
+/// earlier part. Process 0 reads the checkpoint and sends it to the others.
+pub fn resume_shared(
+    data_dir: &Path,
+    dir: &Path,
+    progress: bool,
+    processes: &Processes,
+) -> anyhow::Result<RunSummary> {
+    let lock = if processes.writes() {
+        if !dir.is_dir() {
+            anyhow::bail!("{}: no such run directory", dir.display());
+        }
+        Some(RunLock::acquire(dir)?)
+    } else {
+        None
+    };
+    let checkpoint = processes.read_checkpoint(dir)?;
+    let path = dir.join("config.toml");
+    let text = processes.from_first(|| {
+        std::fs::read(&path).with_context(|| format!("{}: cannot read the config", path.display()))
+    })?;
+    let config = RunConfig::from_text(&String::from_utf8_lossy(&text), &path)?;
     config.validate()?;
     let execute = methods::entry(config.method().name())?.execute;
-    execute(&config, data_dir, dir, progress, Some(checkpoint))
+    let summary = execute(
+        &config,
+        data_dir,
+        dir,
+        progress,
+        Some(checkpoint),
+        processes,
+    );
+    drop(lock);
+    summary
 }

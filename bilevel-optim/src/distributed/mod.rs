@@ -31,6 +31,23 @@ pub trait ProcessGroup: Send + Sync {
     /// Every process's `local` bytes in rank order, on every process. Each process must call it
     /// at the same point; the messages may differ in length.
     fn all_gather(&self, local: &[u8]) -> Result<Vec<Vec<u8>>, BilevelError>;
+    /// Ends every process of the group with exit code `code`: what a process that failed must
+    /// do, since the others would otherwise wait forever in their next collective.
+    fn abort(&self, code: i32) -> !;
+}
+
+/// Whether this process was started by an MPI launcher (`mpirun`, `mpiexec`, `srun`), read from
+/// the environment such launchers set. A program built without the `mpi` feature can use it to
+/// refuse to run as many copies that would each do the whole job.
+pub fn launched_by_mpi() -> bool {
+    [
+        "OMPI_COMM_WORLD_SIZE",
+        "PMI_SIZE",
+        "PMIX_RANK",
+        "MPI_LOCALNRANKS",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some())
 }
 
 /// Fails unless every process holds the same `state` bytes, naming what was compared (`what`,
@@ -93,6 +110,9 @@ impl ProcessGroup for SingleProcess {
     }
     fn all_gather(&self, local: &[u8]) -> Result<Vec<Vec<u8>>, BilevelError> {
         Ok(vec![local.to_vec()])
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
     }
 }
 

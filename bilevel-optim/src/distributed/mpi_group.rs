@@ -126,4 +126,9 @@ impl ProcessGroup for Mpi {
             .map(|(&n, &at)| all[at as usize..(at + n) as usize].to_vec())
             .collect())
     }
+
+    /// `MPI_Abort` on the world: the launcher ends every process.
+    fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
 }

@@ -1,0 +1,278 @@
+//! Runs shared by MPI processes (`mpirun -np 2 bilevel-bench run ...`, the `mpi` feature): they
+//! end bit-identical to one process with one thread per process; a killed process ends the
+//! whole job within seconds, and the run then resumes, on 2 processes or on 1, bit-identically;
+//! a process that fails stops the others instead of leaving them waiting.
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bilevel_bench::run::checkpoint::{Checkpoint, FILE};
+use bilevel_bench::run::lock::RunLock;
+use common::short_borep_run;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_bilevel-bench");
+
+fn scratch(name: &str) -> common::Scratch {
+    common::scratch("distributed", name)
+}
+
+/// `bilevel-bench args` in `ranks` processes under Open MPI's `mpirun` (1: no launcher).
+fn bench(ranks: usize, args: &[&str]) -> Command {
+    let mut c = if ranks == 1 {
+        Command::new(BENCH)
+    } else {
+        let mut c = Command::new("mpirun");
+        c.args(["--allow-run-as-root", "--oversubscribe", "-np"])
+            .arg(ranks.to_string())
+            .arg(BENCH);
+        c
+    };
+    c.args(args)
+        .arg("--quiet")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn succeed(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn run_dir(out: &Path) -> PathBuf {
+    out.join("hyper-opt/bo-rep/seed-0")
+}
+
+/// steps.csv without the wall-clock column.
+fn steps_without_time(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("steps.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+        .collect()
+}
+
+/// Everything but timings: x, y, the method's state, counts, evaluations, logged steps.
+fn assert_same_run(a: &Path, b: &Path) {
+    let (ca, cb) = (Checkpoint::read(a).unwrap(), Checkpoint::read(b).unwrap());
+    assert_eq!(ca.header.iteration, cb.header.iteration);
+    assert_eq!(ca.vectors, cb.vectors, "x, y and the method's state");
+    assert_eq!(ca.header.oracles, cb.header.oracles);
+    let metrics = |c: &Checkpoint| {
+        c.header
+            .evaluations
+            .iter()
+            .map(|e| (e.iteration, e.oracle_calls, e.metrics.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(metrics(&ca), metrics(&cb), "the evaluations");
+    assert_eq!(steps_without_time(a), steps_without_time(b), "steps.csv");
+}
+
+fn events_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("events.out"))
+        .count()
+}
+
+#[test]
+fn two_processes_run_what_one_process_with_two_threads_runs() {
+    let base = scratch("same");
+    let config = base.join("config.toml");
+    std::fs::write(&config, short_borep_run(12, 4, 4)).unwrap();
+    let config = config.to_str().unwrap();
+    let (one, two) = (base.join("one"), base.join("two"));
+    succeed(
+        bench(
+            1,
+            &[
+                "run",
+                "--config",
+                config,
+                "--threads",
+                "2",
+                "--out",
+                path(&one),
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    let out = succeed(
+        bench(
+            2,
+            &[
+                "run",
+                "--config",
+                config,
+                "--threads",
+                "1",
+                "--out",
+                path(&two),
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("final metrics").count(), 1, "{stdout}");
+    assert!(stdout.contains("shared by 2 processes"), "{stdout}");
+    assert_same_run(&run_dir(&one), &run_dir(&two));
+    assert_eq!(events_files(&run_dir(&two)), 1, "process 0 alone writes");
+}
+
+/// The pid of the process of rank `rank` whose command line mentions `marker`.
+fn rank_pid(rank: usize, marker: &str) -> Option<u32> {
+    let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let path = e.ok()?.path();
+        let pid: u32 = path.file_name()?.to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(path.join("cmdline")).ok()?;
+        let environ = std::fs::read(path.join("environ")).ok()?;
+        let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+        (has(&cmdline, marker.as_bytes())
+            && has(&cmdline, BENCH.as_bytes())
+            && environ.split(|&b| b == 0).any(|v| v == wanted.as_bytes()))
+        .then_some(pid)
+    })
+}
+
+#[test]
+fn a_killed_process_ends_the_job_and_the_run_resumes_on_two_processes_or_one() {
+    let base = scratch("kill");
+    let config = base.join("config.toml");
+    std::fs::write(&config, short_borep_run(24, 8, 4)).unwrap();
+    let config = config.to_str().unwrap();
+    let whole = base.join("whole");
+    succeed(
+        bench(
+            2,
+            &[
+                "run",
+                "--config",
+                config,
+                "--threads",
+                "1",
+                "--out",
+                path(&whole),
+            ],
+        )
+        .output()
+        .unwrap(),
+    );
+    for resume_ranks in [2, 1] {
+        let broken = base.join(format!("broken-{resume_ranks}"));
+        let marker = broken.to_str().unwrap().to_string();
+        let child = bench(
+            2,
+            &[
+                "run",
+                "--config",
+                config,
+                "--threads",
+                "1",
+                "--out",
+                &marker,
+            ],
+        )
+        .spawn()
+        .unwrap();
+        let dir = run_dir(&broken);
+        let start = Instant::now();
+        loop {
+            // Read without Checkpoint::read, which would set a file aside that the run is
+            // replacing at this instant.
+            let latest = std::fs::read(dir.join(FILE))
+                .ok()
+                .and_then(|b| Checkpoint::from_bytes(&b, &dir).ok());
+            if latest.is_some_and(|cp| cp.header.iteration >= 8) {
+                if let Some(pid) = rank_pid(1, &marker) {
+                    Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status()
+                        .unwrap();
+                    break;
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let killed = Instant::now();
+        let out = child.wait_with_output().unwrap();
+        let waited = killed.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!("the job ended {waited:?} after the kill:\n{stderr}");
+        assert!(!out.status.success());
+        assert!(waited < Duration::from_secs(20), "ended after {waited:?}");
+        assert!(
+            stderr.contains("rank 1"),
+            "mpirun names the killed rank: {stderr}"
+        );
+        let at_kill = Checkpoint::read(&dir).unwrap().header.iteration;
+        assert!(at_kill < 24, "killed before the end");
+
+        succeed(
+            bench(resume_ranks, &["run", "--resume", path(&dir)])
+                .output()
+                .unwrap(),
+        );
+        if resume_ranks == 2 {
+            assert_same_run(&run_dir(&whole), &dir);
+        } else {
+            // One process with the run's one thread adds the shards in another order: the run
+            // continues, and ends within rounding of the uninterrupted one.
+            let (a, b) = (
+                Checkpoint::read(&run_dir(&whole)).unwrap(),
+                Checkpoint::read(&dir).unwrap(),
+            );
+            assert_eq!(b.header.iteration, 24);
+            assert_eq!(a.header.oracles.counts, b.header.oracles.counts);
+            for name in ["x", "y"] {
+                let (u, v) = (&a.vectors[name], &b.vectors[name]);
+                let diff = u
+                    .iter()
+                    .zip(v)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0.0, f64::max);
+                let size = u.iter().map(|p| p.abs()).fold(0.0, f64::max);
+                assert!(diff <= 1e-4 * size, "{name}: {diff} of {size}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_process_that_fails_stops_the_others() {
+    let base = scratch("fail");
+    let config = base.join("config.toml");
+    std::fs::write(&config, short_borep_run(400, 100, 100)).unwrap();
+    let out = base.join("out");
+    let dir = run_dir(&out);
+    std::fs::create_dir_all(&dir).unwrap();
+    // Process 0 cannot lock the directory; process 1 has begun the run and waits for it.
+    let _held = RunLock::acquire(&dir).unwrap();
+    let start = Instant::now();
+    let result = bench(2, &["run", "--config", path(&config), "--out", path(&out)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success());
+    assert!(stderr.contains("Error in process 0 of 2"), "{stderr}");
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    assert!(start.elapsed() < Duration::from_secs(60));
+}
