@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use bilevel_bench::commands::check::check_task;
 use bilevel_bench::commands::{perf, synthetic};
-use bilevel_bench::report::compare::{compare, plot_run, CompareOptions, StepPair};
-use bilevel_bench::report::tune::{tune, Halving, TuneOptions};
+use bilevel_bench::report::compare::{compare_shared, plot_run, CompareOptions, StepPair};
+use bilevel_bench::report::tune::{tune_shared, Halving, TuneOptions};
 use bilevel_bench::report::tuned::Tuned;
 use bilevel_bench::run::config::{RunConfig, TaskName};
 use bilevel_bench::run::processes::Processes;
@@ -439,7 +439,6 @@ fn execute(command: Command, processes: &Processes) -> Result<()> {
             steps,
             jobs,
         } => {
-            one_process(processes, "compare")?;
             let base = common.config()?;
             check_methods(&methods)?;
             let tuned = tuned.as_deref().map(Tuned::from_file).transpose()?;
@@ -454,7 +453,10 @@ fn execute(command: Command, processes: &Processes) -> Result<()> {
                 jobs,
                 steps,
             };
-            let report = compare(&options, &data_dir)?;
+            let report = compare_shared(&options, &data_dir, processes)?;
+            if !processes.writes() {
+                return Ok(());
+            }
             println!("{}", report.markdown);
             println!(
                 "results and plots: {} (results.md, results.csv, results_at_best_validation.*, *.png, *.svg)",
@@ -476,7 +478,6 @@ fn execute(command: Command, processes: &Processes) -> Result<()> {
             rungs,
             reduction,
         } => {
-            one_process(processes, "tune")?;
             let base = common.config()?;
             check_methods(&methods)?;
             let halving = (!rungs.is_empty()).then_some(Halving { rungs, reduction });
@@ -492,7 +493,10 @@ fn execute(command: Command, processes: &Processes) -> Result<()> {
                 verbose: !common.quiet,
                 halving,
             };
-            let report = tune(&options, &data_dir)?;
+            let report = tune_shared(&options, &data_dir, processes)?;
+            if !processes.writes() {
+                return Ok(());
+            }
             println!("{}", report.markdown);
             println!(
                 "grid and chosen values: {} (grid.md, grid.csv, tuned.toml)",

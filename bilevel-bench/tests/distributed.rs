@@ -276,3 +276,116 @@ fn a_process_that_fails_stops_the_others() {
     assert!(stderr.contains("in use by another process"), "{stderr}");
     assert!(start.elapsed() < Duration::from_secs(60));
 }
+
+/// A tiny hyper-opt budget for the grids: 6 iterations, evaluated every 2.
+const TINY_HYPER_OPT: &str = r#"
+task = "hyper-opt"
+iters = 6
+eval_every = 2
+[hyper_opt]
+batch = 8
+max_len = 8
+eval_size = 16
+"#;
+
+fn file(dir: &Path, rel: &str) -> String {
+    std::fs::read_to_string(dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Successive halving over two seeds, with a step size that diverges: the grid, its table and
+/// `tuned.toml` on 2 processes are those of 1 process, byte for byte, and so is `compare`'s table
+/// with the tuned steps.
+#[test]
+fn tune_and_compare_on_two_processes_write_what_one_process_writes() {
+    let base = scratch("tune");
+    let config = base.join("config.toml");
+    std::fs::write(&config, TINY_HYPER_OPT).unwrap();
+    let config = path(&config);
+    let mut outs = Vec::new();
+    for ranks in [1, 2] {
+        let out = base.join(format!("ranks-{ranks}"));
+        let tune = [
+            "tune",
+            "--config",
+            config,
+            "--methods",
+            "bo-rep,soba",
+            "--lower",
+            "0.01,0.1",
+            "--upper",
+            "0.01,1000",
+            "--seeds",
+            "0,1",
+            "--rungs",
+            "2",
+            "--out",
+            path(&out),
+        ];
+        let stdout = succeed(bench(ranks, &tune).output().unwrap()).stdout;
+        assert!(String::from_utf8_lossy(&stdout).contains("tuned.toml"));
+        let tuned = out.join("hyper-opt/tune/tuned.toml");
+        let compare = [
+            "compare",
+            "--config",
+            config,
+            "--methods",
+            "bo-rep,soba",
+            "--seeds",
+            "0,1,2",
+            "--tuned",
+            path(&tuned),
+            "--out",
+            path(&out),
+        ];
+        succeed(bench(ranks, &compare).output().unwrap());
+        outs.push(out);
+    }
+    for rel in [
+        "hyper-opt/tune/tuned.toml",
+        "hyper-opt/tune/grid.csv",
+        "hyper-opt/tune/grid.md",
+    ] {
+        assert_eq!(file(&outs[0], rel), file(&outs[1], rel), "{rel}");
+    }
+    assert!(file(&outs[1], "hyper-opt/tune/grid.csv").contains("diverged"));
+    // The runs were dealt: their directories' locks name two processes of `tune` and two of
+    // `compare`.
+    let mut owners = std::collections::BTreeSet::new();
+    let mut stack = vec![outs[1].clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "run.lock") {
+                owners.insert(std::fs::read_to_string(&p).unwrap());
+            }
+        }
+    }
+    assert_eq!(owners.len(), 4, "{owners:?}");
+    // The compared runs, their seconds column aside.
+    let summaries = |out: &Path| -> Vec<String> {
+        ["bo-rep", "soba"]
+            .iter()
+            .flat_map(|m| (0..3).map(move |s| format!("hyper-opt/{m}/seed-{s}/evaluations.csv")))
+            .map(|rel| {
+                file(out, &rel)
+                    .lines()
+                    .map(|l| {
+                        l.split(',')
+                            .take(2)
+                            .chain(l.split(',').skip(3))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .collect()
+    };
+    assert_eq!(
+        summaries(&outs[0]),
+        summaries(&outs[1]),
+        "the compared runs"
+    );
+}

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::report::parallel::{map_in_threads, JobProgress};
+use crate::report::parallel::{map_over_processes, JobProgress};
 use crate::report::plot::{plot, Series};
 use crate::report::stats::{ensure_distinct, quantile};
 use crate::report::tuned::Tuned;
 use crate::report::{is_divergence, DIVERGED_FILE};
 use crate::run::config::{RunConfig, TaskName};
+use crate::run::processes::Processes;
 use crate::run::summary::{Evaluation, RunSummary};
 use crate::run::{run, run_dir};
 
@@ -86,7 +87,7 @@ pub struct CompareReport {
 
 /// A run of a comparison that stopped at a non-finite value: a result (its steps are too large
 /// for that seed), not a failure of the comparison, which goes on with the other runs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DivergedRun {
     /// The method's name.
     pub method: String,
@@ -97,6 +98,7 @@ pub struct DivergedRun {
 }
 
 /// How one run of a comparison ended.
+#[derive(serde::Serialize, serde::Deserialize)]
 enum RunOutcome {
     Finished(RunSummary),
     Diverged(DivergedRun),
@@ -104,6 +106,17 @@ enum RunOutcome {
 
 /// Runs (or reuses) every method × seed and writes the tables and plots.
 pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<CompareReport> {
+    compare_shared(options, data_dir, &Processes::single())
+}
+
+/// [`compare`] with its runs dealt to `processes` (the ranks of `mpirun`), each of which must
+/// call it with the same arguments: each runs its share with `jobs` threads, every process gets
+/// every outcome, and process 0 writes the tables and plots, the same as one process's.
+pub fn compare_shared(
+    options: &CompareOptions,
+    data_dir: &Path,
+    processes: &Processes,
+) -> anyhow::Result<CompareReport> {
     if options.jobs == 0 {
         anyhow::bail!("--jobs must be at least 1");
     }
@@ -145,47 +158,54 @@ pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<Comp
     }
     // One progress bar at a time: bars of parallel runs would overwrite each other, so runs on
     // several threads share one bar over the whole comparison.
-    let each_run_draws = options.progress && options.jobs <= 1;
+    let progress = options.progress && processes.writes();
+    let each_run_draws = progress && options.jobs <= 1 && processes.size() == 1;
     let job = JobProgress::new(
         &format!("compare {}", options.base.task.as_str()),
         (configs.len() * options.base.iters) as u64,
-        options.progress && !each_run_draws,
+        progress && !each_run_draws,
     );
-    let outcomes = map_in_threads(&configs, options.jobs, |config| {
-        let dir = run_dir(&options.out, config);
-        let what = format!("{} seed {}", config.method().name(), config.seed);
-        let diverged = |why: String| {
-            RunOutcome::Diverged(DivergedRun {
-                method: config.method().name().to_string(),
-                seed: config.seed,
-                why,
-            })
-        };
-        let result = match earlier_outcome(config, &dir) {
-            Some(Ok(done)) => Ok((RunOutcome::Finished(done), "reused")),
-            Some(Err(why)) => Ok((diverged(why), "reused, diverged")),
-            None => match run(config, data_dir, &dir, each_run_draws) {
-                Ok(done) => {
-                    let _ = std::fs::remove_file(dir.join(DIVERGED_FILE));
-                    Ok((RunOutcome::Finished(done), "finished"))
-                }
-                Err(e) if is_divergence(&e) => {
-                    let why = format!("{e:#}");
-                    crate::run::durable::write_atomic(&dir.join(DIVERGED_FILE), why.as_bytes())
-                        .with_context(|| what.clone())?;
-                    Ok((diverged(why), "diverged"))
-                }
-                Err(e) => Err(e).with_context(|| what.clone()),
-            },
-        };
-        let line = match &result {
-            Ok((RunOutcome::Diverged(d), how)) => format!("{what}: {how}: {}", d.why),
-            Ok((_, how)) => format!("{what}: {how}"),
-            Err(e) => format!("{e:#}"),
-        };
-        job.finished(config.iters as u64, &line);
-        result.map(|(r, _)| r)
-    })
+    let outcomes = map_over_processes(
+        &configs,
+        options.jobs,
+        processes,
+        |i| i,
+        |config| {
+            let dir = run_dir(&options.out, config);
+            let what = format!("{} seed {}", config.method().name(), config.seed);
+            let diverged = |why: String| {
+                RunOutcome::Diverged(DivergedRun {
+                    method: config.method().name().to_string(),
+                    seed: config.seed,
+                    why,
+                })
+            };
+            let result = match earlier_outcome(config, &dir) {
+                Some(Ok(done)) => Ok((RunOutcome::Finished(done), "reused")),
+                Some(Err(why)) => Ok((diverged(why), "reused, diverged")),
+                None => match run(config, data_dir, &dir, each_run_draws) {
+                    Ok(done) => {
+                        let _ = std::fs::remove_file(dir.join(DIVERGED_FILE));
+                        Ok((RunOutcome::Finished(done), "finished"))
+                    }
+                    Err(e) if is_divergence(&e) => {
+                        let why = format!("{e:#}");
+                        crate::run::durable::write_atomic(&dir.join(DIVERGED_FILE), why.as_bytes())
+                            .with_context(|| what.clone())?;
+                        Ok((diverged(why), "diverged"))
+                    }
+                    Err(e) => Err(e).with_context(|| what.clone()),
+                },
+            };
+            let line = match &result {
+                Ok((RunOutcome::Diverged(d), how)) => format!("{what}: {how}: {}", d.why),
+                Ok((_, how)) => format!("{what}: {how}"),
+                Err(e) => format!("{e:#}"),
+            };
+            job.finished(config.iters as u64, &line);
+            result.map(|(r, _)| r)
+        },
+    )?
     .into_iter()
     .collect::<anyhow::Result<Vec<_>>>()?;
     let (mut runs, mut diverged) = (Vec::new(), Vec::new());
@@ -198,6 +218,14 @@ pub fn compare(options: &CompareOptions, data_dir: &Path) -> anyhow::Result<Comp
     job.finish();
     let task = options.base.task;
     let dir = options.base.task_dir(&options.out).join("compare");
+    if !processes.writes() {
+        return Ok(CompareReport {
+            dir,
+            markdown: String::new(),
+            runs,
+            diverged,
+        });
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut markdown = write_table(&dir, "results", task, &options.methods, &runs, &diverged)?;
     if let Some(stopped) = stopped_at_best_validation(&runs) {

@@ -1,10 +1,17 @@
-//! Independent runs on several threads. Each run owns its devices and tapes, and the global
-//! rayon pool has one thread (dfdx's products then run inline), so J runs use J cores.
+//! Independent runs on several threads, and on several processes. Each run owns its devices and
+//! tapes, and the global rayon pool has one thread (dfdx's products then run inline), so J runs
+//! use J cores; under `mpirun`, the runs are dealt to the processes
+//! ([`map_over_processes`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::run::processes::Processes;
 
 /// The progress of a job of many runs (a grid search, a comparison running several at once):
 /// one bar over the iterations of all the runs planned, advanced as each run finishes (or is
@@ -76,6 +83,53 @@ pub fn map_in_threads<T: Sync, R: Send>(
         .expect("no thread panicked")
         .into_iter()
         .map(|r| r.expect("every item ran"))
+        .collect()
+}
+
+/// `f` applied to every item, the items dealt to the processes: item `i` runs in process
+/// `owner(i) mod size`, with up to `jobs` threads per process. Every process gets every result,
+/// in the items' order, exactly as `f` returned it (results travel as JSON, whose floats
+/// round-trip exactly); an error travels as its text. A run that fails in one process does not
+/// stop the others' runs. With one process this is [`map_in_threads`].
+pub fn map_over_processes<T: Sync, R: Send + Serialize + DeserializeOwned>(
+    items: &[T],
+    jobs: usize,
+    processes: &Processes,
+    owner: impl Fn(usize) -> usize,
+    f: impl Fn(&T) -> anyhow::Result<R> + Sync,
+) -> anyhow::Result<Vec<anyhow::Result<R>>> {
+    let Some(group) = processes.group() else {
+        return Ok(map_in_threads(items, jobs, f));
+    };
+    let (rank, size) = (group.rank(), group.size());
+    let mine: Vec<usize> = (0..items.len())
+        .filter(|&i| owner(i) % size == rank)
+        .collect();
+    let results: Vec<(usize, Result<R, String>)> = mine
+        .iter()
+        .copied()
+        .zip(map_in_threads(&mine, jobs, |&i| {
+            f(&items[i]).map_err(|e| format!("{e:#}"))
+        }))
+        .collect();
+    let message = serde_json::to_vec(&results).context("encoding this process's results")?;
+    let messages = group
+        .all_gather(&message)
+        .context("gathering the processes' results")?;
+    let mut all: Vec<Option<anyhow::Result<R>>> = (0..items.len()).map(|_| None).collect();
+    for (from, message) in messages.iter().enumerate() {
+        let results: Vec<(usize, Result<R, String>)> = serde_json::from_slice(message)
+            .with_context(|| format!("the results of process {from} are malformed"))?;
+        for (i, r) in results {
+            let slot = all
+                .get_mut(i)
+                .with_context(|| format!("process {from} sent a result for item {i}"))?;
+            *slot = Some(r.map_err(|e| anyhow::anyhow!("{e} (in process {from})")));
+        }
+    }
+    all.into_iter()
+        .enumerate()
+        .map(|(i, r)| r.with_context(|| format!("no process ran item {i}")))
         .collect()
 }
 

@@ -22,10 +22,11 @@ use std::path::{Path, PathBuf};
 use crate::report::{is_divergence, DIVERGED_FILE};
 use anyhow::{bail, Context};
 
-use crate::report::parallel::{map_in_threads, JobProgress};
+use crate::report::parallel::{map_over_processes, JobProgress};
 use crate::report::stats::{ensure_distinct, quantile};
 use crate::report::tuned::Tuned;
 use crate::run::config::RunConfig;
+use crate::run::processes::Processes;
 use crate::run::{resume, run, summary::RunSummary};
 use crate::tasks::Metrics;
 
@@ -93,7 +94,7 @@ impl Halving {
 }
 
 /// How one grid point ended.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     /// The final validation accuracy and loss.
     Finished {
@@ -330,6 +331,19 @@ fn best<'a>(points: impl Iterator<Item = &'a GridPoint>) -> Option<&'a GridPoint
 /// The search: every pair of every method's grid, rung by rung (one rung without halving),
 /// then each method's best pair and the files that record it.
 pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport> {
+    tune_shared(options, data_dir, &Processes::single())
+}
+
+/// [`tune`] with its runs dealt to `processes` (the ranks of `mpirun`), each of which must call
+/// it with the same arguments: run (pair, seed) always goes to the same process, which runs its
+/// share with `jobs` threads and keeps that run's directory; every process gets every outcome,
+/// so all choose alike, and process 0 writes the grid and `tuned.toml`, the same as one
+/// process's.
+pub fn tune_shared(
+    options: &TuneOptions,
+    data_dir: &Path,
+    processes: &Processes,
+) -> anyhow::Result<TuneReport> {
     let (accuracy, loss) = options.base.selection_metric()?;
     check_options(options)?;
     let pairs = grid_pairs(options)?;
@@ -341,7 +355,7 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
     let progress = JobProgress::new(
         &format!("tune {}", options.base.task.as_str()),
         planned_iterations(options, &budgets),
-        options.verbose,
+        options.verbose && processes.writes(),
     );
     let mut points: Vec<Option<GridPoint>> = vec![None; pairs.len()];
     let mut alive: Vec<usize> = (0..pairs.len()).collect();
@@ -351,12 +365,15 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
             budget,
             metric: (accuracy, loss),
         };
-        for (k, point) in run_rung(options, data_dir, &pairs, &alive, &rung, &progress)? {
+        let ran = run_rung(
+            options, data_dir, &pairs, &alive, &rung, &progress, processes,
+        )?;
+        for (k, point) in ran {
             points[k] = Some(point);
         }
         if let (Some(h), true) = (&options.halving, index + 1 < budgets.len()) {
             alive = survivors(options, h, &pairs, &points, &alive);
-            remove_stopped_checkpoints(options, &pairs, &alive)?;
+            remove_stopped_checkpoints(options, &pairs, &alive, processes)?;
         }
     }
     progress.finish();
@@ -365,7 +382,12 @@ pub fn tune(options: &TuneOptions, data_dir: &Path) -> anyhow::Result<TuneReport
         .map(|p| p.expect("every pair ran the first rung"))
         .collect();
     let tuned = choose(options, &pairs, &points)?;
-    let (dir, markdown) = write_search(options, &points, &tuned, accuracy, loss)?;
+    let (dir, markdown) = if processes.writes() {
+        write_search(options, &points, &tuned, accuracy, loss)?
+    } else {
+        let dir = options.base.task_dir(&options.out).join("tune");
+        (dir, grid_tables(options, &points, accuracy)?)
+    };
     Ok(TuneReport {
         dir,
         points,
@@ -450,6 +472,7 @@ fn run_rung(
     alive: &[usize],
     rung: &Rung,
     progress: &JobProgress,
+    processes: &Processes,
 ) -> anyhow::Result<Vec<(usize, GridPoint)>> {
     let work: Vec<(usize, RunConfig)> = alive
         .iter()
@@ -462,7 +485,9 @@ fn run_rung(
             })
         })
         .collect();
-    let outcomes = map_in_threads(&work, options.jobs, |(k, config)| {
+    let seeds = options.seeds.len();
+    let owner = |i: usize| run_owner(work[i].0, i % seeds, seeds);
+    let outcomes = map_over_processes(&work, options.jobs, processes, owner, |(k, config)| {
         let Pair {
             method,
             lower,
@@ -482,7 +507,7 @@ fn run_rung(
         };
         progress.finished((rung.budget - rung.start) as u64, &line);
         outcome
-    })
+    })?
     .into_iter()
     .collect::<anyhow::Result<Vec<_>>>()?;
     // `work` holds each pair's seeds consecutively.
@@ -600,12 +625,17 @@ fn remove_stopped_checkpoints(
     options: &TuneOptions,
     pairs: &[Pair],
     alive: &[usize],
+    processes: &Processes,
 ) -> anyhow::Result<()> {
+    let seeds = options.seeds.len();
     for (k, pair) in pairs.iter().enumerate() {
         if alive.contains(&k) {
             continue;
         }
-        for &seed in &options.seeds {
+        for (s, &seed) in options.seeds.iter().enumerate() {
+            if run_owner(k, s, seeds) % processes.size() != processes.rank() {
+                continue;
+            }
             let dir = point_dir(
                 &options.out,
                 &options.base,
@@ -618,6 +648,12 @@ fn remove_stopped_checkpoints(
         }
     }
     Ok(())
+}
+
+/// Which process runs seed `s` of pair `k` (modulo the number of processes): the same at every
+/// rung, so a run continues where its earlier rung left its checkpoint.
+fn run_owner(k: usize, s: usize, seeds: usize) -> usize {
+    k * seeds + s
 }
 
 /// The iterations of every run the search plans: all pairs to the first budget, then the
