@@ -412,7 +412,11 @@ fn execute(command: Command, processes: &Processes) -> Result<()> {
                 return Ok(());
             }
             if processes.size() > 1 {
-                println!("shared by {} processes", processes.size());
+                println!(
+                    "shared by {} processes; process 0 received {:.1} MB from the others",
+                    processes.size(),
+                    processes.bytes_received() as f64 / 1e6
+                );
             }
             let done = summary.evaluations.last().map_or(0, |e| e.iteration);
             println!("final metrics ({done} iterations):");

@@ -51,6 +51,11 @@ impl Processes {
         self.group.size()
     }
 
+    /// The bytes this process has received from the others so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.group.bytes_received()
+    }
+
     /// Whether this process writes the run's files (and evaluates, and shows progress): rank 0.
     pub fn writes(&self) -> bool {
         self.group.rank() == 0

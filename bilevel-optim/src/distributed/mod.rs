@@ -9,7 +9,7 @@
 //! one thread per shard ([`crate::oracles::Oracles::sharded`]), bit for bit.
 //!
 //! [`ProcessGroup`] is what the oracles need from the processes; the `mpi` feature provides it
-//! over MPI ([`Mpi`]), which every cluster has and which launches processes across machines.
+//! over MPI (`Mpi`), which every cluster has and which launches processes across machines.
 
 #[cfg(feature = "mpi")]
 mod mpi_group;
@@ -34,6 +34,11 @@ pub trait ProcessGroup: Send + Sync {
     /// Ends every process of the group with exit code `code`: what a process that failed must
     /// do, since the others would otherwise wait forever in their next collective.
     fn abort(&self, code: i32) -> !;
+    /// The bytes this process has received from the others so far (the measure of a
+    /// distributed run's communication); 0 for a group that does not count.
+    fn bytes_received(&self) -> u64 {
+        0
+    }
 }
 
 /// Whether this process was started by an MPI launcher (`mpirun`, `mpiexec`, `srun`), read from
@@ -119,6 +124,26 @@ impl ProcessGroup for SingleProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_cross_the_wire_at_their_exact_bits() {
+        use crate::real::Real;
+        let f: Vec<f32> = vec![1.5, -0.0, f32::MIN_POSITIVE / 2.0, f32::NAN, 3.25e-7];
+        let mut bytes = Vec::new();
+        f32::extend_le(&f, &mut bytes);
+        assert_eq!(&bytes[..4], &1.5f32.to_le_bytes());
+        let mut back = vec![0f32; f.len()];
+        f32::fill_from_le(&bytes, &mut back);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&f), bits(&back));
+        let d: Vec<f64> = vec![std::f64::consts::PI, -1e-300];
+        let mut bytes = Vec::new();
+        f64::extend_le(&d, &mut bytes);
+        assert_eq!(f64::read_le(&bytes[8..]), -1e-300);
+        let mut back = vec![0f64; 2];
+        f64::fill_from_le(&bytes, &mut back);
+        assert_eq!(back, d);
+    }
 
     #[test]
     fn digests_tell_states_apart() {

@@ -1,6 +1,7 @@
 //! [`ProcessGroup`] over MPI (the `mpi` feature): Open MPI or any other implementation the `mpi`
 //! crate (rsmpi) builds against.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::ThreadId;
 
@@ -22,6 +23,8 @@ use crate::error::BilevelError;
 /// their shard threads.
 pub struct Mpi {
     world: SimpleCommunicator,
+    /// What [`ProcessGroup::bytes_received`] reports.
+    received: AtomicU64,
     thread: ThreadId,
     /// Dropped last: finalizes MPI.
     _universe: Universe,
@@ -46,6 +49,7 @@ impl Mpi {
             })?;
         Ok(Arc::new(Self {
             world: universe.world(),
+            received: AtomicU64::new(0),
             thread: std::thread::current().id(),
             _universe: universe,
         }))
@@ -115,6 +119,8 @@ impl ProcessGroup for Mpi {
             offsets.push(total);
             total = total.checked_add(n).ok_or_else(too_long)?;
         }
+        self.received
+            .fetch_add(total as u64 - local.len() as u64, Ordering::Relaxed);
         let mut all = vec![0u8; total as usize];
         {
             let mut partition = PartitionMut::new(&mut all[..], &lengths[..], &offsets[..]);
@@ -125,6 +131,10 @@ impl ProcessGroup for Mpi {
             .zip(&offsets)
             .map(|(&n, &at)| all[at as usize..(at + n) as usize].to_vec())
             .collect())
+    }
+
+    fn bytes_received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     /// `MPI_Abort` on the world: the launcher ends every process.

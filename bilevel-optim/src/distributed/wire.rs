@@ -28,7 +28,7 @@ impl Wire {
         Cpu: Device<E>,
     {
         self.bytes.reserve(t.num_params() * E::BYTES);
-        t.for_each_slice(|a| a.iter().for_each(|&v| v.write_le(&mut self.bytes)));
+        t.for_each_slice(|a| E::extend_le(a, &mut self.bytes));
     }
 }
 
@@ -69,12 +69,11 @@ impl<'a> Reader<'a> {
     where
         Cpu: Device<E>,
     {
-        let values = self.take(t.num_params() * E::BYTES)?;
-        let mut chunks = values.chunks_exact(E::BYTES);
+        let mut values = self.take(t.num_params() * E::BYTES)?;
         t.map_in_place(|a| {
-            a.iter_mut()
-                .zip(&mut chunks)
-                .for_each(|(v, b)| *v = E::read_le(b))
+            let (head, rest) = values.split_at(a.len() * E::BYTES);
+            E::fill_from_le(head, a);
+            values = rest;
         });
         Ok(())
     }

@@ -118,7 +118,7 @@ where
     }
 
     /// Like [`Oracles::sharded`], with every pass shared by the processes of `group` (MPI ranks:
-    /// [`crate::distributed::Mpi`]), each running `threads` shards of it. Every process must
+    /// `distributed::Mpi` with the `mpi` feature), each running `threads` shards of it. Every process must
     /// build its oracles alike (same problem, data, `seed` and `threads`) and call the same
     /// oracles in the same order, as running the same program does: each then holds
     /// bit-identical results ([`crate::distributed`]). Batches, calls and counts are those of
