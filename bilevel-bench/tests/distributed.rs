@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bilevel_bench::run::checkpoint::{Checkpoint, FILE};
 use bilevel_bench::run::lock::RunLock;
-use common::short_borep_run;
+use common::{short_borep_run, steps_without_time};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_bilevel-bench");
 
@@ -48,21 +48,25 @@ fn succeed(out: Output) -> Output {
     out
 }
 
+/// `run --config config --threads threads --out out`.
+fn run_args<'a>(config: &'a str, threads: &'a str, out: &'a str) -> [&'a str; 7] {
+    [
+        "run",
+        "--config",
+        config,
+        "--threads",
+        threads,
+        "--out",
+        out,
+    ]
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
 fn run_dir(out: &Path) -> PathBuf {
     out.join("hyper-opt/bo-rep/seed-0")
-}
-
-/// steps.csv without the wall-clock column.
-fn steps_without_time(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("steps.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
-        .collect()
 }
 
 /// Everything but timings: x, y, the method's state, counts, evaluations, logged steps.
@@ -98,36 +102,14 @@ fn two_processes_run_what_one_process_with_two_threads_runs() {
     let config = config.to_str().unwrap();
     let (one, two) = (base.join("one"), base.join("two"));
     succeed(
-        bench(
-            1,
-            &[
-                "run",
-                "--config",
-                config,
-                "--threads",
-                "2",
-                "--out",
-                path(&one),
-            ],
-        )
-        .output()
-        .unwrap(),
+        bench(1, &run_args(config, "2", path(&one)))
+            .output()
+            .unwrap(),
     );
     let out = succeed(
-        bench(
-            2,
-            &[
-                "run",
-                "--config",
-                config,
-                "--threads",
-                "1",
-                "--out",
-                path(&two),
-            ],
-        )
-        .output()
-        .unwrap(),
+        bench(2, &run_args(config, "1", path(&two)))
+            .output()
+            .unwrap(),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.matches("final metrics").count(), 1, "{stdout}");
@@ -160,38 +142,14 @@ fn a_killed_process_ends_the_job_and_the_run_resumes_on_two_processes_or_one() {
     let config = config.to_str().unwrap();
     let whole = base.join("whole");
     succeed(
-        bench(
-            2,
-            &[
-                "run",
-                "--config",
-                config,
-                "--threads",
-                "1",
-                "--out",
-                path(&whole),
-            ],
-        )
-        .output()
-        .unwrap(),
+        bench(2, &run_args(config, "1", path(&whole)))
+            .output()
+            .unwrap(),
     );
     for resume_ranks in [2, 1] {
         let broken = base.join(format!("broken-{resume_ranks}"));
         let marker = broken.to_str().unwrap().to_string();
-        let child = bench(
-            2,
-            &[
-                "run",
-                "--config",
-                config,
-                "--threads",
-                "1",
-                "--out",
-                &marker,
-            ],
-        )
-        .spawn()
-        .unwrap();
+        let child = bench(2, &run_args(config, "1", &marker)).spawn().unwrap();
         let dir = run_dir(&broken);
         let start = Instant::now();
         loop {

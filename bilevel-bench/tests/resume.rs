@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bilevel_bench::run::checkpoint::{Checkpoint, FILE};
-use common::short_borep_run;
+use common::{short_borep_run, steps_without_time};
 
 /// The run these tests interrupt, of `iters` iterations, evaluated every 8 and saved every 4.
 fn run_config(iters: usize) -> String {
@@ -32,15 +32,6 @@ fn bench(args: &[&str]) -> Command {
 
 fn run_dir(out: &Path) -> PathBuf {
     out.join("hyper-opt/bo-rep/seed-0")
-}
-
-/// steps.csv without the wall-clock column.
-fn steps_without_time(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("steps.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
-        .collect()
 }
 
 #[test]

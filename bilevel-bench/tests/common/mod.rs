@@ -90,3 +90,12 @@ pub fn tiny(task: &str) -> RunConfig {
     ))
     .unwrap()
 }
+
+/// A run's steps.csv without its last column, the wall-clock time.
+pub fn steps_without_time(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("steps.csv"))
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+        .collect()
+}

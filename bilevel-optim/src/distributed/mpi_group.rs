@@ -55,23 +55,10 @@ impl Mpi {
         }))
     }
 
-    /// Whether this process was started by an MPI launcher (`mpirun`, `mpiexec`, `srun`), read
-    /// from the environment it sets; such a process should call [`Mpi::init`].
+    /// Whether this process was started by an MPI launcher: then it should call [`Mpi::init`]
+    /// ([`super::launched_by_mpi`]).
     pub fn launched() -> bool {
-        [
-            "OMPI_COMM_WORLD_SIZE",
-            "PMI_SIZE",
-            "PMIX_RANK",
-            "MPI_LOCALNRANKS",
-        ]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
-    }
-
-    /// Ends every process of the job with `code` (MPI_Abort): what a process that failed must
-    /// do, since the others would wait forever in their next collective.
-    pub fn abort(&self, code: i32) -> ! {
-        self.world.abort(code)
+        super::launched_by_mpi()
     }
 
     /// Waits until every process has reached this call.
