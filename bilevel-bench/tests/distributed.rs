@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bilevel_bench::run::checkpoint::{Checkpoint, FILE};
 use bilevel_bench::run::lock::RunLock;
-use common::{short_borep_run, steps_without_time};
+use common::{short_borep_run, steps_without_time, DIVERGING};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_bilevel-bench");
 
@@ -212,6 +212,50 @@ fn a_killed_process_ends_the_job_and_the_run_resumes_on_two_processes_or_one() {
             }
         }
     }
+}
+
+/// A run that diverges and rolls back with halved steps: every process reads the checkpoint
+/// process 0 sends, and the run ends as on one process with two threads.
+#[test]
+fn a_rollback_on_two_processes_matches_one_process() {
+    let base = scratch("rollback");
+    let config = base.join("config.toml");
+    std::fs::write(
+        &config,
+        format!("on_divergence = \"rollback\"\nmax_rollbacks = 10\n{DIVERGING}"),
+    )
+    .unwrap();
+    let config = path(&config);
+    let (one, two) = (base.join("one"), base.join("two"));
+    succeed(
+        bench(1, &run_args(config, "2", path(&one)))
+            .output()
+            .unwrap(),
+    );
+    let out = succeed(
+        bench(2, &run_args(config, "1", path(&two)))
+            .output()
+            .unwrap(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("rolling back to iteration 0").count(),
+        Checkpoint::read(&two.join("hyper-opt/soba/seed-0"))
+            .unwrap()
+            .header
+            .rollbacks,
+        "process 0 alone reports each rollback: {stderr}"
+    );
+    let (a, b) = (
+        one.join("hyper-opt/soba/seed-0"),
+        two.join("hyper-opt/soba/seed-0"),
+    );
+    assert!(Checkpoint::read(&b).unwrap().header.rollbacks >= 1);
+    assert_eq!(
+        Checkpoint::read(&a).unwrap().header.rollbacks,
+        Checkpoint::read(&b).unwrap().header.rollbacks
+    );
+    assert_same_run(&a, &b);
 }
 
 #[test]

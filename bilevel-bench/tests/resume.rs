@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bilevel_bench::run::checkpoint::{Checkpoint, FILE};
-use common::{short_borep_run, steps_without_time};
+use common::{short_borep_run, steps_without_time, DIVERGING};
 
 /// The run these tests interrupt, of `iters` iterations, evaluated every 8 and saved every 4.
 fn run_config(iters: usize) -> String {
@@ -266,21 +266,6 @@ fn a_checkpoint_from_another_method_or_size_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
-
-const DIVERGING: &str = r#"
-task = "hyper-opt"
-iters = 12
-eval_every = 6
-checkpoint_every = 100
-[hyper_opt]
-batch = 8
-max_len = 8
-eval_size = 32
-[method]
-method = "soba"
-rho = { initial = 400.0, exponent = 0.0 }
-gamma = { initial = 0.05, exponent = 0.0 }
-"#;
 
 #[test]
 fn divergence_stops_with_an_account_and_keeps_the_last_good_checkpoint() {

@@ -235,12 +235,14 @@ impl<M: Method> TaskVisitor<E> for Loop<'_, M> {
                     run.rollbacks += 1;
                     method_config.halve_step_sizes();
                     let cp = self.processes.read_checkpoint(self.dir)?;
-                    bar.suspend(|| {
-                        eprintln!(
-                            "{e}\nrolling back to iteration {} with halved step sizes (rollback {} of {})",
-                            cp.header.iteration, run.rollbacks, c.max_rollbacks
-                        )
-                    });
+                    if writes {
+                        bar.suspend(|| {
+                            eprintln!(
+                                "{e}\nrolling back to iteration {} with halved step sizes (rollback {} of {})",
+                                cp.header.iteration, run.rollbacks, c.max_rollbacks
+                            )
+                        });
+                    }
                     let start = Start::at(&run.x, &run.y, run.oracles.problem());
                     run.method = method_config.build_as::<M, _, _>(start)?;
                     run.restore(&cp)?;

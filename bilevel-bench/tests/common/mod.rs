@@ -99,3 +99,20 @@ pub fn steps_without_time(dir: &std::path::Path) -> Vec<String> {
         .map(|l| l.rsplit_once(',').unwrap().0.to_string())
         .collect()
 }
+
+/// SOBA on hyper-opt with an upper step (ρ = 400) so large that the run diverges (resume.rs
+/// checks that it does, and what a rollback then does).
+pub const DIVERGING: &str = r#"
+task = "hyper-opt"
+iters = 12
+eval_every = 6
+checkpoint_every = 100
+[hyper_opt]
+batch = 8
+max_len = 8
+eval_size = 32
+[method]
+method = "soba"
+rho = { initial = 400.0, exponent = 0.0 }
+gamma = { initial = 0.05, exponent = 0.0 }
+"#;
