@@ -46,10 +46,17 @@ pub trait Real:
     }
 }
 
-/// [`Real::extend_le`] and [`Real::fill_from_le`] for a plain floating-point type, as block
-/// copies where the machine's byte order is little-endian.
+/// The byte encoding of [`Real`] for a plain floating-point type: [`Real::extend_le`] and
+/// [`Real::fill_from_le`] as block copies where the machine's byte order is little-endian.
 macro_rules! block_le {
     ($t:ty) => {
+        const BYTES: usize = std::mem::size_of::<$t>();
+        fn write_le(self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.to_le_bytes());
+        }
+        fn read_le(bytes: &[u8]) -> Self {
+            <$t>::from_le_bytes(bytes.try_into().expect("exactly BYTES bytes"))
+        }
         fn extend_le(values: &[$t], out: &mut Vec<u8>) {
             if cfg!(target_endian = "little") {
                 // SAFETY: a float slice is plain bytes (no padding, any bit pattern is a byte),
@@ -94,14 +101,7 @@ impl Real for f32 {
     fn f64(self) -> f64 {
         self as f64
     }
-    const BYTES: usize = 4;
     block_le!(f32);
-    fn write_le(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
-    fn read_le(bytes: &[u8]) -> Self {
-        f32::from_le_bytes(bytes.try_into().expect("4 bytes"))
-    }
     fn tanh_in_place(values: &mut [Self]) {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -179,14 +179,7 @@ impl Real for f64 {
     fn tanh_in_place(values: &mut [Self]) {
         values.iter_mut().for_each(|v| *v = v.tanh());
     }
-    const BYTES: usize = 8;
     block_le!(f64);
-    fn write_le(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
-    fn read_le(bytes: &[u8]) -> Self {
-        f64::from_le_bytes(bytes.try_into().expect("8 bytes"))
-    }
 }
 
 /// The device every computation runs on. CPU only: dfdx's `cuda` feature cannot be built

@@ -101,7 +101,9 @@ pub fn resume_shared(
     let text = processes.from_first(|| {
         std::fs::read(&path).with_context(|| format!("{}: cannot read the config", path.display()))
     })?;
-    let config = RunConfig::from_text(&String::from_utf8_lossy(&text), &path)?;
+    let text = String::from_utf8(text)
+        .with_context(|| format!("{}: cannot read the config: not UTF-8", path.display()))?;
+    let config = RunConfig::from_text(&text, &path)?;
     config.validate()?;
     let execute = methods::entry(config.method().name())?.execute;
     let summary = execute(
