@@ -112,6 +112,7 @@ fn tiny_comparison(
         batch = 8
         max_len = 8
         eval_size = 16
+        train_eval_size = 16
         "#,
     )
     .unwrap();
@@ -259,6 +260,7 @@ fn a_failed_run_leaves_no_earlier_summary_behind() {
             batch = 8
             max_len = 8
             eval_size = 16
+            train_eval_size = 16
             [method]
             method = "soba"
             "#,

@@ -288,6 +288,7 @@ eval_every = 2
 batch = 8
 max_len = 8
 eval_size = 16
+train_eval_size = 16
 "#;
 
 fn file(dir: &Path, rel: &str) -> String {

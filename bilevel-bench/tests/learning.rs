@@ -28,6 +28,7 @@ fn hyper_opt_validation_loss_decreases() {
         eval_every = 60
         [hyper_opt]
         eval_size = 300
+        train_eval_size = 300
         batch = 32
         max_len = 32
         [method]

@@ -70,6 +70,30 @@ fn hyper_opt_splits_the_training_pool_80_20() {
     assert!(data.test.len() > 5_000, "all 14 domains' test files");
 }
 
+/// The test files come domain by domain; each seed shuffles them, so the first `eval_size`
+/// reviews of a quick run sample every domain instead of the first five.
+#[test]
+fn hyper_opt_shuffles_the_test_reviews_per_seed() {
+    let load = |seed| {
+        hyper_opt::load(
+            &resolve_data_dir(None).unwrap(),
+            &HyperOptConfig::default(),
+            seed,
+        )
+        .unwrap()
+    };
+    let (a, b) = (load(0), load(1));
+    assert_eq!(a.test.len(), b.test.len());
+    assert_ne!(
+        a.test.labels(),
+        b.test.labels(),
+        "a different order per seed"
+    );
+    let positives =
+        |d: &hyper_opt::HyperOptData| d.test.labels().iter().filter(|&&l| l == 1).count();
+    assert_eq!(positives(&a), positives(&b), "the same reviews");
+}
+
 #[test]
 fn hyper_rep_tasks_are_balanced_two_way_ten_shot() {
     let config = HyperRepConfig {

@@ -30,7 +30,8 @@ fn event_files_read_back_with_the_tensorboard_package() {
         hyper_opt: HyperOptConfig {
             batch: 8,
             max_len: 8,
-            eval_size: 16,
+            train_eval_size: 16,
+            eval_size: Some(16),
             ..Default::default()
         },
         ..Default::default()

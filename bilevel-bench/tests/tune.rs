@@ -17,6 +17,7 @@ fn small(task: &str) -> RunConfig {
         batch = 8
         max_len = 8
         eval_size = 16
+        train_eval_size = 16
         "#
     ))
     .unwrap()

@@ -53,9 +53,14 @@ pub struct HyperOptConfig {
     pub log_coefficient_init: f64,
     /// One coefficient shared by all tensors (the official code) instead of one per tensor.
     pub scalar_coefficient: bool,
-    /// Reviews of each split whose loss and accuracy are reported at each evaluation (all of
-    /// validation and test when larger).
-    pub eval_size: usize,
+    /// Training reviews whose loss and accuracy are reported at each evaluation (a seeded
+    /// sample: the training split is shuffled).
+    pub train_eval_size: usize,
+    /// Reviews of validation and of test measured at each evaluation. Absent (the default):
+    /// every one, as `tasks.md` reports. A number n: the first n of each split, which are a
+    /// seeded sample across the 14 domains (both splits are shuffled), for quick runs and tests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_size: Option<usize>,
 }
 
 impl Default for HyperOptConfig {
@@ -66,7 +71,8 @@ impl Default for HyperOptConfig {
             max_len: 64,
             log_coefficient_init: (1e-3f64).ln(),
             scalar_coefficient: false,
-            eval_size: 2_000,
+            train_eval_size: 2_000,
+            eval_size: None,
         }
     }
 }
@@ -80,8 +86,12 @@ impl Settings for HyperOptConfig {
                 self.train_fraction
             );
         }
-        if self.batch == 0 || self.max_len == 0 || self.eval_size == 0 {
-            bail!("hyper_opt.batch, max_len and eval_size must be at least 1");
+        if self.batch == 0
+            || self.max_len == 0
+            || self.train_eval_size == 0
+            || self.eval_size == Some(0)
+        {
+            bail!("hyper_opt.batch, max_len, train_eval_size and eval_size must be at least 1");
         }
         if !self.log_coefficient_init.is_finite() {
             bail!("hyper_opt.log_coefficient_init must be a finite number");
@@ -119,6 +129,8 @@ pub fn load(data_dir: &Path, config: &HyperOptConfig, seed: u64) -> anyhow::Resu
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     pool.shuffle(&mut rng);
+    // The test files come domain by domain; shuffled, any prefix samples every domain.
+    test.shuffle(&mut rng);
     let cut = (pool.len() as f64 * config.train_fraction).round() as usize;
     let validation = pool.split_off(cut);
     for (name, set) in [
@@ -214,7 +226,11 @@ where
         ("validation", &data.validation),
         ("test", &data.test),
     ] {
-        let n = config.eval_size.min(set.len());
+        let cap = match name {
+            "train" => config.train_eval_size,
+            _ => config.eval_size.unwrap_or(usize::MAX),
+        };
+        let n = cap.min(set.len());
         let subset = set.subset(&(0..n).collect::<Vec<_>>());
         if let Some((loss, acc)) = measure::<F, _, EMB>(y, &subset, data.max_len) {
             m.insert(format!("{name}/loss"), loss);

@@ -58,6 +58,7 @@ checkpoint_every = {checkpoint_every}
 batch = 8
 max_len = 8
 eval_size = 32
+train_eval_size = 32
 [method]
 method = "bo-rep"
 eta = 0.1
@@ -111,6 +112,7 @@ checkpoint_every = 100
 batch = 8
 max_len = 8
 eval_size = 32
+train_eval_size = 32
 [method]
 method = "soba"
 rho = { initial = 400.0, exponent = 0.0 }

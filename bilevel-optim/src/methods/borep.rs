@@ -97,8 +97,8 @@ pub struct BoRepConfig {
 impl Default for BoRepConfig {
     /// The official hyper-representation run's values, each marked with its source: the official
     /// code's step sizes and loop lengths (BO-REP repository, `meta_learning/main.py` and
-    /// README), its initialization of z and of y, and the paper's wiring of the two products
-    /// (J·z_t on the same batch as H·z, Algorithm 1). `jvp_with_updated_z` and
+    /// README) and its initialization of y, with the paper's z₀ = 0 and the paper's wiring of the
+    /// two products (J·z_t on the same batch as H·z, Algorithm 1). `jvp_with_updated_z` and
     /// `separate_jvp_batch` select the official code's wiring instead. The other tasks' official
     /// values are `bilevel-bench`'s presets.
     fn default() -> Self {
@@ -119,8 +119,9 @@ impl Default for BoRepConfig {
             lower_steps: 3,
             // Official code: no projection (the paper's Algorithm 1 projects z on a ball).
             z_radius: None,
-            // Official code: Xavier-uniform z₀ (the paper's reading: z₀ = 0).
-            z_init: ZInit::Xavier,
+            // The paper's z₀ = 0, which `perf` and the PyTorch/JAX peer use too (the official code
+            // draws a Xavier-uniform z₀: `ZInit::Xavier`).
+            z_init: ZInit::Zeros,
             // Official code: its periodic update at step 0 is y_warm_start SGD steps (the paper's
             // Epoch-SGD refinement is `InitRefinement::EpochSgd`).
             init_refinement: InitRefinement::Sgd { steps: 3 },
