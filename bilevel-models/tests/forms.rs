@@ -8,7 +8,9 @@ use bilevel_models::classifier::{
     ElmanEncoder, LinearHead, LstmEncoder, MlpHead, TextClassifier, TransformerEncoder,
 };
 use bilevel_models::elman::ElmanLayer;
-use bilevel_models::forms::{BatchConfig, HyperClean, HyperOpt, HyperRep, Task};
+use bilevel_models::forms::{
+    BatchConfig, HyperClean, HyperOpt, HyperRep, Task, TaskBatch, TaskDraws,
+};
 use bilevel_models::lstm::LstmLayer;
 use bilevel_models::padded::PadSequence;
 use bilevel_models::pool::MaxPoolTime;
@@ -280,6 +282,80 @@ where
     }
 }
 
+/// The tasks (heads) of a task batch, in order.
+fn heads(batch: &TaskBatch<f64, EMB>) -> Vec<usize> {
+    batch.tasks.iter().map(|(i, _)| *i).collect()
+}
+
+type SmallRep = HyperRep<f64, ElmanEncoder<EMB, H, f64>, MlpHead<H, M, C, f64>, 6, EMB, C>;
+
+/// Six tasks of 4 support and 4 query texts each, 2 per batch.
+fn small_rep(draws: TaskDraws) -> SmallRep {
+    let tasks = (0..6)
+        .map(|i| Task {
+            support: (i * 8..i * 8 + 4).collect(),
+            query: (i * 8 + 4..i * 8 + 8).collect(),
+        })
+        .collect();
+    SmallRep::new(synthetic_texts(48, EMB, T, C, 6), tasks, 2, T, 0.05)
+        .unwrap()
+        .with_task_draws(draws)
+}
+
+/// One task batch per iteration (the default): every lower batch of an iteration is its
+/// supports and every upper batch its queries, fixed parts leave it alone, and the next
+/// iteration draws another; per lower draw, every lower batch draws new tasks.
+#[test]
+fn hyper_rep_draws_one_task_batch_per_iteration() {
+    assert_eq!(
+        small_rep(TaskDraws::default()).task_draws(),
+        TaskDraws::PerIteration
+    );
+    let mut oracles = Oracles::new(small_rep(TaskDraws::PerIteration), 3);
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        oracles.begin_iteration();
+        let tasks = heads(&oracles.lower_batch());
+        assert_eq!(heads(&oracles.upper_batch()), tasks);
+        assert_eq!(heads(&oracles.lower_part(2).unwrap()), vec![4, 5]);
+        assert_eq!(heads(&oracles.lower_batch()), tasks);
+        assert_eq!(heads(&oracles.upper_batch()), tasks);
+        let upper = oracles.upper_batch();
+        let query_rows: Vec<usize> = upper.tasks.iter().map(|(_, r)| r.len()).collect();
+        assert_eq!(query_rows, vec![4, 4]);
+        seen.push(tasks);
+    }
+    seen.dedup();
+    assert!(seen.len() > 1, "a new batch per iteration: {seen:?}");
+
+    let mut oracles = Oracles::new(small_rep(TaskDraws::PerLowerDraw), 3);
+    let draws: Vec<_> = (0..6).map(|_| heads(&oracles.lower_batch())).collect();
+    assert!(draws.windows(2).any(|w| w[0] != w[1]), "{draws:?}");
+    assert_eq!(heads(&oracles.upper_batch()), draws[5]);
+}
+
+/// The sampler state says which convention drew it: a checkpoint resumes under the same one
+/// with the same batch, and is refused under the other.
+#[test]
+fn hyper_rep_sampler_state_names_its_convention() {
+    let mut rng = <bilevel_optim::problem::SampleRng as rand::SeedableRng>::seed_from_u64(1);
+    for draws in [TaskDraws::PerIteration, TaskDraws::PerLowerDraw] {
+        let mut a = small_rep(draws);
+        a.begin_iteration(&mut rng);
+        let tasks = heads(&a.sample_lower(&mut rng));
+        let state = a.sampler_state();
+        let mut b = small_rep(draws);
+        b.restore_sampler(&state).unwrap();
+        assert_eq!(heads(&b.sample_upper(&mut rng)), tasks);
+        let other = match draws {
+            TaskDraws::PerIteration => TaskDraws::PerLowerDraw,
+            TaskDraws::PerLowerDraw => TaskDraws::PerIteration,
+        };
+        let err = small_rep(other).restore_sampler(&state).unwrap_err();
+        assert!(err.contains("task_draws"), "{err}");
+    }
+}
+
 #[test]
 fn hyper_rep_elman_encoder() {
     hyper_rep::<ElmanEncoder<EMB, H, f64>>("Elman encoder");
@@ -350,4 +426,60 @@ fn sharded_passes_match_unsharded_on_every_form() {
         };
         check_sharded(rep(), rep(), &x, &heads, threads, "hyper-rep");
     }
+}
+
+/// BO-REP on hyper-rep with one task batch per iteration: stopped after 3 iterations and
+/// resumed in a fresh problem, optimizer and generator (from their saved states), it ends at
+/// the bits of the uninterrupted run; and its batches differ from the per-lower-draw run's.
+#[test]
+fn hyper_rep_per_iteration_resumes_bit_identically() {
+    use bilevel_optim::methods::borep::{BoRep, BoRepConfig};
+    use bilevel_optim::optimizer::BilevelOptimizer;
+    type Y = Repeated<MlpHead<H, M, C, f64>, 6>;
+    let start = || {
+        (
+            ElmanEncoder::<EMB, H, f64>::build(&Cpu::seed_from_u64(5)),
+            Y::build(&Cpu::seed_from_u64(6)),
+        )
+    };
+    let config = BoRepConfig {
+        period: 2,
+        lower_steps: 2,
+        gamma: 0.1,
+        eta: 0.05,
+        ..BoRepConfig::default()
+    };
+    let run = |draws: TaskDraws, stop_at: Option<usize>| {
+        let (mut x, mut y) = start();
+        let mut oracles = Oracles::new(small_rep(draws), 9);
+        let mut opt = BoRep::<f64, SmallRep>::new(config.clone(), &x, &y).unwrap();
+        let mut batches = Vec::new();
+        for t in 0..6 {
+            if stop_at == Some(t) {
+                let saved = (
+                    opt.state(),
+                    oracles.state(),
+                    oracles.problem().sampler_state(),
+                );
+                oracles = Oracles::new(small_rep(draws), 1234);
+                oracles.load_state(&saved.1);
+                oracles.problem_mut().restore_sampler(&saved.2).unwrap();
+                opt = BoRep::<f64, SmallRep>::new(config.clone(), &x, &y).unwrap();
+                opt.load_state(&saved.0).unwrap();
+            }
+            opt.step(&mut oracles, &mut x, &mut y).unwrap();
+            batches.push(oracles.problem().sampler_state());
+        }
+        (x.to_flat(), y.to_flat(), batches)
+    };
+    let whole = run(TaskDraws::PerIteration, None);
+    let mut batches = whole.2.clone();
+    batches.dedup();
+    assert!(
+        batches.len() > 2,
+        "the step draws a batch per iteration: {batches:?}"
+    );
+    assert_eq!(run(TaskDraws::PerIteration, Some(3)), whole);
+    let (x, y, _) = run(TaskDraws::PerLowerDraw, None);
+    assert_ne!((x, y), (whole.0, whole.1));
 }

@@ -20,8 +20,9 @@ where
     /// The method's name as users select it (`"bo-rep"`, `"stocbio"`, ...).
     fn name(&self) -> &'static str;
 
-    /// Runs one iteration. Fails, leaving x and y at their last finite values where the method
-    /// can, when a loss, gradient or parameter becomes non-finite.
+    /// Runs one iteration, starting with [`Oracles::begin_iteration`]. Fails, leaving x and y at
+    /// their last finite values where the method can, when a loss, gradient or parameter
+    /// becomes non-finite.
     fn step(
         &mut self,
         oracles: &mut Oracles<E, P>,

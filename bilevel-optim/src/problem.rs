@@ -60,6 +60,13 @@ where
     /// A batch ζ of the lower-level (training / support) data.
     type LowerBatch: Batch;
 
+    /// Called once at the start of every iteration, before any draw (every method built on
+    /// [`crate::methods::rule::RuleOptimizer`] does it through [`crate::oracles::Oracles::begin_iteration`]).
+    /// For problems whose sample is one per iteration, such as a meta-learning task batch whose
+    /// supports are the iteration's lower batches and whose queries its upper batches. Does
+    /// nothing by default: every draw is then independent.
+    fn begin_iteration(&mut self, _rng: &mut SampleRng) {}
+
     /// Draws a fresh upper batch. Deterministic problems return the full data set.
     fn sample_upper(&mut self, rng: &mut SampleRng) -> Self::UpperBatch;
 

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use bilevel_models::classifier::{add_loss_gradient, cpu, logits};
-use bilevel_models::forms::{HyperRep, Task};
+use bilevel_models::forms::{HyperRep, Task, TaskDraws};
 use bilevel_models::loss::{accuracy, cross_entropy};
 use bilevel_models::penalty::{add_l2_gradient, FixedL2};
 use bilevel_models::text::EmbeddedTexts;
@@ -34,6 +34,16 @@ pub const TASK_COUNTS: [usize; 2] = [400, 40];
 /// The test domains of the BO-REP setup; every other listed domain is a training domain.
 pub const TEST_DOMAINS: [&str; 3] = ["office_products", "automotive", "computer_video_games"];
 
+/// `[hyper_rep] task_draws`: [`TaskDraws`] by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskDrawsName {
+    /// [`TaskDraws::PerIteration`].
+    PerIteration,
+    /// [`TaskDraws::PerLowerDraw`].
+    PerLowerDraw,
+}
+
 /// Hyper-representation's settings (the `[hyper_rep]` table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -51,6 +61,11 @@ pub struct HyperRepConfig {
     pub shots: usize,
     /// Tasks per outer iteration.
     pub tasks_per_batch: usize,
+    /// When the task batch is drawn: `per-iteration` (one batch per iteration, its supports
+    /// every lower batch and its queries every upper batch: the meta-learning convention and
+    /// the peer's) or `per-lower-draw` (new tasks at every lower batch, the runs before
+    /// 2026-12-07).
+    pub task_draws: TaskDrawsName,
     /// T: tokens kept per review.
     pub max_len: usize,
     /// μ of the heads' L2 term.
@@ -69,6 +84,7 @@ impl Default for HyperRepConfig {
             validation_tasks: 50,
             shots: 10,
             tasks_per_batch: 20,
+            task_draws: TaskDrawsName::PerIteration,
             max_len: 64,
             mu: 1e-3,
             test_steps: 100,
@@ -271,14 +287,19 @@ pub fn problem<F: Real, X, const NT: usize>(
 where
     Cpu: Device<F>,
 {
-    HyperRep::new(
+    let draws = match config.task_draws {
+        TaskDrawsName::PerIteration => TaskDraws::PerIteration,
+        TaskDrawsName::PerLowerDraw => TaskDraws::PerLowerDraw,
+    };
+    Ok(HyperRep::new(
         data.texts.clone(),
         data.train_tasks.clone(),
         config.tasks_per_batch,
         config.max_len,
         config.mu,
     )
-    .map_err(anyhow::Error::msg)
+    .map_err(anyhow::Error::msg)?
+    .with_task_draws(draws))
 }
 
 type Features<F> = Tensor<(usize, Const<{ cpu::HIDDEN }>), F, Cpu>;

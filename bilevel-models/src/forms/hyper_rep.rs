@@ -55,19 +55,38 @@ where
     }
 }
 
+/// How a [`HyperRep`] draws its task batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TaskDraws {
+    /// One batch of tasks per iteration, drawn when the iteration begins
+    /// ([`BilevelProblem::begin_iteration`]): every lower batch of the iteration is their
+    /// support sets and every upper batch their query sets. The meta-learning convention, which
+    /// the BO-REP code's hyper-representation loop and the PyTorch/JAX peer follow.
+    #[default]
+    PerIteration,
+    /// Every lower batch draws new tasks, and the next upper batch takes the query sets of the
+    /// latest lower batch's tasks (the only behaviour before 2026-12-07).
+    PerLowerDraw,
+}
+
+/// Marks a sampler state saved under [`TaskDraws::PerIteration`] (no task has this index), so a
+/// checkpoint is never resumed under the other convention without a word.
+const PER_ITERATION_MARK: u64 = u64::MAX;
+
 /// `g(x, y) = Σ_{i∈B} [CE(head_{y_i}(enc_x(support_i))) + (μ/2)‖y_i‖²]`,
 /// `f(x, y) = Σ_{i∈B} CE(head_{y_i}(enc_x(query_i)))`, with `NT` heads (one per training task).
 ///
-/// One outer iteration works on one batch of tasks: a lower batch draws `tasks_per_batch`
-/// distinct tasks, and the next upper batch takes the query sets of those same tasks (the
-/// meta-learning convention). Heads outside the batch get an exact zero gradient.
+/// An outer iteration works on one batch B of `tasks_per_batch` distinct tasks: its lower
+/// batches are B's support sets and its upper batches B's query sets ([`TaskDraws`] says when
+/// B is drawn). Heads outside the batch get an exact zero gradient.
 pub struct HyperRep<E, Enc, Head, const NT: usize, const EMB: usize, const C: usize> {
     texts: EmbeddedTexts,
     tasks: Vec<Task>,
     tasks_per_batch: usize,
     max_len: usize,
     mu: f64,
-    /// The tasks of the latest lower batch, which the next upper batch reuses.
+    draws: TaskDraws,
+    /// The current task batch B: the iteration's, or the latest lower batch's.
     current: Vec<usize>,
     _types: PhantomData<(E, Enc, Head)>,
 }
@@ -119,9 +138,21 @@ where
             tasks_per_batch,
             max_len,
             mu,
+            draws: TaskDraws::default(),
             current: Vec::new(),
             _types: PhantomData,
         })
+    }
+
+    /// The same form drawing its task batches as `draws` says.
+    pub fn with_task_draws(mut self, draws: TaskDraws) -> Self {
+        self.draws = draws;
+        self
+    }
+
+    /// How the form draws its task batches.
+    pub fn task_draws(&self) -> TaskDraws {
+        self.draws
     }
 
     /// Every text the tasks refer to.
@@ -136,6 +167,22 @@ where
 
     fn task_batch(&self, which: impl Fn(&Task) -> &[usize]) -> TaskBatch<E, EMB> {
         self.batch_of(self.current.iter().map(|&i| (i, which(&self.tasks[i]))))
+    }
+
+    /// Fixed part `k` of the tasks (support or query sets, as `which` picks). Under
+    /// [`TaskDraws::PerLowerDraw`] it becomes the current batch; the iteration's batch is kept
+    /// otherwise.
+    fn fixed_part(
+        &mut self,
+        k: usize,
+        which: impl Fn(&Task) -> &[usize],
+    ) -> Option<TaskBatch<E, EMB>> {
+        let part: Vec<usize> = fixed_batch(NT, self.tasks_per_batch, k)?.collect();
+        let batch = self.batch_of(part.iter().map(|&i| (i, which(&self.tasks[i]))));
+        if self.draws == TaskDraws::PerLowerDraw {
+            self.current = part;
+        }
+        Some(batch)
     }
 
     /// One packed batch of the given tasks' texts (head index, text ids), task after task, built
@@ -167,6 +214,12 @@ where
     type UpperBatch = TaskBatch<E, EMB>;
     type LowerBatch = TaskBatch<E, EMB>;
 
+    fn begin_iteration(&mut self, rng: &mut SampleRng) {
+        if self.draws == TaskDraws::PerIteration {
+            self.current = draw(rng, NT, self.tasks_per_batch);
+        }
+    }
+
     fn sample_upper(&mut self, rng: &mut SampleRng) -> TaskBatch<E, EMB> {
         if self.current.is_empty() {
             self.current = draw(rng, NT, self.tasks_per_batch);
@@ -175,7 +228,9 @@ where
     }
 
     fn sample_lower(&mut self, rng: &mut SampleRng) -> TaskBatch<E, EMB> {
-        self.current = draw(rng, NT, self.tasks_per_batch);
+        if self.draws == TaskDraws::PerLowerDraw || self.current.is_empty() {
+            self.current = draw(rng, NT, self.tasks_per_batch);
+        }
         self.task_batch(|t| &t.support)
     }
 
@@ -184,9 +239,9 @@ where
         Some(fixed_batch_count(NT, self.tasks_per_batch))
     }
 
+    /// Under [`TaskDraws::PerLowerDraw`], the next upper batch takes this part's queries.
     fn lower_part(&mut self, k: usize) -> Option<TaskBatch<E, EMB>> {
-        self.current = fixed_batch(NT, self.tasks_per_batch, k)?.collect();
-        Some(self.task_batch(|t| &t.support))
+        self.fixed_part(k, |t| &t.support)
     }
 
     /// The query sets of the same fixed task batches.
@@ -195,16 +250,36 @@ where
     }
 
     fn upper_part(&mut self, k: usize) -> Option<TaskBatch<E, EMB>> {
-        self.current = fixed_batch(NT, self.tasks_per_batch, k)?.collect();
-        Some(self.task_batch(|t| &t.query))
+        self.fixed_part(k, |t| &t.query)
     }
 
-    /// The tasks of the latest lower batch.
+    /// The current task batch, marked with the convention it was drawn under.
     fn sampler_state(&self) -> Vec<u64> {
-        self.current.iter().map(|&i| i as u64).collect()
+        let mark = (self.draws == TaskDraws::PerIteration).then_some(PER_ITERATION_MARK);
+        mark.into_iter()
+            .chain(self.current.iter().map(|&i| i as u64))
+            .collect()
     }
 
     fn restore_sampler(&mut self, state: &[u64]) -> Result<(), String> {
+        let state = match (self.draws, state.first()) {
+            (TaskDraws::PerIteration, Some(&PER_ITERATION_MARK)) => &state[1..],
+            (TaskDraws::PerLowerDraw, Some(&PER_ITERATION_MARK)) => {
+                return Err(
+                    "the checkpoint drew one task batch per iteration, this run draws \
+                            tasks at every lower batch (task_draws)"
+                        .into(),
+                )
+            }
+            (TaskDraws::PerIteration, Some(_)) => {
+                return Err(
+                    "the checkpoint drew tasks at every lower batch, this run draws one \
+                            task batch per iteration (task_draws)"
+                        .into(),
+                )
+            }
+            _ => state,
+        };
         if let Some(bad) = state.iter().find(|&&i| i as usize >= NT) {
             return Err(format!(
                 "task {bad} in the sampler state, the problem has {NT} tasks"

@@ -89,7 +89,7 @@ mod hyper_rep;
 
 pub use hyper_clean::HyperClean;
 pub use hyper_opt::HyperOpt;
-pub use hyper_rep::{HyperRep, Task, TaskBatch};
+pub use hyper_rep::{HyperRep, Task, TaskBatch, TaskDraws};
 
 use bilevel_optim::problem::SampleRng;
 use bilevel_optim::real::Real;

@@ -138,6 +138,7 @@ where
         x: &mut P::X,
         y: &mut P::Y,
     ) -> Result<StepReport, BilevelError> {
+        oracles.begin_iteration();
         let scope = IterationScope::begin(C::NAME, C::HINT, self.t, oracles);
         let it = Iteration {
             config: &self.config,

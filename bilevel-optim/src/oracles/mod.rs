@@ -181,6 +181,14 @@ where
         self.counts
     }
 
+    /// Starts an iteration: the problem draws what it draws once per iteration
+    /// ([`BilevelProblem::begin_iteration`]). Every method built on
+    /// [`crate::methods::rule::RuleOptimizer`] calls it first; a method written directly against
+    /// [`crate::optimizer::BilevelOptimizer`] must call it at the start of its `step`.
+    pub fn begin_iteration(&mut self) {
+        self.problem.begin_iteration(&mut self.rng);
+    }
+
     /// Draws a fresh upper batch ξ.
     pub fn upper_batch(&mut self) -> P::UpperBatch {
         self.problem.sample_upper(&mut self.rng)
