@@ -442,7 +442,7 @@ impl<P: BilevelProblem<E>> RunState<P> {
         self.oracles
             .problem_mut()
             .restore_sampler(&h.sampler)
-            .map_err(anyhow::Error::msg)?;
+            .map_err(|e| anyhow::anyhow!("checkpoint sampler state: {e}"))?;
         self.evaluations = h.evaluations.clone();
         self.train_seconds = h.train_seconds;
         self.done = h.iteration;
