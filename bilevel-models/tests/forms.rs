@@ -483,3 +483,40 @@ fn hyper_rep_per_iteration_resumes_bit_identically() {
     let (x, y, _) = run(TaskDraws::PerLowerDraw, None);
     assert_ne!((x, y), (whole.0, whole.1));
 }
+
+/// SGD steps on the heads reuse the encoder's features of a batch at an unchanged x: the cached
+/// gradient has the bits of a fresh pass, a changed x is encoded again, and ∇_y G agrees with
+/// the full lower gradient's y part.
+#[test]
+fn hyper_rep_reuses_features_only_at_the_same_x() {
+    type Y = Repeated<MlpHead<H, M, C, f64>, 6>;
+    let x = ElmanEncoder::<EMB, H, f64>::build(&Cpu::seed_from_u64(5));
+    let y = Y::build(&Cpu::seed_from_u64(6));
+    let mut cached = Oracles::new(small_rep(TaskDraws::PerIteration), 4);
+    cached.begin_iteration();
+    let batch = cached.lower_batch();
+    let fresh_grad = |x: &ElmanEncoder<EMB, H, f64>| {
+        let mut fresh = Oracles::new(small_rep(TaskDraws::PerIteration), 4);
+        let (value, dy) = fresh.lower_grad_in_y(x, &y, &batch).unwrap();
+        (value, dy.to_flat())
+    };
+    let grad = |o: &mut Oracles<f64, SmallRep>, x: &ElmanEncoder<EMB, H, f64>| {
+        let (value, dy) = o.lower_grad_in_y(x, &y, &batch).unwrap();
+        (value, dy.to_flat())
+    };
+    let first = grad(&mut cached, &x);
+    assert_eq!(grad(&mut cached, &x), first, "from the cache");
+    assert_eq!(fresh_grad(&x), first);
+    let full = cached.lower_grad(&x, &y, &batch).unwrap().dy.to_flat();
+    for (a, b) in first.1.iter().zip(&full) {
+        assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{a} against {b}");
+    }
+
+    let mut moved = x.clone();
+    let mut flat = moved.to_flat();
+    flat[0] += 1e-3;
+    moved.set_flat(&flat).unwrap();
+    let after = grad(&mut cached, &moved);
+    assert_ne!(after, first, "x moved: encoded again");
+    assert_eq!(after, fresh_grad(&moved));
+}

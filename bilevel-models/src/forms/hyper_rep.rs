@@ -2,6 +2,7 @@
 
 use std::marker::PhantomData;
 use std::ops::Range;
+use std::sync::Mutex;
 
 use bilevel_optim::params::Params;
 use bilevel_optim::problem::{
@@ -20,7 +21,7 @@ use crate::loss::one_hot;
 use crate::penalty::{add_l2_gradient, l2_penalty, FixedL2};
 use crate::rows::gather_rows;
 use crate::sequence::{Activations, Sequence};
-use crate::tape::{hold, taped};
+use crate::tape::{hold, taped, Held};
 use crate::text::{EmbeddedTexts, TextBatch};
 
 /// One few-shot task: indices of its support (lower level) and query (upper level) texts.
@@ -88,8 +89,23 @@ pub struct HyperRep<E, Enc, Head, const NT: usize, const EMB: usize, const C: us
     draws: TaskDraws,
     /// The current task batch B: the iteration's, or the latest lower batch's.
     current: Vec<usize>,
+    features: Mutex<FeatureCache<E>>,
     _types: PhantomData<(E, Enc, Head)>,
 }
+
+/// The encoder's features of recent lower batches at one x. SGD steps on the heads leave x
+/// fixed, so the N steps of a periodic update on one task batch need one encoder pass, not N
+/// (the PyTorch/JAX peer does the same). Entries are exact copies, so a hit gives the bits a pass
+/// would; any change of x, to the last bit, empties the cache.
+struct FeatureCache<E> {
+    /// The x the entries were computed at.
+    x: Vec<E>,
+    /// (the batch's text ids, its features row-major).
+    entries: Vec<(Vec<usize>, Vec<E>)>,
+}
+
+/// Enough for every shard of a batch and the batches of one iteration.
+const FEATURE_CACHE_ENTRIES: usize = 64;
 
 impl<E: Real, Enc, Head, const NT: usize, const EMB: usize, const C: usize>
     HyperRep<E, Enc, Head, NT, EMB, C>
@@ -140,6 +156,10 @@ where
             mu,
             draws: TaskDraws::default(),
             current: Vec::new(),
+            features: Mutex::new(FeatureCache {
+                x: Vec::new(),
+                entries: Vec::new(),
+            }),
             _types: PhantomData,
         })
     }
@@ -298,13 +318,14 @@ where
     }
 
     fn lower_loss(&self, x: &Enc, y: &Self::Y, batch: &TaskBatch<E, EMB>) -> Taped<Rank0, E> {
-        self.support_loss(x, y, batch, |features| features)
+        self.support_loss(x, y, batch)
     }
 
     /// The encoder's features enter as constants (their tape is dropped): SGD on the heads
-    /// needs no backward pass through the RNN.
+    /// needs no backward pass through the RNN, and repeated steps at one x reuse them.
     fn lower_loss_in_y(&self, x: &Enc, y: &Self::Y, batch: &TaskBatch<E, EMB>) -> Taped<Rank0, E> {
-        self.support_loss(x, y, batch, |features| taped(&hold(&features)))
+        let features = self.constant_features(x, batch);
+        heads_loss(self.mu, y, task_pieces(taped(&features), batch))
     }
 
     fn write_lower_grad_y(
@@ -378,24 +399,58 @@ where
         Some((1.0, self.batch_of(tasks)))
     }
 
-    /// `g` on the support sets, with the encoder's features passed through `features` (the
-    /// identity, or a cut of their tape) before the heads.
+    /// `g` on the support sets, through the encoder's pass.
     fn support_loss(
         &self,
         x: &Enc,
         y: &Repeated<Head, NT>,
         batch: &TaskBatch<E, EMB>,
-        features: impl Fn(Activations<E, F>) -> Activations<E, F>,
     ) -> Taped<Rank0, E> {
-        task_features(x, batch, features)
-            .into_iter()
-            .map(|(i, f, targets)| {
-                loss(&y.modules[i], f, &targets, None)
-                    + l2_penalty(&FixedL2(self.mu), &y.modules[i])
-            })
-            .reduce(|a, b| a + b)
-            .expect("a task batch holds at least one task")
+        heads_loss(self.mu, y, task_features(x, batch, |features| features))
     }
+
+    /// The encoder's features of `batch` at `x` without a tape, from the cache when the same
+    /// texts were encoded at the same x.
+    fn constant_features(&self, x: &Enc, batch: &TaskBatch<E, EMB>) -> Held<(usize, Const<F>), E> {
+        let ids = &batch.texts.ids;
+        let x_now = x.to_flat();
+        {
+            let mut cache = self.features.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.x != x_now {
+                cache.x = x_now;
+                cache.entries.clear();
+            } else if let Some((_, data)) = cache.entries.iter().find(|(k, _)| k == ids) {
+                return bilevel_optim::real::device()
+                    .tensor_from_vec(data.clone(), (ids.len(), Const::<F>));
+            }
+        }
+        let held = hold(&x.forward(batch.texts.sequence()).0);
+        let mut cache = self.features.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.entries.len() == FEATURE_CACHE_ENTRIES {
+            cache.entries.remove(0);
+        }
+        cache.entries.push((ids.clone(), held.as_vec()));
+        held
+    }
+}
+
+/// `g` on the support sets from each task's features: its head's loss plus the head's penalty.
+fn heads_loss<E: Real, Head, const F: usize, const C: usize, const NT: usize>(
+    mu: f64,
+    y: &Repeated<Head, NT>,
+    pieces: Vec<TaskPiece<E, F, C>>,
+) -> Taped<Rank0, E>
+where
+    Cpu: Device<E>,
+    Head: Params<E> + WrittenLayer<E, Activations<E, F>, Output = Activations<E, C>>,
+{
+    pieces
+        .into_iter()
+        .map(|(i, f, targets)| {
+            loss(&y.modules[i], f, &targets, None) + l2_penalty(&FixedL2(mu), &y.modules[i])
+        })
+        .reduce(|a, b| a + b)
+        .expect("a task batch holds at least one task")
 }
 
 /// A task's head index, its texts' encoder features and their one-hot targets.
@@ -415,7 +470,17 @@ where
     Cpu: Device<E>,
     Enc: WrittenLayer<E, Sequence<E, EMB>, Output = Activations<E, F>>,
 {
-    let all = features(x.forward(batch.texts.sequence()).0);
+    task_pieces(features(x.forward(batch.texts.sequence()).0), batch)
+}
+
+/// Each task's head index, rows of `all` (the batch's features) and one-hot targets.
+fn task_pieces<E: Real, const EMB: usize, const F: usize, const C: usize>(
+    all: Activations<E, F>,
+    batch: &TaskBatch<E, EMB>,
+) -> Vec<TaskPiece<E, F, C>>
+where
+    Cpu: Device<E>,
+{
     let held = hold(&all);
     let mut carrier = Some(all);
     batch

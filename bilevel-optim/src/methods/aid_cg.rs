@@ -61,7 +61,7 @@ impl Default for AidCgConfig {
 
 impl Method for AidCgConfig {
     const NAME: &'static str = "aid-cg";
-    const HINT: &'static str = "eta for x, gamma for y, or cg.damping";
+    const HINT: &'static str = "eta for x, gamma for y; or raise cg.damping";
 
     crate::checks!(eta: valid, gamma: positive, inner_steps: at_least_one, cg: valid);
 
