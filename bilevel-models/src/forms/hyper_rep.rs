@@ -416,7 +416,7 @@ where
         let x_now = x.to_flat();
         {
             let mut cache = self.features.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.x != x_now {
+            if !same_bits(&cache.x, &x_now) {
                 cache.x = x_now;
                 cache.entries.clear();
             } else if let Some((_, data)) = cache.entries.iter().find(|(k, _)| k == ids) {
@@ -432,6 +432,14 @@ where
         cache.entries.push((ids.clone(), held.as_vec()));
         held
     }
+}
+
+/// Whether `a` and `b` hold the same numbers to the bit (so ±0 differ and NaN never matches).
+fn same_bits<E: Real>(a: &[E], b: &[E]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(p, q)| p == q && p.is_sign_negative() == q.is_sign_negative())
 }
 
 /// `g` on the support sets from each task's features: its head's loss plus the head's penalty.
