@@ -216,6 +216,13 @@ impl CheckReport {
             .filter(|f| f.verdict == Verdict::Inconclusive)
     }
 
+    /// Whether the checked point itself was not finite (a loss or gradient there is NaN or
+    /// infinite), so nothing about the problem could be judged.
+    pub fn point_not_finite(&self) -> bool {
+        self.faults()
+            .any(|f| f.tensor == "(point)" && f.verdict == Verdict::Fault(Fault::NonFinite))
+    }
+
     /// `Ok(self)` without faults, else [`BilevelError::ProblemCheck`] listing every fault.
     pub fn into_result(self) -> Result<Self, BilevelError> {
         if self.passed() {

@@ -220,3 +220,18 @@ fn direction_aliasing_y_gives_exact_hvp() {
         exact
     );
 }
+
+/// A diverged point (the loss is infinite there) is not blamed on the problem: the first-use
+/// check waits for a finite point, and the pass hands its non-finite values to the method,
+/// which names them as a divergence.
+#[test]
+fn first_use_check_waits_for_a_finite_point() {
+    let (mut o, x, y) = setup("ok");
+    o.check_on_first_use(true);
+    let far = Cpu::default().tensor(1e6);
+    let out = o.hvp_jvp(&far, &y, &y, &Unit).unwrap();
+    assert!(out.hvp.0.as_vec().iter().any(|v| !v.is_finite()));
+    assert!(o.first_use_report().is_none(), "not checked yet");
+    o.hvp_jvp(&x, &y, &y, &Unit).unwrap();
+    assert!(o.first_use_report().unwrap().passed());
+}

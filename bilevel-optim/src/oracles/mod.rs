@@ -383,6 +383,12 @@ where
     ) -> Result<SecondOrder<P::X, P::Y>, BilevelError> {
         if let FirstUseCheck::Pending(config) = &self.first_use_check {
             let report = check_at(&self.problem, x, y, batch, None, config);
+            if report.point_not_finite() {
+                // A diverged point says nothing about the problem: the pass below meets the same
+                // non-finite values, which the method names as a divergence; the check waits for
+                // a finite point.
+                return self.unchecked_second_order(x, y, v, batch);
+            }
             let open = report.inconclusive().count();
             if open > 0 {
                 eprintln!(
@@ -395,6 +401,16 @@ where
             self.first_use_check = FirstUseCheck::Done(report.clone());
             report.into_result()?;
         }
+        self.unchecked_second_order(x, y, v, batch)
+    }
+
+    fn unchecked_second_order(
+        &self,
+        x: &P::X,
+        y: &P::Y,
+        v: &P::Y,
+        batch: &P::LowerBatch,
+    ) -> Result<SecondOrder<P::X, P::Y>, BilevelError> {
         match self.lower(x, y, batch, LowerPass::SecondOrder(v))? {
             LowerResult::SecondOrder(r) => Ok(r),
             _ => unreachable!("a second-order pass yields ∇_y G, H·v and J·v"),
