@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bilevel_bench::run::checkpoint::{Checkpoint, FILE};
 use bilevel_bench::run::lock::RunLock;
-use common::{short_borep_run, steps_without_time, DIVERGING};
+use common::{diverging_with_rollback, short_borep_run, steps_without_time};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_bilevel-bench");
 
@@ -61,6 +61,25 @@ fn run_args<'a>(config: &'a str, threads: &'a str, out: &'a str) -> [&'a str; 7]
     ]
 }
 
+/// The run `config` describes, made in `base/one` by one process with 2 threads and in
+/// `base/two` by 2 processes with one thread each; the directories and the second one's output.
+fn one_by_two_and_two_by_one(base: &Path, config: &str) -> (PathBuf, PathBuf, Output) {
+    let file = base.join("config.toml");
+    std::fs::write(&file, config).unwrap();
+    let (one, two) = (base.join("one"), base.join("two"));
+    succeed(
+        bench(1, &run_args(path(&file), "2", path(&one)))
+            .output()
+            .unwrap(),
+    );
+    let out = succeed(
+        bench(2, &run_args(path(&file), "1", path(&two)))
+            .output()
+            .unwrap(),
+    );
+    (one, two, out)
+}
+
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -97,20 +116,7 @@ fn events_files(dir: &Path) -> usize {
 #[test]
 fn two_processes_run_what_one_process_with_two_threads_runs() {
     let base = scratch("same");
-    let config = base.join("config.toml");
-    std::fs::write(&config, short_borep_run(12, 4, 4)).unwrap();
-    let config = config.to_str().unwrap();
-    let (one, two) = (base.join("one"), base.join("two"));
-    succeed(
-        bench(1, &run_args(config, "2", path(&one)))
-            .output()
-            .unwrap(),
-    );
-    let out = succeed(
-        bench(2, &run_args(config, "1", path(&two)))
-            .output()
-            .unwrap(),
-    );
+    let (one, two, out) = one_by_two_and_two_by_one(&base, &short_borep_run(12, 4, 4));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.matches("final metrics").count(), 1, "{stdout}");
     assert!(stdout.contains("shared by 2 processes"), "{stdout}");
@@ -219,24 +225,7 @@ fn a_killed_process_ends_the_job_and_the_run_resumes_on_two_processes_or_one() {
 #[test]
 fn a_rollback_on_two_processes_matches_one_process() {
     let base = scratch("rollback");
-    let config = base.join("config.toml");
-    std::fs::write(
-        &config,
-        format!("on_divergence = \"rollback\"\nmax_rollbacks = 10\n{DIVERGING}"),
-    )
-    .unwrap();
-    let config = path(&config);
-    let (one, two) = (base.join("one"), base.join("two"));
-    succeed(
-        bench(1, &run_args(config, "2", path(&one)))
-            .output()
-            .unwrap(),
-    );
-    let out = succeed(
-        bench(2, &run_args(config, "1", path(&two)))
-            .output()
-            .unwrap(),
-    );
+    let (one, two, out) = one_by_two_and_two_by_one(&base, &diverging_with_rollback());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         stderr.matches("rolling back to iteration 0").count(),

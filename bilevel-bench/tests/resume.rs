@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bilevel_bench::run::checkpoint::{Checkpoint, FILE};
-use common::{short_borep_run, steps_without_time, DIVERGING};
+use common::{diverging, diverging_with_rollback, short_borep_run, steps_without_time};
 
 /// The run these tests interrupt, of `iters` iterations, evaluated every 8 and saved every 4.
 fn run_config(iters: usize) -> String {
@@ -271,7 +271,7 @@ fn a_checkpoint_from_another_method_or_size_is_refused() {
 fn divergence_stops_with_an_account_and_keeps_the_last_good_checkpoint() {
     let base = scratch("diverge");
     let config = base.join("config.toml");
-    std::fs::write(&config, DIVERGING).unwrap();
+    std::fs::write(&config, diverging()).unwrap();
     let out = bench(&[
         "run",
         "--config",
@@ -303,11 +303,7 @@ fn divergence_stops_with_an_account_and_keeps_the_last_good_checkpoint() {
 fn rollback_halves_the_steps_and_finishes_with_clean_logs() {
     let base = scratch("rollback");
     let config = base.join("config.toml");
-    std::fs::write(
-        &config,
-        format!("on_divergence = \"rollback\"\nmax_rollbacks = 10\n{DIVERGING}"),
-    )
-    .unwrap();
+    std::fs::write(&config, diverging_with_rollback()).unwrap();
     let out = bench(&[
         "run",
         "--config",

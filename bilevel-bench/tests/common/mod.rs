@@ -54,12 +54,7 @@ task = "hyper-opt"
 iters = {iters}
 eval_every = {eval_every}
 checkpoint_every = {checkpoint_every}
-[hyper_opt]
-batch = 8
-max_len = 8
-eval_size = 32
-train_eval_size = 32
-[method]
+{TINY_HYPER_OPT}[method]
 method = "bo-rep"
 eta = 0.1
 gamma = 0.1
@@ -101,20 +96,35 @@ pub fn steps_without_time(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
-/// SOBA on hyper-opt with an upper step (ρ = 400) so large that the run diverges (resume.rs
-/// checks that it does, and what a rollback then does).
-pub const DIVERGING: &str = r#"
-task = "hyper-opt"
-iters = 12
-eval_every = 6
-checkpoint_every = 100
-[hyper_opt]
+/// hyper-opt at tiny sizes, the `[hyper_opt]` table of the runs above and below.
+const TINY_HYPER_OPT: &str = "[hyper_opt]
 batch = 8
 max_len = 8
 eval_size = 32
 train_eval_size = 32
-[method]
+";
+
+/// SOBA on hyper-opt with an upper step (ρ = 400) so large that the run diverges (resume.rs
+/// checks that it does, and what a rollback then does).
+pub fn diverging() -> String {
+    format!(
+        r#"
+task = "hyper-opt"
+iters = 12
+eval_every = 6
+checkpoint_every = 100
+{TINY_HYPER_OPT}[method]
 method = "soba"
-rho = { initial = 400.0, exponent = 0.0 }
-gamma = { initial = 0.05, exponent = 0.0 }
-"#;
+rho = {{ initial = 400.0, exponent = 0.0 }}
+gamma = {{ initial = 0.05, exponent = 0.0 }}
+"#
+    )
+}
+
+/// [`diverging`], rolling back with halved steps (up to 10 times) instead of stopping.
+pub fn diverging_with_rollback() -> String {
+    format!(
+        "on_divergence = \"rollback\"\nmax_rollbacks = 10\n{}",
+        diverging()
+    )
+}
