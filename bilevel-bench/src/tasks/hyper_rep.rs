@@ -34,16 +34,6 @@ pub const TASK_COUNTS: [usize; 2] = [400, 40];
 /// The test domains of the BO-REP setup; every other listed domain is a training domain.
 pub const TEST_DOMAINS: [&str; 3] = ["office_products", "automotive", "computer_video_games"];
 
-/// `[hyper_rep] task_draws`: [`TaskDraws`] by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TaskDrawsName {
-    /// [`TaskDraws::PerIteration`].
-    PerIteration,
-    /// [`TaskDraws::PerLowerDraw`].
-    PerLowerDraw,
-}
-
 /// Hyper-representation's settings (the `[hyper_rep]` table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -65,7 +55,7 @@ pub struct HyperRepConfig {
     /// every lower batch and its queries every upper batch: the meta-learning convention and
     /// the peer's) or `per-lower-draw` (new tasks at every lower batch, the runs before
     /// 2026-12-07).
-    pub task_draws: TaskDrawsName,
+    pub task_draws: TaskDraws,
     /// T: tokens kept per review.
     pub max_len: usize,
     /// μ of the heads' L2 term.
@@ -84,7 +74,7 @@ impl Default for HyperRepConfig {
             validation_tasks: 50,
             shots: 10,
             tasks_per_batch: 20,
-            task_draws: TaskDrawsName::PerIteration,
+            task_draws: TaskDraws::PerIteration,
             max_len: 64,
             mu: 1e-3,
             test_steps: 100,
@@ -287,10 +277,6 @@ pub fn problem<F: Real, X, const NT: usize>(
 where
     Cpu: Device<F>,
 {
-    let draws = match config.task_draws {
-        TaskDrawsName::PerIteration => TaskDraws::PerIteration,
-        TaskDrawsName::PerLowerDraw => TaskDraws::PerLowerDraw,
-    };
     Ok(HyperRep::new(
         data.texts.clone(),
         data.train_tasks.clone(),
@@ -299,7 +285,7 @@ where
         config.mu,
     )
     .map_err(anyhow::Error::msg)?
-    .with_task_draws(draws))
+    .with_task_draws(config.task_draws))
 }
 
 type Features<F> = Tensor<(usize, Const<{ cpu::HIDDEN }>), F, Cpu>;

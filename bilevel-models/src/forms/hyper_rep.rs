@@ -56,8 +56,9 @@ where
     }
 }
 
-/// How a [`HyperRep`] draws its task batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How a [`HyperRep`] draws its task batches (`per-iteration` or `per-lower-draw` in a config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TaskDraws {
     /// One batch of tasks per iteration, drawn when the iteration begins
     /// ([`BilevelProblem::begin_iteration`]): every lower batch of the iteration is their
