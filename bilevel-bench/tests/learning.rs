@@ -87,7 +87,11 @@ fn hyper_rep_encoder_beats_the_random_encoder() {
 /// Data hyper-cleaning (configs/hyper-clean-quick.toml: 2,000 tweets, 30% flipped, 300
 /// iterations): BO-REP gives the flipped tweets a lower mean weight than the clean ones, flags
 /// them better than chance, and beats the validation loss of the same training with the weights
-/// frozen at their start (the unweighted baseline).
+/// frozen at their start (the unweighted baseline). The losses compared are each run's best
+/// evaluation (early stopping, as `compare` reports it): the last evaluation swings by up to 0.5
+/// from one evaluation to the next (seed 1: 0.62 at iteration 250, 1.13 at 300), and where in a
+/// swing it lands moves with the last bit of the arithmetic (another matrix-product kernel took
+/// seed 0's from 0.61 to 0.68).
 #[test]
 fn hyper_clean_down_weights_flipped_labels_and_beats_the_unweighted_baseline() {
     let quick = std::fs::read_to_string(concat!(
@@ -102,12 +106,18 @@ fn hyper_clean_down_weights_flipped_labels_and_beats_the_unweighted_baseline() {
         last(&cleaned, "weights/mean_corrupted"),
         last(&cleaned, "weights/mean_clean"),
     );
+    let best = |s: &RunSummary, m: &str| {
+        s.evaluations
+            .iter()
+            .map(|e| e.metrics[m])
+            .fold(f64::INFINITY, f64::min)
+    };
     let (val, val_frozen) = (
-        last(&cleaned, "validation/loss"),
-        last(&frozen, "validation/loss"),
+        best(&cleaned, "validation/loss"),
+        best(&frozen, "validation/loss"),
     );
     println!(
-        "mean weight: flipped {corrupted:.4}, clean {clean:.4}; precision {:.3}, recall {:.3}; validation loss {val:.4} vs unweighted {val_frozen:.4}",
+        "mean weight: flipped {corrupted:.4}, clean {clean:.4}; precision {:.3}, recall {:.3}; best validation loss {val:.4} vs unweighted {val_frozen:.4}",
         last(&cleaned, "detection/precision"),
         last(&cleaned, "detection/recall")
     );

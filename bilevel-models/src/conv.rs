@@ -31,6 +31,7 @@ use dfdx::prelude::*;
 
 use crate::images::{first_extremes, ImageShape, Images};
 use crate::layer::{when_wanted, WrittenLayer};
+use crate::matmul::matmul;
 use crate::patches::{fold, unfold, PatchMap, PatchShape, Window};
 use crate::sequence::Activations;
 use crate::tape::{hold, taped, Held};
@@ -165,7 +166,7 @@ where
         let map = window::<K, S, P, L>().map(*input.shape());
         let patches = unfold(input, &map, E::zero());
         let saved_patches = hold(&patches);
-        let rows = patches.matmul(self.kernel_matrix().permute::<_, Axes2<1, 0>>());
+        let rows = matmul(patches, self.kernel_matrix().permute::<_, Axes2<1, 0>>());
         let out = rows_to_images(rows, &map);
         (
             out,
@@ -185,15 +186,16 @@ where
     ) -> Option<Images<E, IN>> {
         let delta = images_to_rows(grad_output);
         let held = hold(&delta);
-        let grad_weight = taped(&held)
-            .permute::<(Const<OUT>, usize), Axes2<1, 0>>()
-            .matmul(taped(&saved.patches));
+        let grad_weight = matmul(
+            taped(&held).permute::<(Const<OUT>, usize), Axes2<1, 0>>(),
+            taped(&saved.patches),
+        );
         grads.add(
             &self.weight,
             grad_weight.reshape_like(&(Const::<OUT>, Const::<IN>, Const::<K>, Const::<K>)),
         );
         let delta = when_wanted(delta, grads, want_input)?;
-        Some(fold(delta.matmul(self.kernel_matrix()), &saved.map))
+        Some(fold(matmul(delta, self.kernel_matrix()), &saved.map))
     }
 }
 
@@ -247,7 +249,7 @@ where
         );
         let rows = images_to_rows(input);
         let saved_rows = hold(&rows);
-        let out = fold(rows.matmul(self.kernel_matrix()), &map);
+        let out = fold(matmul(rows, self.kernel_matrix()), &map);
         (
             out,
             ConvTransSaved {
@@ -266,15 +268,16 @@ where
     ) -> Option<Images<E, IN>> {
         let delta = unfold(grad_output, &saved.map, E::zero());
         let held = hold(&delta);
-        let grad_weight = taped(&saved.rows)
-            .permute::<(Const<IN>, usize), Axes2<1, 0>>()
-            .matmul(taped(&held));
+        let grad_weight = matmul(
+            taped(&saved.rows).permute::<(Const<IN>, usize), Axes2<1, 0>>(),
+            taped(&held),
+        );
         grads.add(
             &self.weight,
             grad_weight.reshape_like(&(Const::<IN>, Const::<OUT>, Const::<K>, Const::<K>)),
         );
         let delta = when_wanted(delta, grads, want_input)?;
-        let rows = delta.matmul(self.kernel_matrix().permute::<_, Axes2<1, 0>>());
+        let rows = matmul(delta, self.kernel_matrix().permute::<_, Axes2<1, 0>>());
         Some(rows_to_images(rows, &saved.map))
     }
 }

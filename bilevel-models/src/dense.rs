@@ -11,6 +11,7 @@ use dfdx::nn::modules::{Linear, UnbiasedLinear};
 use dfdx::prelude::*;
 
 use crate::layer::{when_wanted, WrittenLayer};
+use crate::matmul::matmul;
 use crate::sequence::Activations;
 use crate::tape::{hold, taped, Held};
 
@@ -78,7 +79,7 @@ where
 {
     let saved = hold(&input);
     let rows = input.shape().0;
-    let out = input.matmul(weight.retaped::<Tp<E>>().permute::<Rank2<I, O>, _>());
+    let out = matmul(input, weight.retaped::<Tp<E>>().permute::<Rank2<I, O>, _>());
     let out = match bias {
         Some(b) => out + b.retaped::<Tp<E>>().broadcast_like(&(rows, Const::<O>)),
         None => out,
@@ -101,13 +102,14 @@ where
     let delta = hold(&grad_output);
     grads.add(
         weight,
-        taped(&delta)
-            .permute::<(Const<O>, usize), _>()
-            .matmul(taped(&input)),
+        matmul(
+            taped(&delta).permute::<(Const<O>, usize), _>(),
+            taped(&input),
+        ),
     );
     if let Some(b) = bias {
         grads.add(b, taped(&delta).sum::<Rank1<O>, _>());
     }
     let grad_output = when_wanted(grad_output, grads, want_input)?;
-    Some(grad_output.matmul(weight.retaped::<Tp<E>>()))
+    Some(matmul(grad_output, weight.retaped::<Tp<E>>()))
 }

@@ -52,6 +52,7 @@ pub mod images;
 pub mod layer;
 pub mod loss;
 pub mod lstm;
+pub mod matmul;
 pub mod norm;
 pub mod padded;
 pub mod patches;

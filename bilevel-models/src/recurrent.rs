@@ -8,6 +8,7 @@ use dfdx::nn::modules::Linear;
 use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection};
 use dfdx::prelude::*;
 
+use crate::matmul::matmul;
 use crate::rows::{concat_rows, gather_rows, scatter_rows};
 use crate::sequence::Activations;
 use crate::tape::{hold, taped, Held};
@@ -55,7 +56,8 @@ where
         let rows = x.shape().0;
         let biases = (self.input.bias.retaped::<Tp<E>>() + self.recurrent.bias.retaped::<Tp<E>>())
             .broadcast_like(&(rows, Const::<H>));
-        let a = x.matmul(
+        let a = matmul(
+            x,
             self.input
                 .weight
                 .retaped::<Tp<E>>()
@@ -64,7 +66,8 @@ where
         match h_prev {
             None => a,
             Some(h) => {
-                a + h.matmul(
+                a + matmul(
+                    h,
                     self.recurrent
                         .weight
                         .retaped::<Tp<E>>()
@@ -76,12 +79,12 @@ where
 
     /// `∂a_t/∂x_t` applied to `da`: `da W_ih`.
     pub fn input_grad(&self, da: &Held<(usize, Const<H>), E>) -> Activations<E, I> {
-        taped(da).matmul(self.input.weight.retaped::<Tp<E>>())
+        matmul(taped(da), self.input.weight.retaped::<Tp<E>>())
     }
 
     /// `∂a_t/∂h_{t−1}` applied to `da`: `da W_hh`.
     pub fn hidden_grad(&self, da: &Held<(usize, Const<H>), E>) -> Activations<E, H> {
-        taped(da).matmul(self.recurrent.weight.retaped::<Tp<E>>())
+        matmul(taped(da), self.recurrent.weight.retaped::<Tp<E>>())
     }
 }
 
@@ -192,7 +195,7 @@ where
             |da: &Held<(usize, Const<H>), E>| taped(da).permute::<(Const<H>, usize), _>();
         grads.add(
             &affine.input.weight,
-            transposed(&da).matmul(stack_rows(&self.x)),
+            matmul(transposed(&da), stack_rows(&self.x)),
         );
         if self.h_prev.is_empty() {
             grads.zero(&affine.recurrent.weight);
@@ -204,7 +207,7 @@ where
             let take: Vec<usize> = self.da_recurrent.iter().map(|d| d.shape().0).collect();
             grads.add(
                 &affine.recurrent.weight,
-                transposed(&da_recurrent).matmul(concat_rows(&self.h_prev, &take)),
+                matmul(transposed(&da_recurrent), concat_rows(&self.h_prev, &take)),
             );
         }
         // The two biases enter a_t identically, so they share one gradient.

@@ -20,6 +20,17 @@ use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
+/// A written forward against dfdx's module: equal up to the rounding of the matrix products
+/// (the models multiply with gemm 0.19's kernels, dfdx with gemm 0.15's, which sum in another
+/// order): at most 1e-14 of the largest value, in f64.
+pub fn assert_same_forward(ours: &[f64], theirs: &[f64], what: &str) {
+    let err = rel_err(ours, theirs);
+    assert!(
+        err <= 1e-14,
+        "{what}: forward differs from dfdx's by {err:e}"
+    );
+}
+
 /// max |a − b| / max |b|.
 pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
