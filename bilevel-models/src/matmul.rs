@@ -18,6 +18,52 @@ use dfdx::prelude::*;
 use dfdx::tensor::{Merge, Tape};
 
 use crate::elementwise::buffer;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Floating-point operations of every product [`matmul`] ran (2mkn each: the forward and both
+/// backward products), summed over all threads since the program started.
+static PRODUCT_FLOPS: AtomicU64 = AtomicU64::new(0);
+
+/// The floating-point operations of the matrix products run so far (see [`PRODUCT_FLOPS`]):
+/// the difference over some iterations is their arithmetic in matrix products, the part of an
+/// iteration that can run near the core's peak.
+pub fn product_flops() -> u64 {
+    PRODUCT_FLOPS.load(Ordering::Relaxed)
+}
+
+/// The rate, in GFLOP/s, of 512×512 by 512×512 `f32` products on one thread for about
+/// `seconds`: one core's practical peak for these kernels, against which an iteration's rate
+/// is read.
+pub fn product_peak_gflops(seconds: f64) -> f64 {
+    match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+        Ok(one_thread) => one_thread.install(|| timed_products(seconds)),
+        Err(_) => timed_products(seconds),
+    }
+}
+
+fn timed_products(seconds: f64) -> f64 {
+    const SIDE: usize = 512;
+    let a: Vec<f32> = (0..SIDE * SIDE).map(|i| (i % 7) as f32 * 0.25).collect();
+    let mut c = vec![0f32; SIDE * SIDE];
+    let rows = Layout::rows(SIDE);
+    let start = Instant::now();
+    let mut products = 0u32;
+    while products < 3 || start.elapsed().as_secs_f64() < seconds {
+        // SAFETY: three SIDE×SIDE matrices by rows; `c` is apart from `a`.
+        unsafe {
+            product(
+                (SIDE, SIDE, SIDE),
+                (c.as_mut_ptr(), rows),
+                false,
+                (a.as_ptr(), rows),
+                (a.as_ptr(), rows),
+            )
+        };
+        products += 1;
+    }
+    2.0 * (SIDE * SIDE * SIDE) as f64 * products as f64 / start.elapsed().as_secs_f64() / 1e9
+}
 
 /// `A B` for `A: M×K`, `B: K×N`, both taped, with dfdx's result and tape (the tapes merged).
 ///
@@ -158,6 +204,7 @@ unsafe fn product<E: Real>(
     (lhs, lhs_layout): (*const E, Layout),
     (rhs, rhs_layout): (*const E, Layout),
 ) {
+    PRODUCT_FLOPS.fetch_add(2 * (m * k * n) as u64, Ordering::Relaxed);
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
@@ -288,6 +335,18 @@ mod tests {
             &[(64, 128, 128), (2048, 50, 128), (256, 16, 1), (1, 128, 128)],
             2e-6,
         );
+    }
+
+    /// A product and its backward count 3 × 2mkn operations (at least: other tests' products
+    /// run in parallel and count too).
+    #[test]
+    fn products_are_counted() {
+        let (m, k, n) = (7, 5, 3);
+        let before = product_flops();
+        run::<f64>((m, k, n), (false, true), true);
+        assert!(product_flops() - before >= 3 * 2 * (m * k * n) as u64);
+        let peak = product_peak_gflops(0.0);
+        assert!(peak.is_finite() && peak > 0.0, "{peak}");
     }
 
     /// The same operand on both sides (A Aᵀ; dfdx's own product panics on it): both gradient

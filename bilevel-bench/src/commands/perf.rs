@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
+use bilevel_models::matmul::{product_flops, product_peak_gflops};
 use bilevel_optim::methods::borep::{BoRepConfig, ZInit};
 use bilevel_optim::methods::MethodConfig;
 use dfdx::prelude::*;
@@ -55,6 +56,9 @@ pub struct IterationFigures {
     pub iteration_ms: Vec<f64>,
     /// Oracle calls per iteration, averaged over the measured iterations.
     pub calls_per_iter: [f64; 4],
+    /// Floating-point operations of the matrix products per iteration (mean over the measured
+    /// iterations; `bilevel_models::matmul::product_flops`).
+    pub product_flops_per_iter: f64,
     /// Peak resident memory while iterating (after data loading), and of the whole process.
     pub peak_iterating_mib: Option<f64>,
     /// Peak resident memory of the whole process (where the system reports it).
@@ -144,6 +148,7 @@ impl TaskVisitor<E> for Iterations<'_> {
         method.step(&mut oracles, &mut x, &mut y)?;
         self.caches.empty();
         let before = oracles.counts();
+        let flops_before = product_flops();
         let mut iteration_ms = Vec::with_capacity(self.options.iters);
         for _ in 0..self.options.iters {
             let start = Instant::now();
@@ -153,6 +158,7 @@ impl TaskVisitor<E> for Iterations<'_> {
         }
         let calls = oracles.counts().since(&before);
         let n = self.options.iters as f64;
+        let product_flops_per_iter = (product_flops() - flops_before) as f64 / n;
         let peak_iterating = reset.then(peak_resident_mib).flatten();
         Ok(IterationFigures {
             ms_per_iter: median_of_block_means(&iteration_ms, period),
@@ -163,6 +169,7 @@ impl TaskVisitor<E> for Iterations<'_> {
                 calls.jvp as f64 / n,
             ],
             iteration_ms,
+            product_flops_per_iter,
             peak_iterating_mib: peak_iterating,
             peak_process_mib: peak_resident_mib()
                 .zip(peak_process_before)
@@ -292,6 +299,16 @@ pub fn print_iterations(task: TaskName, threads: usize, f: &IterationFigures) {
             .join(" ")
     );
     println!("  oracle calls / it:  upper grad {upper:.2}, lower grad {lower:.2}, HVP {hvp:.2}, cross {jvp:.2}");
+    // Each thread runs its own shard's products on one core, so the peak is one core's times
+    // the threads.
+    let peak = product_peak_gflops(0.5) * threads as f64;
+    let rate = f.product_flops_per_iter / (f.ms_per_iter / 1e3) / 1e9;
+    println!(
+        "  matrix products:    {:.2} GFLOP / it, {rate:.1} GFLOP/s over the iteration: {:.0}% of \
+         {peak:.0} GFLOP/s ({threads} core(s) at this machine's 512x512 f32 product rate)",
+        f.product_flops_per_iter / 1e9,
+        100.0 * rate / peak
+    );
     println!(
         "  peak memory:        {} while iterating, {} whole process",
         fmt(f.peak_iterating_mib),
