@@ -25,7 +25,8 @@ use std::time::Instant;
 /// backward products), summed over all threads since the program started.
 static PRODUCT_FLOPS: AtomicU64 = AtomicU64::new(0);
 
-/// The floating-point operations of the matrix products run so far (see [`PRODUCT_FLOPS`]):
+/// The floating-point operations of the matrix products run so far, over all threads (2mkn
+/// per product, forward and backward):
 /// the difference over some iterations is their arithmetic in matrix products, the part of an
 /// iteration that can run near the core's peak.
 pub fn product_flops() -> u64 {
