@@ -11,7 +11,7 @@ use dfdx::nn::modules::{Linear, UnbiasedLinear};
 use dfdx::prelude::*;
 
 use crate::layer::{when_wanted, WrittenLayer};
-use crate::matmul::matmul;
+use crate::matmul::{matmul, matmul_plus_row};
 use crate::sequence::Activations;
 use crate::tape::{hold, taped, Held};
 
@@ -78,11 +78,10 @@ where
     Cpu: Device<E>,
 {
     let saved = hold(&input);
-    let rows = input.shape().0;
-    let out = matmul(input, weight.retaped::<Tp<E>>().permute::<Rank2<I, O>, _>());
+    let transposed = weight.retaped::<Tp<E>>().permute::<Rank2<I, O>, _>();
     let out = match bias {
-        Some(b) => out + b.retaped::<Tp<E>>().broadcast_like(&(rows, Const::<O>)),
-        None => out,
+        Some(b) => matmul_plus_row(input, transposed, b.retaped::<Tp<E>>()),
+        None => matmul(input, transposed),
     };
     (out, saved)
 }

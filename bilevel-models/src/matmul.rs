@@ -76,16 +76,122 @@ pub fn matmul<M: Dim, K: Dim, N: Dim, E: Real>(
 where
     Cpu: Device<E>,
 {
-    let (Some(a_layout), Some(b_layout)) = (Layout::of(&a), Layout::of(&b)) else {
-        return a.matmul(b);
-    };
+    match layouts(&a, &b) {
+        Some(layouts) => product_op(a, b, layouts, Addend::Nothing),
+        None => a.matmul(b),
+    }
+}
+
+/// `A B + 1 rᵀ`: the product with the row `r` added to every row (a layer's bias), in one
+/// pass: the output starts as copies of `r` and the product accumulates onto it, where a
+/// broadcast addition would be two more ops forward and a reduction backward.
+pub fn matmul_plus_row<M: Dim, K: Dim, N: Dim, E: Real>(
+    a: Taped<(M, K), E>,
+    b: Taped<(K, N), E>,
+    row: Taped<(N,), E>,
+) -> Taped<(M, N), E>
+where
+    Cpu: Device<E>,
+{
+    match layouts(&a, &b) {
+        Some(layouts) => product_op(a, b, layouts, Addend::Row(row)),
+        None => {
+            let rows = a.shape().0;
+            let n = b.shape().1;
+            a.matmul(b) + row.broadcast_like::<_, Axis<0>>(&(rows, n))
+        }
+    }
+}
+
+/// `C + A B` in one pass: the output starts as a copy of C (standard layout, as an op's
+/// output has) and the product accumulates onto it.
+pub fn matmul_plus<M: Dim, K: Dim, N: Dim, E: Real>(
+    c: Taped<(M, N), E>,
+    a: Taped<(M, K), E>,
+    b: Taped<(K, N), E>,
+) -> Taped<(M, N), E>
+where
+    Cpu: Device<E>,
+{
+    let standard =
+        Layout::of(&c).is_some_and(|l| l.col == 1 && l.row == c.shape().1.size() as isize);
+    match layouts(&a, &b) {
+        Some(layouts) if standard => product_op(a, b, layouts, Addend::Matrix(c)),
+        _ => c + a.matmul(b),
+    }
+}
+
+/// Adds the output's gradient into the addend's.
+type AddendBackward<E> =
+    Box<dyn FnOnce(&mut Gradients<E, Cpu>, &[E]) -> Result<(), <Cpu as HasErr>::Err>>;
+
+/// What the product's output starts from.
+enum Addend<M: Dim, N: Dim, E: Real>
+where
+    Cpu: Device<E>,
+{
+    Nothing,
+    Row(Taped<(N,), E>),
+    Matrix(Taped<(M, N), E>),
+}
+
+fn layouts<M: Dim, K: Dim, N: Dim, E: Real>(
+    a: &Taped<(M, K), E>,
+    b: &Taped<(K, N), E>,
+) -> Option<(Layout, Layout)>
+where
+    Cpu: Device<E>,
+{
+    Some((Layout::of(a)?, Layout::of(b)?))
+}
+
+/// The op behind [`matmul`], [`matmul_plus_row`] and [`matmul_plus`].
+fn product_op<M: Dim, K: Dim, N: Dim, E: Real>(
+    a: Taped<(M, K), E>,
+    b: Taped<(K, N), E>,
+    (a_layout, b_layout): (Layout, Layout),
+    addend: Addend<M, N, E>,
+) -> Taped<(M, N), E>
+where
+    Cpu: Device<E>,
+{
     let (m, k) = *a.shape();
     let n = b.shape().1;
     let (a, a_tape) = a.split_tape();
     let (b, b_tape) = b.split_tape();
     let mut tape = a_tape.merge(b_tape);
 
-    let mut out = vec![E::zero(); m.size() * n.size()];
+    // The output's start, and how its gradient reaches the addend.
+    let (mut out, addend_backward): (Vec<E>, Option<AddendBackward<E>>) = match addend {
+        Addend::Nothing => (vec![E::zero(); m.size() * n.size()], None),
+        Addend::Row(row) => {
+            let (row, row_tape) = row.split_tape();
+            tape = tape.merge(row_tape);
+            let values = bilevel_optim::real::values(&row);
+            let out = (0..m.size()).flat_map(|_| values.iter().copied()).collect();
+            let id = row.ghost();
+            let backward: AddendBackward<E> = Box::new(move |grads, dc| {
+                let d_row = buffer::<E>(grads.get_or_alloc_mut(&id)?);
+                for chunk in dc.chunks_exact(d_row.len()) {
+                    d_row.iter_mut().zip(chunk).for_each(|(d, g)| *d += *g);
+                }
+                Ok(())
+            });
+            (out, Some(backward))
+        }
+        Addend::Matrix(c) => {
+            let (c, c_tape) = c.split_tape();
+            tape = tape.merge(c_tape);
+            let id = c.ghost();
+            let backward: AddendBackward<E> = Box::new(move |grads, dc| {
+                let d_matrix = buffer::<E>(grads.get_or_alloc_mut(&id)?);
+                d_matrix.iter_mut().zip(dc).for_each(|(d, g)| *d += *g);
+                Ok(())
+            });
+            (bilevel_optim::real::values(&c), Some(backward))
+        }
+    };
+    let accumulate = addend_backward.is_some();
     let rows = Layout::rows(n.size());
     // SAFETY: `out` holds m×n values laid out by `rows`; `a` and `b` hold their shapes' values
     // at their strides (dfdx's invariant for a non-broadcast tensor).
@@ -93,7 +199,7 @@ where
         product(
             (m.size(), k.size(), n.size()),
             (out.as_mut_ptr(), rows),
-            false,
+            accumulate,
             (first(&a), a_layout),
             (first(&b), b_layout),
         )
@@ -104,6 +210,9 @@ where
     tape.add_backward_op(move |grads| {
         let dc: Vec<E> = buffer::<E>(grads.get_or_alloc_mut(&c_id)?).to_vec();
         let (m, k, n) = (m.size(), k.size(), n.size());
+        if let Some(backward) = addend_backward {
+            backward(grads, &dc)?;
+        }
         // The gradient buffers have their tensors' layouts (dfdx allocates them so).
         let da = buffer::<E>(grads.get_or_alloc_mut(&a_id)?);
         check_len(da.len(), a_layout, (m, k));
@@ -336,6 +445,70 @@ mod tests {
             &[(64, 128, 128), (2048, 50, 128), (256, 16, 1), (1, 128, 128)],
             2e-6,
         );
+    }
+
+    /// `A Bᵀ + 1 rᵀ` and `C + A Bᵀ` against dfdx's ops composed: values and the gradients of
+    /// every input, in f64 to rounding.
+    #[test]
+    fn sums_with_a_product_match_dfdx() {
+        let dev = device();
+        let (m, k, n) = (6, 5, 4);
+        let a_leaf = dev.tensor_from_vec(values::<f64>(m * k, 11), (m, k));
+        let b_leaf = dev.tensor_from_vec(values::<f64>(n * k, 12), (n, k));
+        let r_leaf = dev.tensor_from_vec(values::<f64>(n, 13), (n,));
+        let c_leaf = dev.tensor_from_vec(values::<f64>(m * n, 14), (m, n));
+        let w = dev.tensor_from_vec(values::<f64>(m * n, 15), (m, n));
+        let inputs = || {
+            (
+                a_leaf.retaped::<Tp<f64>>(),
+                b_leaf.retaped::<Tp<f64>>().permute::<_, Axes2<1, 0>>(),
+            )
+        };
+        let gradients = |out: Taped<(usize, usize), f64>, row: bool| {
+            let value = out.retaped::<dfdx::tensor::NoneTape>().as_vec();
+            let g = (out * w.clone()).sum().backward();
+            let addend = if row {
+                g.get(&r_leaf).as_vec()
+            } else {
+                g.get(&c_leaf).as_vec()
+            };
+            vec![
+                value,
+                g.get(&a_leaf).as_vec(),
+                g.get(&b_leaf).as_vec(),
+                addend,
+            ]
+        };
+        let (a, b) = inputs();
+        let ours = gradients(matmul_plus_row(a, b, r_leaf.retaped::<Tp<f64>>()), true);
+        let (a, b) = inputs();
+        let theirs = gradients(
+            a.matmul(b)
+                + r_leaf
+                    .retaped::<Tp<f64>>()
+                    .broadcast_like::<_, Axis<0>>(&(m, n)),
+            true,
+        );
+        let (a, b) = inputs();
+        let ours_plus = gradients(matmul_plus(c_leaf.retaped::<Tp<f64>>(), a, b), false);
+        let (a, b) = inputs();
+        let theirs_plus = gradients(c_leaf.retaped::<Tp<f64>>() + a.matmul(b), false);
+        for (what, x, y) in [
+            ("row", &ours, &theirs),
+            ("matrix", &ours_plus, &theirs_plus),
+        ] {
+            for (i, (p, q)) in x.iter().zip(y.iter()).enumerate() {
+                let scale = q.iter().fold(0.0f64, |s, v| s.max(v.abs()));
+                let err = p
+                    .iter()
+                    .zip(q)
+                    .fold(0.0f64, |s, (u, v)| s.max((u - v).abs()));
+                assert!(
+                    err <= 1e-14 * scale.max(1.0),
+                    "{what}, part {i}: off by {err:e}"
+                );
+            }
+        }
     }
 
     /// A product and its backward count 3 × 2mkn operations (at least: other tests' products

@@ -8,7 +8,7 @@ use dfdx::nn::modules::Linear;
 use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection};
 use dfdx::prelude::*;
 
-use crate::matmul::matmul;
+use crate::matmul::{matmul, matmul_plus, matmul_plus_row};
 use crate::rows::{concat_rows, gather_rows, scatter_rows};
 use crate::sequence::Activations;
 use crate::tape::{hold, taped, Held};
@@ -53,27 +53,25 @@ where
         x: Activations<E, I>,
         h_prev: Option<Activations<E, H>>,
     ) -> Activations<E, H> {
-        let rows = x.shape().0;
-        let biases = (self.input.bias.retaped::<Tp<E>>() + self.recurrent.bias.retaped::<Tp<E>>())
-            .broadcast_like(&(rows, Const::<H>));
-        let a = matmul(
+        let biases = self.input.bias.retaped::<Tp<E>>() + self.recurrent.bias.retaped::<Tp<E>>();
+        let a = matmul_plus_row(
             x,
             self.input
                 .weight
                 .retaped::<Tp<E>>()
                 .permute::<Rank2<I, H>, _>(),
-        ) + biases;
+            biases,
+        );
         match h_prev {
             None => a,
-            Some(h) => {
-                a + matmul(
-                    h,
-                    self.recurrent
-                        .weight
-                        .retaped::<Tp<E>>()
-                        .permute::<Rank2<H, H>, _>(),
-                )
-            }
+            Some(h) => matmul_plus(
+                a,
+                h,
+                self.recurrent
+                    .weight
+                    .retaped::<Tp<E>>()
+                    .permute::<Rank2<H, H>, _>(),
+            ),
         }
     }
 
