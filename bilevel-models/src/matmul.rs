@@ -213,32 +213,25 @@ where
         if let Some(backward) = addend_backward {
             backward(grads, &dc)?;
         }
-        // The gradient buffers have their tensors' layouts (dfdx allocates them so).
+        let dc_rows = (dc.as_ptr(), Layout::rows(n));
+        // ∂A += ∂C Bᵀ, ∂B += Aᵀ ∂C, each into a buffer laid out like its tensor (dfdx
+        // allocates gradient buffers so).
         let da = buffer::<E>(grads.get_or_alloc_mut(&a_id)?);
-        check_len(da.len(), a_layout, (m, k));
-        // SAFETY: `da` holds `a`'s layout (checked just above); `dc` is m×n by rows; `b`'s
-        // values at `b`'s strides, read transposed as an N×K matrix.
-        unsafe {
-            product(
-                (m, n, k),
-                (da.as_mut_ptr(), a_layout),
-                true,
-                (dc.as_ptr(), Layout::rows(n)),
-                (first(&b), b_layout.transposed()),
-            )
-        };
+        add_product_into(
+            da,
+            a_layout,
+            (m, n, k),
+            dc_rows,
+            (first(&b), b_layout.transposed()),
+        );
         let db = buffer::<E>(grads.get_or_alloc_mut(&b_id)?);
-        check_len(db.len(), b_layout, (k, n));
-        // SAFETY: as above, with `a` read transposed as a K×M matrix.
-        unsafe {
-            product(
-                (k, m, n),
-                (db.as_mut_ptr(), b_layout),
-                true,
-                (first(&a), a_layout.transposed()),
-                (dc.as_ptr(), Layout::rows(n)),
-            )
-        };
+        add_product_into(
+            db,
+            b_layout,
+            (k, m, n),
+            (first(&a), a_layout.transposed()),
+            dc_rows,
+        );
         Ok(())
     });
     c.put_tape(tape)
@@ -285,6 +278,31 @@ impl Layout {
             col: self.row,
         }
     }
+}
+
+/// `dst += lhs · rhs` for `lhs: rows×inner`, `rhs: inner×cols`, into a gradient buffer laid out
+/// by `layout`, after checking that the buffer reaches every element the layout addresses.
+/// The operands are values of live tensors (laid out as given) or a row-major copy.
+fn add_product_into<E: Real>(
+    dst: &mut [E],
+    layout: Layout,
+    (rows, inner, cols): (usize, usize, usize),
+    lhs: (*const E, Layout),
+    rhs: (*const E, Layout),
+) {
+    check_len(dst.len(), layout, (rows, cols));
+    // SAFETY: `dst` reaches every element of its layout (checked just above) and is a gradient
+    // buffer, apart from the operands; the callers pass operands whose pointers address their
+    // shapes' values at their layouts.
+    unsafe {
+        product(
+            (rows, inner, cols),
+            (dst.as_mut_ptr(), layout),
+            true,
+            lhs,
+            rhs,
+        )
+    };
 }
 
 /// A gradient buffer must reach the last element the tensor's layout addresses.
