@@ -239,6 +239,7 @@ where
         f64,
         X = Enc,
         Y = Repeated<MlpHead<H, M, C, f64>, TASKS>,
+        UpperBatch = bilevel_models::forms::TaskBatch<f64, EMB>,
         LowerBatch = bilevel_models::forms::TaskBatch<f64, EMB>,
     >,
 {
@@ -278,6 +279,66 @@ where
             in_batch.contains(&i),
             g != 0.0 && hv != 0.0,
             "head {i}: ‖g‖ {g}, ‖Hv‖ {hv}"
+        );
+    }
+    touched_heads_carry_every_gradient(&mut oracles, &x, &y, what);
+}
+
+/// The passes keep gradients for the batch's heads only (`upper_touches`, `lower_touches`):
+/// every other head comes back as a shared zero, and nothing is lost, since the gradients'
+/// slopes along a direction over all of y and x match central differences of the losses
+/// themselves (no gradient involved).
+fn touched_heads_carry_every_gradient<P>(
+    oracles: &mut Oracles<f64, P>,
+    x: &P::X,
+    y: &P::Y,
+    what: &str,
+) where
+    P: BilevelProblem<
+        f64,
+        Y = Repeated<MlpHead<H, M, C, f64>, TASKS>,
+        UpperBatch = TaskBatch<f64, EMB>,
+        LowerBatch = TaskBatch<f64, EMB>,
+    >,
+{
+    let (upper, lower) = (oracles.upper_batch(), oracles.lower_batch());
+    let up = oracles.upper_grad(x, y, &upper).unwrap();
+    let (_, low) = oracles.lower_grad_in_y(x, y, &lower).unwrap();
+    for (dy, batch, level) in [(&up.dy, &upper, "upper"), (&low, &lower, "lower")] {
+        for (i, head) in dy.modules.iter().enumerate() {
+            let outside = !heads(batch).contains(&i);
+            let mask = head.shared_zero_mask();
+            assert!(
+                mask.iter().all(|&zero| zero == outside),
+                "{what}, {level} gradient, head {i}: shared zeros {mask:?}"
+            );
+        }
+    }
+    let (dx, dy) = (random_like(x, 31), random_like(y, 32));
+    let eps = 1e-6;
+    let along = |s: f64| {
+        let (mut xs, mut ys) = (x.clone(), y.clone());
+        xs.add_scaled(s, &dx);
+        ys.add_scaled(s, &dy);
+        (xs, ys)
+    };
+    let ((xp, yp), (xm, ym)) = (along(eps), along(-eps));
+    let problem = oracles.problem();
+    let upper_fd = (problem.upper_loss(&xp, &yp, &upper).array()
+        - problem.upper_loss(&xm, &ym, &upper).array())
+        / (2.0 * eps);
+    let upper_slope = up.dx.dot(&dx) + up.dy.dot(&dy);
+    let lower_fd = (problem.lower_loss(x, &yp, &lower).array()
+        - problem.lower_loss(x, &ym, &lower).array())
+        / (2.0 * eps);
+    let lower_slope = low.dot(&dy);
+    for (slope, fd, level) in [
+        (upper_slope, upper_fd, "upper"),
+        (lower_slope, lower_fd, "lower"),
+    ] {
+        assert!(
+            (slope - fd).abs() <= 1e-6 * fd.abs().max(1.0),
+            "{what}, {level}: slope {slope} against central difference {fd}"
         );
     }
 }

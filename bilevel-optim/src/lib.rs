@@ -68,6 +68,7 @@ pub mod problems;
 pub mod real;
 pub mod schedule;
 pub mod shards;
+pub mod shared_zeros;
 pub mod state;
 pub mod steps;
 pub mod tape;

@@ -15,6 +15,7 @@ use dfdx::nn::tensor_collection::{
 use dfdx::prelude::{Cpu, Device, Gradients, HasShape, Shape, Tensor, TensorFromVec, ZerosTensor};
 
 use crate::real::Real;
+use crate::shared_zeros::is_shared_zero;
 
 /// Vector-space operations on a collection of tensors.
 ///
@@ -44,14 +45,29 @@ where
     /// own device, because ops allocate their outputs on their inputs' device and dfdx 0.13's
     /// allocation cache must not be used from two threads (see [`crate::shards`]).
     fn on_device(&self, dev: &Cpu) -> Self {
+        self.on_device_where(dev, None)
+    }
+
+    /// [`Params::on_device`] for the trainable tensors `touched` marks (in visiting order;
+    /// `None`: all) and every frozen one; the others stay shared with `self`. For a pass that
+    /// reads only the touched tensors ([`crate::problem::BilevelProblem::lower_touches`]): the
+    /// rest is never handed to an op, so no op allocates on `self`'s device from another thread.
+    fn on_device_where(&self, dev: &Cpu, touched: Option<&[bool]>) -> Self {
         let mut out = self.clone();
-        out.walk_mut(&mut CopyTo { dev });
+        out.walk_mut(&mut CopyTo {
+            dev,
+            touched,
+            next: 0,
+        });
         out
     }
 
-    /// `self ← a · self`.
+    /// `self ← a · self`. Shared zeros ([`crate::shared_zeros`]) stay as they are, and `a = 1`
+    /// does nothing.
     fn scale(&mut self, a: E) {
-        self.map_in_place(|s| s.iter_mut().for_each(|v| *v *= a));
+        if a != E::one() {
+            self.walk_mut(&mut Scale { a });
+        }
     }
 
     /// `self ← self + a · other`.
@@ -78,19 +94,33 @@ where
         );
     }
 
-    /// Euclidean inner product over all trainable tensors.
+    /// Euclidean inner product over all trainable tensors (pairs with a shared zero add nothing
+    /// and are skipped).
     fn dot(&self, other: &Self) -> E {
         let mut acc = 0.0f64;
-        self.fold_with(other, |a, b| {
-            acc += a.iter().zip(b).map(|(x, y)| x.f64() * y.f64()).sum::<f64>();
+        let mut v = FoldSlices {
+            f: |a: &[E], b: &[E]| {
+                acc += a.iter().zip(b).map(|(x, y)| x.f64() * y.f64()).sum::<f64>();
+            },
+            a: Vec::new(),
+            b: Vec::new(),
+            skip_shared_zeros: true,
+        };
+        let _ = Self::iter_tensors(&mut RecursiveWalker {
+            m: (self, other),
+            f: &mut Visit(&mut v),
         });
         E::of(acc)
     }
 
-    /// Squared global Euclidean norm (all tensors concatenated).
+    /// Squared global Euclidean norm (all tensors concatenated; shared zeros are skipped).
     fn norm_sq(&self) -> E {
         let mut acc = 0.0f64;
-        self.for_each_slice(|a| acc += a.iter().map(|x| x.f64() * x.f64()).sum::<f64>());
+        self.walk(&mut EachSlice {
+            f: |a: &[E]| acc += a.iter().map(|x| x.f64() * x.f64()).sum::<f64>(),
+            buf: Vec::new(),
+            skip_shared_zeros: true,
+        });
         E::of(acc)
     }
 
@@ -122,6 +152,14 @@ where
         } else {
             false
         }
+    }
+
+    /// Number of trainable tensors (the length of [`Params::tensor_spans`]), without reading
+    /// any values.
+    fn tensor_count(&self) -> usize {
+        let mut count = CountTensors(0);
+        self.walk(&mut count);
+        count.0
     }
 
     /// Number of trainable scalars.
@@ -159,13 +197,28 @@ where
 
     /// The name of the first tensor holding a NaN or an infinity, if any.
     fn first_non_finite(&self) -> Option<String> {
-        let mut found = None;
-        self.for_each_named_slice(|name, a| {
-            if found.is_none() && a.iter().any(|v| !v.is_finite()) {
-                found = Some(name.to_string());
-            }
-        });
-        found
+        self.first_non_finite_among(None)
+    }
+
+    /// [`Params::first_non_finite`] among the tensors `among` marks (in visiting order; `None`:
+    /// all): after a step that changed only those, the others need no second look.
+    fn first_non_finite_among(&self, among: Option<&[bool]>) -> Option<String> {
+        let mut v = FirstNonFinite {
+            among,
+            next: 0,
+            buf: Vec::new(),
+            found: None,
+        };
+        walk_named(self, &mut v);
+        v.found
+    }
+
+    /// For each trainable tensor (in visiting order), whether it is a shared zero
+    /// ([`crate::shared_zeros`]): a step along `self` leaves those tensors unchanged.
+    fn shared_zero_mask(&self) -> Vec<bool> {
+        let mut mask = Vec::new();
+        self.walk(&mut SharedZeroMask(&mut mask));
+        mask
     }
 
     /// Each trainable tensor's name (as in error messages, e.g. `"0.weight"`) and its range in
@@ -207,7 +260,11 @@ where
 
     /// Visits each trainable tensor's data.
     fn for_each_slice(&self, f: impl FnMut(&[E])) {
-        self.walk(&mut EachSlice { f, buf: Vec::new() });
+        self.walk(&mut EachSlice {
+            f,
+            buf: Vec::new(),
+            skip_shared_zeros: false,
+        });
     }
 
     /// Visits each pair of corresponding trainable tensors.
@@ -216,6 +273,7 @@ where
             f,
             a: Vec::new(),
             b: Vec::new(),
+            skip_shared_zeros: false,
         };
         let _ = Self::iter_tensors(&mut RecursiveWalker {
             m: (self, other),
@@ -228,6 +286,18 @@ where
     fn gradient_from(&self, grads: &Gradients<E, Cpu>) -> Self {
         let mut out = self.clone();
         out.walk_mut(&mut TakeGradient { grads });
+        out
+    }
+
+    /// [`Params::gradient_from`] for the tensors `touched` marks (in visiting order; `None`: all),
+    /// and shared zeros ([`crate::shared_zeros`]) for the others, which need no entry in `grads`.
+    fn gradient_on(&self, grads: &Gradients<E, Cpu>, touched: Option<&[bool]>) -> Self {
+        let mut out = self.clone();
+        out.walk_mut(&mut TakeGradientOn {
+            grads,
+            touched,
+            next: 0,
+        });
         out
     }
 
@@ -351,7 +421,33 @@ where
 {
     type Viewer = (ViewTensorMut, ViewTensorRef);
     fn each<S: Shape>(&mut self, (dst, src): (&mut Tensor<S, E, Cpu>, &Tensor<S, E, Cpu>)) {
-        dst.axpy(self.alpha, src, self.beta);
+        if is_shared_zero(src) {
+            // `alpha·dst + beta·0`: only the scaling of dst is left.
+            Scale {
+                a: E::of(self.alpha),
+            }
+            .each(dst);
+        } else {
+            dst.axpy(self.alpha, src, self.beta);
+        }
+    }
+}
+
+/// `t ← a·t`, leaving shared zeros (and everything when `a = 1`) alone.
+struct Scale<E> {
+    a: E,
+}
+impl<E: Real> EachTensor<E> for Scale<E>
+where
+    Cpu: Device<E>,
+{
+    type Viewer = ViewTensorMut;
+    fn each<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
+        if self.a != E::one() && !is_shared_zero(t) {
+            let mut values = crate::real::values(t);
+            values.iter_mut().for_each(|v| *v *= self.a);
+            t.copy_from(&values);
+        }
     }
 }
 
@@ -399,6 +495,7 @@ where
 struct EachSlice<F, E> {
     f: F,
     buf: Vec<E>,
+    skip_shared_zeros: bool,
 }
 impl<E: Real, F: FnMut(&[E])> EachTensor<E> for EachSlice<F, E>
 where
@@ -406,6 +503,9 @@ where
 {
     type Viewer = ViewTensorRef;
     fn each<S: Shape>(&mut self, t: &Tensor<S, E, Cpu>) {
+        if self.skip_shared_zeros && is_shared_zero(t) {
+            return;
+        }
         self.buf.resize(t.shape().num_elements(), E::zero());
         t.copy_into(&mut self.buf);
         (self.f)(&self.buf);
@@ -417,6 +517,7 @@ struct FoldSlices<F, E> {
     f: F,
     a: Vec<E>,
     b: Vec<E>,
+    skip_shared_zeros: bool,
 }
 impl<E: Real, F: FnMut(&[E], &[E])> EachTensor<E> for FoldSlices<F, E>
 where
@@ -424,6 +525,9 @@ where
 {
     type Viewer = (ViewTensorRef, ViewTensorRef);
     fn each<S: Shape>(&mut self, (a, b): (&Tensor<S, E, Cpu>, &Tensor<S, E, Cpu>)) {
+        if self.skip_shared_zeros && (is_shared_zero(a) || is_shared_zero(b)) {
+            return;
+        }
         let n = a.shape().num_elements();
         self.a.resize(n, E::zero());
         self.b.resize(n, E::zero());
@@ -462,9 +566,12 @@ where
     }
 }
 
-/// Every tensor, frozen ones too, copied onto `dev`.
+/// Every frozen tensor and every trainable one `touched` marks (all when `None`) copied onto
+/// `dev`.
 struct CopyTo<'d> {
     dev: &'d Cpu,
+    touched: Option<&'d [bool]>,
+    next: usize,
 }
 impl<E: Real> EachTensor<E> for CopyTo<'_>
 where
@@ -472,10 +579,13 @@ where
 {
     type Viewer = ViewTensorMut;
     fn each<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
-        *t = self.dev.tensor_from_vec(crate::real::values(t), *t.shape());
+        if self.touched.is_none_or(|touched| touched[self.next]) {
+            *t = self.dev.tensor_from_vec(crate::real::values(t), *t.shape());
+        }
+        self.next += 1;
     }
     fn frozen<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
-        EachTensor::<E>::each(self, t);
+        *t = self.dev.tensor_from_vec(crate::real::values(t), *t.shape());
     }
 }
 
@@ -493,5 +603,81 @@ where
     }
     fn frozen<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
         t.fill_with_zeros();
+    }
+}
+
+/// Each tensor replaced by its gradient in `grads` where `touched` marks it, by a shared zero
+/// elsewhere; frozen ones by zeros.
+struct TakeGradientOn<'g, E: Real> {
+    grads: &'g Gradients<E, Cpu>,
+    touched: Option<&'g [bool]>,
+    next: usize,
+}
+impl<E: Real> EachTensor<E> for TakeGradientOn<'_, E>
+where
+    Cpu: Device<E>,
+{
+    type Viewer = ViewTensorMut;
+    fn each<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
+        *t = if self.touched.is_none_or(|touched| touched[self.next]) {
+            self.grads.get(&*t)
+        } else {
+            crate::shared_zeros::shared_zeros(*t.shape())
+        };
+        self.next += 1;
+    }
+    fn frozen<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
+        t.fill_with_zeros();
+    }
+}
+
+/// Counts the trainable tensors.
+struct CountTensors(usize);
+impl<E: Real> EachTensor<E> for CountTensors
+where
+    Cpu: Device<E>,
+{
+    type Viewer = ViewTensorRef;
+    fn each<S: Shape>(&mut self, _t: &Tensor<S, E, Cpu>) {
+        self.0 += 1;
+    }
+}
+
+/// Records, tensor by tensor, whether each is a shared zero.
+struct SharedZeroMask<'a>(&'a mut Vec<bool>);
+impl<E: Real> EachTensor<E> for SharedZeroMask<'_>
+where
+    Cpu: Device<E>,
+{
+    type Viewer = ViewTensorRef;
+    fn each<S: Shape>(&mut self, t: &Tensor<S, E, Cpu>) {
+        self.0.push(is_shared_zero(t));
+    }
+}
+
+/// The name of the first tensor (among those `among` marks) holding a NaN or an infinity;
+/// shared zeros need no look.
+struct FirstNonFinite<'a, E> {
+    among: Option<&'a [bool]>,
+    next: usize,
+    buf: Vec<E>,
+    found: Option<String>,
+}
+impl<E: Real> EachTensor<E> for FirstNonFinite<'_, E>
+where
+    Cpu: Device<E>,
+{
+    type Viewer = (ViewTensorRef, ViewTensorName);
+    fn each<S: Shape>(&mut self, (t, name): (&Tensor<S, E, Cpu>, String)) {
+        let look = self.among.is_none_or(|among| among[self.next]);
+        self.next += 1;
+        if !look || self.found.is_some() || is_shared_zero(t) {
+            return;
+        }
+        self.buf.resize(t.shape().num_elements(), E::zero());
+        t.copy_into(&mut self.buf);
+        if self.buf.iter().any(|v| !v.is_finite()) {
+            self.found = Some(tensor_label(name));
+        }
     }
 }

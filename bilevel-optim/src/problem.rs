@@ -163,6 +163,24 @@ where
         batch: &Self::LowerBatch,
         grad: &mut WrittenGrad<E>,
     );
+
+    /// Which trainable tensors of `y` (in visiting order, as [`Params::tensor_spans`] lists them)
+    /// the upper loss on `batch` depends on; `None` (the default): all. A hint that saves work
+    /// and changes no value: the others' gradients are exact zeros, so the passes keep no buffer
+    /// for them and return shared zeros ([`crate::shared_zeros`]), and a y of many parts of
+    /// which a batch touches a few (one head per task) costs what those few cost. A tensor left
+    /// out that the loss does depend on would lose its gradient;
+    /// [`crate::check::check_problem`] compares the hinted passes with full ones.
+    fn upper_touches(&self, _y: &Self::Y, _batch: &Self::UpperBatch) -> Option<Vec<bool>> {
+        None
+    }
+
+    /// [`BilevelProblem::upper_touches`] for the lower loss on `batch` (and for
+    /// [`BilevelProblem::lower_loss_in_y`]). The written gradient's second-order pass needs no
+    /// hint: the tensors it declares zero ([`WrittenGrad::zero`]) are the untouched ones.
+    fn lower_touches(&self, _y: &Self::Y, _batch: &Self::LowerBatch) -> Option<Vec<bool>> {
+        None
+    }
 }
 
 /// How many fixed batches of `size` consecutive items `n` items make (the last may be shorter):

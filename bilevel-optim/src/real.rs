@@ -228,6 +228,16 @@ where
     out
 }
 
+/// The address of `t`'s first value (the start of its buffer for a standard layout); `None` for
+/// an empty tensor. dfdx 0.13 keeps a tensor's buffer private, so an element's address is the one
+/// handle on it: tensors that share a buffer (clones, retaped copies) share it.
+pub fn first_address<S: Shape, E: Real, T>(t: &Tensor<S, E, Cpu, T>) -> Option<usize>
+where
+    Cpu: Device<E>,
+{
+    (t.shape().num_elements() > 0).then(|| &t[S::Concrete::default()] as *const E as usize)
+}
+
 /// Shorthand for the bound every generic item needs: `Cpu` implements all kernels for `E`.
 pub trait CpuReal: Real {}
 impl<E: Real> CpuReal for E where Cpu: Device<E> {}

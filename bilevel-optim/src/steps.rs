@@ -36,6 +36,24 @@ impl Site {
         }
     }
 
+    /// [`Site::check`] after `value` took a step along `step`: only the tensors the step changed
+    /// (those where `step` is not a shared zero) are read, the others were checked before.
+    pub fn check_stepped<E: Real, T: Params<E>>(
+        &self,
+        quantity: &str,
+        value: &T,
+        step: &T,
+    ) -> Result<(), BilevelError>
+    where
+        Cpu: Device<E>,
+    {
+        let changed: Vec<bool> = step.shared_zero_mask().iter().map(|zero| !zero).collect();
+        match value.first_non_finite_among(Some(&changed)) {
+            None => Ok(()),
+            Some(tensor) => Err(self.non_finite(format!("{quantity} (tensor '{tensor}')"))),
+        }
+    }
+
     /// Fails with [`BilevelError::NonFinite`] when the scalar `value` is NaN or infinite.
     pub fn check_scalar(&self, quantity: &str, value: f64) -> Result<(), BilevelError> {
         if value.is_finite() {
@@ -73,7 +91,7 @@ where
         let batch = oracles.lower_batch();
         let (value, dy) = lower_grad_in_y_checked(oracles, x, y, &batch, site)?;
         y.add_scaled(-gamma, &dy);
-        site.check("lower variable y", y)?;
+        site.check_stepped("lower variable y", y, &dy)?;
         last = Some(value);
     }
     Ok(last)

@@ -5,28 +5,32 @@
 //! yields `∇²_yy G·v` and `∇²_xy G·v`. It also keeps each component's value, so the same pass
 //! returns `∇_y G` itself.
 //!
-//! Components are matched to the tensors of `y` by tensor identity: a dfdx [`Gradients`] map,
-//! keyed by tensor id, records each tensor's position in `y`. Setting a tensor that is not in
-//! `y`, setting one twice, or leaving one out is reported by name, never silently accepted.
+//! Components are matched to the tensors of `y` by their buffers: a map from each buffer's
+//! address ([`crate::real::first_address`]; clones of a tensor share it) to the tensor's position
+//! in `y`. Setting a tensor that is not in `y`, setting one twice, or leaving one out is reported
+//! by name, never silently accepted.
 //!
 //! Three ways to give a component, for the three ways models are written:
 //! - [`WrittenGrad::set`]: the whole component at once (a closed-form gradient);
 //! - [`WrittenGrad::add`]: one term of a sum, as layers and regularizers contribute separately
 //!   (a layer adds its data term, the L2 penalty adds `μ y`);
 //! - [`WrittenGrad::zero`]: a part of `y` the batch does not touch (the heads of tasks outside a
-//!   task batch), so its gradient is exactly zero and costs nothing in the backward pass.
+//!   task batch), so its gradient is exactly zero and costs nothing: it becomes a shared zero
+//!   ([`crate::shared_zeros`]), and the backward pass keeps no gradient buffer for it.
 
 use std::any::Any;
+use std::collections::HashMap;
 
 use dfdx::nn::tensor_collection::{RecursiveWalker, ViewTensorMut, ViewTensorName, ViewTensorRef};
 use dfdx::prelude::{
-    Cpu, Device, Gradients, Merge, NoneTape, PutTape, Rank0, Shape, SplitTape, SumTo, Tensor,
+    Cpu, Device, HasShape, Merge, NoneTape, PutTape, Rank0, Shape, SplitTape, SumTo, Tensor,
     ZerosTensor,
 };
 
 use crate::error::BilevelError;
 use crate::params::{tensor_label, EachTensor, Params, Visit};
-use crate::real::Real;
+use crate::real::{first_address, Real};
+use crate::shared_zeros::shared_zeros;
 use crate::tape::{Taped, Tp};
 
 /// Builder for a written gradient `∇_y G`; see the module documentation.
@@ -34,8 +38,8 @@ pub struct WrittenGrad<E: Real>
 where
     Cpu: Device<E>,
 {
-    /// Position (1-based, in the first element) of each trainable tensor of `y`, by tensor id.
-    position: Gradients<E, Cpu>,
+    /// Position of each trainable tensor of `y`, by the address of its buffer.
+    position: HashMap<usize, usize>,
     names: Vec<String>,
     direction: Option<Vec<Box<dyn Any>>>,
     values: Vec<Option<Box<dyn Any>>>,
@@ -52,7 +56,7 @@ where
     /// A builder for the gradient at `y`; with `direction = Some(v)` it also forms `⟨∇_y G, v⟩`.
     pub fn new<Y: Params<E>>(y: &Y, direction: Option<&Y>) -> Self {
         let mut reg = Register {
-            position: Gradients::leaky(),
+            position: HashMap::new(),
             names: Vec::new(),
         };
         let _ = Y::iter_tensors(&mut RecursiveWalker {
@@ -100,7 +104,7 @@ where
         let _ = P::iter_tensors(&mut RecursiveWalker {
             m: part,
             f: &mut Visit(&mut ZeroMarks {
-                position: &mut self.position,
+                position: &self.position,
                 out: &mut marks,
             }),
         });
@@ -156,10 +160,14 @@ where
             }
         }));
         if let Some(dir) = &self.direction {
+            // A fresh tensor id: dfdx accumulates the gradient of the constant factor v under v's
+            // id, so a direction sharing ids with y (a clone of y, say) would add ∇_y G to the
+            // HVP. Made here, for the tensors that get a component, rather than for all of v.
             let v = dir[k]
                 .downcast_ref::<Tensor<S, E, Cpu>>()
                 .expect("same tensor, same shape type")
-                .clone();
+                .clone()
+                * E::one();
             let term: Taped<Rank0, E> = (component * v).sum();
             self.inner = Some(match self.inner.take() {
                 None => term,
@@ -196,6 +204,11 @@ where
             .filter(|(g, _)| **g == Given::Nothing)
             .map(|(_, n)| n.clone())
             .collect()
+    }
+
+    /// For each trainable tensor of `y` (in visiting order), whether it was declared zero.
+    pub(crate) fn declared_zero(&self) -> Vec<bool> {
+        self.given.iter().map(|g| *g == Given::Zero).collect()
     }
 
     /// What was given wrongly so far (a tensor set twice, a tensor not in `y`, ...).
@@ -247,7 +260,7 @@ where
     }
 
     fn position_of<S: Shape>(&mut self, param: &Tensor<S, E, Cpu>) -> Option<usize> {
-        let k = read_marker(&mut self.position, param)?;
+        let k = read_marker(&self.position, param)?;
         (k >= 1 && k <= self.names.len()).then(|| k - 1)
     }
 }
@@ -263,25 +276,32 @@ enum Given {
 
 // These two helpers deliberately carry no `Cpu: Device<E>` bound: with it in scope, the compiler
 // cannot see that a CPU gradient buffer is a vector of `E`.
-fn write_marker<E: Real, S: Shape>(map: &mut Gradients<E, Cpu>, t: &Tensor<S, E, Cpu>, k: usize) {
-    let buf = map.get_or_alloc_mut(t).expect("cpu allocation");
-    if let Some(first) = buf.first_mut() {
-        *first = E::of(k as f64);
+/// Records that `t` is tensor `k` (1-based) of `y`.
+fn write_marker<E: Real, S: Shape>(map: &mut HashMap<usize, usize>, t: &Tensor<S, E, Cpu>, k: usize)
+where
+    Cpu: Device<E>,
+{
+    if let Some(address) = first_address(t) {
+        map.insert(address, k);
     }
 }
 
+/// Which tensor (1-based) of `y` `t` is, if any.
 fn read_marker<E: Real, S: Shape>(
-    map: &mut Gradients<E, Cpu>,
+    map: &HashMap<usize, usize>,
     t: &Tensor<S, E, Cpu>,
-) -> Option<usize> {
-    map.get_or_alloc_mut(t).ok()?.first()?.to_usize()
+) -> Option<usize>
+where
+    Cpu: Device<E>,
+{
+    map.get(&first_address(t)?).copied()
 }
 
-struct Register<E: Real> {
-    position: Gradients<E, Cpu>,
+struct Register {
+    position: HashMap<usize, usize>,
     names: Vec<String>,
 }
-impl<E: Real> EachTensor<E> for Register<E>
+impl<E: Real> EachTensor<E> for Register
 where
     Cpu: Device<E>,
 {
@@ -292,11 +312,11 @@ where
     }
 }
 
-struct ZeroMarks<'a, E: Real> {
-    position: &'a mut Gradients<E, Cpu>,
+struct ZeroMarks<'a> {
+    position: &'a HashMap<usize, usize>,
     out: &'a mut Vec<Option<usize>>,
 }
-impl<E: Real> EachTensor<E> for ZeroMarks<'_, E>
+impl<E: Real> EachTensor<E> for ZeroMarks<'_>
 where
     Cpu: Device<E>,
 {
@@ -315,9 +335,7 @@ where
 {
     type Viewer = ViewTensorRef;
     fn each<S: Shape>(&mut self, t: &Tensor<S, E, Cpu>) {
-        // A fresh tensor id: dfdx accumulates the gradient of the constant factor v under v's
-        // id, so a direction sharing ids with y (a clone of y, say) would add ∇_y G to the HVP.
-        self.out.push(Box::new(t.clone() * E::one()));
+        self.out.push(Box::new(t.clone()));
     }
 }
 
@@ -337,7 +355,7 @@ where
                 .expect("same shape type"),
             // Declared zero (`finish` checked that every other tensor has a value): +0.0,
             // where `t * 0` would be −0.0 for every negative entry of `t`.
-            None => t.device().zeros_like(t),
+            None => shared_zeros(*t.shape()),
         };
         self.next += 1;
     }

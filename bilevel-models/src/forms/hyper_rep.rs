@@ -346,6 +346,32 @@ where
             grads.zero(head);
         }
     }
+
+    /// The batch's heads: the passes then cost what 20 heads cost, not 400.
+    fn upper_touches(&self, y: &Self::Y, batch: &TaskBatch<E, EMB>) -> Option<Vec<bool>> {
+        Some(heads_touched(y, batch))
+    }
+
+    fn lower_touches(&self, y: &Self::Y, batch: &TaskBatch<E, EMB>) -> Option<Vec<bool>> {
+        Some(heads_touched(y, batch))
+    }
+}
+
+/// Marks the tensors of the batch's heads among y's trainable tensors (in visiting order: head
+/// after head).
+fn heads_touched<E: Real, Head: Params<E>, const EMB: usize, const NT: usize>(
+    y: &Repeated<Head, NT>,
+    batch: &TaskBatch<E, EMB>,
+) -> Vec<bool>
+where
+    Cpu: Device<E>,
+{
+    let per_head = y.modules.first().map_or(0, Params::tensor_count);
+    let mut touched = vec![false; NT * per_head];
+    for (i, _) in &batch.tasks {
+        touched[i * per_head..(i + 1) * per_head].fill(true);
+    }
+    touched
 }
 
 /// Both losses are sums over tasks, each task with its own head (and that head's penalty), so a

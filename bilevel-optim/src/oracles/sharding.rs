@@ -12,7 +12,7 @@ use dfdx::prelude::{AsArray, Backward, Cpu, Device};
 use crate::distributed::{ProcessGroup, Reader, Wire};
 use crate::error::BilevelError;
 use crate::params::Params;
-use crate::passes::{anchored, lower_grad_pass, upper_pass, written_second_order_pass};
+use crate::passes::{anchored_on, lower_grad_pass, upper_pass, written_second_order_pass};
 use crate::passes::{LossGrad, SecondOrder};
 use crate::problem::{BilevelProblem, ShardedProblem};
 use crate::real::Real;
@@ -187,12 +187,13 @@ where
     Ok(match pass {
         LowerPass::Grad => LowerResult::Grad(lower_grad_pass(problem, x, y, batch)),
         LowerPass::GradY => {
+            let touched = problem.lower_touches(y, batch);
             let loss = problem.lower_loss_in_y(x, y, batch);
             let value = loss.array();
-            let grads = anchored(loss, x, y).backward();
+            let grads = anchored_on(loss, x, y, touched.as_deref()).backward();
             LowerResult::GradY(LossGradY {
                 value,
-                dy: y.gradient_from(&grads),
+                dy: y.gradient_on(&grads, touched.as_deref()),
             })
         }
         LowerPass::SecondOrder(v) => {
@@ -201,15 +202,16 @@ where
     })
 }
 
-/// `t` itself on shard 0 (the calling thread), a copy on this worker's device otherwise.
-fn on_shard<E: Real, T: Params<E>>(t: &T, k: usize) -> Cow<'_, T>
+/// `t` itself on shard 0 (the calling thread), a copy on this worker's device otherwise: of
+/// the tensors `touched` marks only, when the problem says which its shard touches.
+fn on_shard<'t, E: Real, T: Params<E>>(t: &'t T, k: usize, touched: Option<&[bool]>) -> Cow<'t, T>
 where
     Cpu: Device<E>,
 {
     if k == 0 {
         Cow::Borrowed(t)
     } else {
-        Cow::Owned(t.on_device(&crate::real::device()))
+        Cow::Owned(t.on_device_where(&crate::real::device(), touched))
     }
 }
 
@@ -230,7 +232,9 @@ where
     let (first, parts) = sharding.layout();
     let local = sharding.pool.run(|k| {
         let (w, shard) = problem.upper_shard(batch, first + k, parts)?;
-        let r = upper_pass(problem, &*on_shard(x, k), &*on_shard(y, k), &shard);
+        let touched = problem.upper_touches(y, &shard);
+        let y = on_shard(y, k, touched.as_deref());
+        let r = upper_pass(problem, &*on_shard(x, k, None), &*y, &shard);
         Some((w, r))
     });
     sharding.combine(Ok(local), || LossGrad {
@@ -258,10 +262,11 @@ where
     let (first, parts) = sharding.layout();
     let local = sharding.pool.run(|k| {
         let (w, shard) = problem.lower_shard(batch, first + k, parts)?;
-        let (x, y) = (on_shard(x, k), on_shard(y, k));
+        let touched = problem.lower_touches(y, &shard);
+        let (x, y) = (on_shard(x, k, None), on_shard(y, k, touched.as_deref()));
         let r = match pass {
             LowerPass::SecondOrder(v) => {
-                let v = on_shard(v, k);
+                let v = on_shard(v, k, touched.as_deref());
                 lower_pass(problem, &*x, &*y, &shard, LowerPass::SecondOrder(&*v))
             }
             other => lower_pass(problem, &*x, &*y, &shard, other),
