@@ -6,6 +6,7 @@
 //! is spent on padding, and a row's state at step t − 1 is the same row of the larger batch
 //! before it. Pooling returns the rows in the caller's order.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bilevel_optim::problem::Taped;
@@ -15,6 +16,32 @@ use dfdx::prelude::{Const, Cpu, Device};
 
 /// A taped batch of `N`-dimensional activations: shape (batch, N).
 pub type Activations<E, const N: usize> = Taped<(usize, Const<N>), E>;
+
+/// Every sequence laid out so far by [`SequenceMask::from_lengths`], in this process.
+static LAID_OUT: LaidOut = LaidOut {
+    sequences: AtomicU64::new(0),
+    steps: AtomicU64::new(0),
+    longest: AtomicU64::new(0),
+};
+
+/// Counts of the sequences laid out so far ([`laid_out`]).
+struct LaidOut {
+    sequences: AtomicU64,
+    /// Their steps, summed: the rows a packed RNN runs over them.
+    steps: AtomicU64,
+    longest: AtomicU64,
+}
+
+/// The sequences laid out so far in this process, their summed steps and the longest: a padded
+/// RNN runs `sequences × T` row-steps where a packed one runs `steps`, so `steps / (sequences ×
+/// T)` is the share of the padded work packing leaves (`bilevel-bench perf` prints it).
+pub fn laid_out() -> (u64, u64, u64) {
+    (
+        LAID_OUT.sequences.load(Ordering::Relaxed),
+        LAID_OUT.steps.load(Ordering::Relaxed),
+        LAID_OUT.longest.load(Ordering::Relaxed),
+    )
+}
 
 /// The layout of a packed batch of sequences.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +62,15 @@ impl SequenceMask {
         assert!(
             lengths.iter().all(|&l| l >= 1),
             "every sequence needs at least one step"
+        );
+        LAID_OUT
+            .sequences
+            .fetch_add(lengths.len() as u64, Ordering::Relaxed);
+        let total: usize = lengths.iter().sum();
+        LAID_OUT.steps.fetch_add(total as u64, Ordering::Relaxed);
+        LAID_OUT.longest.fetch_max(
+            lengths.iter().copied().max().unwrap_or(0) as u64,
+            Ordering::Relaxed,
         );
         let mut order: Vec<usize> = (0..lengths.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));

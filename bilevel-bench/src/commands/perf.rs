@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use bilevel_models::matmul::{product_flops, product_peak_gflops};
+use bilevel_models::sequence::laid_out;
 use bilevel_optim::methods::borep::{BoRepConfig, ZInit};
 use bilevel_optim::methods::MethodConfig;
 use dfdx::prelude::*;
@@ -59,6 +60,10 @@ pub struct IterationFigures {
     /// Floating-point operations of the matrix products per iteration (mean over the measured
     /// iterations; `bilevel_models::matmul::product_flops`).
     pub product_flops_per_iter: f64,
+    /// The sequences laid out while iterating, their summed steps, and the longest sequence
+    /// of the process (`bilevel_models::sequence::laid_out`): how much of a padded RNN's work
+    /// the packed one does.
+    pub sequences: (u64, u64, u64),
     /// Peak resident memory while iterating (after data loading), and of the whole process.
     pub peak_iterating_mib: Option<f64>,
     /// Peak resident memory of the whole process (where the system reports it).
@@ -149,6 +154,7 @@ impl TaskVisitor<E> for Iterations<'_> {
         self.caches.empty();
         let before = oracles.counts();
         let flops_before = product_flops();
+        let sequences_before = laid_out();
         let mut iteration_ms = Vec::with_capacity(self.options.iters);
         for _ in 0..self.options.iters {
             let start = Instant::now();
@@ -159,6 +165,12 @@ impl TaskVisitor<E> for Iterations<'_> {
         let calls = oracles.counts().since(&before);
         let n = self.options.iters as f64;
         let product_flops_per_iter = (product_flops() - flops_before) as f64 / n;
+        let (sequences, steps, longest) = laid_out();
+        let sequences = (
+            sequences - sequences_before.0,
+            steps - sequences_before.1,
+            longest,
+        );
         let peak_iterating = reset.then(peak_resident_mib).flatten();
         Ok(IterationFigures {
             ms_per_iter: median_of_block_means(&iteration_ms, period),
@@ -170,6 +182,7 @@ impl TaskVisitor<E> for Iterations<'_> {
             ],
             iteration_ms,
             product_flops_per_iter,
+            sequences,
             peak_iterating_mib: peak_iterating,
             peak_process_mib: peak_resident_mib()
                 .zip(peak_process_before)
@@ -309,6 +322,15 @@ pub fn print_iterations(task: TaskName, threads: usize, f: &IterationFigures) {
         f.product_flops_per_iter / 1e9,
         100.0 * rate / peak
     );
+    let (sequences, steps, longest) = f.sequences;
+    if sequences > 0 {
+        let mean = steps as f64 / sequences as f64;
+        println!(
+            "  sequences:          {sequences} laid out, mean length {mean:.1} steps, longest \
+             {longest}: packed, the RNN runs {:.0}% of the row-steps of padding to {longest}",
+            100.0 * mean / longest.max(1) as f64
+        );
+    }
     println!(
         "  peak memory:        {} while iterating, {} whole process",
         fmt(f.peak_iterating_mib),
