@@ -39,6 +39,10 @@ fn perf_counts_the_prescribed_oracle_calls() {
         assert_eq!(f.calls_per_iter, [1.0, 1.0, 1.0, 1.0], "{threads} threads");
         assert!(f.ms_per_iter > 0.0 && f.ms_per_iter.is_finite());
         assert!(f.peak_process_mib.is_some_and(|m| m > 0.0));
+        // The iterations' batches were laid out as packed sequences: at least one step each,
+        // and never more steps than padding every one to the longest.
+        let (sequences, steps, longest) = f.sequences;
+        assert!(sequences > 0 && steps >= sequences && steps <= sequences * longest);
     }
 
     let o = measure_oracles(&options(), &data).unwrap();
