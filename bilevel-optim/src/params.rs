@@ -56,8 +56,7 @@ where
         let mut out = self.clone();
         out.walk_mut(&mut CopyTo {
             dev,
-            touched,
-            next: 0,
+            touched: Marks::new(touched),
         });
         out
     }
@@ -204,8 +203,7 @@ where
     /// all): after a step that changed only those, the others need no second look.
     fn first_non_finite_among(&self, among: Option<&[bool]>) -> Option<String> {
         let mut v = FirstNonFinite {
-            among,
-            next: 0,
+            among: Marks::new(among),
             buf: Vec::new(),
             found: None,
         };
@@ -284,9 +282,7 @@ where
     /// A collection shaped like `self` holding the gradients recorded in `grads` for `self`'s
     /// tensors. Every tensor must have an entry (allocate with `alloc_grads` first).
     fn gradient_from(&self, grads: &Gradients<E, Cpu>) -> Self {
-        let mut out = self.clone();
-        out.walk_mut(&mut TakeGradient { grads });
-        out
+        self.gradient_on(grads, None)
     }
 
     /// [`Params::gradient_from`] for the tensors `touched` marks (in visiting order; `None`: all),
@@ -295,8 +291,7 @@ where
         let mut out = self.clone();
         out.walk_mut(&mut TakeGradientOn {
             grads,
-            touched,
-            next: 0,
+            touched: Marks::new(touched),
         });
         out
     }
@@ -570,8 +565,7 @@ where
 /// `dev`.
 struct CopyTo<'d> {
     dev: &'d Cpu,
-    touched: Option<&'d [bool]>,
-    next: usize,
+    touched: Marks<'d>,
 }
 impl<E: Real> EachTensor<E> for CopyTo<'_>
 where
@@ -579,30 +573,32 @@ where
 {
     type Viewer = ViewTensorMut;
     fn each<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
-        if self.touched.is_none_or(|touched| touched[self.next]) {
+        if self.touched.next_marked() {
             *t = self.dev.tensor_from_vec(crate::real::values(t), *t.shape());
         }
-        self.next += 1;
     }
     fn frozen<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
         *t = self.dev.tensor_from_vec(crate::real::values(t), *t.shape());
     }
 }
 
-/// Each tensor replaced by its gradient in `grads`; frozen ones by zeros.
-struct TakeGradient<'g, E: Real> {
-    grads: &'g Gradients<E, Cpu>,
+/// Walks a mask of the trainable tensors (in visiting order) alongside a pass: `None` marks
+/// every tensor.
+pub(crate) struct Marks<'a> {
+    marks: Option<&'a [bool]>,
+    next: usize,
 }
-impl<E: Real> EachTensor<E> for TakeGradient<'_, E>
-where
-    Cpu: Device<E>,
-{
-    type Viewer = ViewTensorMut;
-    fn each<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
-        *t = self.grads.get(&*t);
+
+impl<'a> Marks<'a> {
+    pub(crate) fn new(marks: Option<&'a [bool]>) -> Self {
+        Self { marks, next: 0 }
     }
-    fn frozen<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
-        t.fill_with_zeros();
+
+    /// Whether the next tensor is marked.
+    pub(crate) fn next_marked(&mut self) -> bool {
+        let marked = self.marks.is_none_or(|marks| marks[self.next]);
+        self.next += 1;
+        marked
     }
 }
 
@@ -610,8 +606,7 @@ where
 /// elsewhere; frozen ones by zeros.
 struct TakeGradientOn<'g, E: Real> {
     grads: &'g Gradients<E, Cpu>,
-    touched: Option<&'g [bool]>,
-    next: usize,
+    touched: Marks<'g>,
 }
 impl<E: Real> EachTensor<E> for TakeGradientOn<'_, E>
 where
@@ -619,12 +614,11 @@ where
 {
     type Viewer = ViewTensorMut;
     fn each<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
-        *t = if self.touched.is_none_or(|touched| touched[self.next]) {
+        *t = if self.touched.next_marked() {
             self.grads.get(&*t)
         } else {
             crate::shared_zeros::shared_zeros(*t.shape())
         };
-        self.next += 1;
     }
     fn frozen<S: Shape>(&mut self, t: &mut Tensor<S, E, Cpu>) {
         t.fill_with_zeros();
@@ -658,8 +652,7 @@ where
 /// The name of the first tensor (among those `among` marks) holding a NaN or an infinity;
 /// shared zeros need no look.
 struct FirstNonFinite<'a, E> {
-    among: Option<&'a [bool]>,
-    next: usize,
+    among: Marks<'a>,
     buf: Vec<E>,
     found: Option<String>,
 }
@@ -669,9 +662,7 @@ where
 {
     type Viewer = (ViewTensorRef, ViewTensorName);
     fn each<S: Shape>(&mut self, (t, name): (&Tensor<S, E, Cpu>, String)) {
-        let look = self.among.is_none_or(|among| among[self.next]);
-        self.next += 1;
-        if !look || self.found.is_some() || is_shared_zero(t) {
+        if !self.among.next_marked() || self.found.is_some() || is_shared_zero(t) {
             return;
         }
         self.buf.resize(t.shape().num_elements(), E::zero());

@@ -10,7 +10,7 @@ use dfdx::prelude::{
 };
 
 use crate::error::BilevelError;
-use crate::params::{EachTensor, Params};
+use crate::params::{EachTensor, Marks, Params};
 use crate::problem::{BilevelProblem, Taped};
 use crate::real::Real;
 use crate::written_grad::WrittenGrad;
@@ -150,13 +150,11 @@ where
     let mut grads = Gradients::leaky();
     x.walk(&mut AllocateWhere {
         grads: &mut grads,
-        touched: None,
-        next: 0,
+        touched: Marks::new(None),
     });
     y.walk(&mut AllocateWhere {
         grads: &mut grads,
-        touched: Some(touched),
-        next: 0,
+        touched: Marks::new(Some(touched)),
     });
     put_anchor(scalar, grads)
 }
@@ -178,8 +176,7 @@ where
     Cpu: Device<E>,
 {
     grads: &'a mut Gradients<E, Cpu>,
-    touched: Option<&'a [bool]>,
-    next: usize,
+    touched: Marks<'a>,
 }
 impl<E: Real> EachTensor<E> for AllocateWhere<'_, E>
 where
@@ -187,9 +184,8 @@ where
 {
     type Viewer = ViewTensorRef;
     fn each<S: Shape>(&mut self, t: &Tensor<S, E, Cpu>) {
-        if self.touched.is_none_or(|touched| touched[self.next]) {
+        if self.touched.next_marked() {
             self.grads.try_alloc_for(t).expect("cpu allocation");
         }
-        self.next += 1;
     }
 }
