@@ -97,17 +97,8 @@ where
     /// and are skipped).
     fn dot(&self, other: &Self) -> E {
         let mut acc = 0.0f64;
-        let mut v = FoldSlices {
-            f: |a: &[E], b: &[E]| {
-                acc += a.iter().zip(b).map(|(x, y)| x.f64() * y.f64()).sum::<f64>();
-            },
-            a: Vec::new(),
-            b: Vec::new(),
-            skip_shared_zeros: true,
-        };
-        let _ = Self::iter_tensors(&mut RecursiveWalker {
-            m: (self, other),
-            f: &mut Visit(&mut v),
+        fold_pairs(self, other, true, |a, b| {
+            acc += a.iter().zip(b).map(|(x, y)| x.f64() * y.f64()).sum::<f64>();
         });
         E::of(acc)
     }
@@ -267,16 +258,7 @@ where
 
     /// Visits each pair of corresponding trainable tensors.
     fn fold_with(&self, other: &Self, f: impl FnMut(&[E], &[E])) {
-        let mut v = FoldSlices {
-            f,
-            a: Vec::new(),
-            b: Vec::new(),
-            skip_shared_zeros: false,
-        };
-        let _ = Self::iter_tensors(&mut RecursiveWalker {
-            m: (self, other),
-            f: &mut Visit(&mut v),
-        });
+        fold_pairs(self, other, false, f);
     }
 
     /// A collection shaped like `self` holding the gradients recorded in `grads` for `self`'s
@@ -343,6 +325,28 @@ where
     let _ = T::iter_tensors(&mut RecursiveWalker {
         m: (a, b),
         f: &mut Visit(v),
+    });
+}
+
+/// `f` on each pair of corresponding trainable tensors' values, pairs with a shared zero left out
+/// when `skip_shared_zeros`.
+fn fold_pairs<E: Real, T: TensorCollection<E, Cpu>>(
+    a: &T,
+    b: &T,
+    skip_shared_zeros: bool,
+    f: impl FnMut(&[E], &[E]),
+) where
+    Cpu: Device<E>,
+{
+    let mut v = FoldSlices {
+        f,
+        a: Vec::new(),
+        b: Vec::new(),
+        skip_shared_zeros,
+    };
+    let _ = T::iter_tensors(&mut RecursiveWalker {
+        m: (a, b),
+        f: &mut Visit(&mut v),
     });
 }
 
