@@ -337,7 +337,12 @@ where
     let at_y = lower_grad_checked(oracles, x, y, zeta, site)?;
     let at_z = lower_grad_checked(oracles, x, z, zeta, site)?;
     let d = penalty_direction(&upper.dx, &at_y.dx, &at_z.dx, lambda);
-    Ok(PenaltyEstimate { d, upper, at_y })
+    Ok(PenaltyEstimate {
+        d,
+        upper,
+        at_y,
+        at_z,
+    })
 }
 
 /// [`penalty_hypergradient`]'s estimate and the gradients it measured on the way.
@@ -348,6 +353,8 @@ pub struct PenaltyEstimate<E, X, Y> {
     pub upper: LossGrad<E, X, Y>,
     /// G and ∇G at (x, y) on ζ.
     pub at_y: LossGrad<E, X, Y>,
+    /// G and ∇G at (x, z) on ζ.
+    pub at_z: LossGrad<E, X, Y>,
 }
 
 /// `∇_x F + λ (∇_x G(y) − ∇_x G(z))` from gradients already taken.

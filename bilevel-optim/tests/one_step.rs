@@ -695,7 +695,8 @@ fn f2sa_config(x_gradients: XGradients) -> MethodConfig {
 /// F2SA (Kwon et al. 2023, Algorithm 1 with one inner step): z and y steps on ζ, ξ at
 /// (x_t, y_t, z_t), both y and x steps divided by max(λ, 1); the x step's gradients at the
 /// updated y and z on fresh ξ', ζ' (one ζ' for both ∇_x G) — or, with
-/// `x_gradients = "simultaneous"`, at (x_t, y_t, z_t) on ξ, ζ; λ ← min(λ + δ, λ_max).
+/// `x_gradients = "simultaneous"`, at (x_t, y_t, z_t) on ξ, ζ; λ ← min(λ + δ, λ_max). The
+/// caller's y is the paper's z; the paper's y is the memory `y_lambda`.
 #[test]
 fn f2sa_follows_its_rule_with_its_lambda_schedule_and_cap() {
     for variant in [XGradients::Updated, XGradients::Simultaneous] {
@@ -704,7 +705,7 @@ fn f2sa_follows_its_rule_with_its_lambda_schedule_and_cap() {
             &name,
             f2sa_config(variant),
             recorded(quadratic(None)),
-            &["z"],
+            &["y_lambda"],
             |d, f, _| {
                 let (mut x, mut y, mut z) = (x0(), y0(), y0());
                 let mut lambda: f64 = 0.6;
@@ -734,7 +735,8 @@ fn f2sa_follows_its_rule_with_its_lambda_schedule_and_cap() {
                     x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t) / divisor, &x_dir)]);
                     (y, z) = (y_next, z_next);
                     lambda = (lambda + 0.5).min(1.4);
-                    out.push(iterate(&x, &y, &[("z", &z)]));
+                    // The caller holds the paper's z; the paper's y is the memory.
+                    out.push(iterate(&x, &z, &[("y_lambda", &y)]));
                 }
                 assert_eq!(lambda, 1.4, "the cap was reached");
                 out
@@ -1812,7 +1814,8 @@ fn sustain_follows_its_rule() {
 /// F2BA (Chen, Ma, Zhang 2023): K = 2 joint steps, each on fresh ξ, ζ (one ζ for y and z):
 /// z ← z − γ_z ∇_y G(z), y ← y − γ_y (∇_y F(y)/λ + ∇_y G(y)); then on fresh ξ', ζ'
 /// `x ← x − η_t (∇_x F(y) + λ (∇_x G(y) − ∇_x G(z)))`; z starts at y₀ and carries over, or with
-/// `reset_z` restarts from y at every iteration (the official code).
+/// `reset_z` restarts from y at every iteration (the official code). The caller's y is the
+/// paper's z; the paper's y is the memory `y_lambda`.
 #[test]
 fn f2ba_follows_its_rule() {
     use bilevel_optim::methods::f2ba::F2baConfig;
@@ -1830,7 +1833,7 @@ fn f2ba_follows_its_rule() {
             &name,
             config,
             recorded(quadratic(None)),
-            &["z"],
+            &["y_lambda"],
             |d, f, _| {
                 let (mut x, mut y, mut z) = (x0(), y0(), y0());
                 let mut out = Vec::new();
@@ -1852,7 +1855,8 @@ fn f2ba_follows_its_rule() {
                         (-4.0, &gx(&z, &zeta)),
                     ]);
                     x = comb(&[(1.0, &x), (-decay(0.2, 0.5, t), &x_dir)]);
-                    out.push(iterate(&x, &y, &[("z", &z)]));
+                    // The caller holds the paper's z; the paper's y is the memory.
+                    out.push(iterate(&x, &z, &[("y_lambda", &y)]));
                 }
                 out
             },

@@ -9,6 +9,12 @@
 //!                           y ← y − γ_y (∇_y F(x_t, y; ξ)/λ + ∇_y G(x_t, y; ζ))
 //! x_{t+1} = x_t − η_t (∇_x F(x_t, y; ξ') + λ (∇_x G(x_t, y; ζ') − ∇_x G(x_t, z; ζ')))
 //! ```
+//! The letters are the paper's. **The lower variable the caller holds is the paper's z**, the
+//! iterate of `argmin g` that approximates y*(x); the paper's y, the penalty's minimizer, is the
+//! method's memory (`y_lambda`). It has seen f: on hyper-cleaning, y fits the validation set
+//! (validation accuracy 0.994 on the small split), so evaluating it would grade a model trained
+//! on the data that scores it. benchopt's penalty solvers also report the iterate of g.
+//!
 //! y and z carry over from one iteration to the next (warm starts). The official code
 //! (`Hpo/l2reg.py`) restarts z from y every iteration and uses one step size for both;
 //! `reset_z = true` and γ_y = γ_z give that variant. Unlike F2SA, λ is fixed and several
@@ -78,13 +84,13 @@ impl Method for F2baConfig {
     }
 
     crate::rule_optimizer!(|_, at| F2ba {
-        z: at.y.duplicate(),
+        y_lambda: at.y.duplicate(),
     });
 }
 
-/// F2BA's memory: z ≈ argmin_y g(x, y).
+/// F2BA's memory: the paper's y ≈ argmin_y f/λ + g (the caller's y is the paper's z).
 pub struct F2ba<Y> {
-    z: Y,
+    y_lambda: Y,
 }
 
 impl<E: Real, P: BilevelProblem<E>> Rule<E, P> for F2ba<P::Y>
@@ -92,38 +98,40 @@ where
     Cpu: Device<E>,
 {
     type Config = F2baConfig;
-    crate::saved_memory!(vector z);
+    crate::saved_memory!(vector y_lambda);
 
     fn iterate(&mut self, it: Iteration<'_, E, P, F2baConfig>) -> Result<Outcome, BilevelError> {
-        let Iteration { oracles, x, y, .. } = it;
+        // `z` is the caller's y (the paper's z), `y` the penalty's (the paper's y).
+        let Iteration { oracles, x, y: z, .. } = it;
         let (c, t, site) = (it.config, it.t, it.site);
+        let y = &mut self.y_lambda;
         if c.reset_z {
-            self.z = y.duplicate();
+            *z = y.duplicate();
         }
         let inv_lambda = E::of(1.0 / c.lambda);
         for _ in 0..c.inner_steps {
             let (xi, zeta) = (oracles.upper_batch(), oracles.lower_batch());
-            let (_, at_z) = lower_grad_in_y_checked(oracles, x, &self.z, &zeta, site)?;
+            let (_, at_z) = lower_grad_in_y_checked(oracles, x, z, &zeta, site)?;
             let (_, at_y) = lower_grad_in_y_checked(oracles, x, y, &zeta, site)?;
             let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
-            self.z.add_scaled(-E::of(c.gamma_z), &at_z);
+            z.add_scaled(-E::of(c.gamma_z), &at_z);
             let mut dy = at_y;
             dy.add_scaled(inv_lambda, &upper.dy);
             y.add_scaled(-E::of(c.gamma_y), &dy);
-            site.check("lower variable y", y)?;
-            site.check("lower copy z", &self.z)?;
+            site.check("lower variable y", z)?;
+            site.check("penalty variable y_lambda", y)?;
         }
         let (xi, zeta) = (oracles.upper_batch(), oracles.lower_batch());
-        let at = (&*x, &*y, &self.z);
+        let at = (&*x, &*y, &*z);
         let estimate = penalty_hypergradient(oracles, at, E::of(c.lambda), (&xi, &zeta), site)?;
-        let (dx, upper, at_y) = (estimate.d, estimate.upper, estimate.at_y);
+        let (dx, upper, at_z) = (estimate.d, estimate.upper, estimate.at_z);
         let (step_size, x_step_norm) = plain_step(x, &dx, E::of(c.eta.at(t)));
         project_and_check_x(oracles, x, site)?;
         Ok(Outcome {
             upper_loss: Some(upper.value.f64()),
-            lower_loss: Some(at_y.value.f64()),
+            lower_loss: Some(at_z.value.f64()),
             hypergrad_norm: dx.norm().f64(),
-            lower_grad_norm: Some(at_y.dy.norm().f64()),
+            lower_grad_norm: Some(at_z.dy.norm().f64()),
             linear_system_residual: None,
             step_size,
             x_step_norm,

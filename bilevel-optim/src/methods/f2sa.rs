@@ -18,6 +18,10 @@
 //! Both steps are divided by λ (once λ > 1): the penalty's curvature in y grows like λ, and the
 //! x gradient amplifies an error in y − z by λ, so a step that does not shrink with λ makes the
 //! coupled iteration unstable once λ is large (the analysis keeps step × λ bounded).
+//!
+//! The letters are the paper's. **The lower variable the caller holds is the paper's z**, the
+//! iterate of `argmin g` that approximates y*(x) (benchopt's `f2sa.py` reports this one too);
+//! the paper's y, which has seen f, is the method's memory (`y_lambda`), as in F2BA.
 
 use dfdx::prelude::{Cpu, Device};
 use serde::{Deserialize, Serialize};
@@ -101,14 +105,14 @@ impl Method for F2saConfig {
 
     crate::rule_optimizer!(|config, at| F2sa {
         lambda: config.lambda,
-        z: at.y.duplicate(),
+        y_lambda: at.y.duplicate(),
     });
 }
 
 /// F2SA: the fully first-order penalty method with an increasing λ.
 pub struct F2sa<Y> {
-    /// z ≈ argmin_y g(x, y).
-    z: Y,
+    /// The paper's y ≈ argmin_y L_λ(x, y) (the caller's y is the paper's z).
+    y_lambda: Y,
     lambda: f64,
 }
 
@@ -124,28 +128,30 @@ where
     Cpu: Device<E>,
 {
     type Config = F2saConfig;
-    crate::saved_memory!(vector z, scalar lambda);
+    crate::saved_memory!(vector y_lambda, scalar lambda);
 
     fn iterate(&mut self, it: Iteration<'_, E, P, F2saConfig>) -> Result<Outcome, BilevelError> {
-        let Iteration { oracles, x, y, .. } = it;
+        // `z` is the caller's y (the paper's z), `y` the penalty's (the paper's y).
+        let Iteration { oracles, x, y: z, .. } = it;
         let (c, t, site) = (it.config, it.t, it.site);
+        let y = &mut self.y_lambda;
         let lambda = E::of(self.lambda);
         let (xi, zeta) = (oracles.upper_batch(), oracles.lower_batch());
         let upper = upper_grad_checked(oracles, x, y, &xi, site)?;
         let at_y = lower_grad_checked(oracles, x, y, &zeta, site)?;
-        let at_z = lower_grad_checked(oracles, x, &self.z, &zeta, site)?;
+        let at_z = lower_grad_checked(oracles, x, z, &zeta, site)?;
 
-        self.z.add_scaled(-E::of(c.gamma_z), &at_z.dy);
+        z.add_scaled(-E::of(c.gamma_z), &at_z.dy);
         let mut dy = upper.dy.clone();
         dy.add_scaled(lambda, &at_y.dy);
         y.add_scaled(-E::of(c.gamma_y / self.lambda.max(1.0)), &dy);
-        site.check("lower variable y", y)?;
-        site.check("lower copy z", &self.z)?;
+        site.check("penalty variable y_lambda", y)?;
+        site.check("lower variable y", z)?;
         let dx = match c.x_gradients {
             XGradients::Simultaneous => penalty_direction(&upper.dx, &at_y.dx, &at_z.dx, lambda),
             XGradients::Updated => {
                 let fresh = (oracles.upper_batch(), oracles.lower_batch());
-                let at = (&*x, &*y, &self.z);
+                let at = (&*x, &*y, &*z);
                 penalty_hypergradient(oracles, at, lambda, (&fresh.0, &fresh.1), site)?.d
             }
         };
@@ -155,9 +161,9 @@ where
         self.lambda = (self.lambda + c.lambda_increment).min(c.lambda_max);
         Ok(Outcome {
             upper_loss: Some(upper.value.f64()),
-            lower_loss: Some(at_y.value.f64()),
+            lower_loss: Some(at_z.value.f64()),
             hypergrad_norm: dx.norm().f64(),
-            lower_grad_norm: Some(at_y.dy.norm().f64()),
+            lower_grad_norm: Some(at_z.dy.norm().f64()),
             linear_system_residual: None,
             step_size,
             x_step_norm,
