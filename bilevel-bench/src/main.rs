@@ -82,9 +82,10 @@ enum Command {
         /// Comma-separated seeds.
         #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
         seeds: Vec<u64>,
-        /// A tuned.toml written by `tune`: the methods it holds run with its step sizes.
-        #[arg(long)]
-        tuned: Option<PathBuf>,
+        /// Comma-separated tuned.toml files written by `tune`, of one task: the methods they
+        /// hold (each in one file) run with their step sizes.
+        #[arg(long, value_delimiter = ',')]
+        tuned: Vec<PathBuf>,
         /// Comma-separated METHOD=LOWER:UPPER step pairs (the step of y and the step of x, as
         /// docs/bench.md maps them), applied over --tuned: for example maml=0.05:0.1.
         #[arg(long, value_delimiter = ',')]
@@ -452,7 +453,11 @@ fn execute(command: Command, processes: &Processes) -> Result<()> {
         } => {
             let base = common.config()?;
             check_methods(&methods)?;
-            let tuned = tuned.as_deref().map(Tuned::from_file).transpose()?;
+            let tuned = if tuned.is_empty() {
+                None
+            } else {
+                Some(Tuned::from_files(&tuned)?)
+            };
             let data_dir = resolve_data_dir(common.data_dir.as_deref())?;
             let options = CompareOptions {
                 base,

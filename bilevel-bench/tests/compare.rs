@@ -319,3 +319,47 @@ fn a_diverged_run_is_reported_and_the_comparison_goes_on() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `compare --tuned a.toml,b.toml` reads the methods of both files as one list, in order; files
+/// of different tasks, or a method tuned in two files, are refused with both files named.
+#[test]
+fn tuned_files_merge_when_of_one_task_and_each_method_once() {
+    use bilevel_bench::report::tuned::Tuned;
+    let dir = common::scratch("compare", "tuned-files");
+    let write = |name: &str, task: &str, method: &str| {
+        let path = dir.join(name);
+        let text = format!("task = \"{task}\"\n\n[[method]]\nmethod = \"{method}\"\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let borep = write("borep.toml", "hyper-opt", "bo-rep");
+    let soba = write("soba.toml", "hyper-opt", "soba");
+    let other_task = write("other-task.toml", "hyper-clean", "soba");
+    let borep_again = write("borep-again.toml", "hyper-opt", "bo-rep");
+
+    let merged = Tuned::from_files(&[borep.clone(), soba.clone()]).unwrap();
+    let names: Vec<&str> = merged.method.iter().map(|m| m.name()).collect();
+    assert_eq!(names, ["bo-rep", "soba"]);
+    assert!(merged.get("soba").is_some());
+
+    let err = Tuned::from_files(&[borep.clone(), other_task])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("other-task.toml") && err.contains("hyper-clean"),
+        "{err}"
+    );
+    assert!(
+        err.contains("borep.toml") && err.contains("hyper-opt"),
+        "{err}"
+    );
+
+    let err = Tuned::from_files(&[borep, soba, borep_again])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("borep-again.toml") && err.contains("borep.toml"),
+        "{err}"
+    );
+    assert!(err.contains("bo-rep is tuned in both"), "{err}");
+}
