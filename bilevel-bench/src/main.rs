@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use bilevel_bench::commands::check::check_task;
+use bilevel_bench::commands::refit::{refit, RefitOptions, RefitStart};
 use bilevel_bench::commands::{perf, synthetic};
 use bilevel_bench::report::compare::{compare_shared, plot_run, CompareOptions, StepPair};
 use bilevel_bench::report::tune::{tune_shared, Halving, TuneOptions};
@@ -187,6 +188,32 @@ enum Command {
         #[arg(long, value_enum)]
         model: Option<ModelName>,
         /// The seed of the data split, the batches and the random directions.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// The data directory (default: ../shared/data next to the checkout, or BILEVEL_DATA_DIR).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Judges finished runs' x by the lower problem alone: at the x of each run's last
+    /// checkpoint, trains y by SGD on the lower loss (from the task's starting y, or the run's
+    /// own) on batches of its own seed, evaluates it and writes refit.json into the run's
+    /// directory. A method whose y has seen the upper loss (BOME) is then judged like the others.
+    Refit {
+        /// Comma-separated run directories (for example compare's
+        /// <out>/<task>/<method>/seed-<S>).
+        #[arg(long, value_delimiter = ',', required = true)]
+        runs: Vec<PathBuf>,
+        /// SGD steps on the lower loss (0: evaluate the starting y as it is).
+        #[arg(long)]
+        steps: usize,
+        /// Their step size.
+        #[arg(long)]
+        step: f64,
+        /// Where y starts: the task's starting y (a model trained afresh with the run's x) or
+        /// the run's own y.
+        #[arg(long, value_enum, default_value = "initial")]
+        from: RefitStart,
+        /// The seed of the refit's lower batches.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// The data directory (default: ../shared/data next to the checkout, or BILEVEL_DATA_DIR).
@@ -603,6 +630,42 @@ fn execute(command: Command, processes: &Processes) -> Result<()> {
                     report.faults().count()
                 )
             }
+        }
+        Command::Refit {
+            runs,
+            steps,
+            step,
+            from,
+            seed,
+            data_dir,
+        } => {
+            one_process(processes, "refit")?;
+            let data_dir = resolve_data_dir(data_dir.as_deref())?;
+            let options = RefitOptions {
+                steps,
+                step,
+                from,
+                seed,
+            };
+            for dir in &runs {
+                let r = refit(&data_dir, dir, &options)?;
+                println!(
+                    "{} ({} seed {}, iteration {}), refitted {} steps from the {} y:",
+                    dir.display(),
+                    r.method,
+                    r.run_seed,
+                    r.iteration,
+                    steps,
+                    match from {
+                        RefitStart::Initial => "initial",
+                        RefitStart::Final => "run's",
+                    }
+                );
+                for (name, value) in &r.metrics {
+                    println!("  {name:<28} {value:.4}");
+                }
+            }
+            Ok(())
         }
         Command::Synthetic { method, iters } => {
             one_process(processes, "synthetic")?;
