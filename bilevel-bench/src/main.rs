@@ -650,16 +650,12 @@ fn execute(command: Command, processes: &Processes) -> Result<()> {
             for dir in &runs {
                 let r = refit(&data_dir, dir, &options)?;
                 println!(
-                    "{} ({} seed {}, iteration {}), refitted {} steps from the {} y:",
+                    "{} ({} seed {}, iteration {}), refitted: {}",
                     dir.display(),
                     r.method,
                     r.run_seed,
                     r.iteration,
-                    steps,
-                    match from {
-                        RefitStart::Initial => "initial",
-                        RefitStart::Final => "run's",
-                    }
+                    options.describe()
                 );
                 for (name, value) in &r.metrics {
                     println!("  {name:<28} {value:.4}");

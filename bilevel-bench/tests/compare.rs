@@ -363,3 +363,55 @@ fn tuned_files_merge_when_of_one_task_and_each_method_once() {
     );
     assert!(err.contains("bo-rep is tuned in both"), "{err}");
 }
+
+/// Runs refitted by `bilevel-bench refit` get their own table (refit.md, refit.csv) when the
+/// comparison is made again; refits with different options are refused, naming two runs.
+#[test]
+fn compare_tabulates_refitted_runs() {
+    use bilevel_bench::commands::refit::{refit, RefitOptions, RefitStart};
+    let data = resolve_data_dir(None).unwrap();
+    let out = common::scratch("compare", "refit");
+    let options = tiny_comparison(&out, 2, 2, "0.02:0.03");
+    let first = compare(&options, &data).unwrap();
+    assert!(!first.dir.join("refit.md").exists());
+    let refit_options = RefitOptions {
+        steps: 4,
+        step: 0.5,
+        from: RefitStart::Initial,
+        seed: 1,
+    };
+    let mut soba_losses = Vec::new();
+    for run in &first.runs {
+        let r = refit(&data, &run.dir, &refit_options).unwrap();
+        if run.method == "soba" {
+            soba_losses.push(r.metrics["train/loss"]);
+        }
+    }
+    let again = compare(&options, &data).unwrap();
+    let table = std::fs::read_to_string(again.dir.join("refit.md")).unwrap();
+    assert!(
+        table.contains("| bo-rep |") && table.contains("| soba |"),
+        "{table}"
+    );
+    assert!(again
+        .markdown
+        .contains("4 steps of 0.5 from the initial y, seed 1"));
+    let csv = std::fs::read_to_string(again.dir.join("refit.csv")).unwrap();
+    let row = csv
+        .lines()
+        .find(|l| l.starts_with("soba,train/loss,"))
+        .unwrap();
+    let median: f64 = row.split(',').nth(2).unwrap().parse().unwrap();
+    assert_eq!(median, quantile(&soba_losses, 0.5), "{row}");
+
+    let other = RefitOptions {
+        steps: 5,
+        ..refit_options
+    };
+    refit(&data, &first.runs[0].dir, &other).unwrap();
+    let err = match compare(&options, &data) {
+        Ok(_) => panic!("refits with different options were mixed"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("refitted with different options"), "{err}");
+}

@@ -51,6 +51,18 @@ pub struct RefitOptions {
 }
 
 impl RefitOptions {
+    /// The options in words, for tables and logs: "1000 steps of 0.1 from the initial y, seed 0".
+    pub fn describe(&self) -> String {
+        let start = match self.from {
+            RefitStart::Initial => "initial",
+            RefitStart::Final => "run's",
+        };
+        format!(
+            "{} steps of {} from the {start} y, seed {}",
+            self.steps, self.step, self.seed
+        )
+    }
+
     fn validate(&self) -> anyhow::Result<()> {
         if !(self.step.is_finite() && self.step > 0.0) {
             anyhow::bail!("--step must be a positive number, not {}", self.step);

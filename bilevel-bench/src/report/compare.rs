@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use crate::commands::refit::{Refit, FILE as REFIT_FILE};
 use crate::report::parallel::{map_over_processes, JobProgress};
 use crate::report::plot::{plot, Series};
 use crate::report::stats::{ensure_distinct, quantile};
@@ -243,6 +244,20 @@ pub fn compare_shared(
              ({STOPPED_STEM}.md):\n\n{table}"
         )?;
     }
+    if let Some((refitted, how)) = refitted(&runs)? {
+        let table = write_table(
+            &dir,
+            REFIT_STEM,
+            task,
+            &options.methods,
+            &refitted,
+            &diverged,
+        )?;
+        write!(
+            markdown,
+            "\nEach run's x refitted ({REFIT_STEM}.md; `bilevel-bench refit`, {how}):\n\n{table}"
+        )?;
+    }
     markdown.push_str(&diverged_list(&diverged));
     write_diverged_csv(&dir, &diverged)?;
     write_plots(&dir, task, &options.methods, &runs)?;
@@ -324,6 +339,53 @@ fn stopped_at_best_validation(runs: &[RunSummary]) -> Option<Vec<RunSummary>> {
             })
         })
         .collect()
+}
+
+/// The stem of the table of refitted runs.
+const REFIT_STEM: &str = "refit";
+
+/// The runs whose directories hold a `refit.json` (written by `bilevel-bench refit`), each with
+/// the refit's metrics as its last evaluation, and how they were refitted; `None` when no run
+/// was. Refits made with different options are not mixed into one table: an error names two
+/// runs that differ.
+fn refitted(runs: &[RunSummary]) -> anyhow::Result<Option<(Vec<RunSummary>, String)>> {
+    let mut out: Vec<(RunSummary, Refit)> = Vec::new();
+    for r in runs {
+        let path = r.dir.join(REFIT_FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let refit: Refit = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a refit record", path.display()))?;
+        if let Some((first, first_refit)) = out.first() {
+            if refit.options != first_refit.options {
+                anyhow::bail!(
+                    "{} and {} were refitted with different options; refit them alike",
+                    first.dir.display(),
+                    r.dir.display()
+                );
+            }
+        }
+        let last = r.evaluations.last().cloned().unwrap_or(Evaluation {
+            iteration: refit.iteration,
+            oracle_calls: 0,
+            train_seconds: 0.0,
+            metrics: Default::default(),
+        });
+        let refitted = RunSummary {
+            evaluations: vec![Evaluation {
+                metrics: refit.metrics.clone(),
+                ..last
+            }],
+            ..r.clone()
+        };
+        out.push((refitted, refit));
+    }
+    let Some((_, first)) = out.first() else {
+        return Ok(None);
+    };
+    let how = first.options.describe();
+    Ok(Some((out.into_iter().map(|(r, _)| r).collect(), how)))
 }
 
 /// Writes `<stem>.csv` and `<stem>.md`: per method, every metric's median and [20%, 80%] range
