@@ -140,18 +140,6 @@ struct Refitting<'a> {
     caches: &'a AllocationCaches,
 }
 
-impl Refitting<'_> {
-    /// The checkpoint's vector `name` in the run's precision.
-    fn vector(&self, name: &str) -> anyhow::Result<Vec<E>> {
-        let v = self
-            .checkpoint
-            .vectors
-            .get(name)
-            .with_context(|| format!("the checkpoint has no '{name}'"))?;
-        Ok(v.iter().map(|&v| v as E).collect())
-    }
-}
-
 impl TaskVisitor<E> for Refitting<'_> {
     type Output = (Metrics, Option<f64>);
 
@@ -163,10 +151,10 @@ impl TaskVisitor<E> for Refitting<'_> {
         mut y: P::Y,
         mut evaluate: impl FnMut(&P::X, &P::Y) -> Metrics,
     ) -> anyhow::Result<Self::Output> {
-        x.set_flat(&self.vector("x")?)
+        x.set_flat(&self.checkpoint.vector("x")?)
             .map_err(|e| anyhow::anyhow!("checkpoint x: {e}"))?;
         if self.options.from == RefitStart::Final {
-            y.set_flat(&self.vector("y")?)
+            y.set_flat(&self.checkpoint.vector("y")?)
                 .map_err(|e| anyhow::anyhow!("checkpoint y: {e}"))?;
         }
         let threads = self.config.threads;

@@ -106,6 +106,16 @@ impl Checkpoint {
         }
     }
 
+    /// The vector `name` (`x`, `y`, `method.<name>`) in the runs' precision, or an error
+    /// naming it when the checkpoint lacks it.
+    pub fn vector(&self, name: &str) -> anyhow::Result<Vec<crate::tasks::common::E>> {
+        let v = self
+            .vectors
+            .get(name)
+            .with_context(|| format!("the checkpoint has no '{name}'"))?;
+        Ok(v.iter().map(|&v| v as crate::tasks::common::E).collect())
+    }
+
     /// Writes into `dir` atomically (temporary file, flush, sync, rename), keeping the checkpoint
     /// it replaces as `checkpoint.prev.bin` until the next one is complete.
     pub fn write(&self, dir: &Path) -> anyhow::Result<PathBuf> {

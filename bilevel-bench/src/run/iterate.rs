@@ -423,18 +423,11 @@ impl<P: BilevelProblem<E>> RunState<P> {
     /// Restores the state of `cp` (whose identity [`Checkpoint::check_run`] has checked); the
     /// rollback count is the caller's (taken from the checkpoint when the run resumes).
     fn restore(&mut self, cp: &Checkpoint) -> anyhow::Result<()> {
-        let vector = |name: &str| -> anyhow::Result<Vec<E>> {
-            let v = cp
-                .vectors
-                .get(name)
-                .with_context(|| format!("the checkpoint has no '{name}'"))?;
-            Ok(v.iter().map(|&v| v as E).collect())
-        };
         self.x
-            .set_flat(&vector("x")?)
+            .set_flat(&cp.vector("x")?)
             .map_err(|e| anyhow::anyhow!("checkpoint x: {e}"))?;
         self.y
-            .set_flat(&vector("y")?)
+            .set_flat(&cp.vector("y")?)
             .map_err(|e| anyhow::anyhow!("checkpoint y: {e}"))?;
         self.method.load_state(&cp.method_state())?;
         let h = &cp.header;
