@@ -81,9 +81,14 @@ fn refit_refuses_bad_options_and_missing_runs() {
     }
 
     // A directory without a checkpoint: says so, and writes nothing.
-    let err = refit(&data, &base, &options(1, RefitStart::Initial))
-        .unwrap_err()
-        .to_string();
+    let err = format!(
+        "{:#}",
+        refit(&data, &base, &options(1, RefitStart::Initial)).unwrap_err()
+    );
+    assert!(
+        err.contains("refit reads the run's last checkpoint"),
+        "{err}"
+    );
     assert!(err.contains("no checkpoint"), "{err}");
     assert!(!base.join(FILE).exists());
 }

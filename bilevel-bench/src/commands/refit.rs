@@ -99,7 +99,8 @@ pub fn refit(data_dir: &Path, dir: &Path, options: &RefitOptions) -> anyhow::Res
         anyhow::bail!("{}: no such run directory", dir.display());
     }
     let lock = RunLock::acquire(dir)?;
-    let checkpoint = Checkpoint::read(dir)?;
+    let checkpoint = Checkpoint::read(dir)
+        .with_context(|| format!("{}: refit reads the run's last checkpoint", dir.display()))?;
     let path = dir.join("config.toml");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{}: cannot read the run's config", path.display()))?;
