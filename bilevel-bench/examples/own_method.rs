@@ -173,6 +173,7 @@ pub fn demo(out: &Path, iters: usize) -> anyhow::Result<String> {
             tuned: Some(tuned.tuned),
             jobs: 1,
             steps: Vec::new(),
+            refit: None,
         },
         &data_dir,
     )?;

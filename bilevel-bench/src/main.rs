@@ -95,6 +95,10 @@ enum Command {
         /// with more than one).
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+        /// STEPS:STEP: refit every finished run with that many lower SGD steps of that size
+        /// from the initial y (as `refit`), and add the table of the refitted runs.
+        #[arg(long)]
+        refit: Option<RefitOptions>,
     },
     /// Grid search of each method's (lower, upper) step sizes at the configured budget, as
     /// tasks.md asks (on hyper-rep, on its validation tasks from the training domains). Every
@@ -477,6 +481,7 @@ fn execute(command: Command, processes: &Processes) -> Result<()> {
             tuned,
             steps,
             jobs,
+            refit,
         } => {
             let base = common.config()?;
             check_methods(&methods)?;
@@ -495,6 +500,7 @@ fn execute(command: Command, processes: &Processes) -> Result<()> {
                 tuned,
                 jobs,
                 steps,
+                refit,
             };
             let report = compare_shared(&options, &data_dir, processes)?;
             if !processes.writes() {

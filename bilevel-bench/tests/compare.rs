@@ -66,6 +66,7 @@ fn step_pairs_parse_or_say_why() {
             tuned: None,
             jobs: 1,
             steps: vec!["maml=0.05:0.1".parse().unwrap()],
+            refit: None,
         },
         &resolve_data_dir(None).unwrap(),
     )
@@ -84,6 +85,7 @@ fn step_pairs_parse_or_say_why() {
                 tuned: None,
                 jobs: 2,
                 steps: vec![],
+                refit: None,
             },
             &resolve_data_dir(None).unwrap(),
         )
@@ -126,6 +128,7 @@ fn tiny_comparison(
         tuned: None,
         jobs: 2,
         steps: vec![format!("soba={soba_steps}").parse().unwrap()],
+        refit: None,
     }
 }
 
@@ -414,4 +417,19 @@ fn compare_tabulates_refitted_runs() {
         Err(e) => format!("{e:#}"),
     };
     assert!(err.contains("refitted with different options"), "{err}");
+
+    // With `refit` set, compare refits every run that lacks a refit with those options.
+    let with_refit = CompareOptions {
+        refit: Some(other.clone()),
+        ..options
+    };
+    let third = compare(&with_refit, &data).unwrap();
+    assert!(third
+        .markdown
+        .contains("5 steps of 0.5 from the initial y, seed 1"));
+    for run in &third.runs {
+        let text = std::fs::read_to_string(run.dir.join("refit.json")).unwrap();
+        let written: bilevel_bench::commands::refit::Refit = serde_json::from_str(&text).unwrap();
+        assert_eq!(written.options, other, "{}", run.dir.display());
+    }
 }

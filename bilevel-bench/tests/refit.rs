@@ -92,3 +92,27 @@ fn refit_refuses_bad_options_and_missing_runs() {
     assert!(err.contains("no checkpoint"), "{err}");
     assert!(!base.join(FILE).exists());
 }
+
+/// `compare --refit STEPS:STEP` parses to a refit from the initial y with seed 0; anything else
+/// is refused with the expected form.
+#[test]
+fn refit_option_parses_steps_and_step() {
+    let parsed: RefitOptions = "300:0.1".parse().unwrap();
+    assert_eq!(
+        parsed,
+        RefitOptions {
+            steps: 300,
+            step: 0.1,
+            from: RefitStart::Initial,
+            seed: 0
+        }
+    );
+    for bad in ["300", "x:0.1", "300:y", "-1:0.1"] {
+        let err = bad.parse::<RefitOptions>().unwrap_err();
+        assert!(err.contains("STEPS:STEP"), "{bad}: {err}");
+    }
+    for bad in ["300:0", "300:-0.5", "300:inf"] {
+        let err = bad.parse::<RefitOptions>().unwrap_err();
+        assert!(err.contains("positive"), "{bad}: {err}");
+    }
+}

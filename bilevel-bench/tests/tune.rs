@@ -167,6 +167,7 @@ fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
             tuned: Some(tuned.clone()),
             jobs: 1,
             steps: vec![],
+            refit: None,
         },
         &data_dir,
     )
@@ -184,6 +185,7 @@ fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
             tuned: Some(tuned),
             jobs: 1,
             steps: vec![],
+            refit: None,
         },
         &data_dir,
     );

@@ -63,12 +63,43 @@ impl RefitOptions {
         )
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         if !(self.step.is_finite() && self.step > 0.0) {
             anyhow::bail!("--step must be a positive number, not {}", self.step);
         }
         Ok(())
     }
+}
+
+impl std::str::FromStr for RefitOptions {
+    type Err = String;
+
+    /// Parses `STEPS:STEP` (for example `300:0.1`): from the initial y, seed 0.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("'{text}' is not STEPS:STEP (for example 300:0.1)");
+        let (steps, step) = text.split_once(':').ok_or_else(bad)?;
+        let options = RefitOptions {
+            steps: steps.trim().parse().map_err(|_| bad())?,
+            step: step.trim().parse().map_err(|_| bad())?,
+            from: RefitStart::Initial,
+            seed: 0,
+        };
+        options.validate().map_err(|e| format!("'{text}': {e}"))?;
+        Ok(options)
+    }
+}
+
+/// The run in `dir` refitted with `options`: its `refit.json` if that was made with them, else
+/// a new refit.
+pub fn refitted_with(data_dir: &Path, dir: &Path, options: &RefitOptions) -> anyhow::Result<Refit> {
+    if let Ok(text) = std::fs::read_to_string(dir.join(FILE)) {
+        if let Ok(done) = serde_json::from_str::<Refit>(&text) {
+            if &done.options == options {
+                return Ok(done);
+            }
+        }
+    }
+    refit(data_dir, dir, options)
 }
 
 /// What a refit measured, as `refit.json` holds it.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::commands::refit::{Refit, FILE as REFIT_FILE};
+use crate::commands::refit::{refitted_with, Refit, RefitOptions, FILE as REFIT_FILE};
 use crate::report::parallel::{map_over_processes, JobProgress};
 use crate::report::plot::{plot, Series};
 use crate::report::stats::{ensure_distinct, quantile};
@@ -37,6 +37,9 @@ pub struct CompareOptions {
     /// (method, lower, upper) step pairs applied last, over `tuned` (for pairs published
     /// elsewhere, such as the paper's of algorithms.md §7.2).
     pub steps: Vec<StepPair>,
+    /// Refit every finished run so (`bilevel-bench refit`), unless its `refit.json` already
+    /// holds these options; the refitted runs get their own table.
+    pub refit: Option<RefitOptions>,
 }
 
 /// A method's (lower, upper) step sizes in the sense of `MethodConfig::level_steps`.
@@ -121,6 +124,9 @@ pub fn compare_shared(
     if options.jobs == 0 {
         anyhow::bail!("--jobs must be at least 1");
     }
+    if let Some(r) = &options.refit {
+        r.validate()?;
+    }
     ensure_distinct("--methods", &options.methods)?;
     ensure_distinct("--seeds", &options.seeds)?;
     if let Some(tuned) = &options.tuned {
@@ -181,6 +187,12 @@ pub fn compare_shared(
                     why,
                 })
             };
+            let refit = |outcome: RunOutcome| -> anyhow::Result<RunOutcome> {
+                if let (RunOutcome::Finished(_), Some(r)) = (&outcome, &options.refit) {
+                    refitted_with(data_dir, &dir, r).with_context(|| what.clone())?;
+                }
+                Ok(outcome)
+            };
             let result = match earlier_outcome(config, &dir) {
                 Some(Ok(done)) => Ok((RunOutcome::Finished(done), "reused")),
                 Some(Err(why)) => Ok((diverged(why), "reused, diverged")),
@@ -198,6 +210,7 @@ pub fn compare_shared(
                     Err(e) => Err(e).with_context(|| what.clone()),
                 },
             };
+            let result = result.and_then(|(outcome, how)| Ok((refit(outcome)?, how)));
             let line = match &result {
                 Ok((RunOutcome::Diverged(d), how)) => format!("{what}: {how}: {}", d.why),
                 Ok((_, how)) => format!("{what}: {how}"),
