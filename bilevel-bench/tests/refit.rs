@@ -116,3 +116,22 @@ fn refit_option_parses_steps_and_step() {
         assert!(err.contains("positive"), "{bad}: {err}");
     }
 }
+
+/// hyper-rep's metrics fit fresh heads on x alone, so a refit of y is refused as pointless.
+#[test]
+fn refit_refuses_a_task_whose_metrics_use_x_alone() {
+    let data = resolve_data_dir(None).unwrap();
+    let base = common::scratch("refit", "hyper-rep");
+    let mut config = common::tiny("hyper-rep");
+    (config.iters, config.eval_every) = (1, 1);
+    let dir = base.join("run");
+    run(&config, &data, &dir, false).unwrap();
+    let err = refit(&data, &dir, &options(1, RefitStart::Initial))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hyper-rep") && err.contains("fresh heads"),
+        "{err}"
+    );
+    assert!(!dir.join(FILE).exists());
+}

@@ -137,6 +137,14 @@ pub fn refit(data_dir: &Path, dir: &Path, options: &RefitOptions) -> anyhow::Res
         .with_context(|| format!("{}: cannot read the run's config", path.display()))?;
     let config = RunConfig::from_text(&text, &path)?;
     config.validate()?;
+    if config.task.evaluates_x_alone() {
+        anyhow::bail!(
+            "{}: {}'s metrics already fit fresh heads on x alone at every evaluation, so a \
+             refit of y cannot change them; its results judge x as they are",
+            dir.display(),
+            config.task.as_str()
+        );
+    }
     let dev = Cpu::seed_from_u64(config.seed);
     let caches = AllocationCaches::enable(&dev);
     let visitor = Refitting {

@@ -126,6 +126,13 @@ pub fn compare_shared(
     }
     if let Some(r) = &options.refit {
         r.validate()?;
+        if options.base.task.evaluates_x_alone() {
+            anyhow::bail!(
+                "--refit: {}'s metrics already fit fresh heads on x alone, so a refit of y \
+                 cannot change them",
+                options.base.task.as_str()
+            );
+        }
     }
     ensure_distinct("--methods", &options.methods)?;
     ensure_distinct("--seeds", &options.seeds)?;

@@ -40,6 +40,13 @@ macro_rules! declare_tasks {
                 }
             }
 
+            /// Whether the task's metrics depend on x alone ([`Task::EVALUATES_X_ALONE`]).
+            pub fn evaluates_x_alone(&self) -> bool {
+                match self {
+                    $(Self::$variant => <$task as Task>::EVALUATES_X_ALONE,)+
+                }
+            }
+
             /// The metric the tables lead with and the plots show.
             pub fn main_metric(&self) -> &'static str {
                 match self {

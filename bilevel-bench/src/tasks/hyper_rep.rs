@@ -403,6 +403,8 @@ pub struct HyperRepTask;
 
 impl task::Task for HyperRepTask {
     const NAME: &'static str = "hyper-rep";
+    /// Every evaluation fits fresh heads on the encoder x ([`evaluate`]).
+    const EVALUATES_X_ALONE: bool = true;
     type Config = HyperRepConfig;
 
     /// BO-REP with the official hyper-representation run's values: the library's default, whose

@@ -41,6 +41,10 @@ pub trait Task {
         "test/accuracy"
     }
 
+    /// Whether the metrics depend on x alone (hyper-rep fits fresh heads on x at every
+    /// evaluation), so that `refit`, which retrains y, cannot change them.
+    const EVALUATES_X_ALONE: bool = false;
+
     /// The (accuracy, loss) a grid search chooses by, never the test split's; or why this
     /// configuration has nothing to choose on.
     fn selection_metric(_config: &Self::Config) -> anyhow::Result<(&'static str, &'static str)> {
