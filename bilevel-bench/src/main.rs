@@ -507,8 +507,14 @@ fn execute(command: Command, processes: &Processes) -> Result<()> {
                 return Ok(());
             }
             println!("{}", report.markdown);
+            let refit_tables = if report.dir.join("refit.md").exists() {
+                "refit.*, "
+            } else {
+                ""
+            };
             println!(
-                "results and plots: {} (results.md, results.csv, results_at_best_validation.*, *.png, *.svg)",
+                "results and plots: {} (results.md, results.csv, results_at_best_validation.*, \
+                 {refit_tables}*.png, *.svg)",
                 report.dir.display()
             );
             println!(
