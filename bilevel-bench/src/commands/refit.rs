@@ -15,7 +15,7 @@ use dfdx::prelude::Cpu;
 use serde::{Deserialize, Serialize};
 
 use crate::run::checkpoint::Checkpoint;
-use crate::run::config::RunConfig;
+use crate::run::config::{RunConfig, TaskName};
 use crate::run::durable;
 use crate::run::iterate::AllocationCaches;
 use crate::run::lock::RunLock;
@@ -92,14 +92,23 @@ impl std::str::FromStr for RefitOptions {
 /// The run in `dir` refitted with `options`: its `refit.json` if that was made with them, else
 /// a new refit.
 pub fn refitted_with(data_dir: &Path, dir: &Path, options: &RefitOptions) -> anyhow::Result<Refit> {
-    if let Ok(text) = std::fs::read_to_string(dir.join(FILE)) {
-        if let Ok(done) = serde_json::from_str::<Refit>(&text) {
-            if &done.options == options {
-                return Ok(done);
-            }
-        }
+    match Refit::read(dir) {
+        Ok(Some(done)) if &done.options == options => Ok(done),
+        _ => refit(data_dir, dir, options),
     }
-    refit(data_dir, dir, options)
+}
+
+/// Fails when `task`'s metrics cannot be changed by a refit of y (hyper-rep's fit fresh heads
+/// on x alone at every evaluation).
+pub fn check_task(task: TaskName) -> anyhow::Result<()> {
+    if task.evaluates_x_alone() {
+        anyhow::bail!(
+            "{}'s metrics already fit fresh heads on x alone at every evaluation, so a refit of \
+             y cannot change them; its results judge x as they are",
+            task.as_str()
+        );
+    }
+    Ok(())
 }
 
 /// What a refit measured, as `refit.json` holds it.
@@ -122,6 +131,20 @@ pub struct Refit {
     pub metrics: Metrics,
 }
 
+impl Refit {
+    /// The `refit.json` of the run in `dir`, `None` if it has none, or an error naming the file
+    /// when it cannot be read as one.
+    pub fn read(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = dir.join(FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("{}: not a refit record", path.display()))
+    }
+}
+
 /// Refits the run in `dir` (see the module's documentation) and writes `refit.json` there,
 /// holding the run directory's lock meanwhile.
 pub fn refit(data_dir: &Path, dir: &Path, options: &RefitOptions) -> anyhow::Result<Refit> {
@@ -137,14 +160,7 @@ pub fn refit(data_dir: &Path, dir: &Path, options: &RefitOptions) -> anyhow::Res
         .with_context(|| format!("{}: cannot read the run's config", path.display()))?;
     let config = RunConfig::from_text(&text, &path)?;
     config.validate()?;
-    if config.task.evaluates_x_alone() {
-        anyhow::bail!(
-            "{}: {}'s metrics already fit fresh heads on x alone at every evaluation, so a \
-             refit of y cannot change them; its results judge x as they are",
-            dir.display(),
-            config.task.as_str()
-        );
-    }
+    check_task(config.task).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let dev = Cpu::seed_from_u64(config.seed);
     let caches = AllocationCaches::enable(&dev);
     let visitor = Refitting {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::commands::refit::{refitted_with, Refit, RefitOptions, FILE as REFIT_FILE};
+use crate::commands::refit::{check_task, refitted_with, Refit, RefitOptions};
 use crate::report::parallel::{map_over_processes, JobProgress};
 use crate::report::plot::{plot, Series};
 use crate::report::stats::{ensure_distinct, quantile};
@@ -126,13 +126,7 @@ pub fn compare_shared(
     }
     if let Some(r) = &options.refit {
         r.validate()?;
-        if options.base.task.evaluates_x_alone() {
-            anyhow::bail!(
-                "--refit: {}'s metrics already fit fresh heads on x alone, so a refit of y \
-                 cannot change them",
-                options.base.task.as_str()
-            );
-        }
+        check_task(options.base.task).map_err(|e| anyhow::anyhow!("--refit: {e}"))?;
     }
     ensure_distinct("--methods", &options.methods)?;
     ensure_distinct("--seeds", &options.seeds)?;
@@ -371,12 +365,9 @@ const REFIT_STEM: &str = "refit";
 fn refitted(runs: &[RunSummary]) -> anyhow::Result<Option<(Vec<RunSummary>, String)>> {
     let mut out: Vec<(RunSummary, Refit)> = Vec::new();
     for r in runs {
-        let path = r.dir.join(REFIT_FILE);
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        let Some(refit) = Refit::read(&r.dir)? else {
             continue;
         };
-        let refit: Refit = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a refit record", path.display()))?;
         if let Some((first, first_refit)) = out.first() {
             if refit.options != first_refit.options {
                 anyhow::bail!(
