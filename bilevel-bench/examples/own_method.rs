@@ -159,6 +159,7 @@ pub fn demo(out: &Path, iters: usize) -> anyhow::Result<String> {
             jobs: 1,
             verbose: false,
             halving: None,
+            refit: None,
         },
         &data_dir,
     )?;

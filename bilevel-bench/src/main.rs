@@ -138,6 +138,12 @@ enum Command {
         /// With --rungs: each rung keeps the best ⌈n / this⌉ of a method's n pairs.
         #[arg(long, default_value_t = 3, requires = "rungs")]
         reduction: usize,
+        /// STEPS:STEP: judge each pair by its validation metric after a refit of y (as `refit`:
+        /// that many lower SGD steps of that size from the initial y, on the lower problem
+        /// alone) instead of at the method's own y, which may have seen the upper loss (BOME's
+        /// does). grid.md shows both; halving's rungs judge at the own y.
+        #[arg(long)]
+        refit: Option<RefitOptions>,
     },
     /// Times BO-REP iterations on a task with the tasks.md defaults (paper-level Algorithm 1:
     /// N plain SGD steps at t = 0, z₀ = 0, one lower batch shared by the HVP and the cross
@@ -532,6 +538,7 @@ fn execute(command: Command, processes: &Processes) -> Result<()> {
             jobs,
             rungs,
             reduction,
+            refit,
         } => {
             let base = common.config()?;
             check_methods(&methods)?;
@@ -547,6 +554,7 @@ fn execute(command: Command, processes: &Processes) -> Result<()> {
                 jobs,
                 verbose: !common.quiet,
                 halving,
+                refit,
             };
             let report = tune_shared(&options, &data_dir, processes)?;
             if !processes.writes() {

@@ -5,8 +5,8 @@ mod common;
 
 use bilevel_bench::commands::refit::{refit, Refit, RefitOptions, RefitStart, FILE};
 use bilevel_bench::run::config::RunConfig;
-use bilevel_bench::run::run;
 use bilevel_bench::run::summary::RunSummary;
+use bilevel_bench::run::{resume, run};
 use bilevel_bench::tasks::resolve_data_dir;
 
 fn options(steps: usize, from: RefitStart) -> RefitOptions {
@@ -56,6 +56,20 @@ fn refit_restores_the_run_and_trains_y_on_the_lower_loss() {
     // The same refit again gives the same bits: its batches come from its own seed.
     let again = refit(&data, &dir, &options(30, RefitStart::Initial)).unwrap();
     assert_eq!(again, trained);
+
+    // Continuing the run moves x on: the refit of the old x is removed, not left to be reused.
+    let config_file = dir.join("config.toml");
+    let longer = std::fs::read_to_string(&config_file)
+        .unwrap()
+        .replace("iters = 6", "iters = 9");
+    assert!(longer.contains("iters = 9"), "{longer}");
+    std::fs::write(&config_file, longer).unwrap();
+    resume(&data, &dir, false).unwrap();
+    assert!(
+        !dir.join(FILE).exists(),
+        "a stale refit.json outlived the resume"
+    );
+    assert_eq!(Refit::read(&dir).unwrap(), None);
 }
 
 #[test]

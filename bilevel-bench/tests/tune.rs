@@ -88,6 +88,7 @@ fn tune_runs_the_grid_records_divergence_and_feeds_compare() {
         jobs: 2,
         verbose: false,
         halving: None,
+        refit: None,
     };
     let report = tune(&options, &data_dir).unwrap();
     assert_eq!(report.points.len(), 8);
@@ -210,6 +211,7 @@ fn tune_refuses_hyper_rep_without_validation_tasks_and_bad_grids() {
         jobs: 1,
         verbose: false,
         halving: None,
+        refit: None,
     };
     let mut without_validation = options("hyper-rep", vec![0.1]);
     without_validation.base.hyper_rep.validation_tasks = 0;
@@ -257,6 +259,7 @@ fn tune_over_seeds_reuses_runs_and_takes_the_median() {
         jobs: 2,
         verbose: false,
         halving: None,
+        refit: None,
     };
     tune(&options(vec![1]), &data_dir).unwrap();
     let summary = |lower: f64, upper: f64, seed: u64| {
@@ -323,6 +326,7 @@ fn tune_chooses_hyper_rep_steps_on_its_validation_tasks() {
         jobs: 2,
         verbose: false,
         halving: None,
+        refit: None,
     };
     let summary_path = |upper: f64| {
         out.join(format!(
@@ -382,6 +386,7 @@ fn halving_continues_the_best_pairs_like_runs_made_whole() {
             rungs: vec![2, 4],
             reduction: 2,
         }),
+        refit: None,
     };
     let run_dir = |lower: f64, upper: f64| {
         out.join(format!(
@@ -606,6 +611,7 @@ fn halving_continues_hyper_rep_and_hyper_clean_runs_exactly() {
                 rungs: vec![2],
                 reduction: 2,
             }),
+            refit: None,
         };
         let report = tune(&options, &data_dir).unwrap();
         for method in methods {
@@ -630,5 +636,85 @@ fn halving_continues_hyper_rep_and_hyper_clean_runs_exactly() {
             );
         }
     }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// `refit`: each pair is judged after a refit of y, the refit.json its run keeps; the own-y
+/// figures are kept beside; the choice is the best refitted pair; the files say how the pairs
+/// were judged; a second search reuses the refits; hyper-rep refuses.
+#[test]
+fn tune_with_refit_judges_and_chooses_by_the_refitted_y() {
+    use bilevel_bench::commands::refit::{Refit, RefitOptions};
+    let out = std::env::temp_dir().join(format!("bilevel-tune-refit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let data_dir = resolve_data_dir(None).unwrap();
+    let how: RefitOptions = "5:0.5".parse().unwrap();
+    let options = TuneOptions {
+        base: small("hyper-opt"),
+        methods: vec!["soba".into()],
+        lower_grid: vec![0.05, 0.5, 1e8],
+        upper_grid: vec![0.5],
+        seeds: vec![0],
+        out: out.clone(),
+        jobs: 2,
+        verbose: false,
+        halving: None,
+        refit: Some(how.clone()),
+    };
+    let report = tune(&options, &data_dir).unwrap();
+    let mut best: Option<(f64, f64, f64)> = None;
+    for p in &report.points {
+        let dir = out.join(format!(
+            "hyper-opt/tune/soba/lower-{}_upper-{}/seed-0",
+            p.lower, p.upper
+        ));
+        let refit = Refit::read(&dir).unwrap();
+        let Outcome::Finished { accuracy, loss } = p.outcome else {
+            // The exploding step diverges, is never refitted, and carries no own-y figure.
+            assert_eq!(p.lower, 1e8, "{p:?}");
+            assert!(refit.is_none() && p.own.is_none(), "{p:?}");
+            continue;
+        };
+        let refit = refit.expect("a finished pair is refitted");
+        assert_eq!(refit.options, how);
+        assert_eq!(accuracy, refit.metrics["validation/accuracy"]);
+        assert_eq!(loss, refit.metrics["validation/loss"]);
+        let text = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+        let summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let last = summary["evaluations"].as_array().unwrap().last().unwrap();
+        let own_accuracy = last["metrics"]["validation/accuracy"].as_f64().unwrap();
+        match &p.own {
+            Some(Outcome::Finished { accuracy, .. }) => assert_eq!(*accuracy, own_accuracy),
+            other => panic!("own-y outcome {other:?}"),
+        }
+        if best.is_none_or(|b| accuracy > b.0 || (accuracy == b.0 && loss < b.1)) {
+            best = Some((accuracy, loss, p.lower));
+        }
+    }
+    let diverged = report.points.iter().filter(|p| p.own.is_none()).count();
+    assert_eq!(diverged, 1, "{:?}", report.points);
+    let (_, _, lower) = best.expect("a pair finished");
+    assert_eq!(report.tuned.method[0].level_steps().0, lower);
+    let tuned = std::fs::read_to_string(report.dir.join("tuned.toml")).unwrap();
+    assert!(tuned.contains("after a refit of y (5 steps of 0.5 from the initial y, seed 0)"));
+    assert!(report.markdown.contains("after a refit of y"));
+    assert!(report
+        .markdown
+        .contains("In brackets: the same at the method's own y"));
+
+    // A second search reuses every run and every refit: the same points, bit for bit.
+    let again = tune(&options, &data_dir).unwrap();
+    assert_eq!(again.points, report.points);
+
+    let refused = TuneOptions {
+        base: tiny_hyper_rep(2),
+        out: out.join("never-written"),
+        ..options.clone()
+    };
+    let err = tune(&refused, &data_dir).err().unwrap().to_string();
+    assert!(
+        err.contains("hyper-rep") && err.contains("fresh heads"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

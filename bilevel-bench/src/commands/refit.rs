@@ -25,7 +25,7 @@ use crate::tasks::dispatch::{with_task, TaskProblem, TaskVisitor};
 use crate::tasks::Metrics;
 
 /// The file a refit writes into the run directory.
-pub const FILE: &str = "refit.json";
+pub const FILE: &str = crate::run::REFIT_FILE;
 
 /// Where the refit's y starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

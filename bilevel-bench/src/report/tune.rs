@@ -19,6 +19,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::commands::refit::{check_task, refitted_with, RefitOptions};
 use crate::report::{is_divergence, DIVERGED_FILE};
 use anyhow::{bail, Context};
 
@@ -51,6 +52,10 @@ pub struct TuneOptions {
     pub verbose: bool,
     /// Successive halving instead of running every pair the whole budget.
     pub halving: Option<Halving>,
+    /// Judge the runs of the whole budget after refitting y on the lower problem alone
+    /// (`bilevel-bench refit`) instead of at the method's own y, which may have seen the upper
+    /// loss (BOME's does; docs/algorithms.md). Halving's rungs still judge at the own y.
+    pub refit: Option<RefitOptions>,
 }
 
 /// Successive halving: every pair of a method runs to the first rung, the best
@@ -130,10 +135,27 @@ pub struct GridPoint {
     pub upper: f64,
     /// The iterations the pair ran: the budget, or with [`Halving`] the rung it stopped at.
     pub iterations: usize,
-    /// Over seeds, at `iterations`: the median accuracy and loss, or the first divergence.
+    /// Over seeds, at `iterations`: the median accuracy and loss, or the first divergence; after
+    /// the refit where [`TuneOptions::refit`] judged the pair.
     pub outcome: Outcome,
-    /// Each seed's own outcome, in the order of [`TuneOptions::seeds`].
+    /// Each seed's outcome as judged, in the order of [`TuneOptions::seeds`].
     pub runs: Vec<(u64, Outcome)>,
+    /// Where a refit judged the pair: its outcome at the method's own y, over seeds.
+    pub own: Option<Outcome>,
+}
+
+/// One run's outcome at the method's own y and, where the search refits, after the refit.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Judged {
+    own: Outcome,
+    refit: Option<Outcome>,
+}
+
+impl Judged {
+    /// The outcome the search ranks by.
+    fn outcome(&self) -> &Outcome {
+        self.refit.as_ref().unwrap_or(&self.own)
+    }
 }
 
 /// What `tune` wrote.
@@ -306,6 +328,27 @@ fn run_point(
     }
 }
 
+/// Judges a run that ended with `own` at the method's own y: with [`TuneOptions::refit`], a run
+/// that finished the whole budget is also judged after its refit (`refit.json`, reused when it
+/// was made with the same options).
+fn judge(
+    options: &TuneOptions,
+    data_dir: &Path,
+    dir: &Path,
+    budget: usize,
+    own: Outcome,
+    (accuracy, loss): (&str, &str),
+) -> anyhow::Result<Judged> {
+    let refit = match (&options.refit, &own) {
+        (Some(how), Outcome::Finished { .. }) if budget == options.base.iters => {
+            let done = refitted_with(data_dir, dir, how)?;
+            Some(outcome(&done.metrics, accuracy, loss).context("after the refit")?)
+        }
+        _ => None,
+    };
+    Ok(Judged { own, refit })
+}
+
 /// The order of finished points, best first: highest accuracy, then lowest loss, then the
 /// smaller steps. Diverged points come last.
 fn ranking(p: &GridPoint, q: &GridPoint) -> std::cmp::Ordering {
@@ -419,6 +462,10 @@ fn check_options(options: &TuneOptions) -> anyhow::Result<()> {
     if let Some(h) = &options.halving {
         h.validate(options.base.iters)?;
     }
+    if let Some(how) = &options.refit {
+        how.validate()?;
+        check_task(options.base.task)?;
+    }
     Ok(())
 }
 
@@ -497,10 +544,19 @@ fn run_rung(
         let dir = point_dir(&options.out, config, method, *lower, *upper, config.seed);
         let (accuracy, loss) = rung.metric;
         let outcome = run_point(config, data_dir, &dir, accuracy, loss)
+            .and_then(|own| judge(options, data_dir, &dir, rung.budget, own, rung.metric))
             .with_context(|| format!("{method} at ({lower}, {upper}), seed {}", config.seed));
         let line = match &outcome {
-            Ok(o) => format!(
-                "{method} lower {lower} upper {upper} seed {}, {} iterations: {o}",
+            Ok(Judged { own, refit: None }) => format!(
+                "{method} lower {lower} upper {upper} seed {}, {} iterations: {own}",
+                config.seed, rung.budget
+            ),
+            Ok(Judged {
+                own,
+                refit: Some(refit),
+            }) => format!(
+                "{method} lower {lower} upper {upper} seed {}, {} iterations: {own}; \
+                 after the refit {refit}",
                 config.seed, rung.budget
             ),
             Err(e) => format!("{e:#}"),
@@ -516,11 +572,16 @@ fn run_rung(
         .zip(outcomes.chunks(options.seeds.len()))
         .map(|(chunk, outcomes)| {
             let k = chunk[0].0;
-            let runs: Vec<(u64, Outcome)> = chunk
-                .iter()
-                .map(|(_, config)| config.seed)
-                .zip(outcomes.iter().cloned())
+            let seeds = chunk.iter().map(|(_, config)| config.seed);
+            let runs: Vec<(u64, Outcome)> = seeds
+                .clone()
+                .zip(outcomes.iter().map(|j| j.outcome().clone()))
                 .collect();
+            let own = outcomes.iter().any(|j| j.refit.is_some()).then(|| {
+                let own: Vec<(u64, Outcome)> =
+                    seeds.zip(outcomes.iter().map(|j| j.own.clone())).collect();
+                over_seeds(&own)
+            });
             let point = GridPoint {
                 method: pairs[k].method.clone(),
                 lower: pairs[k].lower,
@@ -528,6 +589,7 @@ fn run_rung(
                 iterations: rung.budget,
                 outcome: over_seeds(&runs),
                 runs,
+                own,
             };
             (k, point)
         })
@@ -600,12 +662,13 @@ fn write_search(
     std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let header = format!(
         "# Chosen by `bilevel-bench tune` on {}, {}, {} iterations{}: the best {}final\n\
-         # {accuracy} (ties: lower {loss}) over the grid. Use with `bilevel-bench compare --tuned <this file>`.\n",
+         # {accuracy}{} (ties: lower {loss}) over the grid. Use with `bilevel-bench compare --tuned <this file>`.\n",
         task.as_str(),
         seeds_text(&options.seeds),
         options.base.iters,
         halving_text(options.halving.as_ref()),
         if options.seeds.len() > 1 { "median " } else { "" },
+        refit_text(options.refit.as_ref()),
     );
     crate::run::durable::write_atomic(
         &dir.join("tuned.toml"),
@@ -690,6 +753,13 @@ fn halving_text(halving: Option<&Halving>) -> String {
     )
 }
 
+/// " after a refit of y (300 steps of 0.1 from the initial y, seed 0)", or nothing.
+fn refit_text(refit: Option<&RefitOptions>) -> String {
+    refit
+        .map(|how| format!(" after a refit of y ({})", how.describe()))
+        .unwrap_or_default()
+}
+
 /// "seed 0" or "seeds 0, 1, 2".
 fn seeds_text(seeds: &[u64]) -> String {
     let list = seeds
@@ -744,8 +814,15 @@ fn grid_tables(
         };
         writeln!(
             md,
-            "### {method}: final {accuracy} ({over}rows: lower step, columns: upper step)\n"
+            "### {method}: final {accuracy}{} ({over}rows: lower step, columns: upper step)\n",
+            refit_text(options.refit.as_ref())
         )?;
+        if options.refit.is_some() {
+            writeln!(
+                md,
+                "In brackets: the same at the method's own y, before the refit.\n"
+            )?;
+        }
         if let Some(h) = &options.halving {
             writeln!(
                 md,
@@ -773,6 +850,9 @@ fn grid_tables(
                     Outcome::Finished { accuracy, .. } => format!("{accuracy:.4}"),
                     Outcome::Diverged(_) => "div.".to_string(),
                 };
+                if let Some(Outcome::Finished { accuracy, .. }) = p.own {
+                    write!(cell, " ({accuracy:.4})")?;
+                }
                 if p.iterations < iters {
                     write!(cell, " @{}", p.iterations)?;
                 }

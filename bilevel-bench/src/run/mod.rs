@@ -15,6 +15,10 @@ pub mod methods;
 pub mod processes;
 pub mod summary;
 
+/// The file `bilevel-bench refit` writes into a run directory (`commands::refit`). Continuing
+/// the run removes it: it judged an x that the run then moves on from.
+pub const REFIT_FILE: &str = "refit.json";
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -92,7 +96,13 @@ pub fn resume_shared(
         if !dir.is_dir() {
             anyhow::bail!("{}: no such run directory", dir.display());
         }
-        Some(RunLock::acquire(dir)?)
+        let lock = RunLock::acquire(dir)?;
+        let refit = dir.join(REFIT_FILE);
+        if refit.exists() {
+            std::fs::remove_file(&refit)
+                .with_context(|| format!("{}: cannot remove", refit.display()))?;
+        }
+        Some(lock)
     } else {
         None
     };
