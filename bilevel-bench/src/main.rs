@@ -141,7 +141,7 @@ enum Command {
         /// STEPS:STEP: judge each pair by its validation metric after a refit of y (as `refit`:
         /// that many lower SGD steps of that size from the initial y, on the lower problem
         /// alone) instead of at the method's own y, which may have seen the upper loss (BOME's
-        /// does). grid.md shows both; halving's rungs judge at the own y.
+        /// does), at every rung. grid.md shows both.
         #[arg(long)]
         refit: Option<RefitOptions>,
     },

@@ -706,6 +706,37 @@ fn tune_with_refit_judges_and_chooses_by_the_refitted_y() {
     let again = tune(&options, &data_dir).unwrap();
     assert_eq!(again.points, report.points);
 
+    // With halving, every rung ranks after a refit of the rung's x: a stopped pair's refit is
+    // of the rung's iteration, a continued pair's of the whole budget's.
+    let halved = TuneOptions {
+        lower_grid: vec![0.05, 0.1, 0.5],
+        out: out.join("halving"),
+        halving: Some(Halving {
+            rungs: vec![2],
+            reduction: 2,
+        }),
+        ..options.clone()
+    };
+    let report = tune(&halved, &data_dir).unwrap();
+    let mut at = Vec::new();
+    for p in &report.points {
+        let dir = halved.out.join(format!(
+            "hyper-opt/tune/soba/lower-{}_upper-{}/seed-0",
+            p.lower, p.upper
+        ));
+        let refit = Refit::read(&dir).unwrap().expect("every pair is refitted");
+        assert_eq!(refit.iteration, p.iterations, "{p:?}");
+        match p.outcome {
+            Outcome::Finished { accuracy, .. } => {
+                assert_eq!(accuracy, refit.metrics["validation/accuracy"])
+            }
+            Outcome::Diverged(_) => panic!("{p:?}"),
+        }
+        at.push(p.iterations);
+    }
+    at.sort_unstable();
+    assert_eq!(at, [2, 4, 4], "3 pairs, the best 2 go on");
+
     let refused = TuneOptions {
         base: tiny_hyper_rep(2),
         out: out.join("never-written"),

@@ -52,9 +52,9 @@ pub struct TuneOptions {
     pub verbose: bool,
     /// Successive halving instead of running every pair the whole budget.
     pub halving: Option<Halving>,
-    /// Judge the runs of the whole budget after refitting y on the lower problem alone
-    /// (`bilevel-bench refit`) instead of at the method's own y, which may have seen the upper
-    /// loss (BOME's does; docs/algorithms.md). Halving's rungs still judge at the own y.
+    /// Judge every finished run (at every rung of halving) after refitting y on the lower
+    /// problem alone (`bilevel-bench refit`) instead of at the method's own y, which may have
+    /// seen the upper loss (BOME's does; docs/algorithms.md).
     pub refit: Option<RefitOptions>,
 }
 
@@ -328,9 +328,9 @@ fn run_point(
     }
 }
 
-/// Judges a run that ended with `own` at the method's own y: with [`TuneOptions::refit`], a run
-/// that finished the whole budget is also judged after its refit (`refit.json`, reused when it
-/// was made with the same options).
+/// Judges a run that ended with `own` at the method's own y at iteration `budget`: with
+/// [`TuneOptions::refit`], a finished run is also judged after its refit (`refit.json`, reused
+/// when it was made with the same options; continuing the run to a later rung removes it).
 fn judge(
     options: &TuneOptions,
     data_dir: &Path,
@@ -340,8 +340,15 @@ fn judge(
     (accuracy, loss): (&str, &str),
 ) -> anyhow::Result<Judged> {
     let refit = match (&options.refit, &own) {
-        (Some(how), Outcome::Finished { .. }) if budget == options.base.iters => {
+        (Some(how), Outcome::Finished { .. }) => {
             let done = refitted_with(data_dir, dir, how)?;
+            if done.iteration != budget {
+                bail!(
+                    "{}: cannot refit the x of iteration {budget}: the run went on to iteration {}",
+                    dir.display(),
+                    done.iteration
+                );
+            }
             Some(outcome(&done.metrics, accuracy, loss).context("after the refit")?)
         }
         _ => None,
