@@ -97,11 +97,7 @@ pub fn resume_shared(
             anyhow::bail!("{}: no such run directory", dir.display());
         }
         let lock = RunLock::acquire(dir)?;
-        let refit = dir.join(REFIT_FILE);
-        if refit.exists() {
-            std::fs::remove_file(&refit)
-                .with_context(|| format!("{}: cannot remove", refit.display()))?;
-        }
+        durable::remove(&dir.join(REFIT_FILE))?;
         Some(lock)
     } else {
         None
