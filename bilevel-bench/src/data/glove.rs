@@ -80,19 +80,12 @@ pub fn load_glove(path: &Path) -> Result<WordVectors, DataError> {
             }
             out.dim = fields.len() - 1;
         }
-        if fields.len() < out.dim + 1 {
-            return Err(DataError::at(
-                path,
-                line_no,
-                format!(
-                    "{} values where the first line has {}",
-                    fields.len() - 1,
-                    out.dim
-                ),
-            ));
-        }
-        let split = fields.len() - out.dim;
-        if split > 1 && fields[1..split].iter().all(|f| f.parse::<f32>().is_ok()) {
+        // Words may hold spaces, so the vector is the line's last `dim` fields; a line with too few
+        // fields, or whose word part would itself end in numbers, has another count of values.
+        let split = fields.len().saturating_sub(out.dim);
+        let too_short = split == 0;
+        let too_long = split > 1 && fields[1..split].iter().all(|f| f.parse::<f32>().is_ok());
+        if too_short || too_long {
             return Err(DataError::at(
                 path,
                 line_no,
