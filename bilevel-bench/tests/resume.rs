@@ -34,6 +34,19 @@ fn run_dir(out: &Path) -> PathBuf {
     out.join("hyper-opt/bo-rep/seed-0")
 }
 
+/// `run --config <base>/config.toml --out <base>`, with `config` written to that file first.
+fn run_in(base: &Path, config: &str) -> Command {
+    let file = base.join("config.toml");
+    std::fs::write(&file, config).unwrap();
+    bench(&[
+        "run",
+        "--config",
+        file.to_str().unwrap(),
+        "--out",
+        base.to_str().unwrap(),
+    ])
+}
+
 #[test]
 #[allow(clippy::zombie_processes)] // every path of the polling loop kills and waits for the child
 fn a_killed_run_resumes_bit_identically() {
@@ -125,17 +138,7 @@ fn a_killed_run_resumes_bit_identically() {
 #[test]
 fn an_interrupted_checkpoint_write_leaves_the_previous_one() {
     let base = scratch("torn");
-    let config = base.join("config.toml");
-    std::fs::write(&config, run_config(4)).unwrap();
-    let status = bench(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        base.to_str().unwrap(),
-    ])
-    .status()
-    .unwrap();
+    let status = run_in(&base, &run_config(4)).status().unwrap();
     assert!(status.success());
     let dir = run_dir(&base);
     let good = Checkpoint::read(&dir).unwrap();
@@ -169,18 +172,7 @@ fn an_interrupted_checkpoint_write_leaves_the_previous_one() {
 #[test]
 fn a_checkpoint_from_another_method_or_size_is_refused() {
     let base = scratch("identity");
-    let config = base.join("config.toml");
-    std::fs::write(&config, run_config(4)).unwrap();
-    assert!(bench(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        base.to_str().unwrap()
-    ])
-    .status()
-    .unwrap()
-    .success());
+    assert!(run_in(&base, &run_config(4)).status().unwrap().success());
     let dir = run_dir(&base);
     let cp = Checkpoint::read(&dir).unwrap();
     let saved = bilevel_bench::run::config::RunConfig::from_file(&dir.join("config.toml")).unwrap();
@@ -270,17 +262,7 @@ fn a_checkpoint_from_another_method_or_size_is_refused() {
 #[test]
 fn divergence_stops_with_an_account_and_keeps_the_last_good_checkpoint() {
     let base = scratch("diverge");
-    let config = base.join("config.toml");
-    std::fs::write(&config, diverging()).unwrap();
-    let out = bench(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        base.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
+    let out = run_in(&base, &diverging()).output().unwrap();
     assert!(!out.status.success(), "a diverging run exits non-zero");
     let stderr = String::from_utf8_lossy(&out.stderr);
     for part in [
@@ -302,17 +284,7 @@ fn divergence_stops_with_an_account_and_keeps_the_last_good_checkpoint() {
 #[test]
 fn rollback_halves_the_steps_and_finishes_with_clean_logs() {
     let base = scratch("rollback");
-    let config = base.join("config.toml");
-    std::fs::write(&config, diverging_with_rollback()).unwrap();
-    let out = bench(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        base.to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
+    let out = run_in(&base, &diverging_with_rollback()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -380,20 +352,12 @@ fn flags_a_resume_would_ignore_are_refused() {
 #[test]
 fn a_finished_run_is_never_overwritten_silently() {
     let base = scratch("overwrite");
-    let config = base.join("config.toml");
-    std::fs::write(&config, run_config(4)).unwrap();
-    let args = [
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        base.to_str().unwrap(),
-    ];
-    assert!(bench(&args).status().unwrap().success());
+    let config = run_config(4);
+    assert!(run_in(&base, &config).status().unwrap().success());
     let dir = run_dir(&base);
     let steps = std::fs::read_to_string(dir.join("steps.csv")).unwrap();
 
-    let out = bench(&args).output().unwrap();
+    let out = run_in(&base, &config).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -406,9 +370,8 @@ fn a_finished_run_is_never_overwritten_silently() {
         "untouched"
     );
 
-    let mut again = args.to_vec();
-    again.push("--overwrite");
-    assert!(bench(&again).status().unwrap().success());
+    let again = run_in(&base, &config).arg("--overwrite").status();
+    assert!(again.unwrap().success());
     let aside = PathBuf::from(format!("{}.old-1", dir.display()));
     assert_eq!(
         std::fs::read_to_string(aside.join("steps.csv")).unwrap(),
@@ -423,16 +386,10 @@ fn a_finished_run_is_never_overwritten_silently() {
 #[test]
 fn two_runs_into_one_directory_are_refused_not_mixed() {
     let base = scratch("concurrent");
-    let config = base.join("config.toml");
-    std::fs::write(&config, run_config(24)).unwrap();
-    let args = [
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        base.to_str().unwrap(),
-    ];
-    let children: Vec<_> = (0..2).map(|_| bench(&args).spawn().unwrap()).collect();
+    let config = run_config(24);
+    // Both commands (and so both writes of the config file) before either run starts.
+    let mut commands: Vec<_> = (0..2).map(|_| run_in(&base, &config)).collect();
+    let children: Vec<_> = commands.iter_mut().map(|c| c.spawn().unwrap()).collect();
     let outputs: Vec<_> = children
         .into_iter()
         .map(|c| c.wait_with_output().unwrap())
