@@ -301,3 +301,38 @@ fn sharded_oracles_match_closed_forms_and_the_unsharded_ones() {
         (d.sample_normal(), d.sample_normal());
     check_oracles(&mut o, &x, &y, &d.sample_normal());
 }
+
+/// The hook of `between_passes` runs once before each of the seven kinds of pass, and the
+/// passes compute what they compute without it.
+#[test]
+fn between_passes_runs_once_before_every_pass() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let cfg = QuadraticConfig {
+        batch_size: 3,
+        ..Default::default()
+    };
+    let d = dev();
+    let (x, y, v) = (d.sample_normal(), d.sample_normal(), d.sample_normal());
+    let run = |hooked: Option<Arc<AtomicUsize>>| {
+        let mut o = Oracles::new(Quadratic::<f64, 3, 5>::new(cfg.clone()), 5);
+        if let Some(calls) = hooked {
+            o.between_passes(Box::new(move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        let (lb, ub) = (o.lower_batch(), o.upper_batch());
+        let mut out = as_f64(&o.upper_grad(&x, &y, &ub).unwrap().dx);
+        out.extend(as_f64(&o.lower_grad(&x, &y, &lb).unwrap().dx));
+        out.extend(as_f64(&o.lower_grad_in_y(&x, &y, &lb).unwrap().1));
+        out.extend(as_f64(&o.written_lower_grad_y(&x, &y, &lb).unwrap()));
+        out.extend(as_f64(&o.hvp_jvp(&x, &y, &v, &lb).unwrap().hvp));
+        out.extend(as_f64(&o.hvp(&x, &y, &v, &lb).unwrap()));
+        out.extend(as_f64(&o.jvp(&x, &y, &v, &lb).unwrap()));
+        out
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let with_hook = run(Some(calls.clone()));
+    assert_eq!(calls.load(Ordering::SeqCst), 7);
+    assert_eq!(with_hook, run(None));
+}

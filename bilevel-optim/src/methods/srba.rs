@@ -134,13 +134,22 @@ struct Measured<X, Y> {
     lower_loss: f64,
 }
 
-/// `D(x, y, z)` on the batches `(ζ_k, s_k)` and `(ξ_k, s_k)`, each batch's value weighted by its
-/// share: one batch of weight 1 each for a stochastic estimate, every fixed batch for the full one.
+/// The batches [`directions`] averages: the iteration's drawn pair, each of weight 1, or every
+/// fixed batch of the split with its share, fetched one at a time so that a pass over all the
+/// data holds one batch at once.
+enum Batches<'a, E: Real, P: BilevelProblem<E>>
+where
+    Cpu: Device<E>,
+{
+    Drawn(&'a P::LowerBatch, &'a P::UpperBatch),
+    Split(&'a [f64], &'a [f64]),
+}
+
+/// `D(x, y, z)` on `batches`, each batch's value weighted by its share.
 fn directions<E: Real, P: BilevelProblem<E>>(
     oracles: &mut Oracles<E, P>,
     (x, y, z): (&P::X, &P::Y, &P::Y),
-    lower: &[(P::LowerBatch, f64)],
-    upper: &[(P::UpperBatch, f64)],
+    batches: &Batches<'_, E, P>,
     site: Site,
 ) -> Result<Measured<P::X, P::Y>, BilevelError>
 where
@@ -149,18 +158,38 @@ where
     let (mut d_y, mut hz, mut jz) = (y.zeros_like(), y.zeros_like(), x.zeros_like());
     let (mut fy, mut fx) = (y.zeros_like(), x.zeros_like());
     let (mut upper_loss, mut lower_loss) = (0.0, 0.0);
-    for (zeta, share) in lower {
+    let (lower_count, upper_count) = match batches {
+        Batches::Drawn(..) => (1, 1),
+        Batches::Split(lower, upper) => (lower.len(), upper.len()),
+    };
+    for k in 0..lower_count {
+        let part;
+        let (zeta, share) = match batches {
+            Batches::Drawn(zeta, _) => (*zeta, 1.0),
+            Batches::Split(shares, _) => {
+                part = oracles.lower_part(k)?;
+                (&part, shares[k])
+            }
+        };
         let (value, dy) = lower_grad_in_y_checked(oracles, x, y, zeta, site)?;
         let pass = second_order_checked(oracles, x, y, z, zeta, site)?;
-        d_y.add_scaled(E::of(*share), &dy);
-        hz.add_scaled(E::of(*share), &pass.hvp);
-        jz.add_scaled(E::of(*share), &pass.jvp);
+        d_y.add_scaled(E::of(share), &dy);
+        hz.add_scaled(E::of(share), &pass.hvp);
+        jz.add_scaled(E::of(share), &pass.jvp);
         lower_loss += share * value;
     }
-    for (xi, share) in upper {
+    for k in 0..upper_count {
+        let part;
+        let (xi, share) = match batches {
+            Batches::Drawn(_, xi) => (*xi, 1.0),
+            Batches::Split(_, shares) => {
+                part = oracles.upper_part(k)?;
+                (&part, shares[k])
+            }
+        };
         let f = upper_grad_checked(oracles, x, y, xi, site)?;
-        fy.add_scaled(E::of(*share), &f.dy);
-        fx.add_scaled(E::of(*share), &f.dx);
+        fy.add_scaled(E::of(share), &f.dy);
+        fx.add_scaled(E::of(share), &f.dx);
         upper_loss += share * f.value.f64();
     }
     let mut d_z = hz;
@@ -240,21 +269,16 @@ where
         let batches = lower_shares.len() + upper_shares.len();
         let now = (&*x, &*y, &self.z);
         let (upper_loss, lower_loss) = if t == 0 || c.restarts(t, batches, oracles) {
-            let lower = (0..lower_shares.len())
-                .map(|k| Ok((oracles.lower_part(k)?, lower_shares[k])))
-                .collect::<Result<Vec<_>, BilevelError>>()?;
-            let upper = (0..upper_shares.len())
-                .map(|k| Ok((oracles.upper_part(k)?, upper_shares[k])))
-                .collect::<Result<Vec<_>, BilevelError>>()?;
-            let full = directions(oracles, now, &lower, &upper, site)?;
+            let split = Batches::Split(lower_shares, upper_shares);
+            let full = directions(oracles, now, &split, site)?;
             self.d = full.d;
             (full.upper_loss, full.lower_loss)
         } else {
-            let lower = [(oracles.lower_batch(), 1.0)];
-            let upper = [(oracles.upper_batch(), 1.0)];
-            let new = directions(oracles, now, &lower, &upper, site)?;
+            let (zeta, xi) = (oracles.lower_batch(), oracles.upper_batch());
+            let drawn = Batches::Drawn(&zeta, &xi);
+            let new = directions(oracles, now, &drawn, site)?;
             let (xp, yp, zp) = &self.previous;
-            let old = directions(oracles, (xp, yp, zp), &lower, &upper, site)?.d;
+            let old = directions(oracles, (xp, yp, zp), &drawn, site)?.d;
             spider_update(&mut self.d.y, &new.d.y, &old.y);
             spider_update(&mut self.d.z, &new.d.z, &old.z);
             spider_update(&mut self.d.x, &new.d.x, &old.x);

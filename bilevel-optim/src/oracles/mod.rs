@@ -50,6 +50,8 @@ where
     /// Set by [`Oracles::sharded`]: every pass is split over batch shards on several threads.
     sharding: Option<Sharding<E, P>>,
     first_use_check: FirstUseCheck,
+    /// Set by [`Oracles::between_passes`]: runs before every pass.
+    between_passes: Option<Box<dyn FnMut() + Send>>,
 }
 
 impl<E: Real, P: BilevelProblem<E>> Oracles<E, P>
@@ -64,6 +66,21 @@ where
             counts: OracleCounts::default(),
             sharding: None,
             first_use_check: FirstUseCheck::default_for::<E>(),
+            between_passes: None,
+        }
+    }
+
+    /// Runs `hook` before every counted pass: for housekeeping that cannot wait for the end of an
+    /// iteration, because one iteration may pass over every fixed batch of the data (SRBA's and
+    /// SPABA's restarts) — such as emptying dfdx's allocation caches, which keep every buffer of
+    /// every batch shape they are handed. It does not change what the passes compute.
+    pub fn between_passes(&mut self, hook: Box<dyn FnMut() + Send>) {
+        self.between_passes = Some(hook);
+    }
+
+    fn before_pass(&mut self) {
+        if let Some(hook) = &mut self.between_passes {
+            hook();
         }
     }
 
@@ -254,6 +271,7 @@ where
         y: &P::Y,
         batch: &P::UpperBatch,
     ) -> Result<LossGrad<E, P::X, P::Y>, BilevelError> {
+        self.before_pass();
         self.counts.upper_grad += 1;
         self.counts.upper_samples += batch.size() as u64;
         match &self.sharding {
@@ -270,6 +288,7 @@ where
         y: &P::Y,
         batch: &P::LowerBatch,
     ) -> Result<LossGrad<E, P::X, P::Y>, BilevelError> {
+        self.before_pass();
         self.counts.lower_grad += 1;
         self.counts.lower_samples += batch.size() as u64;
         match self.lower(x, y, batch, LowerPass::Grad)? {
@@ -287,6 +306,7 @@ where
         y: &P::Y,
         batch: &P::LowerBatch,
     ) -> Result<(E, P::Y), BilevelError> {
+        self.before_pass();
         self.counts.lower_grad += 1;
         self.counts.lower_samples += batch.size() as u64;
         match self.lower(x, y, batch, LowerPass::GradY)? {
@@ -341,6 +361,7 @@ where
         y: &P::Y,
         batch: &P::LowerBatch,
     ) -> Result<P::Y, BilevelError> {
+        self.before_pass();
         self.counts.lower_grad += 1;
         self.counts.lower_samples += batch.size() as u64;
         let mut grad = WrittenGrad::new(y, None);
@@ -369,6 +390,7 @@ where
     /// Counts one second-order pass over `batch` that the caller uses for `hvp` HVPs and `jvp`
     /// cross products.
     fn count_pass(&mut self, hvp: u64, jvp: u64, batch: &P::LowerBatch) {
+        self.before_pass();
         self.counts.hvp += hvp;
         self.counts.jvp += jvp;
         self.counts.lower_samples += batch.size() as u64;
