@@ -122,7 +122,7 @@ impl AllocationCaches {
         let mut passes = 0_usize;
         oracles.between_passes(Box::new(move || {
             passes += 1;
-            if passes % PASSES_PER_EMPTYING == 0 {
+            if passes.is_multiple_of(PASSES_PER_EMPTYING) {
                 devices.iter().for_each(|d| d.empty_cache());
             }
         }));
