@@ -736,6 +736,10 @@ fn tune_with_refit_judges_and_chooses_by_the_refitted_y() {
     }
     at.sort_unstable();
     assert_eq!(at, [2, 4, 4], "3 pairs, the best 2 go on");
+    // Searched again, the continued pairs are ranked at the rung by the refit of their x there,
+    // which the first search kept: their run and its refit.json have moved on to iteration 4.
+    let again = tune(&halved, &data_dir).unwrap();
+    assert_eq!(again.points, report.points);
 
     let refused = TuneOptions {
         base: tiny_hyper_rep(2),

@@ -19,7 +19,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::commands::refit::{check_task, refitted_with, RefitOptions};
+use crate::commands::refit::{check_task, refitted_with, Refit, RefitOptions};
 use crate::report::{is_divergence, DIVERGED_FILE};
 use anyhow::{bail, Context};
 
@@ -27,6 +27,7 @@ use crate::report::parallel::{map_over_processes, JobProgress};
 use crate::report::stats::{ensure_distinct, quantile};
 use crate::report::tuned::Tuned;
 use crate::run::config::RunConfig;
+use crate::run::durable;
 use crate::run::processes::Processes;
 use crate::run::{resume, run, summary::RunSummary};
 use crate::tasks::Metrics;
@@ -329,8 +330,8 @@ fn run_point(
 }
 
 /// Judges a run that ended with `own` at the method's own y at iteration `budget`: with
-/// [`TuneOptions::refit`], a finished run is also judged after its refit (`refit.json`, reused
-/// when it was made with the same options; continuing the run to a later rung removes it).
+/// [`TuneOptions::refit`], a finished run is also judged after its refit of the x of that
+/// iteration ([`refit_at`]).
 fn judge(
     options: &TuneOptions,
     data_dir: &Path,
@@ -341,19 +342,46 @@ fn judge(
 ) -> anyhow::Result<Judged> {
     let refit = match (&options.refit, &own) {
         (Some(how), Outcome::Finished { .. }) => {
-            let done = refitted_with(data_dir, dir, how)?;
-            if done.iteration != budget {
-                bail!(
-                    "{}: cannot refit the x of iteration {budget}: the run went on to iteration {}",
-                    dir.display(),
-                    done.iteration
-                );
-            }
+            let done = refit_at(data_dir, dir, how, budget)?;
             Some(outcome(&done.metrics, accuracy, loss).context("after the refit")?)
         }
         _ => None,
     };
     Ok(Judged { own, refit })
+}
+
+/// The file in which the search keeps the refit of a run's x at iteration `budget`: a later
+/// search ranks the rung again, after the run and its `refit.json` have moved on.
+fn kept_refit_file(dir: &Path, budget: usize) -> PathBuf {
+    dir.join(format!("refit-at-{budget}.json"))
+}
+
+/// The refit of the run's x at iteration `budget` made with `how`: the kept one, or a new one
+/// (of the run's last checkpoint, which must be of that iteration), then kept.
+fn refit_at(
+    data_dir: &Path,
+    dir: &Path,
+    how: &RefitOptions,
+    budget: usize,
+) -> anyhow::Result<Refit> {
+    let kept_file = kept_refit_file(dir, budget);
+    let kept = std::fs::read_to_string(&kept_file)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Refit>(&text).ok());
+    if let Some(done) = kept.filter(|k| &k.options == how && k.iteration == budget) {
+        return Ok(done);
+    }
+    let done = refitted_with(data_dir, dir, how)?;
+    if done.iteration != budget {
+        bail!(
+            "{}: cannot refit the x of iteration {budget}: the run went on to iteration {}",
+            dir.display(),
+            done.iteration
+        );
+    }
+    durable::write_atomic(&kept_file, serde_json::to_string_pretty(&done)?.as_bytes())
+        .with_context(|| format!("{}: cannot write", kept_file.display()))?;
+    Ok(done)
 }
 
 /// The order of finished points, best first: highest accuracy, then lowest loss, then the
