@@ -135,13 +135,23 @@ impl Refit {
     /// The `refit.json` of the run in `dir`, `None` if it has none, or an error naming the file
     /// when it cannot be read as one.
     pub fn read(dir: &Path) -> anyhow::Result<Option<Self>> {
-        let path = dir.join(FILE);
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        Self::read_file(&dir.join(FILE))
+    }
+
+    /// A refit record kept at `path` (by `refit`, or by `tune` for a rung), as [`Refit::read`].
+    pub fn read_file(path: &Path) -> anyhow::Result<Option<Self>> {
+        let Ok(text) = std::fs::read_to_string(path) else {
             return Ok(None);
         };
         serde_json::from_str(&text)
             .map(Some)
             .with_context(|| format!("{}: not a refit record", path.display()))
+    }
+
+    /// Writes the record to `path` atomically.
+    pub fn write_file(&self, path: &Path) -> anyhow::Result<()> {
+        durable::write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
+            .with_context(|| format!("{}: cannot write", path.display()))
     }
 }
 
@@ -181,10 +191,7 @@ pub fn refit(data_dir: &Path, dir: &Path, options: &RefitOptions) -> anyhow::Res
         last_lower_loss,
         metrics,
     };
-    durable::write_atomic(
-        &dir.join(FILE),
-        serde_json::to_string_pretty(&refit)?.as_bytes(),
-    )?;
+    refit.write_file(&dir.join(FILE))?;
     drop(lock);
     Ok(refit)
 }

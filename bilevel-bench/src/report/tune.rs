@@ -27,7 +27,6 @@ use crate::report::parallel::{map_over_processes, JobProgress};
 use crate::report::stats::{ensure_distinct, quantile};
 use crate::report::tuned::Tuned;
 use crate::run::config::RunConfig;
-use crate::run::durable;
 use crate::run::processes::Processes;
 use crate::run::{resume, run, summary::RunSummary};
 use crate::tasks::Metrics;
@@ -365,9 +364,7 @@ fn refit_at(
     budget: usize,
 ) -> anyhow::Result<Refit> {
     let kept_file = kept_refit_file(dir, budget);
-    let kept = std::fs::read_to_string(&kept_file)
-        .ok()
-        .and_then(|text| serde_json::from_str::<Refit>(&text).ok());
+    let kept = Refit::read_file(&kept_file)?;
     if let Some(done) = kept.filter(|k| &k.options == how && k.iteration == budget) {
         return Ok(done);
     }
@@ -379,8 +376,7 @@ fn refit_at(
             done.iteration
         );
     }
-    durable::write_atomic(&kept_file, serde_json::to_string_pretty(&done)?.as_bytes())
-        .with_context(|| format!("{}: cannot write", kept_file.display()))?;
+    done.write_file(&kept_file)?;
     Ok(done)
 }
 

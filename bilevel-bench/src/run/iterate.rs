@@ -73,7 +73,8 @@ pub fn execute<M: Method>(
 /// How many passes the caches may fill between two emptyings within an iteration. An ordinary
 /// iteration (2–40 passes) keeps nearly all its reuse; a pass over every fixed batch of
 /// hyper-opt's data (SRBA's restart, about 630 passes) raised a run's peak memory to 23 GB
-/// without it, about 37 MB a pass; with it the peak was 5.3 GB, against BO-REP's 4.0.
+/// without it, about 37 MB a pass; with it 5.3 GB (5.0 once the restart also fetched one batch
+/// at a time), against BO-REP's 4.0.
 const PASSES_PER_EMPTYING: usize = 32;
 
 /// dfdx's allocation caches of the model device and of the library's device. Reusing freed
