@@ -344,3 +344,26 @@ fn an_empty_evaluation_set_is_not_scored() {
     let (loss, accuracy) = measure::<f32, _, EMB>(&model, &one, 4).expect("one text");
     assert!(loss > 0.0 && (accuracy == 0.0 || accuracy == 1.0));
 }
+
+/// Every configuration shipped in `configs/` reads and passes every check, its method's
+/// included, so a command in the docs that names one cannot fail on it.
+#[test]
+fn every_shipped_config_reads_and_validates() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let mut read = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let config = RunConfig::from_file(&path).unwrap();
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let method = config.method();
+            method
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            read += 1;
+        }
+    }
+    assert!(read >= 4, "only {read} configurations in {}", dir.display());
+}
