@@ -209,7 +209,7 @@ impl RunConfig {
             .unwrap_or_else(|| self.task.default_method())
     }
 
-    /// Every range check, before any data is read.
+    /// Every range check, the method's included, before any data is read.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.iters == 0 {
             bail!("iters must be at least 1");
@@ -223,7 +223,8 @@ impl RunConfig {
         if self.threads == 0 {
             bail!("threads must be at least 1");
         }
-        self.validate_task()
+        self.validate_task()?;
+        Ok(self.method().validate()?)
     }
 }
 

@@ -60,7 +60,6 @@ pub fn run_shared(
     processes: &Processes,
 ) -> anyhow::Result<RunSummary> {
     config.validate()?;
-    config.method().validate()?;
     let execute = methods::entry(config.method().name())?.execute;
     if !processes.writes() {
         return execute(config, data_dir, dir, false, None, processes);
